@@ -4,40 +4,49 @@ Nothing here can reach huggingface.co, yet ``push_to_hub`` / ``from_pretrained``
 through ``huggingface_hub``, ``transformers`` and ``datasets`` unmodified (no monkeypatching). :class:`HubStub`
 is a small threaded HTTP server on 127.0.0.1 serving the subset of the Hub API those clients call.
 
+Endpoints (``{type}`` is model, dataset or space; ``{prefix}`` is empty for models, else ``datasets/``, ``spaces/``)
+-------------------------------------------------------------------------------------------------------------
+* ``GET  /api/whoami-v2``
+* ``POST /api/repos/create``                          (409 if it exists; ``exist_ok`` works)
+* ``POST /api/validate-yaml``                         (README metadata; accepts anything)
+* ``GET  /api/{type}s/{repo}[/revision/{rev}]``       (ModelInfo/DatasetInfo JSON; ``blobs=1`` adds sizes, lfs)
+* ``POST /api/{type}s/{repo}/preupload/{rev}``        (uploadMode lfs/regular, remote oid to skip unchanged files)
+* ``POST /{prefix}{repo}.git/info/lfs/objects/batch`` (LFS upload, basic transfer, upload + verify actions)
+* ``PUT  /_lfs/upload/{ticket}``, ``POST /_lfs/verify/{ticket}`` (targets of those actions; sha256/size checked)
+* ``POST /api/{type}s/{repo}/commit/{rev}``           (NDJSON header/file/lfsFile/deletedFile/deletedFolder,
+  ``parentCommit`` -> 412 when stale)
+* ``GET  /api/{type}s/{repo}/tree/{rev}[/{path}]``    (``recursive``; Link-header pagination, ``tree_page_size``)
+* ``POST /api/{type}s/{repo}/paths-info/{rev}``
+* ``HEAD|GET /{prefix}{repo}/resolve/{rev}/{path}``   (ETag, X-Repo-Commit, X-Linked-Etag/-Size for LFS, Range)
+
+Errors carry the Hub's ``X-Error-Code`` (RepoNotFound, RevisionNotFound, EntryNotFound) and ``X-Error-Message`` so
+the clients raise their own types (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError).
+Not implemented: branches, tags, pull requests (``create_pr``), ``expand=True`` metadata (lastCommit, security),
+commit listing, repo deletion/move, Xet storage, CDN redirects (LFS content is served by ``resolve`` directly)
+and ``.gitignore`` handling in preupload.
+
 Design
 ------
 * Loaded as a pytest plugin (``pytest_plugins = ["hub_stub"]`` in ``tests/conftest.py``). Its
   ``pytest_configure`` starts one server for the session and points ``os.environ`` at it before any test
   module is imported: ``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_DISABLE_XET=1`` (uploads take the classic LFS
   path), ``HF_HUB_DISABLE_TELEMETRY=1``, online mode, and fresh ``HF_HOME`` / ``HF_HUB_CACHE`` /
-  ``HF_DATASETS_CACHE`` in a temporary folder. The HF libraries freeze these into module constants at import,
-  so setting them this early makes every test, and every subprocess it starts (``accelerate launch ...``,
-  ``python -m ...`` inherit the environment), talk to the stub only. If ``huggingface_hub`` was imported
-  before (e.g. at conftest top level) the session stops with an error instead of using the real Hub.
+  ``HF_DATASETS_CACHE`` in a temporary folder (see :func:`hub_environment`). The HF libraries freeze these into
+  module constants at import, so setting them this early makes every test, and every subprocess it starts
+  (``accelerate launch ...``, ``python -m ...`` inherit the environment), talk to the stub only. If an HF
+  library was imported before (e.g. at conftest top level) the session stops with an error instead of using
+  the real Hub. ``pytest_unconfigure`` stops the server, restores the environment and deletes the folder.
 * Fixture ``hub`` (function scope) -> :class:`HubHandle` with ``url``, ``token``, ``user``, ``server`` and
   ``new_repo_id(prefix=None)`` giving a fresh ``wildreid-test/<prefix>-<n>`` id (repos live for the session).
+  It warns when a test made requests no route matches (recorded in ``HubStub.unhandled``).
 * Storage: one folder per repo, ``<root>/<type>s/<namespace>/<name>/`` with ``repo.json`` (visibility and
   commit log; every commit has a 40-hex sha and the full file manifest), ``objects/<git sha1>`` for regular
   files and ``lfs/<sha256>`` for LFS files. Revisions: ``main`` (the latest commit) or a full or abbreviated
-  commit sha; there are no other branches, tags or pull requests.
+  (>= 7 hex) commit sha.
 * As on the Hub, a new repo gets an initial commit with a ``.gitattributes``; preupload answers "lfs" for
-  files >= 10 MB, binary samples (NUL byte) and paths matching its ``filter=lfs`` patterns.
-* Writes need ``Authorization: Bearer <token>``; reads need it only for private repos. Unknown routes answer
-  404 and are recorded in ``HubStub.unhandled``; every LFS PUT is recorded in ``HubStub.lfs_uploads``.
-
-Endpoints
----------
-``GET /api/whoami-v2`` | ``POST /api/repos/create`` | ``POST /api/validate-yaml`` (accepts any metadata) |
-``GET /api/{models,datasets,spaces}/{repo}[/revision/{rev}]`` (``blobs=1`` adds size, blobId, lfs) |
-``POST /api/{type}s/{repo}/preupload/{rev}`` |
-``POST /{prefix}{repo}.git/info/lfs/objects/batch`` (upload, basic transfer, with a verify action) then
-``PUT /_lfs/upload/{ticket}`` and ``POST /_lfs/verify/{ticket}`` |
-``POST /api/{type}s/{repo}/commit/{rev}`` (NDJSON header/file/lfsFile/deletedFile/deletedFolder, parentCommit) |
-``GET /api/{type}s/{repo}/tree/{rev}[/{path}]`` (recursive, expand -> lastCommit, Link-header pagination) |
-``POST /api/{type}s/{repo}/paths-info/{rev}`` | ``GET /api/{type}s/{repo}/commits/{rev}`` |
-``HEAD/GET /{prefix}{repo}/resolve/{rev}/{path}`` (ETag, X-Repo-Commit, X-Linked-Etag/-Size, Range).
-``{prefix}`` is empty for models, ``datasets/`` or ``spaces/`` otherwise. Errors carry the Hub's ``X-Error-Code``
-(RepoNotFound, RevisionNotFound, EntryNotFound) so the clients raise their own exception types.
+  files >= 10 MB, binary samples (NUL byte) and paths matching that file's ``filter=lfs`` patterns. Every LFS
+  PUT received is recorded in ``HubStub.lfs_uploads`` as ``(repo_id, sha256, size)``.
+* Writes need ``Authorization: Bearer <token>``; reads need it only for private repos; a wrong token is a 401.
 """
 from __future__ import annotations
 
@@ -52,6 +61,8 @@ import shutil
 import sys
 import tempfile
 import threading
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from fnmatch import fnmatch
@@ -70,10 +81,10 @@ GITATTRIBUTES = "".join(
                     "*.pkl", "*.arrow", "*.parquet", "*.png", "*.jpg", "*.jpeg", "*.zip", "*.tar", "*.gz", "*.zst")
 )
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
-_TYPE = r"(?P<type>model|dataset|space)s"
+_TYPE = r"(?P<repo_type>model|dataset|space)s"
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
 _API = rf"/api/{_TYPE}/{_REPO}"
-_WEB = rf"/(?:(?P<type>dataset|space)s/)?{_REPO}"
+_WEB = rf"/(?:(?P<repo_type>dataset|space)s/)?{_REPO}"
 ROUTES = [(method, re.compile(pattern + r"\Z"), name) for method, pattern, name in [
     ("GET", r"/api/whoami-v2", "whoami"),
     ("POST", r"/api/repos/create", "create_repo"),
@@ -83,7 +94,6 @@ ROUTES = [(method, re.compile(pattern + r"\Z"), name) for method, pattern, name 
     ("POST", _API + r"/commit/(?P<rev>[^/]+)", "commit"),
     ("GET", _API + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
     ("POST", _API + r"/paths-info/(?P<rev>[^/]+)", "paths_info"),
-    ("GET", _API + r"/commits/(?P<rev>[^/]+)", "commits"),
     ("POST", _WEB + r"\.git/info/lfs/objects/batch", "lfs_batch"),
     ("PUT", r"/_lfs/upload/(?P<ticket>\w+)", "lfs_upload"),
     ("POST", r"/_lfs/verify/(?P<ticket>\w+)", "lfs_verify"),
@@ -92,9 +102,12 @@ ROUTES = [(method, re.compile(pattern + r"\Z"), name) for method, pattern, name 
 
 
 class HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    """An error answer: status, message, the Hub's ``X-Error-Code``, extra headers and extra JSON body fields."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None,
+                 body: dict | None = None):
         super().__init__(message)
-        self.status, self.code, self.headers = status, code, headers or {}
+        self.status, self.code, self.headers, self.body = status, code, headers or {}, body or {}
 
 
 def git_oid(data: bytes) -> str:
@@ -116,8 +129,7 @@ def _flag(query: dict, name: str) -> bool:
 class HubStub:
     """Threaded local Hub: ``start()`` binds a free port on 127.0.0.1; ``url`` is the value for ``HF_ENDPOINT``."""
 
-    tree_page_size = 1000  # the Hub's page sizes; tests may lower them to exercise pagination
-    tree_page_size_expanded = 50
+    tree_page_size = 1000  # the Hub's page size; tests may lower it to exercise the clients' pagination
 
     def __init__(self, root: str | os.PathLike, token: str = TEST_TOKEN, user: str = TEST_USER):
         self.root, self.token, self.user = Path(root), token, user
@@ -138,12 +150,6 @@ class HubStub:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
-
-    def __enter__(self) -> HubStub:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
@@ -192,31 +198,19 @@ def _revision(meta: dict, rev: str) -> dict:
     return matches[0]
 
 
-def _last_commits(meta: dict, upto: dict) -> dict[str, dict]:
-    """Path (file or folder) -> the latest commit up to ``upto`` that changed it, as the Hub's ``lastCommit``."""
-    last, previous = {}, {}
-    for commit in meta["commits"][: meta["commits"].index(upto) + 1]:
-        info = {"id": commit["oid"], "title": commit["title"], "date": commit["date"]}
-        for path in {p for p in {*previous, *commit["files"]} if previous.get(p) != commit["files"].get(p)}:
-            for parent in [path, *map(str, PurePosixPath(path).parents)]:
-                last[parent if parent != "." else ""] = info
-        previous = commit["files"]
-    return last
-
-
-def _entries(files: dict, paths: list[str], last: dict | None) -> list[dict]:
+def _entries(files: dict, paths: list[str]) -> list[dict]:
+    """The Hub's tree / paths-info JSON for ``paths`` (files or folders) of one commit's manifest."""
     out = []
     for path in paths:
         if path in files:
             f = files[path]
             entry = {"type": "file", "path": path, "oid": f["oid"], "size": f["size"]}
             if f["lfs"]:
-                entry["lfs"] = {"oid": f["lfs"], "size": f["size"], "pointerSize": len(lfs_pointer(f["lfs"], f["size"]))}
+                pointer_size = len(lfs_pointer(f["lfs"], f["size"]))
+                entry["lfs"] = {"oid": f["lfs"], "size": f["size"], "pointerSize": pointer_size}
         else:
-            below = sorted((p, files[p]["oid"]) for p in files if p.startswith(path + "/"))
-            entry = {"type": "directory", "path": path, "size": 0, "oid": hashlib.sha1(repr(below).encode()).hexdigest()}
-        if last is not None:
-            entry["lastCommit"] = last[path]
+            below = repr(sorted((p, files[p]["oid"]) for p in files if p.startswith(path + "/")))
+            entry = {"type": "directory", "path": path, "size": 0, "oid": hashlib.sha1(below.encode()).hexdigest()}
         out.append(entry)
     return out
 
@@ -268,8 +262,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub.unhandled.append(f"{'HEAD' if head else method} {self.path}")
             raise HubError(404, f"hub stub: no route for {method} {split.path}")
         except HubError as err:
-            headers = {"X-Error-Message": str(err), **err.headers, **({"X-Error-Code": err.code} if err.code else {})}
-            self._send(err.status, json.dumps({"error": str(err)}).encode(), headers)
+            self._error(err)
+        except Exception as exc:  # malformed request or stub bug: a 400 the clients report at once (5xx is retried)
+            self._error(HubError(400, f"hub stub failed on {method} {split.path}: {exc!r}"))
+
+    def _error(self, err: HubError) -> None:
+        message = str(err).encode("ascii", "backslashreplace").decode()  # header values must be latin-1
+        headers = {"X-Error-Message": message, **err.headers, **({"X-Error-Code": err.code} if err.code else {})}
+        self._send(err.status, json.dumps({"error": str(err), **err.body}).encode(), headers)
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, length: int | None = None) -> None:
         self.send_response(status)
@@ -287,8 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.authed:
             raise HubError(401, "You must be authenticated to access this resource")
 
-    def _repo(self, type: str | None, repo: str) -> tuple[str, dict]:
-        repo_type = type or "model"
+    def _repo(self, repo_type: str | None, repo: str) -> tuple[str, dict]:
+        repo_type = repo_type or "model"  # web routes (resolve, LFS) have no prefix for models
         return repo_type, self.hub.load(repo_type, repo, self.authed)
 
     # -- routes ------------------------------------------------------------------------------------------------
@@ -300,12 +300,13 @@ class _Handler(BaseHTTPRequestHandler):
     def create_repo(self):
         self._require_auth()
         payload = json.loads(self.body)
-        repo_type, repo_id = payload.get("type") or "model", f"{payload.get('organization') or self.hub.user}/{payload['name']}"
+        repo_type = payload.get("type") or "model"
+        repo_id = f"{payload.get('organization') or self.hub.user}/{payload['name']}"
         url = f"{self.hub.url}/{URL_PREFIX[repo_type]}{repo_id}"
         with self.hub.lock:
             folder = self.hub.repo_dir(repo_type, repo_id)
             if (folder / "repo.json").exists():
-                raise HubError(409, f"You already created this {repo_type} repo", headers={"X-Repo-Url": url})
+                raise HubError(409, f"You already created this {repo_type} repo", body={"url": url})
             folder.mkdir(parents=True)
             meta = {"private": payload.get("visibility") == "private", "created": _now(), "commits": []}
             files = {".gitattributes": self.hub.store_regular(folder, GITATTRIBUTES.encode())}
@@ -315,24 +316,25 @@ class _Handler(BaseHTTPRequestHandler):
     def validate_yaml(self):
         self._json({"errors": [], "warnings": []})
 
-    def repo_info(self, type, repo, rev="main"):
-        repo_type, meta = self._repo(type, repo)
+    def repo_info(self, repo_type, repo, rev="main"):
+        repo_type, meta = self._repo(repo_type, repo)
         commit, blobs = _revision(meta, rev), _flag(self.query, "blobs")
         siblings = []
-        for entry in _entries(commit["files"], sorted(commit["files"]), None):
+        for entry in _entries(commit["files"], sorted(commit["files"])):
             sibling = {"rfilename": entry["path"]}
             if blobs:
                 sibling.update(size=entry["size"], blobId=entry["oid"])
                 if "lfs" in entry:
-                    sibling["lfs"] = {"size": entry["size"], "sha256": entry["lfs"]["oid"], "pointerSize": entry["lfs"]["pointerSize"]}
+                    lfs = entry["lfs"]
+                    sibling["lfs"] = {"size": lfs["size"], "sha256": lfs["oid"], "pointerSize": lfs["pointerSize"]}
             siblings.append(sibling)
         self._json({"id": repo, "author": repo.split("/")[0], "sha": commit["oid"], "private": meta["private"],
                     "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
                     "createdAt": meta["created"], "lastModified": commit["date"], "siblings": siblings})
 
-    def preupload(self, type, repo, rev):
+    def preupload(self, repo_type, repo, rev):
         self._require_auth()
-        repo_type, meta = self._repo(type, repo)
+        repo_type, meta = self._repo(repo_type, repo)
         files = _revision(meta, rev)["files"]
         attributes = files.get(".gitattributes")
         patterns = [line.split()[0] for line in self._content(repo_type, repo, attributes).decode().splitlines()
@@ -346,9 +348,9 @@ class _Handler(BaseHTTPRequestHandler):
                             "oid": (existing["lfs"] or existing["oid"]) if existing else None})
         self._json({"files": answers})
 
-    def lfs_batch(self, repo, type=None):
+    def lfs_batch(self, repo, repo_type=None):
         self._require_auth()
-        repo_type, _ = self._repo(type, repo)
+        repo_type, _ = self._repo(repo_type, repo)
         payload, folder = json.loads(self.body), self.hub.repo_dir(repo_type, repo)
         if payload.get("operation") != "upload":
             raise HubError(400, "hub stub: only the LFS upload operation is supported")
@@ -388,14 +390,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(404, f"LFS object {sha} (size {size}) was not uploaded")
         self._json({"success": True})
 
-    def commit(self, type, repo, rev):
+    def commit(self, repo_type, repo, rev):
         self._require_auth()
         if self.query.get("create_pr"):
             raise HubError(400, "hub stub: pull requests are not supported")
         lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
         header = lines[0]["value"] if lines and lines[0]["key"] == "header" else {}
         with self.hub.lock:
-            repo_type, meta = self._repo(type, repo)
+            repo_type, meta = self._repo(repo_type, repo)
             folder = self.hub.repo_dir(repo_type, repo)
             if rev != "main":
                 raise HubError(404, f"Invalid rev id: {rev} (the hub stub only commits to main)", "RevisionNotFound")
@@ -421,14 +423,15 @@ class _Handler(BaseHTTPRequestHandler):
                     files = {p: f for p, f in files.items() if not p.startswith(path + "/")}
                 else:
                     raise HubError(400, f"hub stub: unsupported commit operation {key!r}")
-            record = self.hub.commit(repo_type, repo, meta, header.get("summary", ""), header.get("description", ""), files)
+            summary, description = header.get("summary", ""), header.get("description", "")
+            record = self.hub.commit(repo_type, repo, meta, summary, description, files)
         url = f"{self.hub.url}/{URL_PREFIX[repo_type]}{repo}"
         self._json({"success": True, "commitOid": record["oid"], "commitUrl": f"{url}/commit/{record['oid']}",
                     "pullRequestUrl": None})
 
-    def tree(self, type, repo, rev, path=""):
-        _, meta = self._repo(type, repo)
-        commit, expand = _revision(meta, rev), _flag(self.query, "expand")
+    def tree(self, repo_type, repo, rev, path=""):
+        _, meta = self._repo(repo_type, repo)
+        commit = _revision(meta, rev)
         files, base = commit["files"], path.strip("/")
         prefix = base + "/" if base else ""
         if base and not any(p.startswith(prefix) for p in files):
@@ -440,8 +443,8 @@ class _Handler(BaseHTTPRequestHandler):
                 depth = len(parts) if _flag(self.query, "recursive") else 1
                 for i in range(1, depth + 1):
                     listed[prefix + "/".join(parts[:i])] = None
-        entries = _entries(files, list(listed), _last_commits(meta, commit) if expand else None)
-        size = self.hub.tree_page_size_expanded if expand else self.hub.tree_page_size
+        entries = _entries(files, list(listed))
+        size = self.hub.tree_page_size
         cursor = int(self.query.get("cursor", ["0"])[0])
         headers = {}
         if cursor + size < len(entries):
@@ -449,27 +452,16 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Link"] = f'<{self.hub.url}{urlsplit(self.path).path}?{query}>; rel="next"'
         self._json(entries[cursor: cursor + size], headers=headers)
 
-    def paths_info(self, type, repo, rev):
-        _, meta = self._repo(type, repo)
+    def paths_info(self, repo_type, repo, rev):
+        _, meta = self._repo(repo_type, repo)
         commit, form = _revision(meta, rev), parse_qs(self.body.decode())
         files = commit["files"]
         paths = [p.strip("/") for p in form.get("paths", [])]
         found = [p for p in paths if p in files or any(f.startswith(p + "/") for f in files)]
-        last = _last_commits(meta, commit) if _flag(form, "expand") else None
-        self._json(_entries(files, found, last))
+        self._json(_entries(files, found))
 
-    def commits(self, type, repo, rev):
-        _, meta = self._repo(type, repo)
-        history, commit = [], _revision(meta, rev)
-        by_oid = {c["oid"]: c for c in meta["commits"]}
-        while commit:
-            history.append({"id": commit["oid"], "title": commit["title"], "message": commit["message"],
-                            "date": commit["date"], "authors": [{"user": self.hub.user}]})
-            commit = by_oid.get(commit["parent"])
-        self._json(history)
-
-    def resolve(self, repo, rev, path, type=None):
-        repo_type, meta = self._repo(type, repo)
+    def resolve(self, repo, rev, path, repo_type=None):
+        repo_type, meta = self._repo(repo_type, repo)
         commit = _revision(meta, rev)
         entry = commit["files"].get(path)
         if entry is None:
@@ -496,6 +488,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # -- pytest plugin ---------------------------------------------------------------------------------------------
 _STATE = pytest.StashKey[tuple]()
+_ENDPOINT_READERS = ("huggingface_hub.constants", "datasets.config")  # modules freezing HF_ENDPOINT at import
 _DROPPED_ENV = ("HUGGINGFACE_CO_STAGING", "HUGGINGFACE_HUB_CACHE", "HF_HUB_ENABLE_HF_TRANSFER", "HF_TOKEN_PATH")
 
 
@@ -508,11 +501,11 @@ def hub_environment(url: str, home: Path, token: str = TEST_TOKEN) -> dict[str, 
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None and not constants.ENDPOINT.startswith("http://127.0.0.1:"):
+    frozen = [name for name in _ENDPOINT_READERS if name in sys.modules]
+    if frozen:
         raise pytest.UsageError(
-            f"huggingface_hub was imported (endpoint {constants.ENDPOINT}) before the hub stub could set HF_ENDPOINT; "
-            "do not import HF libraries at conftest/plugin import time"
+            f"{', '.join(frozen)} imported before the hub stub could set HF_ENDPOINT, so it would use the real Hub; "
+            "do not import HF libraries at conftest or plugin import time"
         )
     home = Path(tempfile.mkdtemp(prefix="wildreid-hf-"))
     server = HubStub(home / "hub-stub").start()
@@ -561,6 +554,13 @@ class HubHandle:
 
 
 @pytest.fixture
-def hub(request: pytest.FixtureRequest) -> HubHandle:
-    """The session-wide stub Hub that ``HF_ENDPOINT`` points to, with a helper for unique repo ids."""
-    return HubHandle(request.config.stash[_STATE][0], request.node.name)
+def hub(request: pytest.FixtureRequest) -> Iterator[HubHandle]:
+    """The session-wide stub Hub that ``HF_ENDPOINT`` points to, with a helper for unique repo ids.
+
+    Warns (does not fail) when the test made requests the stub does not implement, to point at a missing route.
+    """
+    server = request.config.stash[_STATE][0]
+    seen = len(server.unhandled)
+    yield HubHandle(server, request.node.name)
+    if server.unhandled[seen:]:
+        warnings.warn(f"hub stub received requests it does not implement: {server.unhandled[seen:]}", stacklevel=1)
