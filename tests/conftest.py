@@ -9,6 +9,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Session-wide local Hub stand-in; sets HF_ENDPOINT & co. before any test imports an HF library.
+pytest_plugins = ["hub_stub"]
+
 
 def real_data_dir() -> Path:
     return Path(os.environ.get("WILDREID_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
