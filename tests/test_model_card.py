@@ -1,0 +1,132 @@
+"""Model card tables and model-index come from results JSON only, and regenerate idempotently."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+
+from wildreid.model_card import ModelCardError, main, new_model_card, render_model_card, write_model_card
+
+CLOSED_SET = {
+    "model": "wildreid/lite0-demo",
+    "protocol": "closed-set",
+    "command": "python evaluate.py --model runs/demo --datasets lion:test,dog:test --protocol closed-set",
+    "species": {
+        "lion": {"top1": 0.25163, "top5": 0.5, "map": 0.123456, "n_queries": 1234, "n_identities": 94, "seen_in_training": True},
+        "dog": {"top1": 0.9, "top5": 0.975, "map": 0.8049, "n_queries": 40, "n_identities": 10, "seen_in_training": False},
+    },
+    "mean": {"top1": 0.575815, "top5": 0.7375, "map": 0.464178, "n_queries": 1274, "n_identities": 104},
+}
+OPEN_SET = {
+    "model": "wildreid/lite0-demo",
+    "protocol": "open-set",
+    "species": {
+        "lion": {
+            "top1": 0.2, "top5": 0.4, "map": 0.1, "n_queries": 100, "n_identities": 20, "seen_in_training": True,
+            "baks": 0.31, "baus": 0.62, "baks_baus_gmean": 0.43841, "auroc_new": 0.7, "threshold": 0.55,
+        }
+    },
+}
+
+
+@pytest.fixture()
+def card(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "closed.json").write_text(json.dumps(CLOSED_SET))
+    (tmp_path / "results" / "open.json").write_text(json.dumps(OPEN_SET))
+    text = new_model_card(
+        "wildreid/lite0-demo",
+        {"Closed set": "results/closed.json", "Open set": "results/open.json"},
+        datasets=["wildreid/lion"],
+    )
+    text = text.replace("## Limitations\n", "## Limitations\n\nHand-written: night images are hard.\n")
+    path = tmp_path / "model_card.md"
+    path.write_text(text)
+    return path
+
+
+def test_tables_show_percentages_from_the_json(card):
+    assert write_model_card(card) is True
+    text = card.read_text()
+    assert "| lion | yes | 1,234 | 94 | 25.2 | 50.0 | 12.3 |" in text
+    assert "| dog | no (zero-shot) | 40 | 10 | 90.0 | 97.5 | 80.5 |" in text
+    assert "| **Mean** |  | 1,274 | 104 | 57.6 | 73.8 | 46.4 |" in text
+    assert "| lion | yes | 100 | 20 | 20.0 | 40.0 | 10.0 | 31.0 | 62.0 | 43.8 | 70.0 |" in text
+    assert "Rendered from `results/closed.json` by `python -m wildreid.model_card model_card.md`" in text
+    assert CLOSED_SET["command"] in text
+    assert "Hand-written: night images are hard." in text  # prose outside the markers survives
+
+
+def test_model_index_metadata_is_generated(card):
+    write_model_card(card)
+    data = ModelCard(card.read_text()).data
+    assert data.library_name == "transformers" and data.pipeline_tag == "image-feature-extraction"
+    assert data.model_name == "wildreid/lite0-demo"
+    values = {(r.dataset_name, r.metric_type, r.metric_config): r.metric_value for r in data.eval_results}
+    assert values[("lion", "top1_accuracy", "closed-set")] == 25.2
+    assert values[("dog", "map", "closed-set")] == 80.5
+    assert values[("lion", "baus", "open-set")] == 62.0
+    assert len(data.eval_results) == 2 * 3 + 1 * 7
+    assert "top1_accuracy" in data.metrics
+
+
+def test_rendering_twice_is_idempotent(card):
+    write_model_card(card)
+    first = card.read_text()
+    assert write_model_card(card) is False
+    assert card.read_text() == first
+    assert main([str(card), "--check"]) == 0
+
+
+def test_a_changed_json_changes_the_table(card):
+    write_model_card(card)
+    changed = json.loads(json.dumps(CLOSED_SET))
+    changed["species"]["lion"]["top1"] = 0.3141
+    (card.parent / "results" / "closed.json").write_text(json.dumps(changed))
+    assert main([str(card), "--check"]) == 1  # stale, nothing written
+    assert "| lion | yes | 1,234 | 94 | 25.2 |" in card.read_text()
+    assert write_model_card(card) is True
+    text = card.read_text()
+    assert "| lion | yes | 1,234 | 94 | 31.4 |" in text and "25.2" not in text
+    assert {r.metric_value for r in ModelCard(text).data.eval_results if r.metric_type == "top1_accuracy"} >= {31.4}
+
+
+def test_missing_json_fails_clearly(card, capsys):
+    (card.parent / "results" / "open.json").unlink()
+    with pytest.raises(ModelCardError, match=r"open\.json does not exist"):
+        render_model_card(card)
+    assert main([str(card)]) == 2
+    assert "open.json does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("results/open.json", "../open.json"), "outside the card's folder"),
+        (lambda t: t.replace("<!-- results:end -->", "", 1), "results:start inside an unclosed results block"),
+        (lambda t: t.replace("<!-- results:start results/closed.json -->", "<!-- results:start -->"), "malformed"),
+        (lambda t: t.split("### Closed set")[0], "no '<!-- results:start FILE -->'"),
+    ],
+)
+def test_bad_markers_fail_clearly(card, edit, message):
+    card.write_text(edit(card.read_text()))
+    with pytest.raises(ModelCardError, match=message):
+        render_model_card(card)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r["species"]["lion"].update(top1=25.2), r"species\['lion'\]\['top1'\] must be a fraction"),
+        (lambda r: r["species"]["dog"].pop("seen_in_training"), "lacks seen_in_training"),
+        (lambda r: r.pop("protocol"), "needs a string 'protocol'"),
+        (lambda r: r.update(model="another/model"), "different models"),
+    ],
+)
+def test_bad_results_fail_clearly(card, edit, message):
+    results = json.loads(json.dumps(CLOSED_SET))
+    edit(results)
+    (card.parent / "results" / "closed.json").write_text(json.dumps(results))
+    with pytest.raises(ModelCardError, match=message):
+        render_model_card(card)

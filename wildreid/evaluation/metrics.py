@@ -1,0 +1,584 @@
+"""Re-identification metrics: CMC top-k, mAP, and open-set BAKS / BAUS / AUROC.
+
+Conventions shared by every function here:
+
+* Scores are "higher = more similar". Embeddings are compared by cosine similarity after L2
+  normalisation (re-normalised here, so un-normalised embeddings such as MiewID's BN output work).
+* Ties are resolved pessimistically: a correct gallery item that scores the same as incorrect ones
+  ranks after all of them. A model that gives every pair the same score therefore lands at chance
+  (its first correct match ranks after every incorrect item) instead of looking perfect.
+* Leave-one-out (no gallery): each query is ranked against all other queries, itself excluded;
+  queries whose identity has no other image are skipped and counted in ``n_skipped``, as in MiewID.
+* Query vs gallery (closed set): a query whose identity is absent from the gallery cannot be matched,
+  so it counts as a miss in the CMC curve; it is left out of mAP, where AP is undefined, and counted
+  in ``n_unmatched``.
+* Work is chunked over queries, so only ``chunk_size x n_gallery`` scores exist at any time and a
+  100k x 100k evaluation fits in a few hundred MB. Cosine scores are float32 matrix products; the
+  BLAS kernel, hence the last bit of a score, can depend on the chunk shape, which can only reorder
+  items whose scores agree to ~1e-7.
+
+One ranking core (``_rank_chunk``) serves embeddings and precomputed similarity matrices alike.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOPK = (1, 5, 10, 20)
+# Scores held per chunk when chunk_size is None: ~4M scores keep the ranking's working arrays
+# (scores, sort order, cumulative counts) near 120 MB whatever the gallery size.
+_AUTO_CHUNK_SCORES = 1 << 22
+
+
+@dataclass(frozen=True)
+class Top1Matches:
+    """Per-query nearest-neighbour outcome, the input of the open-set metrics.
+
+    Attributes:
+        top_scores: (Q,) best gallery score of each query.
+        top1_correct: (Q,) whether the top-1 gallery item has the query's identity (ties pessimistic).
+        is_known: (Q,) whether the query's identity occurs in the gallery at all.
+        query_labels: (Q,) the query identities.
+    """
+
+    top_scores: np.ndarray
+    top1_correct: np.ndarray
+    is_known: np.ndarray
+    query_labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class _ChunkRanks:
+    first_hit: np.ndarray  # 0-based pessimistic rank of the first correct item, -1 when none
+    average_precision: np.ndarray  # NaN when the query has no correct item
+    top_score: np.ndarray
+    n_relevant: np.ndarray
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _as_labels(labels: Any, name: str) -> np.ndarray:
+    """Labels as a 1-D int or str array (object arrays of one of those types are converted)."""
+    array = labels if isinstance(labels, np.ndarray) else np.asarray(list(labels))
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of identity labels, got shape {array.shape}")
+    if array.dtype.kind == "O":
+        if all(isinstance(v, str) for v in array):
+            array = array.astype(str)
+        elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in array):
+            array = array.astype(np.int64)
+    if array.dtype.kind not in "iuU" and len(array):
+        raise ValueError(f"{name} must hold integer or string identity labels (one type), got dtype {array.dtype}")
+    return array
+
+
+def _encode_labels(query_labels: np.ndarray, gallery_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map labels to integer codes shared by query and gallery (comparisons become integer ==)."""
+    query_kind = "str" if query_labels.dtype.kind == "U" else "int"
+    gallery_kind = "str" if gallery_labels.dtype.kind == "U" else "int"
+    if query_kind != gallery_kind and len(query_labels) and len(gallery_labels):
+        # Concatenating would coerce 1 to "1" and silently merge or split identities.
+        raise ValueError(
+            f"query labels are {query_kind} but gallery labels are {gallery_kind}; use one label type for both"
+        )
+    _, codes = np.unique(np.concatenate([query_labels, gallery_labels]), return_inverse=True)
+    codes = codes.reshape(-1)
+    return codes[: len(query_labels)], codes[len(query_labels) :]
+
+
+def _normalised_embeddings(embeddings: Any, name: str) -> np.ndarray:
+    array = np.asarray(embeddings, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n, dim), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        row = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
+        raise ValueError(f"{name} row {row} holds NaN or inf")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    if (norms == 0).any():
+        row = int(np.flatnonzero(norms[:, 0] == 0)[0])
+        raise ValueError(f"{name} row {row} is all zeros; cosine similarity is undefined for it")
+    return array / norms
+
+
+def _check_lengths(n_rows: int, labels: np.ndarray, what: str, label_name: str) -> None:
+    if n_rows != len(labels):
+        raise ValueError(f"{what} has {n_rows} rows but {label_name} has {len(labels)} labels")
+
+
+def _check_topk(topk: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(int(k) for k in topk)
+    if not values or any(k < 1 for k in values):
+        raise ValueError(f"topk must be a non-empty sequence of positive integers, got {topk!r}")
+    return tuple(sorted(set(values)))
+
+
+def _chunk_rows(chunk_size: int | None, n_gallery: int) -> int:
+    if chunk_size is None:
+        return max(1, _AUTO_CHUNK_SCORES // max(n_gallery, 1))
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return int(chunk_size)
+
+
+# ----------------------------------------------------------------------------- ranking core
+
+
+def _rank_chunk(
+    scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray | None, with_ap: bool
+) -> _ChunkRanks:
+    """Rank one chunk of queries; ``scores`` and ``relevant`` are (c, G) and modified in place.
+
+    ``excluded[i]`` is the gallery column query ``i`` must not see (itself, in leave-one-out).
+    """
+    n_rows, n_gallery = scores.shape
+    rows = np.arange(n_rows)
+    if excluded is not None:
+        # Parked at -inf and marked incorrect, it can only tie with correct items that also score
+        # -inf; the -1 corrections below take it out of their ranks.
+        scores[rows, excluded] = -np.inf
+        relevant[rows, excluded] = False
+    n_relevant = relevant.sum(axis=1)
+    top_score = scores.max(axis=1).astype(np.float64) if n_gallery else np.full(n_rows, -np.inf)
+
+    best_correct = np.where(relevant, scores, -np.inf).max(axis=1) if n_gallery else np.full(n_rows, -np.inf)
+    first_hit = ((scores >= best_correct[:, None]) & ~relevant).sum(axis=1)
+    if excluded is not None:
+        first_hit -= best_correct == -np.inf
+    first_hit = np.where(n_relevant > 0, first_hit, -1)
+
+    average_precision = np.full(n_rows, np.nan)
+    if with_ap and n_gallery:
+        order = np.argsort(-scores, axis=1)
+        sorted_scores = np.take_along_axis(scores, order, axis=1).reshape(-1)
+        sorted_relevant = np.take_along_axis(relevant, order, axis=1).reshape(-1)
+        del order
+        # Flat (row-major) positions: the last item of each run of equal scores, and each correct item.
+        last_of_run = np.ones(n_rows * n_gallery, dtype=bool)
+        last_of_run[:-1] = sorted_scores[:-1] != sorted_scores[1:]
+        last_of_run[n_gallery - 1 :: n_gallery] = True  # a run never continues into the next row
+        run_ends = np.flatnonzero(last_of_run)
+        hits = np.flatnonzero(sorted_relevant)
+        hit_rows = hits // n_gallery
+        hit_run_ends = run_ends[np.searchsorted(run_ends, hits)]
+        first_hit_of_row = np.searchsorted(hits, hit_rows * n_gallery)
+        correct_through_hit = np.arange(1, len(hits) + 1) - first_hit_of_row
+        correct_through_run = np.searchsorted(hits, hit_run_ends, side="right") - first_hit_of_row
+        # Pessimistic 1-based rank of a correct item: the end of its tie run, minus the correct items
+        # that follow it inside the run (incorrect tied items all go before the correct ones).
+        rank = hit_run_ends - hit_rows * n_gallery + 1 - (correct_through_run - correct_through_hit)
+        if excluded is not None:
+            rank -= sorted_scores[hits] == -np.inf
+        precision_sum = np.bincount(hit_rows, weights=correct_through_hit / rank, minlength=n_rows)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            average_precision = np.where(n_relevant > 0, precision_sum / n_relevant, np.nan)
+    return _ChunkRanks(first_hit, average_precision, top_score, n_relevant)
+
+
+def _concat(chunks: Iterator[_ChunkRanks]) -> _ChunkRanks:
+    parts = list(chunks)
+    if not parts:
+        raise ValueError("no queries to evaluate")
+    return _ChunkRanks(*(np.concatenate([getattr(p, f) for p in parts]) for f in _ChunkRanks.__dataclass_fields__))
+
+
+def _scan_embeddings(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    query_codes: np.ndarray,
+    gallery_codes: np.ndarray,
+    leave_one_out: bool,
+    chunk_size: int | None,
+    with_ap: bool,
+) -> _ChunkRanks:
+    step = _chunk_rows(chunk_size, len(gallery))
+
+    def chunks() -> Iterator[_ChunkRanks]:
+        for start in range(0, len(queries), step):
+            stop = min(start + step, len(queries))
+            scores = queries[start:stop] @ gallery.T
+            relevant = query_codes[start:stop, None] == gallery_codes[None, :]
+            excluded = np.arange(start, stop) if leave_one_out else None
+            yield _rank_chunk(scores, relevant, excluded, with_ap)
+
+    return _concat(chunks())
+
+
+def _scan_similarity(
+    similarity: Any,
+    query_codes: np.ndarray,
+    gallery_codes: np.ndarray,
+    leave_one_out: bool,
+    chunk_size: int | None,
+    with_ap: bool,
+) -> _ChunkRanks:
+    step = _chunk_rows(chunk_size, len(gallery_codes))
+    # float32 keeps float32/float16/small-int scores exact; int32/int64/float64 scores need float64.
+    dtype = np.result_type(np.asarray(similarity[:0]).dtype, np.float32)
+
+    def chunks() -> Iterator[_ChunkRanks]:
+        for start in range(0, len(query_codes), step):
+            stop = min(start + step, len(query_codes))
+            # A copy: the ranking writes into it, and a memory-mapped matrix is only read chunk by chunk.
+            scores = np.array(similarity[start:stop], dtype=dtype)
+            if np.isnan(scores).any():
+                row, col = (int(v) for v in np.argwhere(np.isnan(scores))[0])
+                raise ValueError(f"similarity[{start + row}, {col}] is NaN")
+            relevant = query_codes[start:stop, None] == gallery_codes[None, :]
+            excluded = np.arange(start, stop) if leave_one_out else None
+            yield _rank_chunk(scores, relevant, excluded, with_ap)
+
+    return _concat(chunks())
+
+
+def _summarise(ranks: _ChunkRanks, query_codes: np.ndarray, n_candidates: int, topk: tuple[int, ...], leave_one_out: bool) -> dict:
+    has_match = ranks.n_relevant > 0
+    evaluated = has_match if leave_one_out else np.ones_like(has_match)
+    if not has_match.any():
+        if leave_one_out:
+            raise ValueError(
+                "no query has another image of its identity; leave-one-out needs identities with >= 2 images"
+            )
+        raise ValueError(
+            "no query identity occurs in the gallery, so closed-set metrics are undefined "
+            "(use open_set_metrics for new-individual detection)"
+        )
+    first_hit = ranks.first_hit[evaluated]
+    depth = min(max(topk), n_candidates)
+    hits_at_rank = np.bincount(first_hit[(first_hit >= 0) & (first_hit < depth)], minlength=depth)
+    # Integer counts divided once: the curve does not depend on summation order.
+    cmc = np.cumsum(hits_at_rank) / len(first_hit)
+    result: dict[str, Any] = {f"top{k}": float(cmc[min(k, depth) - 1]) for k in topk}
+    result.update(
+        {
+            "map": float(np.mean(ranks.average_precision[has_match])),
+            "n_queries": int(evaluated.sum()),
+            "n_identities": int(len(np.unique(query_codes[evaluated]))),
+            "n_skipped": int((~evaluated).sum()),
+            "n_unmatched": int((evaluated & ~has_match).sum()),
+            "n_gallery": int(n_candidates + (1 if leave_one_out else 0)),
+            "cmc": [float(v) for v in cmc],
+        }
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------- closed-set API
+
+
+def retrieval_metrics(
+    query_embeddings: Any,
+    query_labels: Sequence,
+    gallery_embeddings: Any = None,
+    gallery_labels: Sequence | None = None,
+    *,
+    topk: Sequence[int] = DEFAULT_TOPK,
+    chunk_size: int | None = None,
+) -> dict:
+    """CMC top-k and mAP of cosine-similarity retrieval.
+
+    Args:
+        query_embeddings: (Q, D) embeddings; re-L2-normalised here.
+        query_labels: (Q,) identity labels (int or str).
+        gallery_embeddings: (G, D) embeddings, or None for leave-one-out within the queries.
+        gallery_labels: (G,) labels; required exactly when ``gallery_embeddings`` is given.
+        topk: ranks reported as ``top{k}``; a k beyond the gallery size reports the full-gallery value.
+        chunk_size: queries scored at once (None: as many as keep a chunk near 4M scores).
+
+    Returns:
+        ``top{k}`` for each k and ``map`` (fractions in [0, 1]), ``cmc`` (list up to
+        ``min(max(topk), gallery size)``), ``n_queries`` (queries in the CMC), ``n_identities``
+        (distinct identities among them), ``n_skipped`` (leave-one-out singletons),
+        ``n_unmatched`` (closed-set queries with no correct gallery item: CMC misses, not in mAP),
+        ``n_gallery``.
+    """
+    topk = _check_topk(topk)
+    query_labels = _as_labels(query_labels, "query_labels")
+    queries = _normalised_embeddings(query_embeddings, "query_embeddings")
+    _check_lengths(len(queries), query_labels, "query_embeddings", "query_labels")
+    if len(queries) == 0:
+        raise ValueError("query_embeddings is empty: nothing to evaluate")
+    leave_one_out = gallery_embeddings is None
+    if leave_one_out:
+        if gallery_labels is not None:
+            raise ValueError("gallery_labels given without gallery_embeddings")
+        gallery, gallery_labels = queries, query_labels
+    else:
+        if gallery_labels is None:
+            raise ValueError("gallery_embeddings given without gallery_labels")
+        gallery_labels = _as_labels(gallery_labels, "gallery_labels")
+        gallery = _normalised_embeddings(gallery_embeddings, "gallery_embeddings")
+        _check_lengths(len(gallery), gallery_labels, "gallery_embeddings", "gallery_labels")
+        if len(gallery) == 0:
+            raise ValueError("gallery_embeddings is empty: nothing to match against")
+        if gallery.shape[1] != queries.shape[1]:
+            raise ValueError(
+                f"query embeddings are {queries.shape[1]}-d but gallery embeddings are {gallery.shape[1]}-d"
+            )
+    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
+    ranks = _scan_embeddings(queries, gallery, query_codes, gallery_codes, leave_one_out, chunk_size, with_ap=True)
+    return _summarise(ranks, query_codes, len(gallery) - leave_one_out, topk, leave_one_out)
+
+
+def _check_similarity(similarity: Any, n_queries: int, n_gallery: int) -> Any:
+    """Accept any 2-D array-like that slices by rows (numpy array, memmap, torch tensor via numpy)."""
+    if not hasattr(similarity, "shape") or not hasattr(similarity, "__getitem__"):
+        similarity = np.asarray(similarity)
+    if len(similarity.shape) != 2:
+        raise ValueError(f"similarity must be a 2-D (queries, gallery) matrix, got shape {tuple(similarity.shape)}")
+    if tuple(similarity.shape) != (n_queries, n_gallery):
+        raise ValueError(
+            f"similarity has shape {tuple(similarity.shape)} but there are {n_queries} query labels "
+            f"and {n_gallery} gallery labels"
+        )
+    if np.asarray(similarity[:0]).dtype.kind not in "fiu":
+        raise ValueError(f"similarity must be numeric, got dtype {np.asarray(similarity[:0]).dtype}")
+    return similarity
+
+
+def retrieval_metrics_from_similarity(
+    similarity: Any,
+    query_labels: Sequence,
+    gallery_labels: Sequence | None = None,
+    *,
+    leave_one_out: bool = False,
+    topk: Sequence[int] = DEFAULT_TOPK,
+    chunk_size: int | None = None,
+) -> dict:
+    """The metrics of :func:`retrieval_metrics` from a precomputed (Q, G) score matrix.
+
+    Higher scores mean more similar (local-feature match counts, fused scores...). With
+    ``leave_one_out=True`` the matrix is square over one set (``gallery_labels`` omitted or equal to
+    ``query_labels``) and its diagonal is ignored. NaN scores are rejected; +-inf are allowed.
+    """
+    topk = _check_topk(topk)
+    query_labels = _as_labels(query_labels, "query_labels")
+    if len(query_labels) == 0:
+        raise ValueError("query_labels is empty: nothing to evaluate")
+    if leave_one_out:
+        if gallery_labels is not None and not np.array_equal(_as_labels(gallery_labels, "gallery_labels"), query_labels):
+            raise ValueError("leave_one_out=True needs gallery_labels to be omitted or equal to query_labels")
+        gallery_labels = query_labels
+    elif gallery_labels is None:
+        raise ValueError("gallery_labels is required unless leave_one_out=True")
+    gallery_labels = _as_labels(gallery_labels, "gallery_labels")
+    if len(gallery_labels) == 0:
+        raise ValueError("gallery_labels is empty: nothing to match against")
+    similarity = _check_similarity(similarity, len(query_labels), len(gallery_labels))
+    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
+    ranks = _scan_similarity(similarity, query_codes, gallery_codes, leave_one_out, chunk_size, with_ap=True)
+    return _summarise(ranks, query_codes, len(gallery_labels) - leave_one_out, topk, leave_one_out)
+
+
+# ----------------------------------------------------------------------------- open-set API
+
+
+def top1_matches(
+    query_embeddings: Any,
+    query_labels: Sequence,
+    gallery_embeddings: Any,
+    gallery_labels: Sequence,
+    *,
+    chunk_size: int | None = None,
+) -> Top1Matches:
+    """Nearest gallery item of each query by cosine similarity (the open-set metrics' input)."""
+    query_labels = _as_labels(query_labels, "query_labels")
+    gallery_labels = _as_labels(gallery_labels, "gallery_labels")
+    queries = _normalised_embeddings(query_embeddings, "query_embeddings")
+    gallery = _normalised_embeddings(gallery_embeddings, "gallery_embeddings")
+    _check_lengths(len(queries), query_labels, "query_embeddings", "query_labels")
+    _check_lengths(len(gallery), gallery_labels, "gallery_embeddings", "gallery_labels")
+    if len(queries) == 0 or len(gallery) == 0:
+        raise ValueError(f"open-set matching needs queries and a gallery, got {len(queries)} and {len(gallery)}")
+    if gallery.shape[1] != queries.shape[1]:
+        raise ValueError(f"query embeddings are {queries.shape[1]}-d but gallery embeddings are {gallery.shape[1]}-d")
+    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
+    ranks = _scan_embeddings(queries, gallery, query_codes, gallery_codes, False, chunk_size, with_ap=False)
+    return Top1Matches(ranks.top_score, ranks.first_hit == 0, ranks.n_relevant > 0, query_labels)
+
+
+def top1_matches_from_similarity(
+    similarity: Any, query_labels: Sequence, gallery_labels: Sequence, *, chunk_size: int | None = None
+) -> Top1Matches:
+    """:func:`top1_matches` from a precomputed (Q, G) score matrix (higher = more similar)."""
+    query_labels = _as_labels(query_labels, "query_labels")
+    gallery_labels = _as_labels(gallery_labels, "gallery_labels")
+    if len(query_labels) == 0 or len(gallery_labels) == 0:
+        raise ValueError(
+            f"open-set matching needs queries and a gallery, got {len(query_labels)} and {len(gallery_labels)}"
+        )
+    similarity = _check_similarity(similarity, len(query_labels), len(gallery_labels))
+    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
+    ranks = _scan_similarity(similarity, query_codes, gallery_codes, False, chunk_size, with_ap=False)
+    return Top1Matches(ranks.top_score, ranks.first_hit == 0, ranks.n_relevant > 0, query_labels)
+
+
+def _identity_weights(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Weight 1 / (n identities * n queries of the identity) on masked queries, 0 elsewhere.
+
+    Summing weights of the queries a rule gets right gives the balanced (per-identity) accuracy.
+    """
+    weights = np.zeros(len(labels))
+    if mask.any():
+        _, inverse, counts = np.unique(labels[mask], return_inverse=True, return_counts=True)
+        weights[mask] = 1.0 / (len(counts) * counts[inverse.reshape(-1)])
+    return weights
+
+
+def _auroc_new(top_scores: np.ndarray, is_known: np.ndarray) -> float | None:
+    """AUROC of "new individual" = low top score: P(new scores below known) + 0.5 P(tie)."""
+    known = np.sort(top_scores[is_known])
+    new = top_scores[~is_known]
+    if len(known) == 0 or len(new) == 0:
+        return None
+    below = len(known) - np.searchsorted(known, new, side="right")
+    tied = np.searchsorted(known, new, side="right") - np.searchsorted(known, new, side="left")
+    return float((below.sum() + 0.5 * tied.sum()) / (len(known) * len(new)))
+
+
+def open_set_metrics(matches: Top1Matches, threshold: float) -> dict:
+    """Open-set scores for a fixed "new individual" threshold (fit it on validation data).
+
+    A query is predicted "new" when its top score is below ``threshold``, otherwise it is given its
+    top-1 gallery identity. Following wildlife-datasets / AnimalCLEF:
+
+    * ``baks``: balanced accuracy on known samples, the mean over identities present in the gallery
+      of the fraction of their queries predicted as the right identity (top-1 correct and top score
+      >= threshold).
+    * ``baus``: balanced accuracy on unknown samples, the mean over identities absent from the
+      gallery of the fraction of their queries predicted "new".
+    * ``baks_baus_gmean``: sqrt(baks * baus), AnimalCLEF's final score.
+    * ``auroc_new``: threshold-free AUROC of the "new individual" decision (positives = unknown
+      queries, ranked by low top score; ties count one half).
+
+    Values that are undefined (e.g. BAUS without unknown queries) are None, so the dict stays JSON.
+    """
+    threshold = float(threshold)
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    scores = np.asarray(matches.top_scores, dtype=np.float64)
+    known = np.asarray(matches.is_known, dtype=bool)
+    correct = np.asarray(matches.top1_correct, dtype=bool)
+    labels = np.asarray(matches.query_labels)
+    if len(scores) == 0:
+        raise ValueError("no queries to evaluate")
+    predicted_known = scores >= threshold
+    baks = float(_identity_weights(labels, known)[known & correct & predicted_known].sum()) if known.any() else None
+    baus = float(_identity_weights(labels, ~known)[~known & ~predicted_known].sum()) if (~known).any() else None
+    return {
+        "baks": baks,
+        "baus": baus,
+        "baks_baus_gmean": math.sqrt(baks * baus) if baks is not None and baus is not None else None,
+        "auroc_new": _auroc_new(scores, known),
+        "threshold": threshold,
+        "n_known_queries": int(known.sum()),
+        "n_unknown_queries": int((~known).sum()),
+        "n_known_identities": int(len(np.unique(labels[known]))),
+        "n_unknown_identities": int(len(np.unique(labels[~known]))),
+    }
+
+
+def choose_new_individual_threshold(matches: Top1Matches, criterion: str = "gmean") -> float:
+    """Pick the "new individual" threshold that maximises ``criterion`` on VALIDATION matches.
+
+    Fit it on a validation split and pass the result to :func:`open_set_metrics` on the test split;
+    fitting on the test split would report an optimistic score that no user could reproduce.
+
+    Criteria:
+        ``"gmean"``: sqrt(BAKS * BAUS), the score reported by :func:`open_set_metrics`.
+        ``"balanced"``: mean of the known-query and unknown-query recalls of the known/new decision
+            alone (ignores whether the top-1 identity is right).
+
+    Candidates are the lowest score (all known), midpoints between consecutive distinct scores, and
+    just above the highest score (all new); the lowest best candidate wins ties.
+    """
+    scores = np.asarray(matches.top_scores, dtype=np.float64)
+    known = np.asarray(matches.is_known, dtype=bool)
+    if not known.any() or known.all():
+        raise ValueError(
+            "choosing a new-individual threshold needs validation queries of both known and unknown identities, "
+            f"got {int(known.sum())} known and {int((~known).sum())} unknown"
+        )
+    distinct = np.unique(scores)
+    candidates = np.concatenate(
+        [distinct[:1], (distinct[:-1] + distinct[1:]) / 2, [np.nextafter(distinct[-1], np.inf)]]
+    )
+    if criterion == "gmean":
+        labels = np.asarray(matches.query_labels)
+        gain_known = _identity_weights(labels, known) * np.asarray(matches.top1_correct, dtype=bool)
+        gain_new = _identity_weights(labels, ~known)
+    elif criterion == "balanced":
+        gain_known = known / known.sum()
+        gain_new = ~known / (~known).sum()
+    else:
+        raise ValueError(f"unknown criterion {criterion!r}; choose 'gmean' or 'balanced'")
+    order = np.argsort(scores)
+    sorted_scores = scores[order]
+    # Gains of the queries scoring below each candidate, i.e. predicted "new" by it.
+    below = np.searchsorted(sorted_scores, candidates, side="left")
+    cum_known = np.concatenate([[0.0], np.cumsum(gain_known[order])])
+    cum_new = np.concatenate([[0.0], np.cumsum(gain_new[order])])
+    known_score = cum_known[-1] - cum_known[below]
+    new_score = cum_new[below]
+    objective = np.sqrt(known_score * new_score) if criterion == "gmean" else (known_score + new_score) / 2
+    return float(candidates[int(np.argmax(objective))])
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def grouped_metrics(
+    groups: Sequence, compute: Callable[[np.ndarray], dict], *, skip_errors: bool = False
+) -> dict[str, dict]:
+    """Run ``compute(indices)`` for each distinct value of ``groups`` (species, viewpoint...).
+
+    ``indices`` are the positions of the group's items; the callable slices its own arrays, e.g.
+    ``grouped_metrics(species, lambda i: retrieval_metrics(embeddings[i], labels[i]))``. Keys are
+    ``str(group)``, sorted. A group whose metrics are undefined raises with the group named, or is
+    left out with a warning when ``skip_errors`` is set.
+    """
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(str(group), []).append(index)
+    results = {}
+    for group in sorted(members):
+        try:
+            results[group] = compute(np.asarray(members[group]))
+        except ValueError as error:
+            if not skip_errors:
+                raise ValueError(f"group {group!r}: {error}") from error
+            logger.warning("group %r left out: %s", group, error)
+    return results
+
+
+def macro_average(results_by_group: Mapping[str, Mapping[str, Any]]) -> dict:
+    """Mean row: unweighted mean of each metric over groups, sums of the ``n_*`` counts.
+
+    A metric that is None (undefined) in some groups is averaged over the others; ``cmc`` and
+    non-numeric entries are left out.
+    """
+    if not results_by_group:
+        raise ValueError("no groups to average")
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    keys = dict.fromkeys(k for result in results_by_group.values() for k in result)
+    mean: dict[str, Any] = {}
+    for key in keys:
+        values = [r.get(key) for r in results_by_group.values()]
+        # Per-group thresholds and flags such as seen_in_training have no meaningful mean.
+        if key == "threshold" or any(v is not None and not is_number(v) for v in values):
+            continue
+        numbers = [v for v in values if v is not None]
+        if key.startswith("n_"):
+            mean[key] = int(sum(numbers))
+        else:
+            mean[key] = float(np.mean(numbers)) if numbers else None
+    return mean

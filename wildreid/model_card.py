@@ -1,0 +1,303 @@
+"""Render evaluation results JSON into the tables and `model-index` metadata of a model card.
+
+A card marks each generated table with a pair of HTML comments naming the results file, relative to
+the card's folder::
+
+    <!-- results:start results/zero_shot.json -->
+    (generated: replaced on every render)
+    <!-- results:end -->
+
+Everything outside the markers is hand-written prose and is kept. The YAML `model-index` is rebuilt
+from all marked files on every render, so no number in the card is typed by hand. Run
+``python -m wildreid.model_card model_card.md`` to regenerate, ``--check`` to fail when it is stale.
+
+Results files are those written by ``evaluate.py``::
+
+    {"species": {"lion": {"top1": .., "top5": .., "map": .., "n_queries": .., "n_identities": ..,
+                          "seen_in_training": true, "baks": .., "baus": .., ...}},
+     "mean": {...}, "model": "..", "protocol": "..", "command": "evaluate.py ... (optional)"}
+
+Metric values are fractions in [0, 1]; tables show percentages with one decimal.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+RENDER_COMMAND = "python -m wildreid.model_card"
+TASK_TYPE = "image-feature-extraction"
+TASK_NAME = "Animal re-identification"
+
+_START = re.compile(r"<!-- results:start (?P<path>\S+) -->")
+_END = "<!-- results:end -->"
+_BLOCK = re.compile(r"(?P<start><!-- results:start (?P<path>\S+) -->)\n.*?(?P<end><!-- results:end -->)", re.DOTALL)
+
+# (JSON key, table header, model-index metric type); fractions rendered as percentages.
+_CLOSED_SET_COLUMNS = [("top1", "Top-1", "top1_accuracy"), ("top5", "Top-5", "top5_accuracy"), ("map", "mAP", "map")]
+_OPEN_SET_COLUMNS = [
+    ("baks", "BAKS", "baks"),
+    ("baus", "BAUS", "baus"),
+    ("baks_baus_gmean", "√(BAKS·BAUS)", "baks_baus_gmean"),
+    ("auroc_new", "AUROC new", "auroc_new_individual"),
+]
+_REQUIRED_SPECIES_KEYS = ("top1", "top5", "map", "n_queries", "n_identities", "seen_in_training")
+
+
+class ModelCardError(ValueError):
+    """A card or results file that cannot be rendered; the message names the file and the problem."""
+
+
+# ----------------------------------------------------------------------------- results files
+
+
+def _resolve_results_path(card_path: Path, relative: str) -> Path:
+    root = card_path.resolve().parent
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ModelCardError(f"{card_path}: results file {relative!r} lies outside the card's folder {root}")
+    return path
+
+
+def _check_fraction(value: Any, where: str, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ModelCardError(f"{where} must be a fraction in [0, 1], got {value!r}")
+
+
+def load_results(path: Path) -> dict:
+    """Read and check one results file; errors name the file and the offending key."""
+    if not path.is_file():
+        raise ModelCardError(f"results file {path} does not exist (run evaluate.py with --output {path.name})")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ModelCardError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("species"), dict) or not results["species"]:
+        raise ModelCardError(f"{path}: needs a non-empty 'species' object mapping species to metrics")
+    for key in ("model", "protocol"):
+        if not isinstance(results.get(key), str):
+            raise ModelCardError(f"{path}: needs a string '{key}'")
+    for species, metrics in results["species"].items():
+        where = f"{path}: species[{species!r}]"
+        missing = [key for key in _REQUIRED_SPECIES_KEYS if key not in metrics]
+        if missing:
+            raise ModelCardError(f"{where} lacks {', '.join(missing)}")
+        for key, _, _ in _CLOSED_SET_COLUMNS:
+            _check_fraction(metrics[key], f"{where}[{key!r}]", optional=False)
+        for key, _, _ in _OPEN_SET_COLUMNS:
+            _check_fraction(metrics.get(key), f"{where}[{key!r}]", optional=True)
+    mean = results.get("mean", {})
+    for key, _, _ in _CLOSED_SET_COLUMNS + _OPEN_SET_COLUMNS:
+        _check_fraction(mean.get(key), f"{path}: mean[{key!r}]", optional=True)
+    return results
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _percent(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _count(value: Any) -> str:
+    return "–" if value is None else f"{int(value):,}"
+
+
+def _seen(value: Any) -> str:
+    return {True: "yes", False: "no (zero-shot)"}.get(value, "–")
+
+
+def render_results_table(results: Mapping[str, Any], source: str, command: str) -> str:
+    """Markdown table of one results file: a row per species, a mean row, and where it came from."""
+    species = results["species"]
+    columns = list(_CLOSED_SET_COLUMNS)
+    if any(metrics.get(key) is not None for metrics in species.values() for key, _, _ in _OPEN_SET_COLUMNS):
+        columns += _OPEN_SET_COLUMNS
+    header = ["Species", "Seen in training", "Queries", "Individuals"] + [f"{title} (%)" for _, title, _ in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    for name in sorted(species):
+        metrics = species[name]
+        cells = [name, _seen(metrics["seen_in_training"]), _count(metrics["n_queries"]), _count(metrics["n_identities"])]
+        lines.append("| " + " | ".join(cells + [_percent(metrics.get(key)) for key, _, _ in columns]) + " |")
+    mean = results.get("mean")
+    if mean:
+        cells = ["**Mean**", "", _count(mean.get("n_queries")), _count(mean.get("n_identities"))]
+        lines.append("| " + " | ".join(cells + [_percent(mean.get(key)) for key, _, _ in columns]) + " |")
+    provenance = f"Protocol `{results['protocol']}`, model `{results['model']}`."
+    if results.get("command"):
+        provenance += f" Measured with `{results['command']}`."
+    provenance += f" Rendered from `{source}` by `{command}`; do not edit by hand."
+    return "\n".join(lines) + "\n\n" + provenance + "\n"
+
+
+def _eval_results(results: Mapping[str, Any]) -> list[EvalResult]:
+    entries = []
+    protocol = results["protocol"]
+    for name in sorted(results["species"]):
+        metrics = results["species"][name]
+        for key, title, metric_type in _CLOSED_SET_COLUMNS + _OPEN_SET_COLUMNS:
+            if metrics.get(key) is None:
+                continue
+            entries.append(
+                EvalResult(
+                    task_type=TASK_TYPE,
+                    task_name=TASK_NAME,
+                    dataset_type=metrics.get("dataset", name),
+                    dataset_name=name,
+                    dataset_config=metrics.get("config"),
+                    dataset_split=metrics.get("split"),
+                    metric_type=metric_type,
+                    metric_name=f"{title} (%), {protocol}",
+                    metric_config=protocol,
+                    metric_value=round(100 * metrics[key], 1),
+                )
+            )
+    return entries
+
+
+def _check_markers(card_path: Path, text: str) -> None:
+    """Every start marker needs its own end marker before the next start."""
+    depth = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if _START.search(line):
+            if depth:
+                raise ModelCardError(f"{card_path}:{number}: results:start inside an unclosed results block")
+            depth = 1
+        elif _END in line:
+            if not depth:
+                raise ModelCardError(f"{card_path}:{number}: results:end without a results:start")
+            depth = 0
+        elif "<!-- results:" in line:
+            raise ModelCardError(f"{card_path}:{number}: malformed results marker {line.strip()!r}")
+    if depth:
+        raise ModelCardError(f"{card_path}: a results:start marker is never closed by {_END}")
+
+
+def render_model_card(card_path: str | Path, *, command: str | None = None) -> str:
+    """The card at ``card_path`` with every results block and the `model-index` regenerated.
+
+    ``command`` is the regeneration command quoted under each table (default:
+    ``python -m wildreid.model_card <card file name>``). Returns the new text; writes nothing.
+    """
+    card_path = Path(card_path)
+    if not card_path.is_file():
+        raise ModelCardError(f"model card {card_path} does not exist")
+    card = ModelCard(card_path.read_text(encoding="utf-8"))
+    _check_markers(card_path, card.text)
+    command = command or f"{RENDER_COMMAND} {card_path.name}"
+    blocks = list(_BLOCK.finditer(card.text))
+    if not blocks:
+        raise ModelCardError(f"{card_path}: no '<!-- results:start FILE -->' ... '{_END}' block to render")
+    eval_results: list[EvalResult] = []
+    model_names: set[str] = set()
+    pieces, position = [], 0
+    for block in blocks:
+        source = block["path"]
+        results = load_results(_resolve_results_path(card_path, source))
+        model_names.add(results["model"])
+        eval_results += _eval_results(results)
+        table = render_results_table(results, source, command)
+        pieces += [card.text[position : block.start()], block["start"], "\n\n", table, block["end"]]
+        position = block.end()
+    pieces.append(card.text[position:])
+    if len(model_names) > 1:
+        raise ModelCardError(f"{card_path}: results files describe different models {sorted(model_names)}")
+    card.text = "".join(pieces)
+    card.data.model_name = card.data.model_name or model_names.pop()
+    card.data.eval_results = eval_results
+    card.data.metrics = sorted({result.metric_type for result in eval_results})
+    return str(card)
+
+
+def write_model_card(card_path: str | Path, *, command: str | None = None, check: bool = False) -> bool:
+    """Regenerate the card in place; returns whether it changed. ``check`` only reports staleness."""
+    card_path = Path(card_path)
+    rendered = render_model_card(card_path, command=command)
+    changed = rendered != card_path.read_text(encoding="utf-8")
+    if changed and not check:
+        card_path.write_text(rendered, encoding="utf-8")
+    return changed
+
+
+def new_model_card(
+    model_name: str,
+    results_files: Mapping[str, str],
+    *,
+    license: str = "apache-2.0",
+    datasets: Sequence[str] = (),
+    base_model: str | None = None,
+) -> str:
+    """Skeleton card (metadata, prose headings, one results block per ``{section title: json path}``).
+
+    Fill in the prose by hand, then render with :func:`write_model_card`.
+    """
+    data = ModelCardData(
+        model_name=model_name,
+        license=license,
+        library_name="transformers",
+        pipeline_tag=TASK_TYPE,
+        tags=["wildreid", "animal-re-identification", "wildlife", "image-feature-extraction", "custom_code"],
+        datasets=list(datasets) or None,
+        base_model=base_model,
+    )
+    sections = "\n".join(
+        f"### {title}\n\n<!-- results:start {path} -->\n<!-- results:end -->\n" for title, path in results_files.items()
+    )
+    body = f"""
+# {model_name}
+
+One embedding model that re-identifies individual animals across species: images of the same
+individual map to nearby L2-normalised embeddings, compared by cosine similarity.
+
+## Usage
+
+```python
+from transformers import AutoImageProcessor, AutoModel
+
+processor = AutoImageProcessor.from_pretrained("{model_name}", trust_remote_code=True)
+model = AutoModel.from_pretrained("{model_name}", trust_remote_code=True)
+embeddings = model(**processor(images, return_tensors="pt")).embeddings
+```
+
+## Evaluation
+
+Top-k: fraction of queries whose first correct gallery image is among the k most similar.
+mAP: mean average precision. BAKS / BAUS: balanced accuracy on known / unknown individuals with
+a "new individual" threshold chosen on the validation split. Ties count against the model.
+
+{sections}
+## Limitations
+
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=RENDER_COMMAND, description="Regenerate the results tables and model-index of a model card from results JSON."
+    )
+    parser.add_argument("card", type=Path, help="model card markdown file (e.g. model_card.md)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the card is out of date; write nothing")
+    args = parser.parse_args(argv)
+    try:
+        changed = write_model_card(args.card, check=args.check)
+    except ModelCardError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.card}: {'out of date' if changed else 'up to date'}")
+        return int(changed)
+    print(f"{args.card}: {'regenerated' if changed else 'already up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
