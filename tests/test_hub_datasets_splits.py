@@ -223,5 +223,7 @@ def test_dataset_wrappers_replace_the_split_column_in_schema_order(small_dataset
         assert split.features == FEATURES and split.column_names == list(FEATURES)
         assert set(split["split"]) == {"train", "test"}
         assert split["image_id"] == small_dataset["image_id"]
+    selected = small_dataset.select(range(3, 15))  # an indices mapping, as after a split selection
+    assert closed_set_split(selected, 0.3)["image_id"] == selected["image_id"]
     with pytest.raises(ValueError, match="unknown split strategy"):
         split_dataset(small_dataset, "random")
