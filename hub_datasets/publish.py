@@ -25,7 +25,6 @@ from datasets.info import DatasetInfosDict
 from datasets.table import embed_table_storage
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, HfApi, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
 
 from .info import SourceInfo
 from .schema import FEATURES, FIELD_DOCS
@@ -83,8 +82,11 @@ def _image_bytes(dataset: Dataset) -> int:
 
 
 def shard_counts(splits: DatasetDict, max_shard_size: int = MAX_SHARD_SIZE) -> dict[str, int]:
-    """Parquet shards per split so that each holds at most about `max_shard_size` bytes of images."""
-    return {name: max(1, math.ceil(_image_bytes(split) / max_shard_size)) for name, split in splits.items()}
+    """Parquet shards per split so that each holds at most about `max_shard_size` bytes of images
+    (and at least one row)."""
+    return {
+        name: min(len(split), max(1, math.ceil(_image_bytes(split) / max_shard_size))) for name, split in splits.items()
+    }
 
 
 def _card_metadata(info: SourceInfo, stats: dict[str, Any]) -> dict[str, Any]:
@@ -220,11 +222,8 @@ def push_hub(
 ) -> None:
     """`push_to_hub(repo_id, config_name=name)` (embeds images), then merge the card and upload it."""
     splits.push_to_hub(repo_id, config_name=name, token=token, num_shards=num_shards, commit_message=f"Publish {name}")
-    try:
-        local_card = hf_hub_download(repo_id, "README.md", repo_type="dataset", token=token)
-        card = DatasetCard(Path(local_card).read_text(encoding="utf-8"))
-    except EntryNotFoundError:
-        card = DatasetCard("---\n\n---\n")
+    # push_to_hub has just written the configs/dataset_info YAML of this config into README.md.
+    card = DatasetCard(Path(hf_hub_download(repo_id, "README.md", repo_type="dataset", token=token)).read_text(encoding="utf-8"))
     update_card(card, name, info, config_statistics(splits), repo_id)
     HfApi(token=token).upload_file(
         path_or_fileobj=str(card).encode("utf-8"),

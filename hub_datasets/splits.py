@@ -21,8 +21,9 @@ Strategies (`test_fraction` is a share in (0, 1)):
   share of images is closest to `test_fraction`; no group straddles train and test. A row without a
   group is its own group. Fails with fewer than 2 groups in a species.
 - `time_aware`: rows dated on or after a cutoff go to test, earlier ones to train; the cutoff is the
-  earliest date with at most `test_fraction` of the species' images on or after it (or given
-  explicitly). Needs a `date` on every row. Rows with the same date never straddle.
+  earliest date with at most `test_fraction` of the species' images on or after it, but never later
+  than the latest date (or it is given explicitly). Needs a `date` on every row and, without an
+  explicit cutoff, 2+ distinct dates per species. Rows with the same date never straddle.
 
 The functions take a `datasets.Dataset` in the [`FEATURES`] schema and return it with the `split`
 column replaced by `"train"` / `"test"`; the `*_labels` variants work on plain lists.
@@ -30,7 +31,7 @@ column replaced by `"train"` / `"test"`; the `*_labels` variants work on plain l
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 
 from datasets import Dataset
@@ -114,6 +115,11 @@ def open_set_labels(
     _check_fraction("test_fraction", test_fraction)
     _check_fraction("unseen_fraction", unseen_fraction)
     _check_nonempty(identities, "open-set")
+    if max(Counter(identities).values()) < 2:
+        raise ValueError(
+            f"open-set split: all {len(set(identities))} identities have a single image, so no test identity can "
+            "also be seen in train; use disjoint_set instead"
+        )
     labels = [TRAIN] * len(identities)
     for species, rows in sorted(_by_species(identities).items()):
         members = _rows_by_identity(identities, rows)
@@ -136,8 +142,6 @@ def open_set_labels(
                 labels[index] = TEST
         for name in order[n_unseen:]:
             _hold_out_images(labels, image_ids, members[name], test_fraction, seed)
-    if TEST not in labels:
-        raise ValueError("open-set split: no identity could be held out (every identity has a single image)")
     return labels
 
 

@@ -1,0 +1,52 @@
+"""Small on-disk fixtures for the hub_datasets tests: tiny generated images, never real data."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_image(path: Path, seed: int = 0, size: int = 24, fmt: str | None = None) -> Path:
+    """A small random RGB image at `path` (format from the suffix unless `fmt`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def fake_lion_data(data_dir: Path, identities: int = 3, images: int = 3) -> Path:
+    """`<data_dir>/lion/` in the real source's layout: annotations.csv (image, identity, split, view)."""
+    root = data_dir / "lion"
+    rows = []
+    for i in range(identities):
+        split = "val" if i == 0 else "train"
+        for j in range(images):
+            relative = f"{split}/Lion{i}/Lion{i}_{j}.png"
+            write_image(root / relative, seed=i * 100 + j)
+            rows.append([relative, f"Lion{i}", split, "Left_Face" if j % 2 else "left_face"])
+    write_csv(root / "annotations.csv", ["image", "identity", "split", "view"], rows)
+    return data_dir
+
+
+def fake_dog_data(data_dir: Path, identities: int = 5, images: int = 2) -> Path:
+    """`<data_dir>/dog/` in the real source's layout: annotations.csv (image, identity) only."""
+    root = data_dir / "dog"
+    rows = []
+    for i in range(identities):
+        for j in range(images):
+            relative = f"after_4_bis/{i}/{i}.{j}.jpg"
+            write_image(root / relative, seed=1000 + i * 10 + j)
+            rows.append([relative, str(i)])
+    write_csv(root / "annotations.csv", ["image", "identity"], rows)
+    return data_dir
