@@ -46,13 +46,19 @@ def main() -> None:
         chunk_size=args.chunk_size,
     )
     print(f"  top1 {result['top1']:.4f}  map {result['map']:.4f}  (random embeddings: chance level)")
-    result = timed("leave-one-out on the queries: CMC + mAP", retrieval_metrics, queries, query_labels, chunk_size=args.chunk_size)
+    result = timed(
+        "leave-one-out on the queries: CMC + mAP", retrieval_metrics, queries, query_labels, chunk_size=args.chunk_size
+    )
     print(f"  n_queries {result['n_queries']}  n_skipped {result['n_skipped']}")
-    matches = timed("open set: top-1 matches", top1_matches, queries, query_labels, gallery, gallery_labels, chunk_size=args.chunk_size)
+    matches = timed(
+        "open set: top-1 matches", top1_matches, queries, query_labels, gallery, gallery_labels,
+        chunk_size=args.chunk_size,
+    )
     threshold = timed("open set: choose threshold + BAKS/BAUS", choose_new_individual_threshold, matches)
     open_set_metrics(matches, threshold)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak resident memory {peak_mib:.0f} MiB (embeddings alone: {(queries.nbytes + gallery.nbytes) / 2**20:.0f} MiB)")
+    embeddings_mib = (queries.nbytes + gallery.nbytes) / 2**20
+    print(f"peak resident memory {peak_mib:.0f} MiB (embeddings alone: {embeddings_mib:.0f} MiB)")
 
 
 if __name__ == "__main__":

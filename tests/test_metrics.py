@@ -167,7 +167,10 @@ def test_integer_labels_and_numpy_object_labels_work():
         (lambda: retrieval_metrics(np.eye(2), ["a", "a"], topk=()), "topk"),
         (lambda: retrieval_metrics(np.eye(2), ["a", "a"], chunk_size=0), "chunk_size"),
         (lambda: retrieval_metrics_from_similarity(np.ones((2, 3)), ["a", "a"], ["a", "b"]), "shape (2, 3)"),
-        (lambda: retrieval_metrics_from_similarity(np.array([[np.nan, 1.0]]), ["a"], ["a", "b"]), "similarity[0, 0] is NaN"),
+        (
+            lambda: retrieval_metrics_from_similarity(np.array([[np.nan, 1.0]]), ["a"], ["a", "b"]),
+            "similarity[0, 0] is NaN",
+        ),
         (lambda: retrieval_metrics_from_similarity(np.ones((2, 2)), ["a", "a"]), "gallery_labels is required"),
     ],
 )

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TOPK = (1, 5, 10, 20)
 # Scores held per chunk when chunk_size is None: ~4M scores keep the ranking's working arrays
-# (scores, sort order, cumulative counts) near 120 MB whatever the gallery size.
+# (scores, sorted scores, correct-item mask) near 40 MB whatever the gallery size.
 _AUTO_CHUNK_SCORES = 1 << 22
 
 
@@ -231,7 +231,9 @@ def _similarity_blocks(similarity: Any) -> Callable[[int, int], np.ndarray]:
     return block
 
 
-def _summarise(ranks: _ChunkRanks, query_codes: np.ndarray, n_candidates: int, topk: tuple[int, ...], leave_one_out: bool) -> dict:
+def _summarise(
+    ranks: _ChunkRanks, query_codes: np.ndarray, n_candidates: int, topk: tuple[int, ...], leave_one_out: bool
+) -> dict:
     has_match = ranks.n_relevant > 0
     evaluated = has_match if leave_one_out else np.ones_like(has_match)
     if not has_match.any():
@@ -266,6 +268,56 @@ def _summarise(ranks: _ChunkRanks, query_codes: np.ndarray, n_candidates: int, t
 # ----------------------------------------------------------------------------- closed-set API
 
 
+def _prepare_embeddings(
+    query_embeddings: Any, query_labels: Sequence, gallery_embeddings: Any, gallery_labels: Sequence | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised queries and gallery with shared label codes; no gallery means the queries themselves."""
+    query_labels = _as_labels(query_labels, "query_labels")
+    queries = _normalised_embeddings(query_embeddings, "query_embeddings")
+    _check_lengths(len(queries), query_labels, "query_embeddings", "query_labels")
+    if len(queries) == 0:
+        raise ValueError("query_embeddings is empty: nothing to evaluate")
+    if gallery_embeddings is None:
+        gallery, gallery_labels = queries, query_labels
+    else:
+        if gallery_labels is None:
+            raise ValueError("gallery_embeddings given without gallery_labels")
+        gallery_labels = _as_labels(gallery_labels, "gallery_labels")
+        gallery = _normalised_embeddings(gallery_embeddings, "gallery_embeddings")
+        _check_lengths(len(gallery), gallery_labels, "gallery_embeddings", "gallery_labels")
+        if len(gallery) == 0:
+            raise ValueError("gallery_embeddings is empty: nothing to match against")
+        if gallery.shape[1] != queries.shape[1]:
+            raise ValueError(
+                f"query embeddings are {queries.shape[1]}-d but gallery embeddings are {gallery.shape[1]}-d"
+            )
+    return (queries, gallery, *_encode_labels(query_labels, gallery_labels))
+
+
+def _prepare_similarity(
+    similarity: Any, query_labels: Sequence, gallery_labels: Sequence
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A row-sliceable (Q, G) score matrix (numpy array, memmap...) checked against the labels."""
+    query_labels = _as_labels(query_labels, "query_labels")
+    gallery_labels = _as_labels(gallery_labels, "gallery_labels")
+    if len(query_labels) == 0:
+        raise ValueError("query_labels is empty: nothing to evaluate")
+    if len(gallery_labels) == 0:
+        raise ValueError("gallery_labels is empty: nothing to match against")
+    if not hasattr(similarity, "shape") or not hasattr(similarity, "__getitem__"):
+        similarity = np.asarray(similarity)
+    if len(similarity.shape) != 2:
+        raise ValueError(f"similarity must be a 2-D (queries, gallery) matrix, got shape {tuple(similarity.shape)}")
+    if tuple(similarity.shape) != (len(query_labels), len(gallery_labels)):
+        raise ValueError(
+            f"similarity has shape {tuple(similarity.shape)} but there are {len(query_labels)} query labels "
+            f"and {len(gallery_labels)} gallery labels"
+        )
+    if np.asarray(similarity[:0]).dtype.kind not in "fiu":
+        raise ValueError(f"similarity must be numeric, got dtype {np.asarray(similarity[:0]).dtype}")
+    return (similarity, *_encode_labels(query_labels, gallery_labels))
+
+
 def retrieval_metrics(
     query_embeddings: Any,
     query_labels: Sequence,
@@ -293,47 +345,14 @@ def retrieval_metrics(
         ``n_gallery``.
     """
     topk = _check_topk(topk)
-    query_labels = _as_labels(query_labels, "query_labels")
-    queries = _normalised_embeddings(query_embeddings, "query_embeddings")
-    _check_lengths(len(queries), query_labels, "query_embeddings", "query_labels")
-    if len(queries) == 0:
-        raise ValueError("query_embeddings is empty: nothing to evaluate")
     leave_one_out = gallery_embeddings is None
-    if leave_one_out:
-        if gallery_labels is not None:
-            raise ValueError("gallery_labels given without gallery_embeddings")
-        gallery, gallery_labels = queries, query_labels
-    else:
-        if gallery_labels is None:
-            raise ValueError("gallery_embeddings given without gallery_labels")
-        gallery_labels = _as_labels(gallery_labels, "gallery_labels")
-        gallery = _normalised_embeddings(gallery_embeddings, "gallery_embeddings")
-        _check_lengths(len(gallery), gallery_labels, "gallery_embeddings", "gallery_labels")
-        if len(gallery) == 0:
-            raise ValueError("gallery_embeddings is empty: nothing to match against")
-        if gallery.shape[1] != queries.shape[1]:
-            raise ValueError(
-                f"query embeddings are {queries.shape[1]}-d but gallery embeddings are {gallery.shape[1]}-d"
-            )
-    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
+    if leave_one_out and gallery_labels is not None:
+        raise ValueError("gallery_labels given without gallery_embeddings")
+    queries, gallery, query_codes, gallery_codes = _prepare_embeddings(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels
+    )
     ranks = _scan(_cosine_blocks(queries, gallery), query_codes, gallery_codes, leave_one_out, chunk_size)
     return _summarise(ranks, query_codes, len(gallery) - leave_one_out, topk, leave_one_out)
-
-
-def _check_similarity(similarity: Any, n_queries: int, n_gallery: int) -> Any:
-    """Accept any 2-D array-like that slices by rows (numpy array, memmap, torch tensor via numpy)."""
-    if not hasattr(similarity, "shape") or not hasattr(similarity, "__getitem__"):
-        similarity = np.asarray(similarity)
-    if len(similarity.shape) != 2:
-        raise ValueError(f"similarity must be a 2-D (queries, gallery) matrix, got shape {tuple(similarity.shape)}")
-    if tuple(similarity.shape) != (n_queries, n_gallery):
-        raise ValueError(
-            f"similarity has shape {tuple(similarity.shape)} but there are {n_queries} query labels "
-            f"and {n_gallery} gallery labels"
-        )
-    if np.asarray(similarity[:0]).dtype.kind not in "fiu":
-        raise ValueError(f"similarity must be numeric, got dtype {np.asarray(similarity[:0]).dtype}")
-    return similarity
 
 
 def retrieval_metrics_from_similarity(
@@ -352,25 +371,23 @@ def retrieval_metrics_from_similarity(
     ``query_labels``) and its diagonal is ignored. NaN scores are rejected; +-inf are allowed.
     """
     topk = _check_topk(topk)
-    query_labels = _as_labels(query_labels, "query_labels")
-    if len(query_labels) == 0:
-        raise ValueError("query_labels is empty: nothing to evaluate")
     if leave_one_out:
-        if gallery_labels is not None and not np.array_equal(_as_labels(gallery_labels, "gallery_labels"), query_labels):
+        if gallery_labels is not None and not np.array_equal(np.asarray(gallery_labels), np.asarray(query_labels)):
             raise ValueError("leave_one_out=True needs gallery_labels to be omitted or equal to query_labels")
         gallery_labels = query_labels
     elif gallery_labels is None:
         raise ValueError("gallery_labels is required unless leave_one_out=True")
-    gallery_labels = _as_labels(gallery_labels, "gallery_labels")
-    if len(gallery_labels) == 0:
-        raise ValueError("gallery_labels is empty: nothing to match against")
-    similarity = _check_similarity(similarity, len(query_labels), len(gallery_labels))
-    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
+    similarity, query_codes, gallery_codes = _prepare_similarity(similarity, query_labels, gallery_labels)
     ranks = _scan(_similarity_blocks(similarity), query_codes, gallery_codes, leave_one_out, chunk_size)
-    return _summarise(ranks, query_codes, len(gallery_labels) - leave_one_out, topk, leave_one_out)
+    return _summarise(ranks, query_codes, len(gallery_codes) - leave_one_out, topk, leave_one_out)
 
 
 # ----------------------------------------------------------------------------- open-set API
+
+
+def _top1(ranks: _ChunkRanks, query_labels: Sequence) -> Top1Matches:
+    labels = _as_labels(query_labels, "query_labels")
+    return Top1Matches(ranks.top_score, ranks.first_hit == 0, ranks.n_relevant > 0, labels)
 
 
 def top1_matches(
@@ -382,35 +399,22 @@ def top1_matches(
     chunk_size: int | None = None,
 ) -> Top1Matches:
     """Nearest gallery item of each query by cosine similarity (the open-set metrics' input)."""
-    query_labels = _as_labels(query_labels, "query_labels")
-    gallery_labels = _as_labels(gallery_labels, "gallery_labels")
-    queries = _normalised_embeddings(query_embeddings, "query_embeddings")
-    gallery = _normalised_embeddings(gallery_embeddings, "gallery_embeddings")
-    _check_lengths(len(queries), query_labels, "query_embeddings", "query_labels")
-    _check_lengths(len(gallery), gallery_labels, "gallery_embeddings", "gallery_labels")
-    if len(queries) == 0 or len(gallery) == 0:
-        raise ValueError(f"open-set matching needs queries and a gallery, got {len(queries)} and {len(gallery)}")
-    if gallery.shape[1] != queries.shape[1]:
-        raise ValueError(f"query embeddings are {queries.shape[1]}-d but gallery embeddings are {gallery.shape[1]}-d")
-    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
+    if gallery_embeddings is None or gallery_labels is None:
+        raise ValueError("open-set matching needs a gallery (gallery_embeddings and gallery_labels)")
+    queries, gallery, query_codes, gallery_codes = _prepare_embeddings(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels
+    )
     ranks = _scan(_cosine_blocks(queries, gallery), query_codes, gallery_codes, False, chunk_size)
-    return Top1Matches(ranks.top_score, ranks.first_hit == 0, ranks.n_relevant > 0, query_labels)
+    return _top1(ranks, query_labels)
 
 
 def top1_matches_from_similarity(
     similarity: Any, query_labels: Sequence, gallery_labels: Sequence, *, chunk_size: int | None = None
 ) -> Top1Matches:
     """:func:`top1_matches` from a precomputed (Q, G) score matrix (higher = more similar)."""
-    query_labels = _as_labels(query_labels, "query_labels")
-    gallery_labels = _as_labels(gallery_labels, "gallery_labels")
-    if len(query_labels) == 0 or len(gallery_labels) == 0:
-        raise ValueError(
-            f"open-set matching needs queries and a gallery, got {len(query_labels)} and {len(gallery_labels)}"
-        )
-    similarity = _check_similarity(similarity, len(query_labels), len(gallery_labels))
-    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
+    similarity, query_codes, gallery_codes = _prepare_similarity(similarity, query_labels, gallery_labels)
     ranks = _scan(_similarity_blocks(similarity), query_codes, gallery_codes, False, chunk_size)
-    return Top1Matches(ranks.top_score, ranks.first_hit == 0, ranks.n_relevant > 0, query_labels)
+    return _top1(ranks, query_labels)
 
 
 def _identity_weights(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
