@@ -75,7 +75,7 @@ def _check_fraction(value: Any, where: str, *, optional: bool) -> None:
 def load_results(path: Path) -> dict:
     """Read and check one results file; errors name the file and the offending key."""
     if not path.is_file():
-        raise ModelCardError(f"results file {path} does not exist (run evaluate.py with --output {path.name})")
+        raise ModelCardError(f"results file {path} does not exist (write it with evaluate.py --output {path})")
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
