@@ -167,7 +167,10 @@ def test_integer_labels_and_numpy_object_labels_work():
         (lambda: retrieval_metrics(np.eye(2), ["a", "a"], topk=()), "topk"),
         (lambda: retrieval_metrics(np.eye(2), ["a", "a"], chunk_size=0), "chunk_size"),
         (lambda: retrieval_metrics_from_similarity(np.ones((2, 3)), ["a", "a"], ["a", "b"]), "shape (2, 3)"),
-        (lambda: retrieval_metrics_from_similarity(np.array([[np.nan, 1.0]]), ["a"], ["a", "b"]), "similarity[0, 0] is NaN"),
+        (
+            lambda: retrieval_metrics_from_similarity(np.array([[np.nan, 1.0]]), ["a"], ["a", "b"]),
+            "similarity[0, 0] is NaN",
+        ),
         (lambda: retrieval_metrics_from_similarity(np.ones((2, 2)), ["a", "a"]), "gallery_labels is required"),
     ],
 )
@@ -215,6 +218,22 @@ def test_query_vs_gallery_matches_brute_force_and_is_chunk_invariant(seed):
     similarity = unit(queries) @ unit(gallery).T
     assert_matches_brute_force(reference, similarity, query_labels, gallery_labels)
     assert retrieval_metrics_from_similarity(similarity, query_labels, gallery_labels, chunk_size=4) == reference
+
+
+@pytest.mark.parametrize("leave_one_out", [False, True])
+def test_few_identities_many_images_and_infinite_scores_match_brute_force(leave_one_out):
+    # ~70 correct items per query stress the per-row search; +-inf scores are allowed in score matrices.
+    rng = np.random.default_rng(8)
+    n_gallery = 40 if leave_one_out else 200
+    similarity = rng.standard_normal((40, n_gallery)).round(1)  # rounding adds ties
+    similarity[rng.random(similarity.shape) < 0.05] = -np.inf
+    similarity[rng.random(similarity.shape) < 0.02] = np.inf
+    query_labels = rng.integers(0, 3, 40)
+    gallery_labels = query_labels if leave_one_out else rng.integers(0, 3, n_gallery)
+    result = retrieval_metrics_from_similarity(
+        similarity, query_labels, gallery_labels, leave_one_out=leave_one_out, chunk_size=6
+    )
+    assert_matches_brute_force(result, similarity, query_labels, gallery_labels, leave_one_out)
 
 
 def test_leave_one_out_equals_each_query_against_the_others():

@@ -13,8 +13,14 @@ CLOSED_SET = {
     "protocol": "closed-set",
     "command": "python evaluate.py --model runs/demo --datasets lion:test,dog:test --protocol closed-set",
     "species": {
-        "lion": {"top1": 0.25163, "top5": 0.5, "map": 0.123456, "n_queries": 1234, "n_identities": 94, "seen_in_training": True},
-        "dog": {"top1": 0.9, "top5": 0.975, "map": 0.8049, "n_queries": 40, "n_identities": 10, "seen_in_training": False},
+        "lion": {
+            "top1": 0.25163, "top5": 0.5, "map": 0.123456, "n_queries": 1234, "n_identities": 94,
+            "seen_in_training": True,
+        },
+        "dog": {
+            "top1": 0.9, "top5": 0.975, "map": 0.8049, "n_queries": 40, "n_identities": 10,
+            "seen_in_training": False,
+        },
     },
     "mean": {"top1": 0.575815, "top5": 0.7375, "map": 0.464178, "n_queries": 1274, "n_identities": 104},
 }

@@ -21,7 +21,10 @@ def test_leave_one_out_and_query_vs_gallery_match_the_library(data):
     reid = load_reid_metric()
     assert reid.compute(predictions=embeddings.tolist(), references=labels) == retrieval_metrics(embeddings, labels)
     result = reid.compute(
-        predictions=embeddings[:20], references=labels[:20], gallery_embeddings=embeddings[20:], gallery_labels=labels[20:]
+        predictions=embeddings[:20],
+        references=labels[:20],
+        gallery_embeddings=embeddings[20:],
+        gallery_labels=labels[20:],
     )
     assert result == retrieval_metrics(embeddings[:20], labels[:20], embeddings[20:], labels[20:])
 

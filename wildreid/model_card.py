@@ -75,7 +75,7 @@ def _check_fraction(value: Any, where: str, *, optional: bool) -> None:
 def load_results(path: Path) -> dict:
     """Read and check one results file; errors name the file and the offending key."""
     if not path.is_file():
-        raise ModelCardError(f"results file {path} does not exist (run evaluate.py with --output {path.name})")
+        raise ModelCardError(f"results file {path} does not exist (write it with evaluate.py --output {path})")
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -125,7 +125,8 @@ def render_results_table(results: Mapping[str, Any], source: str, command: str) 
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
     for name in sorted(species):
         metrics = species[name]
-        cells = [name, _seen(metrics["seen_in_training"]), _count(metrics["n_queries"]), _count(metrics["n_identities"])]
+        seen = _seen(metrics["seen_in_training"])
+        cells = [name, seen, _count(metrics["n_queries"]), _count(metrics["n_identities"])]
         lines.append("| " + " | ".join(cells + [_percent(metrics.get(key)) for key, _, _ in columns]) + " |")
     mean = results.get("mean")
     if mean:
@@ -282,7 +283,8 @@ a "new individual" threshold chosen on the validation split. Ties count against 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=RENDER_COMMAND, description="Regenerate the results tables and model-index of a model card from results JSON."
+        prog=RENDER_COMMAND,
+        description="Regenerate the results tables and model-index of a model card from results JSON.",
     )
     parser.add_argument("card", type=Path, help="model card markdown file (e.g. model_card.md)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the card is out of date; write nothing")

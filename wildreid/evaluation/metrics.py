@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TOPK = (1, 5, 10, 20)
 # Scores held per chunk when chunk_size is None: ~4M scores keep the ranking's working arrays
-# (scores, sort order, cumulative counts) near 120 MB whatever the gallery size.
+# (scores, sorted scores, correct-item mask) near 40 MB whatever the gallery size.
 _AUTO_CHUNK_SCORES = 1 << 22
 
 
@@ -131,114 +131,109 @@ def _chunk_rows(chunk_size: int | None, n_gallery: int) -> int:
 # ----------------------------------------------------------------------------- ranking core
 
 
-def _rank_chunk(
-    scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray | None, with_ap: bool
-) -> _ChunkRanks:
+def _count_below(sorted_rows: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each i, how many entries of ``sorted_rows[rows[i]]`` (ascending) are < ``values[i]``.
+
+    A binary search run for all i at once: numpy's searchsorted only takes one sorted array.
+    """
+    n_columns = sorted_rows.shape[1]
+    flat = sorted_rows.reshape(-1)
+    offsets = rows * n_columns
+    low = np.zeros(len(values), dtype=np.int64)
+    high = np.full(len(values), n_columns, dtype=np.int64)
+    while True:
+        active = low < high
+        if not active.any():
+            return low
+        middle = (low + high) // 2
+        below = flat[offsets + np.minimum(middle, n_columns - 1)] < values
+        low = np.where(active & below, middle + 1, low)
+        high = np.where(active & ~below, middle, high)
+
+
+def _rank_chunk(scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray | None) -> _ChunkRanks:
     """Rank one chunk of queries; ``scores`` and ``relevant`` are (c, G) and modified in place.
 
     ``excluded[i]`` is the gallery column query ``i`` must not see (itself, in leave-one-out).
+    Only the correct items' ranks are needed, so each row's scores are sorted by value (a SIMD sort,
+    several times faster than argsort) and every correct item is located in its row by binary search.
     """
     n_rows, n_gallery = scores.shape
-    rows = np.arange(n_rows)
     if excluded is not None:
         # Parked at -inf and marked incorrect, it can only tie with correct items that also score
-        # -inf; the -1 corrections below take it out of their ranks.
-        scores[rows, excluded] = -np.inf
-        relevant[rows, excluded] = False
-    n_relevant = relevant.sum(axis=1)
-    top_score = scores.max(axis=1).astype(np.float64) if n_gallery else np.full(n_rows, -np.inf)
-
-    best_correct = np.where(relevant, scores, -np.inf).max(axis=1) if n_gallery else np.full(n_rows, -np.inf)
-    first_hit = ((scores >= best_correct[:, None]) & ~relevant).sum(axis=1)
+        # -inf; the correction below takes it out of their ranks.
+        scores[np.arange(n_rows), excluded] = -np.inf
+        relevant[np.arange(n_rows), excluded] = False
+    sorted_scores = np.sort(scores, axis=1)
+    hits = np.flatnonzero(relevant)
+    hit_rows = hits // n_gallery
+    hit_scores = scores.reshape(-1)[hits]
+    # Correct items of each row from best to worst score.
+    order = np.lexsort((-hit_scores, hit_rows))
+    hit_rows, hit_scores = hit_rows[order], hit_scores[order]
+    n_relevant = np.bincount(hit_rows, minlength=n_rows)
+    row_first = np.concatenate([[0], np.cumsum(n_relevant)[:-1]])
+    position = np.arange(len(hit_rows)) - row_first[hit_rows] + 1  # k-th correct item of its row
+    # Correct items scoring >= the k-th one: up to the last of its run of equal scores.
+    last_of_run = np.ones(len(hit_rows), dtype=bool)
+    last_of_run[:-1] = (hit_rows[:-1] != hit_rows[1:]) | (hit_scores[:-1] != hit_scores[1:])
+    run_last = np.flatnonzero(last_of_run)
+    correct_at_least = run_last[np.searchsorted(run_last, np.arange(len(hit_rows)))] - row_first[hit_rows] + 1
+    at_least = n_gallery - _count_below(sorted_scores, hit_rows, hit_scores)
+    wrong_at_least = at_least - correct_at_least
     if excluded is not None:
-        first_hit -= best_correct == -np.inf
-    first_hit = np.where(n_relevant > 0, first_hit, -1)
-
-    average_precision = np.full(n_rows, np.nan)
-    if with_ap and n_gallery:
-        order = np.argsort(-scores, axis=1)
-        sorted_scores = np.take_along_axis(scores, order, axis=1).reshape(-1)
-        sorted_relevant = np.take_along_axis(relevant, order, axis=1).reshape(-1)
-        del order
-        # Flat (row-major) positions: the last item of each run of equal scores, and each correct item.
-        last_of_run = np.ones(n_rows * n_gallery, dtype=bool)
-        last_of_run[:-1] = sorted_scores[:-1] != sorted_scores[1:]
-        last_of_run[n_gallery - 1 :: n_gallery] = True  # a run never continues into the next row
-        run_ends = np.flatnonzero(last_of_run)
-        hits = np.flatnonzero(sorted_relevant)
-        hit_rows = hits // n_gallery
-        hit_run_ends = run_ends[np.searchsorted(run_ends, hits)]
-        first_hit_of_row = np.searchsorted(hits, hit_rows * n_gallery)
-        correct_through_hit = np.arange(1, len(hits) + 1) - first_hit_of_row
-        correct_through_run = np.searchsorted(hits, hit_run_ends, side="right") - first_hit_of_row
-        # Pessimistic 1-based rank of a correct item: the end of its tie run, minus the correct items
-        # that follow it inside the run (incorrect tied items all go before the correct ones).
-        rank = hit_run_ends - hit_rows * n_gallery + 1 - (correct_through_run - correct_through_hit)
-        if excluded is not None:
-            rank -= sorted_scores[hits] == -np.inf
-        precision_sum = np.bincount(hit_rows, weights=correct_through_hit / rank, minlength=n_rows)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            average_precision = np.where(n_relevant > 0, precision_sum / n_relevant, np.nan)
-    return _ChunkRanks(first_hit, average_precision, top_score, n_relevant)
+        wrong_at_least -= hit_scores == -np.inf
+    # Pessimistic ties: every incorrect item scoring >= the k-th correct one ranks before it.
+    rank = position + wrong_at_least
+    has_hit = n_relevant > 0
+    first_hit = np.full(n_rows, -1, dtype=np.int64)
+    first_hit[has_hit] = wrong_at_least[row_first[has_hit]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        average_precision = np.bincount(hit_rows, weights=position / rank, minlength=n_rows) / n_relevant
+    average_precision[~has_hit] = np.nan
+    return _ChunkRanks(first_hit, average_precision, sorted_scores[:, -1].astype(np.float64), n_relevant)
 
 
-def _concat(chunks: Iterator[_ChunkRanks]) -> _ChunkRanks:
-    parts = list(chunks)
-    if not parts:
-        raise ValueError("no queries to evaluate")
+def _scan(
+    chunk_scores: Callable[[int, int], np.ndarray],
+    query_codes: np.ndarray,
+    gallery_codes: np.ndarray,
+    leave_one_out: bool,
+    chunk_size: int | None,
+) -> _ChunkRanks:
+    """Rank all queries, ``chunk_scores(start, stop)`` giving a fresh (stop - start, G) score block."""
+    step = _chunk_rows(chunk_size, len(gallery_codes))
+    parts = []
+    for start in range(0, len(query_codes), step):
+        stop = min(start + step, len(query_codes))
+        relevant = query_codes[start:stop, None] == gallery_codes[None, :]
+        excluded = np.arange(start, stop) if leave_one_out else None
+        parts.append(_rank_chunk(chunk_scores(start, stop), relevant, excluded))
     return _ChunkRanks(*(np.concatenate([getattr(p, f) for p in parts]) for f in _ChunkRanks.__dataclass_fields__))
 
 
-def _scan_embeddings(
-    queries: np.ndarray,
-    gallery: np.ndarray,
-    query_codes: np.ndarray,
-    gallery_codes: np.ndarray,
-    leave_one_out: bool,
-    chunk_size: int | None,
-    with_ap: bool,
-) -> _ChunkRanks:
-    step = _chunk_rows(chunk_size, len(gallery))
-
-    def chunks() -> Iterator[_ChunkRanks]:
-        for start in range(0, len(queries), step):
-            stop = min(start + step, len(queries))
-            scores = queries[start:stop] @ gallery.T
-            relevant = query_codes[start:stop, None] == gallery_codes[None, :]
-            excluded = np.arange(start, stop) if leave_one_out else None
-            yield _rank_chunk(scores, relevant, excluded, with_ap)
-
-    return _concat(chunks())
+def _cosine_blocks(queries: np.ndarray, gallery: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    return lambda start, stop: queries[start:stop] @ gallery.T
 
 
-def _scan_similarity(
-    similarity: Any,
-    query_codes: np.ndarray,
-    gallery_codes: np.ndarray,
-    leave_one_out: bool,
-    chunk_size: int | None,
-    with_ap: bool,
-) -> _ChunkRanks:
-    step = _chunk_rows(chunk_size, len(gallery_codes))
+def _similarity_blocks(similarity: Any) -> Callable[[int, int], np.ndarray]:
     # float32 keeps float32/float16/small-int scores exact; int32/int64/float64 scores need float64.
     dtype = np.result_type(np.asarray(similarity[:0]).dtype, np.float32)
 
-    def chunks() -> Iterator[_ChunkRanks]:
-        for start in range(0, len(query_codes), step):
-            stop = min(start + step, len(query_codes))
-            # A copy: the ranking writes into it, and a memory-mapped matrix is only read chunk by chunk.
-            scores = np.array(similarity[start:stop], dtype=dtype)
-            if np.isnan(scores).any():
-                row, col = (int(v) for v in np.argwhere(np.isnan(scores))[0])
-                raise ValueError(f"similarity[{start + row}, {col}] is NaN")
-            relevant = query_codes[start:stop, None] == gallery_codes[None, :]
-            excluded = np.arange(start, stop) if leave_one_out else None
-            yield _rank_chunk(scores, relevant, excluded, with_ap)
+    def block(start: int, stop: int) -> np.ndarray:
+        # A copy: the ranking writes into it, and a memory-mapped matrix is only read block by block.
+        scores = np.array(similarity[start:stop], dtype=dtype)
+        if np.isnan(scores).any():
+            row, column = (int(v) for v in np.argwhere(np.isnan(scores))[0])
+            raise ValueError(f"similarity[{start + row}, {column}] is NaN")
+        return scores
 
-    return _concat(chunks())
+    return block
 
 
-def _summarise(ranks: _ChunkRanks, query_codes: np.ndarray, n_candidates: int, topk: tuple[int, ...], leave_one_out: bool) -> dict:
+def _summarise(
+    ranks: _ChunkRanks, query_codes: np.ndarray, n_candidates: int, topk: tuple[int, ...], leave_one_out: bool
+) -> dict:
     has_match = ranks.n_relevant > 0
     evaluated = has_match if leave_one_out else np.ones_like(has_match)
     if not has_match.any():
@@ -273,6 +268,56 @@ def _summarise(ranks: _ChunkRanks, query_codes: np.ndarray, n_candidates: int, t
 # ----------------------------------------------------------------------------- closed-set API
 
 
+def _prepare_embeddings(
+    query_embeddings: Any, query_labels: Sequence, gallery_embeddings: Any, gallery_labels: Sequence | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised queries and gallery with shared label codes; no gallery means the queries themselves."""
+    query_labels = _as_labels(query_labels, "query_labels")
+    queries = _normalised_embeddings(query_embeddings, "query_embeddings")
+    _check_lengths(len(queries), query_labels, "query_embeddings", "query_labels")
+    if len(queries) == 0:
+        raise ValueError("query_embeddings is empty: nothing to evaluate")
+    if gallery_embeddings is None:
+        gallery, gallery_labels = queries, query_labels
+    else:
+        if gallery_labels is None:
+            raise ValueError("gallery_embeddings given without gallery_labels")
+        gallery_labels = _as_labels(gallery_labels, "gallery_labels")
+        gallery = _normalised_embeddings(gallery_embeddings, "gallery_embeddings")
+        _check_lengths(len(gallery), gallery_labels, "gallery_embeddings", "gallery_labels")
+        if len(gallery) == 0:
+            raise ValueError("gallery_embeddings is empty: nothing to match against")
+        if gallery.shape[1] != queries.shape[1]:
+            raise ValueError(
+                f"query embeddings are {queries.shape[1]}-d but gallery embeddings are {gallery.shape[1]}-d"
+            )
+    return (queries, gallery, *_encode_labels(query_labels, gallery_labels))
+
+
+def _prepare_similarity(
+    similarity: Any, query_labels: Sequence, gallery_labels: Sequence
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A row-sliceable (Q, G) score matrix (numpy array, memmap...) checked against the labels."""
+    query_labels = _as_labels(query_labels, "query_labels")
+    gallery_labels = _as_labels(gallery_labels, "gallery_labels")
+    if len(query_labels) == 0:
+        raise ValueError("query_labels is empty: nothing to evaluate")
+    if len(gallery_labels) == 0:
+        raise ValueError("gallery_labels is empty: nothing to match against")
+    if not hasattr(similarity, "shape") or not hasattr(similarity, "__getitem__"):
+        similarity = np.asarray(similarity)
+    if len(similarity.shape) != 2:
+        raise ValueError(f"similarity must be a 2-D (queries, gallery) matrix, got shape {tuple(similarity.shape)}")
+    if tuple(similarity.shape) != (len(query_labels), len(gallery_labels)):
+        raise ValueError(
+            f"similarity has shape {tuple(similarity.shape)} but there are {len(query_labels)} query labels "
+            f"and {len(gallery_labels)} gallery labels"
+        )
+    if np.asarray(similarity[:0]).dtype.kind not in "fiu":
+        raise ValueError(f"similarity must be numeric, got dtype {np.asarray(similarity[:0]).dtype}")
+    return (similarity, *_encode_labels(query_labels, gallery_labels))
+
+
 def retrieval_metrics(
     query_embeddings: Any,
     query_labels: Sequence,
@@ -300,47 +345,14 @@ def retrieval_metrics(
         ``n_gallery``.
     """
     topk = _check_topk(topk)
-    query_labels = _as_labels(query_labels, "query_labels")
-    queries = _normalised_embeddings(query_embeddings, "query_embeddings")
-    _check_lengths(len(queries), query_labels, "query_embeddings", "query_labels")
-    if len(queries) == 0:
-        raise ValueError("query_embeddings is empty: nothing to evaluate")
     leave_one_out = gallery_embeddings is None
-    if leave_one_out:
-        if gallery_labels is not None:
-            raise ValueError("gallery_labels given without gallery_embeddings")
-        gallery, gallery_labels = queries, query_labels
-    else:
-        if gallery_labels is None:
-            raise ValueError("gallery_embeddings given without gallery_labels")
-        gallery_labels = _as_labels(gallery_labels, "gallery_labels")
-        gallery = _normalised_embeddings(gallery_embeddings, "gallery_embeddings")
-        _check_lengths(len(gallery), gallery_labels, "gallery_embeddings", "gallery_labels")
-        if len(gallery) == 0:
-            raise ValueError("gallery_embeddings is empty: nothing to match against")
-        if gallery.shape[1] != queries.shape[1]:
-            raise ValueError(
-                f"query embeddings are {queries.shape[1]}-d but gallery embeddings are {gallery.shape[1]}-d"
-            )
-    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
-    ranks = _scan_embeddings(queries, gallery, query_codes, gallery_codes, leave_one_out, chunk_size, with_ap=True)
+    if leave_one_out and gallery_labels is not None:
+        raise ValueError("gallery_labels given without gallery_embeddings")
+    queries, gallery, query_codes, gallery_codes = _prepare_embeddings(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels
+    )
+    ranks = _scan(_cosine_blocks(queries, gallery), query_codes, gallery_codes, leave_one_out, chunk_size)
     return _summarise(ranks, query_codes, len(gallery) - leave_one_out, topk, leave_one_out)
-
-
-def _check_similarity(similarity: Any, n_queries: int, n_gallery: int) -> Any:
-    """Accept any 2-D array-like that slices by rows (numpy array, memmap, torch tensor via numpy)."""
-    if not hasattr(similarity, "shape") or not hasattr(similarity, "__getitem__"):
-        similarity = np.asarray(similarity)
-    if len(similarity.shape) != 2:
-        raise ValueError(f"similarity must be a 2-D (queries, gallery) matrix, got shape {tuple(similarity.shape)}")
-    if tuple(similarity.shape) != (n_queries, n_gallery):
-        raise ValueError(
-            f"similarity has shape {tuple(similarity.shape)} but there are {n_queries} query labels "
-            f"and {n_gallery} gallery labels"
-        )
-    if np.asarray(similarity[:0]).dtype.kind not in "fiu":
-        raise ValueError(f"similarity must be numeric, got dtype {np.asarray(similarity[:0]).dtype}")
-    return similarity
 
 
 def retrieval_metrics_from_similarity(
@@ -359,25 +371,23 @@ def retrieval_metrics_from_similarity(
     ``query_labels``) and its diagonal is ignored. NaN scores are rejected; +-inf are allowed.
     """
     topk = _check_topk(topk)
-    query_labels = _as_labels(query_labels, "query_labels")
-    if len(query_labels) == 0:
-        raise ValueError("query_labels is empty: nothing to evaluate")
     if leave_one_out:
-        if gallery_labels is not None and not np.array_equal(_as_labels(gallery_labels, "gallery_labels"), query_labels):
+        if gallery_labels is not None and not np.array_equal(np.asarray(gallery_labels), np.asarray(query_labels)):
             raise ValueError("leave_one_out=True needs gallery_labels to be omitted or equal to query_labels")
         gallery_labels = query_labels
     elif gallery_labels is None:
         raise ValueError("gallery_labels is required unless leave_one_out=True")
-    gallery_labels = _as_labels(gallery_labels, "gallery_labels")
-    if len(gallery_labels) == 0:
-        raise ValueError("gallery_labels is empty: nothing to match against")
-    similarity = _check_similarity(similarity, len(query_labels), len(gallery_labels))
-    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
-    ranks = _scan_similarity(similarity, query_codes, gallery_codes, leave_one_out, chunk_size, with_ap=True)
-    return _summarise(ranks, query_codes, len(gallery_labels) - leave_one_out, topk, leave_one_out)
+    similarity, query_codes, gallery_codes = _prepare_similarity(similarity, query_labels, gallery_labels)
+    ranks = _scan(_similarity_blocks(similarity), query_codes, gallery_codes, leave_one_out, chunk_size)
+    return _summarise(ranks, query_codes, len(gallery_codes) - leave_one_out, topk, leave_one_out)
 
 
 # ----------------------------------------------------------------------------- open-set API
+
+
+def _top1(ranks: _ChunkRanks, query_labels: Sequence) -> Top1Matches:
+    labels = _as_labels(query_labels, "query_labels")
+    return Top1Matches(ranks.top_score, ranks.first_hit == 0, ranks.n_relevant > 0, labels)
 
 
 def top1_matches(
@@ -389,35 +399,22 @@ def top1_matches(
     chunk_size: int | None = None,
 ) -> Top1Matches:
     """Nearest gallery item of each query by cosine similarity (the open-set metrics' input)."""
-    query_labels = _as_labels(query_labels, "query_labels")
-    gallery_labels = _as_labels(gallery_labels, "gallery_labels")
-    queries = _normalised_embeddings(query_embeddings, "query_embeddings")
-    gallery = _normalised_embeddings(gallery_embeddings, "gallery_embeddings")
-    _check_lengths(len(queries), query_labels, "query_embeddings", "query_labels")
-    _check_lengths(len(gallery), gallery_labels, "gallery_embeddings", "gallery_labels")
-    if len(queries) == 0 or len(gallery) == 0:
-        raise ValueError(f"open-set matching needs queries and a gallery, got {len(queries)} and {len(gallery)}")
-    if gallery.shape[1] != queries.shape[1]:
-        raise ValueError(f"query embeddings are {queries.shape[1]}-d but gallery embeddings are {gallery.shape[1]}-d")
-    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
-    ranks = _scan_embeddings(queries, gallery, query_codes, gallery_codes, False, chunk_size, with_ap=False)
-    return Top1Matches(ranks.top_score, ranks.first_hit == 0, ranks.n_relevant > 0, query_labels)
+    if gallery_embeddings is None or gallery_labels is None:
+        raise ValueError("open-set matching needs a gallery (gallery_embeddings and gallery_labels)")
+    queries, gallery, query_codes, gallery_codes = _prepare_embeddings(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels
+    )
+    ranks = _scan(_cosine_blocks(queries, gallery), query_codes, gallery_codes, False, chunk_size)
+    return _top1(ranks, query_labels)
 
 
 def top1_matches_from_similarity(
     similarity: Any, query_labels: Sequence, gallery_labels: Sequence, *, chunk_size: int | None = None
 ) -> Top1Matches:
     """:func:`top1_matches` from a precomputed (Q, G) score matrix (higher = more similar)."""
-    query_labels = _as_labels(query_labels, "query_labels")
-    gallery_labels = _as_labels(gallery_labels, "gallery_labels")
-    if len(query_labels) == 0 or len(gallery_labels) == 0:
-        raise ValueError(
-            f"open-set matching needs queries and a gallery, got {len(query_labels)} and {len(gallery_labels)}"
-        )
-    similarity = _check_similarity(similarity, len(query_labels), len(gallery_labels))
-    query_codes, gallery_codes = _encode_labels(query_labels, gallery_labels)
-    ranks = _scan_similarity(similarity, query_codes, gallery_codes, False, chunk_size, with_ap=False)
-    return Top1Matches(ranks.top_score, ranks.first_hit == 0, ranks.n_relevant > 0, query_labels)
+    similarity, query_codes, gallery_codes = _prepare_similarity(similarity, query_labels, gallery_labels)
+    ranks = _scan(_similarity_blocks(similarity), query_codes, gallery_codes, False, chunk_size)
+    return _top1(ranks, query_labels)
 
 
 def _identity_weights(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -73,9 +73,20 @@ def _as_pil(image: Any, where: str) -> Image.Image:
     )
 
 
-def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, image: Image.Image, x: int, y: int, thumb_size: int, colour: tuple, caption: str, font: Any) -> None:
+def _draw_cell(
+    canvas: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    image: Image.Image,
+    x: int,
+    y: int,
+    thumb_size: int,
+    colour: tuple,
+    caption: str,
+    font: Any,
+) -> None:
     draw.rectangle([x, y, x + thumb_size + 2 * GRID_PADDING - 1, y + thumb_size + 2 * GRID_PADDING - 1], fill=colour)
-    canvas.paste(ImageOps.pad(image, (thumb_size, thumb_size), color=(255, 255, 255)), (x + GRID_PADDING, y + GRID_PADDING))
+    thumbnail = ImageOps.pad(image, (thumb_size, thumb_size), color=(255, 255, 255))
+    canvas.paste(thumbnail, (x + GRID_PADDING, y + GRID_PADDING))
     text_width = thumb_size + 2 * GRID_PADDING
     # Shorten the caption until it fits under the thumbnail.
     while len(caption) > 3 and draw.textlength(caption, font=font) > text_width:

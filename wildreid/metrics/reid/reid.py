@@ -53,7 +53,8 @@ Examples:
 _CITATION = """
 @article{otarashvili2024multispecies,
   title={Multispecies Animal Re-ID Using a Large Community-Curated Dataset},
-  author={Otarashvili, Lasha and Subramanian, Tamilselvan and Holmberg, Jason and Levenson, J. J. and Stewart, Charles V.},
+  author={Otarashvili, Lasha and Subramanian, Tamilselvan and Holmberg, Jason and Levenson, J. J.
+          and Stewart, Charles V.},
   journal={arXiv preprint arXiv:2412.05602},
   year={2024}
 }
@@ -62,7 +63,9 @@ _CITATION = """
 
 # Labels may be strings or integers; evaluate picks the option the first example fits.
 _FEATURES = [
-    datasets.Features({"predictions": datasets.List(datasets.Value("float32")), "references": datasets.Value(label_type)})
+    datasets.Features(
+        {"predictions": datasets.List(datasets.Value("float32")), "references": datasets.Value(label_type)}
+    )
     for label_type in ("string", "int64")
 ]
 
@@ -79,7 +82,10 @@ class Reid(evaluate.Metric):
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=_FEATURES,
-            reference_urls=["https://github.com/WildlifeDatasets/wildlife-datasets", "https://arxiv.org/abs/2412.05602"],
+            reference_urls=[
+                "https://github.com/WildlifeDatasets/wildlife-datasets",
+                "https://arxiv.org/abs/2412.05602",
+            ],
         )
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):
@@ -106,7 +112,9 @@ class Reid(evaluate.Metric):
             )
         else:
             if leave_one_out:
-                raise ValueError("config 'default' does leave-one-out when gallery_embeddings is None; drop leave_one_out")
+                raise ValueError(
+                    "config 'default' does leave-one-out when gallery_embeddings is None; drop leave_one_out"
+                )
             results = retrieval_metrics(
                 predictions, references, gallery_embeddings, gallery_labels, topk=topk, chunk_size=chunk_size
             )
@@ -116,6 +124,8 @@ class Reid(evaluate.Metric):
             if self.config_name == "similarity":
                 matches = top1_matches_from_similarity(predictions, references, gallery_labels, chunk_size=chunk_size)
             else:
-                matches = top1_matches(predictions, references, gallery_embeddings, gallery_labels, chunk_size=chunk_size)
+                matches = top1_matches(
+                    predictions, references, gallery_embeddings, gallery_labels, chunk_size=chunk_size
+                )
             results.update(open_set_metrics(matches, new_individual_threshold))
         return results
