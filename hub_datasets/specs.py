@@ -28,7 +28,7 @@ Rules:
   `$WILDREID_DATA`, else `../shared/data` next to the repository root (located from this package, not
   the working directory).
 - Parameters: `synthetic` takes `n_species, n_identities, images_per_identity, image_size, seed,
-  with_boxes`; `folder` takes `species, check_images`; `csv` and `coco` take `species, image_root,
+  with_boxes, family`; `folder` takes `species, check_images`; `csv` and `coco` take `species, image_root,
   check_images`; real species and published datasets take none. Booleans are `true/false/1/0/yes/no`.
 """
 from __future__ import annotations
@@ -57,6 +57,7 @@ PARAMETERS: dict[str, dict[str, type]] = {
         "image_size": int,
         "seed": int,
         "with_boxes": bool,
+        "family": str,
     },
     "folder": {"species": str, "check_images": bool},
     "csv": {"species": str, "image_root": str, "check_images": bool},

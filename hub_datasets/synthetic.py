@@ -238,6 +238,7 @@ def generate_rows(
     image_size: int = 128,
     seed: int = 0,
     with_boxes: bool = False,
+    family: str | None = None,
 ) -> list[dict[str, Any]]:
     """Schema rows of generated individuals (JPEG bytes in `image`), `split` filled (see `INFO.default_split`).
 
@@ -248,6 +249,8 @@ def generate_rows(
         image_size: side of the square images in pixels.
         seed: non-negative; the whole dataset is a function of the parameters.
         with_boxes: fill `bbox` / `theta` with the body's rotated box; else null / 0 (whole image).
+        family: only this pattern family (a held-out "species"; same individuals as in the full set);
+            `n_species` is then ignored.
     """
     if not 1 <= n_species <= len(FAMILIES):
         raise ValueError(f"n_species must be between 1 and {len(FAMILIES)} ({', '.join(FAMILIES)}), got {n_species}")
@@ -255,8 +258,12 @@ def generate_rows(
         raise ValueError(f"need n_identities >= 2 and images_per_identity >= 1, got {n_identities} and {images_per_identity}")
     if image_size < 32 or seed < 0:
         raise ValueError(f"need image_size >= 32 and seed >= 0, got {image_size} and {seed}")
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    families = [family] if family else FAMILIES[:n_species]
     rows = []
-    for species_index, family in enumerate(FAMILIES[:n_species]):
+    for family in families:
+        species_index = FAMILIES.index(family)
         species = f"synthetic-{family}"
         for individual in range(n_identities):
             coat = make_coat(family, np.random.default_rng([seed, species_index, individual, 0]))
@@ -286,7 +293,8 @@ def build_synthetic(
     image_size: int = 128,
     seed: int = 0,
     with_boxes: bool = False,
+    family: str | None = None,
 ) -> Dataset:
     """Generated individuals as a `Dataset` in the schema; see [`generate_rows`] for the parameters."""
-    rows = generate_rows(n_species, n_identities, images_per_identity, image_size, seed, with_boxes)
+    rows = generate_rows(n_species, n_identities, images_per_identity, image_size, seed, with_boxes, family)
     return to_dataset(rows, info=INFO.dataset_info(), name="synthetic")

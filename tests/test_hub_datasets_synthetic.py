@@ -83,3 +83,12 @@ def test_boxes_cover_the_body():
 def test_bad_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate_rows(**kwargs)
+
+
+def test_one_family_is_the_same_individuals_as_in_the_full_set():
+    full = {row["image_id"]: row["image"]["bytes"] for row in generate_rows(**{**SMALL, "n_species": 3}, seed=2)}
+    held_out = generate_rows(**SMALL, seed=2, family="rosettes")
+    assert {row["species"] for row in held_out} == {"synthetic-rosettes"}
+    assert all(full[row["image_id"]] == row["image"]["bytes"] for row in held_out)
+    with pytest.raises(ValueError, match="family must be one of"):
+        generate_rows(**SMALL, family="plaid")

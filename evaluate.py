@@ -1,0 +1,48 @@
+"""Evaluate a re-identification model per species.
+
+    python evaluate.py --model outputs/demo --datasets lion:val nyala:test --protocol leave-one-out \
+        --output results/lion_nyala.json [--plots]
+
+Protocols: leave-one-out (each image queries all others of its set, MiewID's protocol), closed-set
+(--datasets queried against --gallery, MegaDescriptor's), open-set (some query individuals absent from
+the gallery; the "new individual" threshold is fitted on validation data, never on the test queries).
+Models: a wildreid folder or Hub id, `imagenet:tf_efficientnet_lite0` (no training), `timm:<name>`.
+
+This file shares its name with the Hugging Face `evaluate` library; wildreid never imports the library
+by plain name (see wildreid.evaluation.hf_evaluate), so running it from the repository root is safe.
+"""
+import argparse
+import logging
+import sys
+
+from wildreid.evaluation.runner import EvaluationRequest, command_line, run_evaluation
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="wildreid model folder or Hub id, imagenet:<lite name>, or timm:<name>")
+    parser.add_argument("--datasets", nargs="+", required=True, help="dataset specs to evaluate (queries)")
+    parser.add_argument("--protocol", default="leave-one-out", choices=["leave-one-out", "closed-set", "open-set"])
+    parser.add_argument("--gallery", nargs="+", default=[], help="gallery specs (closed-set, open-set)")
+    parser.add_argument("--val_datasets", nargs="+", default=[], help="open-set: validation queries for the threshold")
+    parser.add_argument("--output", help="results JSON path")
+    parser.add_argument("--plots", action="store_true", help="also write CMC curves and a top-5 match grid (PNG)")
+    parser.add_argument("--data_dir", help="raw data of the built-in species (default $WILDREID_DATA, ../shared/data)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--image_size", type=int, help="input size for imagenet:/timm: baselines")
+    parser.add_argument("--split_seed", type=int, default=0, help="open-set without --gallery: split seed")
+    args = parser.parse_args(argv)
+    request = EvaluationRequest(**vars(args), command=command_line(argv))
+    try:
+        run_evaluation(request)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""train.py / wildreid.training: sampler, config, distributed run, exact resume, few-shot, failures, push."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modeling_wildreid import WildReIDConfig, WildReIDModel
+from wildreid.data import SpeciesBalancedBatchSampler
+from wildreid.training import NonFiniteLossError, Trainer, TrainingConfig, config_from_args, train
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTH = "synthetic[n_species=2,n_identities=8,images_per_identity=5,image_size=64,seed=3]"
+TINY = dict(
+    datasets=[f"{SYNTH}:train"], val_datasets=[f"{SYNTH}:test"], backbone="tf_efficientnet_lite0",
+    image_size=64, identities_per_batch=4, images_per_identity=2, num_workers=0, warmup_steps=2,
+    learning_rate=3e-3, backbone_learning_rate=1e-3, log_with="none",
+)
+
+
+def tiny_config(tmp_path: Path, **overrides) -> TrainingConfig:
+    return TrainingConfig.from_dict({**TINY, "output_dir": str(tmp_path / "run"), "max_steps": 4, **overrides})
+
+
+def run_train_py(args: list[str], *, launcher: list[str] | None = None, env: dict | None = None, **kwargs):
+    command = (launcher or [sys.executable]) + [str(REPO / "train.py")] + args
+    return subprocess.run(command, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def yaml_args(tmp_path: Path, **overrides) -> list[str]:
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **overrides}))
+    return ["--config", str(path)]
+
+
+# ---- pieces --------------------------------------------------------------------------------------------
+
+
+def test_sampler_draws_p_identities_times_k_and_balances_species():
+    identities = [f"big/{i % 40}" for i in range(400)] + [f"small/{i % 4}" for i in range(12)]
+    species = [name.split("/")[0] for name in identities]
+    sampler = SpeciesBalancedBatchSampler(identities, species, identities_per_batch=4, images_per_identity=3, seed=1)
+    sampler.use_epoch(0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 35  # ceil(412 / 12)
+    drawn_species = Counter()
+    for batch in batches:
+        assert len(batch) == 12
+        groups = [batch[i:i + 3] for i in range(0, 12, 3)]
+        for group in groups:
+            assert len({identities[row] for row, _ in group}) == 1  # K images of one identity
+        drawn_species.update(species[group[0][0]] for group in groups)
+    # Species drawn uniformly although "small" has 3 % of the images.
+    assert 0.35 < drawn_species["small"] / sum(drawn_species.values()) < 0.65
+    sampler.use_epoch(0)
+    assert list(sampler) == batches  # deterministic per (seed, epoch)
+    sampler.use_epoch(1)
+    assert list(sampler) != batches
+
+
+def test_config_yaml_then_flags(tmp_path):
+    args = yaml_args(tmp_path, max_steps=7) + ["--max_steps", "9", "--push_to_hub", "--hub_model_id", "org/m",
+                                               "--augmentation", "erase_p=0", "--embedding_dim", "none"]
+    config = config_from_args(args)
+    assert config.max_steps == 9 and config.push_to_hub and config.hub_model_id == "org/m"
+    assert config.augmentation.erase_p == 0 and config.embedding_dim is None
+    assert config.datasets == TINY["datasets"]
+    with pytest.raises(ValueError, match="unknown training config keys: \\['max_stepz'\\]"):
+        TrainingConfig.from_dict({"max_stepz": 3})
+
+
+# ---- failures before training ----------------------------------------------------------------------------
+
+
+def test_bad_spec_stops_before_training(tmp_path):
+    result = run_train_py(yaml_args(tmp_path, datasets=["zebraa:train"]) + ["--max_steps", "2", "--output_dir", str(tmp_path / "o")])
+    assert result.returncode == 2
+    assert "zebraa" in result.stderr and "lion" in result.stderr  # names the spec and the valid choices
+    assert not (tmp_path / "o").exists()
+
+
+def test_species_without_enough_images_per_identity_is_named(tmp_path):
+    config = tiny_config(tmp_path, datasets=[f"{SYNTH}:train"], min_images_per_identity=50)
+    with pytest.raises(ValueError, match=r"no identity has at least 50 training images in species: synthetic-spots"):
+        Trainer(config)
+
+
+def test_mismatched_init_from_is_refused(tmp_path):
+    source = tmp_path / "broken"
+    WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64)).save_pretrained(source)
+    config = json.loads((source / "config.json").read_text())
+    config["backbone"] = "tf_efficientnet_lite1"
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match WildReIDModel"):
+        Trainer(tiny_config(tmp_path, init_from=str(source)))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = tiny_config(tmp_path, max_steps=30, save_steps=1, learning_rate=1e30, backbone_learning_rate=1e30,
+                         max_grad_norm=1e30, val_datasets=[])
+    with pytest.raises(NonFiniteLossError, match="stopped without saving. Last good checkpoint: ") as info:
+        train(config)
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
+    if checkpoints:  # every checkpoint written holds finite weights and is named in the message
+        assert str(checkpoints[-1]) in str(info.value)
+        weights = load_file(checkpoints[-1] / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+# ---- runs --------------------------------------------------------------------------------------------------
+
+
+def test_training_writes_a_loadable_embedder_card_and_metrics(tmp_path):
+    summary = train(tiny_config(tmp_path, eval_steps=2, save_steps=2))
+    out = tmp_path / "run"
+    assert summary["total_steps"] == 4 and len(summary["history"]) == 2
+    model = WildReIDModel.from_pretrained(out)
+    assert model.config.training_species == ["synthetic-spots", "synthetic-stripes"]
+    assert (out / "preprocessor_config.json").is_file() and (out / "training_config.yaml").is_file()
+    results = json.loads((out / "validation_results.json").read_text())
+    assert set(results["species"]) == {"synthetic-spots", "synthetic-stripes"}
+    assert all(m["seen_in_training"] for m in results["species"].values())
+    card = (out / "README.md").read_text()
+    assert "model-index" in card and "synthetic-stripes" in card and "<!-- results:start validation_results.json -->" in card
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_two_process_cpu_ddp_keeps_replicas_identical(tmp_path):
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = run_train_py(yaml_args(tmp_path) + ["--max_steps", "3", "--output_dir", str(out), "--val_datasets", f"{SYNTH}:test"],
+                          launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    fingerprints = summary["replica_fingerprints"]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    assert "x 2 processes" in result.stdout
+    assert len(list((out / "checkpoints" / "checkpoint-3").glob("random_states_*.pkl"))) == 2
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    common = yaml_args(tmp_path) + ["--max_steps", "8", "--save_steps", "2", "--val_datasets"]
+    reference = run_train_py(common + ["--output_dir", str(tmp_path / "straight")])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    interrupted_dir = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *common, "--output_dir", str(interrupted_dir)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (interrupted_dir / "checkpoints" / "checkpoint-2" / "wildreid_progress.json").exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before the first checkpoint"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    stopped_at = json.loads(max((interrupted_dir / "checkpoints").glob("checkpoint-*/wildreid_progress.json"),
+                                key=lambda p: int(p.parent.name.split("-")[1])).read_text())["step"]
+    assert stopped_at < 8
+
+    resumed = run_train_py(common + ["--output_dir", str(interrupted_dir), "--resume_from_checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint-8" / "model.safetensors")
+    again = load_file(interrupted_dir / "checkpoints" / "checkpoint-8" / "model.safetensors")
+    assert straight.keys() == again.keys()
+    for key in straight:
+        torch.testing.assert_close(again[key], straight[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_few_shot_adaptation_improves_held_out_species(tmp_path):
+    base = tmp_path / "base"
+    train(tiny_config(tmp_path, output_dir=str(base), max_steps=30, val_datasets=[], save_steps=1000))
+    # A pattern family the base model never saw; validation identities are disjoint from the adaptation ones.
+    held_out = "synthetic[family=rosettes,n_identities=30,images_per_identity=6,image_size=64,seed=5]"
+    adapted = train(tiny_config(
+        tmp_path, output_dir=str(tmp_path / "adapted"), init_from=str(base), datasets=[f"{held_out}:train"],
+        val_datasets=[f"{held_out}:test"], max_steps=60, freeze_backbone_steps=10, eval_steps=60, save_steps=1000,
+        learning_rate=1e-3, backbone_learning_rate=3e-4,
+    ))
+    before, after = adapted["history"][0], adapted["history"][-1]
+    assert before["phase"] == "before adaptation"
+    assert after["mean"]["top1"] > before["mean"]["top1"], (before["mean"], after["mean"])
+    assert WildReIDModel.from_pretrained(tmp_path / "adapted").config.training_species == ["synthetic-rosettes"]
+
+
+def test_push_to_hub_uploads_the_output_folder(tmp_path, hub):
+    from huggingface_hub import HfApi
+    from transformers import AutoModel
+
+    repo_id = hub.new_repo_id("trained")
+    train(tiny_config(tmp_path, max_steps=2, push_to_hub=True, hub_model_id=repo_id))
+    files = set(HfApi().list_repo_files(repo_id))
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_wildreid.py",
+            "validation_results.json", "training_config.yaml"} <= files
+    assert not any(name.startswith("checkpoints/") for name in files)
+    pulled = AutoModel.from_pretrained(repo_id)
+    local = WildReIDModel.from_pretrained(tmp_path / "run")
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(pulled.eval()(pixels).embeddings, local.eval()(pixels).embeddings, atol=1e-6)

@@ -1,0 +1,101 @@
+"""Embedding a dataset with a wildreid model: the one path used by validation during training, by
+`evaluate.py`, and by gallery indexing. Bad images are reported and skipped, never fatal."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from modeling_wildreid import WildReIDImageProcessor, WildReIDModel
+
+from .data import LoadFailure, ReIDImageDataset, collate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Embeddings:
+    """L2-normalised vectors for the rows of a dataset that could be embedded.
+
+    `vectors[i]` belongs to dataset row `indices[i]`; rows whose image failed are listed in `failures`.
+    """
+
+    vectors: np.ndarray
+    indices: np.ndarray
+    failures: list[LoadFailure] = field(default_factory=list)
+
+
+def inference_settings(device: torch.device) -> tuple[torch.autocast, torch.memory_format]:
+    """bf16 autocast and channels_last on CUDA (about 1.7x faster there); plain float32 elsewhere."""
+    on_cuda = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda)
+    return autocast, torch.channels_last if on_cuda else torch.contiguous_format
+
+
+@torch.inference_mode()
+def embed_dataset(
+    model: WildReIDModel,
+    dataset: Dataset,
+    processor: WildReIDImageProcessor | None = None,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    accelerator=None,
+    progress: bool = True,
+    desc: str = "embedding",
+) -> Embeddings:
+    """Embed every row of a schema dataset (crop by bbox/theta, model preprocessing, no augmentation).
+
+    With an `accelerate.Accelerator` running several processes, each embeds its share of the rows and
+    all processes receive the full result.
+    """
+    processor = processor or WildReIDImageProcessor.from_config(model.config)
+    device = next(model.parameters()).device
+    autocast, memory_format = inference_settings(device)
+    rows = np.arange(len(dataset))
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    my_rows = rows[rank::world]
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ReIDImageDataset(dataset, processor), my_rows.tolist()),
+        batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    was_training = model.training
+    model.eval()
+    vectors, indices, failures = [], [], []
+    for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
+        failures.extend(batch["failures"])
+        if "pixel_values" not in batch:
+            continue
+        pixels = processor.normalize(batch["pixel_values"].to(device, non_blocking=True))
+        with autocast:
+            output = model(pixel_values=pixels.contiguous(memory_format=memory_format))
+        vectors.append(output.embeddings.float().cpu().numpy())
+        indices.append(batch["index"].numpy())
+    model.train(was_training)
+    for failure in failures:
+        logger.warning("skipped %s: %s", failure.image_id, failure.reason)
+    dim = model.embedding_dim
+    local = (
+        np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
+        np.concatenate(indices) if indices else np.zeros(0, np.int64),
+        failures,
+    )
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([local])
+    else:
+        parts = [local]
+    order = np.concatenate([p[1] for p in parts])
+    sort = np.argsort(order, kind="stable")
+    return Embeddings(
+        vectors=np.concatenate([p[0] for p in parts])[sort].astype(np.float32),
+        indices=order[sort],
+        failures=sorted((f for p in parts for f in p[2]), key=lambda f: f.index),
+    )

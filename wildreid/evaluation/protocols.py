@@ -1,0 +1,104 @@
+"""Evaluation protocols over embedded schema datasets, producing the results shape of `evaluate.py`::
+
+    {"species": {name: {top1, top5, top10, top20, map, n_queries, n_identities, seen_in_training, ...}},
+     "mean": {...}, "protocol": ...}
+
+- leave-one-out: each image of a set queries all the others (MiewID's protocol).
+- closed-set: query images against a gallery of other images whose identities all appear in it
+  (MegaDescriptor's published protocol: test queried against train).
+- open-set: queries against a gallery where some query identities are absent; a "new individual"
+  threshold chosen on a validation set is applied to the test queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from datasets import Dataset
+
+from ..embedding import Embeddings
+from .metrics import (
+    choose_new_individual_threshold,
+    macro_average,
+    open_set_metrics,
+    retrieval_metrics,
+    top1_matches,
+)
+
+PROTOCOLS = ("leave-one-out", "closed-set", "open-set")
+
+
+def _rows(dataset: Dataset, embedded: Embeddings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectors with their identity and species labels, for the rows that were embedded."""
+    identities = np.asarray(dataset["identity"], dtype=object)[embedded.indices]
+    species = np.asarray(dataset["species"], dtype=object)[embedded.indices]
+    return embedded.vectors, identities, species
+
+
+def _with_seen(results: dict, training_species: Sequence[str] | None) -> dict:
+    for name, metrics in results.items():
+        metrics["seen_in_training"] = None if training_species is None else name in training_species
+    return results
+
+
+def _summary(per_species: dict, protocol: str, training_species: Sequence[str] | None) -> dict:
+    if not per_species:
+        raise ValueError("no species could be evaluated (every identity has a single image?)")
+    _with_seen(per_species, training_species)
+    return {"species": per_species, "mean": macro_average(per_species), "protocol": protocol}
+
+
+def leave_one_out_by_species(dataset: Dataset, embedded: Embeddings, *, training_species: Sequence[str] | None = None) -> dict:
+    """Leave-one-out retrieval within each species of an embedded set."""
+    vectors, identities, species = _rows(dataset, embedded)
+    per_species = {}
+    for name in sorted(set(species)):
+        mask = species == name
+        if len(set(identities[mask])) == len(identities[mask]):
+            continue  # every identity has one image: nothing to retrieve
+        per_species[name] = retrieval_metrics(vectors[mask], identities[mask])
+    return _summary(per_species, "leave-one-out", training_species)
+
+
+def closed_set_by_species(query_set: Dataset, query: Embeddings, gallery_set: Dataset, gallery: Embeddings, *,
+                          training_species: Sequence[str] | None = None) -> dict:
+    """Query images against a gallery, per species; queries whose identity has no gallery image are left out
+    (closed set: every query individual is known)."""
+    q_vectors, q_ids, q_species = _rows(query_set, query)
+    g_vectors, g_ids, g_species = _rows(gallery_set, gallery)
+    per_species = {}
+    for name in sorted(set(q_species)):
+        g_mask = g_species == name
+        known = set(g_ids[g_mask])
+        q_mask = (q_species == name) & np.isin(q_ids, list(known))
+        if not q_mask.any():
+            continue
+        per_species[name] = retrieval_metrics(q_vectors[q_mask], q_ids[q_mask], g_vectors[g_mask], g_ids[g_mask])
+    return _summary(per_species, "closed-set", training_species)
+
+
+def open_set_by_species(query_set: Dataset, query: Embeddings, gallery_set: Dataset, gallery: Embeddings, *,
+                        val_query_set: Dataset, val_query: Embeddings, val_gallery_set: Dataset, val_gallery: Embeddings,
+                        training_species: Sequence[str] | None = None) -> dict:
+    """Open-set identification per species: top-k/mAP over the known queries plus BAKS/BAUS/AUROC over all,
+    with the "new individual" threshold of each species chosen on validation queries against a validation
+    gallery (never on the test queries)."""
+    q_vectors, q_ids, q_species = _rows(query_set, query)
+    v_vectors, v_ids, v_species = _rows(val_query_set, val_query)
+    vg_vectors, vg_ids, vg_species = _rows(val_gallery_set, val_gallery)
+    g_vectors, g_ids, g_species = _rows(gallery_set, gallery)
+    per_species = {}
+    for name in sorted(set(q_species)):
+        g_mask, q_mask, v_mask, vg_mask = g_species == name, q_species == name, v_species == name, vg_species == name
+        if not g_mask.any() or not v_mask.any() or not vg_mask.any():
+            raise ValueError(f"open-set on {name!r} needs gallery, validation-query and validation-gallery images of it")
+        threshold = choose_new_individual_threshold(
+            top1_matches(v_vectors[v_mask], v_ids[v_mask], vg_vectors[vg_mask], vg_ids[vg_mask]))
+        matches = top1_matches(q_vectors[q_mask], q_ids[q_mask], g_vectors[g_mask], g_ids[g_mask])
+        metrics = open_set_metrics(matches, threshold)
+        known = q_mask & np.isin(q_ids, list(set(g_ids[g_mask])))
+        if known.any():
+            metrics.update(retrieval_metrics(q_vectors[known], q_ids[known], g_vectors[g_mask], g_ids[g_mask]))
+        per_species[name] = metrics
+    return _summary(per_species, "open-set", training_species)

@@ -1,0 +1,176 @@
+"""What `evaluate.py` does: load sets and a model, embed with the model's own preprocessing, run a
+protocol per species, print the table, write the results JSON (and figures)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from hub_datasets.specs import load_specs
+from hub_datasets.splits import open_set_split
+
+from ..data import undecoded
+from ..embedders import LoadedEmbedder, load_embedder
+from ..embedding import Embeddings, embed_dataset
+from ..model_card import render_results_table
+from .plots import figure_paths, plot_cmc_curves, plot_match_grid
+from .protocols import PROTOCOLS, closed_set_by_species, leave_one_out_by_species, open_set_by_species
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationRequest:
+    """One evaluation; the fields are `evaluate.py`'s flags."""
+
+    datasets: list[str]
+    model: str | None = None
+    protocol: str = "leave-one-out"
+    gallery: list[str] = field(default_factory=list)  # closed/open-set gallery specs
+    val_datasets: list[str] = field(default_factory=list)  # open-set: validation queries for the threshold
+    output: str | None = None
+    data_dir: str | None = None
+    batch_size: int = 64
+    num_workers: int = 2
+    image_size: int | None = None  # baselines only: wildreid models keep their own
+    split_seed: int = 0  # open-set without --gallery: seed of the derived gallery/query split
+    plots: bool = False
+    command: str | None = None
+
+    def validate(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if not self.datasets:
+            raise ValueError("no datasets to evaluate: pass --datasets")
+        if self.model is None:
+            raise ValueError("--model is required for global embeddings")
+        if self.protocol == "closed-set" and not self.gallery:
+            raise ValueError("closed-set needs --gallery (e.g. --datasets lion:val --gallery lion:train)")
+        if self.protocol == "open-set" and bool(self.gallery) != bool(self.val_datasets):
+            raise ValueError("open-set takes --gallery and --val_datasets together, or neither (then the "
+                             "gallery/query/validation parts are derived from --datasets)")
+
+
+def _load(specs: list[str], data_dir: str | None, what: str) -> Dataset:
+    dataset = load_specs(specs, data_dir=data_dir)
+    if len(dataset) == 0:
+        raise ValueError(f"{what} {specs} has no images")
+    return dataset
+
+
+def _embed(embedder: LoadedEmbedder, dataset: Dataset, request: EvaluationRequest, desc: str) -> Embeddings:
+    embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=request.batch_size,
+                             num_workers=request.num_workers, desc=desc)
+    if embedded.failures:
+        print(f"warning: {len(embedded.failures)} image(s) of {desc} could not be read and were skipped, "
+              f"e.g. {embedded.failures[0].image_id}: {embedded.failures[0].reason}", file=sys.stderr)
+    if len(embedded.indices) == 0:
+        raise ValueError(f"no image of {desc} could be embedded")
+    return embedded
+
+
+def _split(dataset: Dataset, name: str) -> Dataset:
+    return dataset.filter(lambda split: split == name, input_columns="split")
+
+
+def run_evaluation(request: EvaluationRequest) -> dict:
+    request.validate()
+    started = time.perf_counter()
+    queries = _load(request.datasets, request.data_dir, "--datasets")
+    embedder = load_embedder(request.model, image_size=request.image_size)
+    seen = embedder.training_species
+    failures = []
+    timings = {}
+
+    def embed(dataset: Dataset, desc: str) -> Embeddings:
+        tick = time.perf_counter()
+        embedded = _embed(embedder, dataset, request, desc)
+        timings[desc] = {"images": len(dataset), "seconds": round(time.perf_counter() - tick, 2)}
+        failures.extend({"set": desc, "image_id": f.image_id, "reason": f.reason} for f in embedded.failures)
+        return embedded
+
+    if request.protocol == "leave-one-out":
+        query_embeddings = embed(queries, "queries")
+        results = leave_one_out_by_species(queries, query_embeddings, training_species=seen)
+        gallery_set, gallery_embeddings = None, None
+    elif request.protocol == "closed-set":
+        gallery_set = _load(request.gallery, request.data_dir, "--gallery")
+        query_embeddings, gallery_embeddings = embed(queries, "queries"), embed(gallery_set, "gallery")
+        results = closed_set_by_species(queries, query_embeddings, gallery_set, gallery_embeddings, training_species=seen)
+    else:
+        if request.gallery:
+            gallery_set = _load(request.gallery, request.data_dir, "--gallery")
+            val_queries = _load(request.val_datasets, request.data_dir, "--val_datasets")
+            val_gallery = gallery_set
+        else:
+            # Nested open-set splits: test queries vs the gallery part; the threshold is fitted on a second
+            # open-set split made inside the gallery part, so test queries never influence it.
+            parts = open_set_split(queries, seed=request.split_seed)
+            gallery_set, queries = _split(parts, "train"), _split(parts, "test")
+            inner = open_set_split(gallery_set, seed=request.split_seed + 1)
+            val_gallery, val_queries = _split(inner, "train"), _split(inner, "test")
+        query_embeddings, gallery_embeddings = embed(queries, "queries"), embed(gallery_set, "gallery")
+        val_gallery_embeddings = gallery_embeddings if val_gallery is gallery_set else embed(val_gallery, "validation gallery")
+        results = open_set_by_species(
+            queries, query_embeddings, gallery_set, gallery_embeddings, val_query_set=val_queries,
+            val_query=embed(val_queries, "validation queries"), val_gallery_set=val_gallery,
+            val_gallery=val_gallery_embeddings, training_species=seen,
+        )
+    results.update({
+        "model": request.model, "protocol": request.protocol, "datasets": request.datasets,
+        "gallery": request.gallery or None, "command": request.command, "failures": failures,
+        "timings": {**timings, "total_seconds": round(time.perf_counter() - started, 2)},
+    })
+    print(render_results_table(results, request.output or "(not saved)", "evaluate.py"))
+    if request.output:
+        output = Path(request.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2))
+        if request.plots:
+            _write_figures(output, results, embedder, queries, query_embeddings, gallery_set, gallery_embeddings)
+    return results
+
+
+def _write_figures(output: Path, results: dict, embedder: LoadedEmbedder, queries: Dataset, query_embeddings: Embeddings,
+                   gallery_set: Dataset | None, gallery_embeddings: Embeddings | None, n_queries: int = 6, top_k: int = 5) -> None:
+    """CMC curves per species and a grid of the first queries with their top-k matches."""
+    cmc_path, grid_path = figure_paths(output)
+    curves = {name: m for name, m in results["species"].items() if m.get("cmc")}
+    if curves:
+        plot_cmc_curves(curves, cmc_path, title=f"CMC, {results['protocol']}")
+    leave_one_out = gallery_set is None
+    gallery_set, gallery_embeddings = (queries, query_embeddings) if leave_one_out else (gallery_set, gallery_embeddings)
+    q_ids = np.asarray(queries["identity"], dtype=object)[query_embeddings.indices]
+    g_ids = np.asarray(gallery_set["identity"], dtype=object)[gallery_embeddings.indices]
+    q_species = np.asarray(queries["species"], dtype=object)[query_embeddings.indices]
+    g_species = np.asarray(gallery_set["species"], dtype=object)[gallery_embeddings.indices]
+    similarity = query_embeddings.vectors[:n_queries] @ gallery_embeddings.vectors.T
+    similarity[q_species[:n_queries, None] != g_species[None, :]] = -np.inf  # metrics are per species too
+    if leave_one_out:
+        similarity[np.arange(len(similarity)), np.arange(len(similarity))] = -np.inf
+    crop = embedder.processor.crop
+
+    def image(dataset, row):
+        record = undecoded(dataset)[int(row)]
+        return crop(record["image"], record.get("bbox"), record.get("theta") or 0.0)
+
+    rows, captions = [], []
+    for q in range(len(similarity)):
+        order = np.argsort(-similarity[q], kind="stable")[:top_k]
+        matches = [(image(gallery_set, gallery_embeddings.indices[g]), str(g_ids[g]), float(similarity[q, g]),
+                    g_ids[g] == q_ids[q]) for g in order]
+        rows.append((image(queries, query_embeddings.indices[q]), matches))
+        captions.append(str(q_ids[q]))
+    plot_match_grid(rows, grid_path, query_captions=captions)
+
+
+def command_line(argv: list[str]) -> str:
+    return "python evaluate.py " + " ".join(shlex.quote(a) for a in argv)
