@@ -33,6 +33,9 @@ class WildReIDConfig(PreTrainedConfig):
             (0.5 for EfficientNet-Lite, timm's pretrained config otherwise, ImageNet's as a fallback).
         image_std (`list[float]`, *optional*):
             Normalisation standard deviation; `None` resolves like `image_mean`.
+        fast_downscale (`bool`, *optional*, defaults to `True`):
+            Preprocessing of large photos: reduced-scale JPEG decoding and PIL's whole-factor pre-shrink
+            (see [`WildReIDImageProcessor`]); `False` resizes from full resolution in one step.
         gem_p (`float`, *optional*, defaults to 3.0):
             Initial exponent of generalised-mean pooling; learnable (1 = average pooling, large = max pooling).
         gem_eps (`float`, *optional*, defaults to 1e-6):
@@ -66,6 +69,7 @@ class WildReIDConfig(PreTrainedConfig):
         image_size: int = 440,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
+        fast_downscale: bool = True,
         gem_p: float = 3.0,
         gem_eps: float = 1e-6,
         embedding_dim: int | None = None,
@@ -98,6 +102,7 @@ class WildReIDConfig(PreTrainedConfig):
         self.image_size = int(image_size)
         self.image_mean = [float(v) for v in image_mean]
         self.image_std = [float(v) for v in image_std]
+        self.fast_downscale = bool(fast_downscale)
         self.gem_p = float(gem_p)
         self.gem_eps = float(gem_eps)
         self.embedding_dim = embedding_dim

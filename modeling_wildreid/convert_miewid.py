@@ -376,6 +376,7 @@ def convert_miewid_state_dict(
         image_std=IMAGENET_STD,
         gem_p=report["gem_p"],
         gem_eps=MIEWID_GEM_EPS,
+        fast_downscale=False,  # MiewID resizes full-resolution images in one step
         embedding_dim=None,
         num_identities=0,
         converted_from={"format": "miewid", **dict(provenance or {}), **report},

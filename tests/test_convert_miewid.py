@@ -165,6 +165,7 @@ def test_cli_and_api_reproduce_miewid_embeddings_on_real_images(reference, check
     assert len(info["sha256"]) == 64 and info["backbone_inferred"] is False
     assert from_cli.config.image_size == IMAGE_SIZE and from_cli.config.gem_eps == 1e-6
     assert from_cli.config.embedding_dim is None and from_cli.embedding_dim == 1280
+    assert AutoImageProcessor.from_pretrained(output).fast_downscale is False  # MiewID's one-step resize
     # The saved folder as a user loads it: its own image processor config.
     assert_parity(reference, from_cli, AutoImageProcessor.from_pretrained(output), images)
 

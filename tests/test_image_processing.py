@@ -157,3 +157,13 @@ def test_processor_save_load_round_trip(tmp_path):
     processor.save_pretrained(tmp_path)
     reloaded = WildReIDImageProcessor.from_pretrained(tmp_path)
     assert reloaded.to_dict() == processor.to_dict()
+
+
+def test_exact_downscale_matches_one_full_resolution_resize(tmp_path):
+    path = tmp_path / "camera.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(path, quality=90)
+    reference = np.asarray(Image.open(path).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+    exact = WildReIDImageProcessor(image_size=224, fast_downscale=False).to_uint8(str(path)).permute(1, 2, 0).numpy()
+    assert np.array_equal(exact, reference)
+    fast = WildReIDImageProcessor(image_size=224).to_uint8(str(path)).permute(1, 2, 0).numpy()
+    assert not np.array_equal(fast, reference)  # the fast path really is a different (cheaper) computation

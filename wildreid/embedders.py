@@ -77,6 +77,5 @@ def load_embedder(spec: str, *, device: torch.device | str | None = None, image_
         if image_size and image_size != model.config.image_size:
             raise ValueError(f"{spec} was trained at {model.config.image_size}px; evaluating at {image_size}px "
                              "would change its preprocessing. Leave image_size unset.")
-    processor = WildReIDImageProcessor(image_size=model.config.image_size, image_mean=model.config.image_mean,
-                                       image_std=model.config.image_std)
+    processor = WildReIDImageProcessor.from_config(model.config)
     return LoadedEmbedder(model.to(device).eval(), processor, spec, species)
