@@ -1,6 +1,7 @@
 # The two commands of the README. Each builds the virtualenv first (once) with the README's install step.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+DEMO_DATA := synthetic[n_identities=16,images_per_identity=6,image_size=160,seed=0]
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -8,8 +9,14 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -e ".[dev]"
 	touch $@
 
-.PHONY: install test
+.PHONY: install test demo
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PYTHON) -m pytest -q
+
+# Main job: train the multi-species demo model (CPU, offline, a few minutes), then evaluate it per species.
+demo: $(VENV)/.installed
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		train.py --config configs/demo.yaml --output_dir outputs/demo
+	$(PYTHON) evaluate.py --model outputs/demo --datasets "$(DEMO_DATA):test" --output outputs/demo/eval/results.json --plots

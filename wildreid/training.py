@@ -269,16 +269,17 @@ class Trainer:
 
     # ---- loop --------------------------------------------------------------------------------------------
 
-    def run(self) -> dict:
+    def setup(self) -> None:
+        """Data loader, prepared model / optimiser / scheduler, and the resumed position."""
         config, accelerator = self.config, self.accelerator
-        sampler = SpeciesBalancedBatchSampler(
+        self.sampler = SpeciesBalancedBatchSampler(
             self.train_data["identity"], self.train_data["species"],
             config.identities_per_batch, config.images_per_identity, seed=config.seed,
         )
         dataset = ReIDImageDataset(self.train_data, self.processor, self.train_labels,
                                    augment=build_augmentation(config.augmentation))
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, num_workers=config.num_workers, collate_fn=collate,
+            dataset, batch_sampler=self.sampler, num_workers=config.num_workers, collate_fn=collate,
             worker_init_fn=ignore_stop_signals,
             pin_memory=torch.cuda.is_available(), persistent_workers=config.num_workers > 0,
             prefetch_factor=4 if config.num_workers > 0 else None,
@@ -289,28 +290,53 @@ class Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(parameter_groups(model, config))
-        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-        if config.compile:
-            model = torch.compile(model)
-        batches_per_epoch = len(loader) // config.gradient_accumulation_steps
-        total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches_per_epoch))
-        warmup = min(config.warmup_steps, max(1, total_steps // 5))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps, config.min_lr_ratio))
-        scheduler = accelerator.prepare(scheduler)
-        progress = TrainingProgress()
-        accelerator.register_for_checkpointing(progress)
+        model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
+        self.prepared_model = torch.compile(model) if config.compile else model
+        batches_per_epoch = len(self.loader) // config.gradient_accumulation_steps
+        self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches_per_epoch))
+        warmup = min(config.warmup_steps, max(1, self.total_steps // 5))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(warmup, self.total_steps, config.min_lr_ratio))
+        self.scheduler = accelerator.prepare(scheduler)
+        self.progress = TrainingProgress()
+        accelerator.register_for_checkpointing(self.progress)
         accelerator.register_save_state_pre_hook(_contiguous_weights)
         if config.resume_from_checkpoint:
             checkpoint = find_checkpoint(self.output_dir, config.resume_from_checkpoint)
             accelerator.load_state(str(checkpoint))
-            self.print(f"resumed from {checkpoint} at step {progress.step}")
-        self.total_steps = total_steps
+            self.print(f"resumed from {checkpoint} at step {self.progress.step}")
+
+    def train_step(self, batch: dict) -> torch.Tensor:
+        """Forward, backward and (at accumulation boundaries) clip, optimiser and scheduler step."""
+        accelerator, model = self.accelerator, self.prepared_model
+        with accelerator.accumulate(model):
+            pixels = self.processor.normalize(batch["pixel_values"])
+            if self.channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            loss = model(pixel_values=pixels, labels=batch["labels"]).loss
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(self._non_finite_message(self.progress, f"loss is {loss.item()}"))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
+                if grad_norm is not None and not torch.isfinite(grad_norm):
+                    raise NonFiniteLossError(self._non_finite_message(self.progress, "gradient norm is not finite"))
+            self.optimizer.step()
+            if accelerator.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def run(self) -> dict:
+        self.setup()
+        config, accelerator, progress = self.config, self.accelerator, self.progress
+        model, loader, total_steps = self.prepared_model, self.loader, self.total_steps
         self._write_resolved_config(total_steps)
         if accelerator.is_main_process:
             accelerator.init_trackers("wildreid", config=_flat_for_tracker(asdict(config)))
         self.print(
             f"training {len(self.identities.names)} identities / {len(self.train_data)} images over species "
-            f"{', '.join(self.species)}; {total_steps} steps of {sampler.p}x{sampler.k} images "
+            f"{', '.join(self.species)}; {total_steps} steps of {self.sampler.p}x{self.sampler.k} images "
             f"x {accelerator.num_processes} processes x {config.gradient_accumulation_steps} accumulation"
         )
         history = []
@@ -318,19 +344,18 @@ class Trainer:
             before = self.validate(model, step=0, label="before adaptation")
             history.append({"step": 0, "phase": "before adaptation", **before})
 
-        stop_signal = _StopSignal()
-        frozen = None
-        step_timer = time.perf_counter()
-        images_since = 0
         from tqdm.auto import tqdm
 
+        stop_signal = _StopSignal()
+        frozen = None
+        speeds: list[float] = []  # images/s of each logging window, validation and checkpoints excluded
+        window_start, window_images = time.perf_counter(), 0
         bar = tqdm(total=total_steps, initial=progress.step, disable=not accelerator.is_local_main_process,
                    desc="training", dynamic_ncols=True)
-        last_loss = float("nan")
         while progress.step < total_steps:
             consumed = progress.step * config.gradient_accumulation_steps
             epoch, offset = divmod(consumed, len(loader))
-            sampler.use_epoch(epoch)
+            self.sampler.use_epoch(epoch)
             epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
             for batch in epoch_loader:
                 want_frozen = progress.step < config.freeze_backbone_steps
@@ -339,37 +364,21 @@ class Trainer:
                     _set_backbone_frozen(accelerator.unwrap_model(model), frozen)
                 for failure in batch["failures"]:
                     logger.warning("training skips %s: %s", failure.image_id, failure.reason)
-                with accelerator.accumulate(model):
-                    pixels = self.processor.normalize(batch["pixel_values"])
-                    if self.channels_last:
-                        pixels = pixels.contiguous(memory_format=torch.channels_last)
-                    loss = model(pixel_values=pixels, labels=batch["labels"]).loss
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(self._non_finite_message(progress, f"loss is {loss.item()}"))
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                        if grad_norm is not None and not torch.isfinite(grad_norm):
-                            raise NonFiniteLossError(self._non_finite_message(progress, "gradient norm is not finite"))
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                images_since += len(batch["labels"]) * accelerator.num_processes
+                loss = self.train_step(batch)
+                window_images += len(batch["labels"]) * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
                 progress.step += 1
-                last_loss = loss.item()
                 bar.update(1)
-                if progress.step % 10 == 0 or progress.step == total_steps:
-                    elapsed = time.perf_counter() - step_timer
-                    speed = images_since / elapsed if elapsed > 0 else float("nan")
-                    lr = scheduler.get_last_lr()
-                    bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr[0]:.2e}", img_s=f"{speed:.1f}")
-                    accelerator.log({"train/loss": last_loss, "train/lr_backbone": lr[0], "train/lr_head": lr[-1],
-                                     "train/images_per_second": speed}, step=progress.step)
-                    step_timer, images_since = time.perf_counter(), 0
                 done = progress.step >= total_steps
+                if progress.step % 10 == 0 or done:
+                    speed = window_images / (time.perf_counter() - window_start)
+                    speeds.append(speed)
+                    lr = self.scheduler.get_last_lr()
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr[0]:.2e}", img_s=f"{speed:.1f}")
+                    accelerator.log({"train/loss": loss.item(), "train/lr_backbone": lr[0], "train/lr_head": lr[-1],
+                                     "train/images_per_second": speed}, step=progress.step)
+                    window_start, window_images = time.perf_counter(), 0
                 if self.val_data is not None and (done or (config.eval_steps and progress.step % config.eval_steps == 0)):
                     metrics = self.validate(model, progress.step)
                     history.append({"step": progress.step, **metrics})
@@ -377,10 +386,12 @@ class Trainer:
                         progress.best_map, progress.best_step = metrics["mean"]["map"], progress.step
                         self._save_embedder(model, self.output_dir)
                         self._write_json(VALIDATION_RESULTS, {**metrics, "model": str(self.output_dir),
-                                                              "protocol": f"leave-one-out on {', '.join(self.config.val_datasets)}",
+                                                              "protocol": f"leave-one-out on {', '.join(config.val_datasets)}",
                                                               "step": progress.step})
+                    window_start, window_images = time.perf_counter(), 0
                 if done or progress.step % config.save_steps == 0 or stop_signal.received:
                     self._save_checkpoint(model, progress)
+                    window_start, window_images = time.perf_counter(), 0
                 if stop_signal.received:
                     bar.close()
                     self.print(f"stopped by signal {stop_signal.received} at step {progress.step}; "
@@ -392,7 +403,9 @@ class Trainer:
         bar.close()
         if self.val_data is None:
             self._save_embedder(model, self.output_dir)
-        summary = self._finish(history, progress, model)
+        # The first window includes loader start-up; report the steady state when there is one.
+        steady = speeds[1:] or speeds
+        summary = self._finish(history, progress, model, float(np.median(steady)) if steady else None)
         accelerator.end_training()
         return summary
 
@@ -472,7 +485,7 @@ class Trainer:
         local = torch.stack([sum(p.sum() for p in params), sum((p * p).sum() for p in params)])
         return self.accelerator.gather(local.to(self.accelerator.device)[None]).cpu().tolist()
 
-    def _finish(self, history: list[dict], progress: TrainingProgress, model) -> dict:
+    def _finish(self, history: list[dict], progress: TrainingProgress, model, images_per_second: float | None) -> dict:
         fingerprints = self._replica_fingerprints(model)
         if any(f != fingerprints[0] for f in fingerprints):
             logger.error("distributed replicas disagree: %s", fingerprints)
@@ -481,7 +494,8 @@ class Trainer:
             "best_step": progress.best_step, "best_mean_map": progress.best_map if progress.best_map >= 0 else None,
             "total_steps": progress.step, "training_species": self.species,
             "training_identities": len(self.identities.names), "training_images": len(self.train_data),
-            "num_processes": self.accelerator.num_processes, "history": history,
+            "num_processes": self.accelerator.num_processes, "images_per_second": images_per_second,
+            "history": history,
         }
         self._write_json(TRAINING_SUMMARY, summary)
         if self.accelerator.is_main_process:

@@ -1,0 +1,150 @@
+"""evaluate.py: protocols on synthetic data, the results file and figures, the `evaluate` name clash,
+clear failures, and an independent numpy check on real lion data."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modeling_wildreid import WildReIDConfig, WildReIDModel
+from wildreid.embedders import load_embedder
+from wildreid.embedding import embed_dataset
+from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
+from hub_datasets.specs import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTH = "synthetic[n_species=2,n_identities=10,images_per_identity=4,image_size=64,seed=7]"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained but deterministic wildreid model that says it was trained on synthetic-stripes only."""
+    path = tmp_path_factory.mktemp("model")
+    config = WildReIDConfig(backbone="tf_efficientnet_lite0", backbone_pretrained=True, image_size=64,
+                            training_species=["synthetic-stripes"])
+    WildReIDModel(config).save_pretrained(path)
+    return path
+
+
+def request(model_dir: Path, tmp_path: Path, **overrides) -> EvaluationRequest:
+    return EvaluationRequest(**{"datasets": [f"{SYNTH}:test"], "model": str(model_dir), "num_workers": 0,
+                                "output": str(tmp_path / "results.json"), **overrides})
+
+
+def test_leave_one_out_results_file_table_and_figures(model_dir, tmp_path, capsys):
+    results = run_evaluation(request(model_dir, tmp_path, plots=True))
+    assert set(results["species"]) == {"synthetic-spots", "synthetic-stripes"}
+    assert results["species"]["synthetic-stripes"]["seen_in_training"] is True
+    assert results["species"]["synthetic-spots"]["seen_in_training"] is False  # zero-shot
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for name, metrics in saved["species"].items():
+        assert {"top1", "top5", "map", "n_queries", "n_identities", "seen_in_training"} <= set(metrics)
+        assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and metrics["n_queries"] == 8  # 2 identities x 4
+    assert saved["mean"]["top1"] == pytest.approx(np.mean([m["top1"] for m in saved["species"].values()]))
+    assert saved["model"] == str(model_dir) and saved["protocol"] == "leave-one-out"
+    table = capsys.readouterr().out
+    assert "| synthetic-spots | no (zero-shot) |" in table and "**Mean**" in table
+    for figure in ("results_cmc.png", "results_matches.png"):
+        assert (tmp_path / figure).stat().st_size > 1000
+
+
+def write_csv_dataset(root: Path) -> Path:
+    """Six synthetic individuals, photos alternately in split `gallery` and `query` (a closed set)."""
+    from hub_datasets.synthetic import generate_rows
+
+    lines = ["image,identity,split"]
+    for index, row in enumerate(generate_rows(n_species=1, n_identities=6, images_per_identity=4, image_size=64, seed=8)):
+        name = row["image_id"].replace("/", "_")
+        (root / name).write_bytes(row["image"]["bytes"])
+        lines.append(f"{name},{row['identity'].split('/')[-1]},{'gallery' if index % 2 else 'query'}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def test_closed_set_queries_against_gallery(model_dir, tmp_path):
+    csv = write_csv_dataset(tmp_path)
+    results = run_evaluation(request(model_dir, tmp_path, protocol="closed-set", datasets=[f"csv[species=zebra]:{csv}:query"],
+                                     gallery=[f"csv[species=zebra]:{csv}:gallery"]))
+    zebra = results["species"]["zebra"]
+    assert zebra["n_queries"] == 12 and zebra["n_gallery"] == 12 and zebra["n_identities"] == 6
+    assert zebra["seen_in_training"] is False and results["protocol"] == "closed-set"
+
+
+def test_open_set_fits_threshold_without_test_queries(model_dir, tmp_path):
+    results = run_evaluation(request(model_dir, tmp_path, protocol="open-set", datasets=[SYNTH]))
+    for metrics in results["species"].values():
+        assert metrics["n_unknown_queries"] > 0 and metrics["n_known_queries"] > 0
+        assert 0 <= metrics["baks"] <= 1 and 0 <= metrics["baus"] <= 1 and metrics["threshold"] is not None
+        assert 0 <= metrics["auroc_new"] <= 1
+
+
+def test_unknown_species_and_empty_split_fail_clearly(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="zebraa"):
+        run_evaluation(request(model_dir, tmp_path, datasets=["zebraa:test"]))
+    with pytest.raises(ValueError, match="split 'validation'"):
+        run_evaluation(request(model_dir, tmp_path, datasets=[f"{SYNTH}:validation"]))
+    with pytest.raises(ValueError, match="closed-set needs --gallery"):
+        run_evaluation(request(model_dir, tmp_path, protocol="closed-set"))
+
+
+def test_evaluate_py_runs_from_the_repo_root_despite_the_library_name(model_dir, tmp_path):
+    """`python evaluate.py` puts the repo root first on sys.path, where evaluate.py shadows the library."""
+    output = tmp_path / "cli.json"
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", "--model", str(model_dir), "--datasets", f"{SYNTH}:test", "--output",
+         str(output), "--num_workers", "0"], cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(output.read_text())["protocol"] == "leave-one-out"
+    bad = subprocess.run([sys.executable, "evaluate.py", "--model", str(model_dir), "--datasets", "pigg"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "error: " in bad.stderr and "pigg" in bad.stderr
+
+
+def test_metric_module_loads_through_the_bridge_from_the_repo_root():
+    script = ("from wildreid.evaluation.hf_evaluate import load_reid_metric; m = load_reid_metric(); "
+              "r = m.compute(predictions=[[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], references=['a', 'a', 'b', 'b']); "
+              "assert r['top1'] == 1.0, r; print('ok')")
+    # `python -c` from the root: '' leads sys.path, so a plain `import evaluate` would get evaluate.py.
+    shadowed = subprocess.run([sys.executable, "-c", "import evaluate; print(evaluate.__file__)"], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert shadowed.stdout.strip().endswith("evaluate.py")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def _numpy_leave_one_out(vectors: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Independent 20-line reference: cosine leave-one-out top-1 and mAP, ties broken pessimistically."""
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarity = vectors @ vectors.T
+    hits, average_precisions = [], []
+    for q in range(len(labels)):
+        others = np.arange(len(labels)) != q
+        relevant = labels[others] == labels[q]
+        if not relevant.any():
+            continue
+        scores = similarity[q, others]
+        # Sort by score descending; among equal scores put non-relevant first (pessimistic).
+        order = np.lexsort((relevant, -scores))
+        ranked = relevant[order]
+        hits.append(bool(ranked[0]))
+        positions = np.flatnonzero(ranked) + 1
+        average_precisions.append(np.mean(np.arange(1, len(positions) + 1) / positions))
+    return float(np.mean(hits)), float(np.mean(average_precisions))
+
+
+def test_lion_val_matches_an_independent_numpy_computation(shared_data, tmp_path):
+    results = run_evaluation(EvaluationRequest(datasets=["lion:val"], model="imagenet:tf_efficientnet_lite0",
+                                               data_dir=str(shared_data), num_workers=0, batch_size=32))
+    lion = load_spec("lion:val", data_dir=shared_data)
+    embedder = load_embedder("imagenet:tf_efficientnet_lite0")
+    embedded = embed_dataset(embedder.model, lion, embedder.processor, batch_size=32, progress=False)
+    labels = np.asarray(lion["identity"])[embedded.indices]
+    top1, mean_ap = _numpy_leave_one_out(embedded.vectors.astype(np.float64), labels)
+    assert results["species"]["lion"]["n_queries"] == 146
+    assert results["species"]["lion"]["top1"] == pytest.approx(top1, abs=1e-9)
+    assert results["species"]["lion"]["map"] == pytest.approx(mean_ap, abs=1e-6)
