@@ -27,9 +27,12 @@ Rules:
 - Built-in real species read raw data from `data_dir` (argument of [`load_spec`]), else
   `$WILDREID_DATA`, else `../shared/data` next to the repository root (located from this package, not
   the working directory).
+- Sampling parameters, for every built-in and user-data source: `max_identities` (per species),
+  `max_images_per_identity`, `sample_seed` (default 0); applied after the split, deterministic
+  (`hub_datasets.splits.subsample`). E.g. `dog[max_identities=100]:test`, `lion[max_images_per_identity=2]:train`.
 - Parameters: `synthetic` takes `n_species, n_identities, images_per_identity, image_size, seed,
   with_boxes, family`; `folder` takes `species, check_images`; `csv` and `coco` take `species, image_root,
-  check_images`; real species and published datasets take none. Booleans are `true/false/1/0/yes/no`.
+  check_images`; real species take only the sampling parameters; published datasets take none. Booleans are `true/false/1/0/yes/no`.
 """
 from __future__ import annotations
 
@@ -43,12 +46,13 @@ from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset
 
 from .schema import FEATURES
 from .species import SPECIES_BUILDERS, build_species
+from .splits import subsample
 from .synthetic import build_synthetic
 from .user_data import build_coco, build_csv, build_folder
 
 BUILTIN_NAMES = (*SPECIES_BUILDERS, "synthetic")
 USER_KINDS = ("folder", "csv", "coco")
-PARAMETERS: dict[str, dict[str, type]] = {
+_SOURCE_PARAMETERS: dict[str, dict[str, type]] = {
     **{name: {} for name in SPECIES_BUILDERS},
     "synthetic": {
         "n_species": int,
@@ -63,6 +67,9 @@ PARAMETERS: dict[str, dict[str, type]] = {
     "csv": {"species": str, "image_root": str, "check_images": bool},
     "coco": {"species": str, "image_root": str, "check_images": bool},
 }
+# Every built-in and user-data source also takes these; they are applied after the split is selected.
+SAMPLING_PARAMETERS: dict[str, type] = {"max_identities": int, "max_images_per_identity": int, "sample_seed": int}
+PARAMETERS = {source: {**params, **SAMPLING_PARAMETERS} for source, params in _SOURCE_PARAMETERS.items()}
 _HEAD = re.compile(r"^(?P<name>[A-Za-z][\w-]*)(?:\[(?P<params>[^\]]*)\])?(?::(?P<rest>.*))?$", re.S)
 _NAME = re.compile(r"^\w+$")
 _CONFIG = re.compile(r"^[\w-]+$")
@@ -222,6 +229,7 @@ def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None
     """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     params = dict(parsed.params)
+    sampling = {key: params.pop(key) for key in SAMPLING_PARAMETERS if key in params}
     if parsed.kind == "published":
         return _load_published(parsed)
     if parsed.kind == "builtin" and parsed.name == "synthetic":
@@ -231,7 +239,11 @@ def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None
     else:
         builder = {"folder": build_folder, "csv": build_csv, "coco": build_coco}[parsed.kind]
         dataset = builder(parsed.location, **params)
-    return _select_split(dataset, parsed)
+    dataset = _select_split(dataset, parsed)
+    if sampling:
+        dataset = subsample(dataset, sampling.get("max_identities"), sampling.get("max_images_per_identity"),
+                            sampling.get("sample_seed", 0))
+    return dataset
 
 
 def load_specs(specs: list[DatasetSpec | str], data_dir: str | os.PathLike | None = None) -> Dataset:

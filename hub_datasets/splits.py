@@ -291,3 +291,33 @@ def split_dataset(dataset: Dataset, strategy: str, **kwargs) -> Dataset:
     if strategy not in SPLITTERS:
         raise ValueError(f"unknown split strategy {strategy!r}; choose one of {sorted(SPLITTERS)}")
     return SPLITTERS[strategy](dataset, **kwargs)
+
+
+def subsample_rows(
+    identities: Sequence[str], image_ids: Sequence[str], max_identities: int | None = None,
+    max_images_per_identity: int | None = None, seed: int = 0,
+) -> list[int]:
+    """Row indices keeping at most `max_identities` identities per species and `max_images_per_identity`
+    images per identity, chosen by `stable_key` order (deterministic, and a larger cap keeps a superset)."""
+    for name, value in (("max_identities", max_identities), ("max_images_per_identity", max_images_per_identity)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    rows_of = _rows_by_identity(identities, range(len(identities)))
+    names = sorted(rows_of)
+    kept_identities: set[str] = set()
+    for members in _by_species(names).values():
+        ordered = sorted((names[i] for i in members), key=lambda name: stable_key(seed, name))
+        kept_identities.update(ordered[:max_identities] if max_identities else ordered)
+    keep = []
+    for name in kept_identities:
+        rows = sorted(rows_of[name], key=lambda row: stable_key(seed, image_ids[row]))
+        keep.extend(rows[:max_images_per_identity] if max_images_per_identity else rows)
+    return sorted(keep)
+
+
+def subsample(dataset: Dataset, max_identities: int | None = None, max_images_per_identity: int | None = None,
+              seed: int = 0) -> Dataset:
+    """The dataset restricted as in [`subsample_rows`] (e.g. few-shot training sets, bounded test sets)."""
+    rows = subsample_rows(_column(dataset, "identity"), _column(dataset, "image_id"), max_identities,
+                          max_images_per_identity, seed)
+    return dataset if len(rows) == len(dataset) else dataset.select(rows)

@@ -47,7 +47,7 @@ def test_parse_spec(text, expected):
         ("wildreid:lion", "unknown dataset 'wildreid'"),
         ("lion:val:extra", "split 'val:extra' must be a plain name"),
         ("lion:", "split '' must be a plain name"),
-        ("lion[seed=1]", "unknown parameter 'seed' for lion; valid: none"),
+        ("lion[seed=1]", "unknown parameter 'seed' for lion; valid: max_identities, max_images_per_identity, sample_seed"),
         ("synthetic[sed=1]", "unknown parameter 'sed' for synthetic; valid: n_species, n_identities"),
         ("synthetic[seed=x]", "parameter seed='x' must be an integer"),
         ("synthetic[seed=1,seed=2]", "given twice"),
@@ -118,3 +118,18 @@ def test_load_published_local_folder(tmp_path, monkeypatch):
         load_spec(f"{tmp_path / 'pub'}:lion:test")
     with pytest.raises(ValueError, match="neither an existing folder nor a Hub repo id"):
         load_spec(f"{tmp_path / 'nowhere'}:lion")
+
+
+def test_sampling_parameters_are_deterministic_nested_and_per_species():
+    from hub_datasets.splits import subsample_rows
+
+    base = "synthetic[n_species=2,n_identities=6,images_per_identity=4,image_size=32"
+    small = load_spec(base + ",max_identities=2,max_images_per_identity=2]")
+    assert len(small) == 2 * 2 * 2  # 2 species x 2 identities x 2 images
+    assert list(small["image_id"]) == list(load_spec(base + ",max_identities=2,max_images_per_identity=2]")["image_id"])
+    larger = set(load_spec(base + ",max_identities=3,max_images_per_identity=3]")["image_id"])
+    assert set(small["image_id"]) <= larger  # a larger cap keeps a superset
+    other_seed = load_spec(base + ",max_identities=2,max_images_per_identity=2,sample_seed=9]")
+    assert set(other_seed["image_id"]) != set(small["image_id"])
+    with pytest.raises(ValueError, match="max_identities must be >= 1"):
+        subsample_rows(["a/x"], ["1"], max_identities=0)
