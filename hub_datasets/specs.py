@@ -30,12 +30,16 @@ Rules:
 - Sampling parameters, for every built-in and user-data source: `max_identities` (per species),
   `max_images_per_identity`, `sample_seed` (default 0); applied after the split, deterministic
   (`hub_datasets.splits.subsample`). E.g. `dog[max_identities=100]:test`, `lion[max_images_per_identity=2]:train`.
+- Re-split parameters, for the same sources: `split_strategy` (a key of `hub_datasets.splits.SPLITTERS`:
+  closed_set, open_set, disjoint_set, group_aware, time_aware), `test_fraction`, `split_seed`; they replace
+  the source's split with `train`/`test` before `:SPLIT` selects, e.g. `lion[split_strategy=closed_set]:test`.
 - Parameters: `synthetic` takes `n_species, n_identities, images_per_identity, image_size, seed,
   with_boxes, family`; `folder` takes `species, check_images`; `csv` and `coco` take `species, image_root,
   check_images`; real species take only the sampling parameters; published datasets take none. Booleans are `true/false/1/0/yes/no`.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from dataclasses import dataclass, field
@@ -46,7 +50,7 @@ from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset
 
 from .schema import FEATURES
 from .species import SPECIES_BUILDERS, build_species
-from .splits import subsample
+from .splits import SPLITTERS, split_dataset, subsample
 from .synthetic import build_synthetic
 from .user_data import build_coco, build_csv, build_folder
 
@@ -69,7 +73,9 @@ _SOURCE_PARAMETERS: dict[str, dict[str, type]] = {
 }
 # Every built-in and user-data source also takes these; they are applied after the split is selected.
 SAMPLING_PARAMETERS: dict[str, type] = {"max_identities": int, "max_images_per_identity": int, "sample_seed": int}
-PARAMETERS = {source: {**params, **SAMPLING_PARAMETERS} for source, params in _SOURCE_PARAMETERS.items()}
+# ... and these, which replace the source's own split before it is selected.
+RESPLIT_PARAMETERS: dict[str, type] = {"split_strategy": str, "test_fraction": float, "split_seed": int}
+PARAMETERS = {source: {**params, **SAMPLING_PARAMETERS, **RESPLIT_PARAMETERS} for source, params in _SOURCE_PARAMETERS.items()}
 _HEAD = re.compile(r"^(?P<name>[A-Za-z][\w-]*)(?:\[(?P<params>[^\]]*)\])?(?::(?P<rest>.*))?$", re.S)
 _NAME = re.compile(r"^\w+$")
 _CONFIG = re.compile(r"^[\w-]+$")
@@ -120,6 +126,11 @@ def _convert(spec: str, key: str, value: str, kind: type) -> Any:
             return int(value)
         except ValueError:
             raise ValueError(f"dataset spec {spec!r}: parameter {key}={value!r} must be an integer") from None
+    if kind is float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"dataset spec {spec!r}: parameter {key}={value!r} must be a number") from None
     if not value:
         raise ValueError(f"dataset spec {spec!r}: parameter {key} is empty")
     return value
@@ -220,6 +231,19 @@ def _load_published(spec: DatasetSpec) -> Dataset:
     return loaded
 
 
+def _resplit(dataset: Dataset, spec: str, options: dict[str, Any]) -> Dataset:
+    if "split_strategy" not in options:
+        raise ValueError(f"dataset spec {spec!r}: test_fraction / split_seed need split_strategy")
+    strategy = options["split_strategy"]
+    kwargs = {"seed": options.get("split_seed", 0), "test_fraction": options.get("test_fraction")}
+    accepted = inspect.signature(SPLITTERS[strategy]).parameters if strategy in SPLITTERS else kwargs
+    kwargs = {key: value for key, value in kwargs.items() if value is not None and key in accepted}
+    try:
+        return split_dataset(dataset, strategy, **kwargs)
+    except ValueError as error:
+        raise ValueError(f"dataset spec {spec!r}: {error}") from None
+
+
 def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None) -> Dataset:
     """Load the dataset a spec names, in the [`FEATURES`] schema (images as paths or embedded bytes).
 
@@ -230,6 +254,7 @@ def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     params = dict(parsed.params)
     sampling = {key: params.pop(key) for key in SAMPLING_PARAMETERS if key in params}
+    resplit = {key: params.pop(key) for key in RESPLIT_PARAMETERS if key in params}
     if parsed.kind == "published":
         return _load_published(parsed)
     if parsed.kind == "builtin" and parsed.name == "synthetic":
@@ -239,6 +264,8 @@ def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None
     else:
         builder = {"folder": build_folder, "csv": build_csv, "coco": build_coco}[parsed.kind]
         dataset = builder(parsed.location, **params)
+    if resplit:
+        dataset = _resplit(dataset, str(parsed), resplit)
     dataset = _select_split(dataset, parsed)
     if sampling:
         dataset = subsample(dataset, sampling.get("max_identities"), sampling.get("max_images_per_identity"),

@@ -133,3 +133,15 @@ def test_sampling_parameters_are_deterministic_nested_and_per_species():
     assert set(other_seed["image_id"]) != set(small["image_id"])
     with pytest.raises(ValueError, match="max_identities must be >= 1"):
         subsample_rows(["a/x"], ["1"], max_identities=0)
+
+
+def test_resplit_parameters_replace_the_source_split():
+    base = "synthetic[n_species=1,n_identities=8,images_per_identity=4,image_size=32,split_strategy=closed_set"
+    test, train = load_spec(base + "]:test"), load_spec(base + "]:train")
+    assert set(test["identity"]) <= set(train["identity"])  # closed set: every test individual is known
+    assert not set(test["image_id"]) & set(train["image_id"])
+    assert len(load_spec(base + ",test_fraction=0.5]:test")) > len(test)
+    with pytest.raises(ValueError, match="unknown split strategy 'random'"):
+        load_spec("synthetic[split_strategy=random]")
+    with pytest.raises(ValueError, match="need split_strategy"):
+        load_spec("synthetic[split_seed=2]")
