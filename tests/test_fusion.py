@@ -97,9 +97,11 @@ def constructed_case(seed: int, num_queries: int = 60, num_ids: int = 40):
     rows = np.arange(num_queries)
     impostor = (query_labels + 1 + rng.integers(0, num_ids - 1, num_queries)) % num_ids
     global_easy = rows < num_queries // 2
-    global_sim[rows, query_labels] = np.where(global_easy, rng.normal(0.85, 0.03, num_queries), rng.normal(0.5, 0.03, num_queries))
-    global_sim[rows, impostor] = np.where(global_easy, global_sim[rows, impostor], global_sim[rows, query_labels] + 0.04)
-    local_sim[rows, query_labels] = np.where(global_easy, rng.integers(14, 18, num_queries), rng.integers(60, 90, num_queries))
+    size = num_queries
+    global_sim[rows, query_labels] = np.where(global_easy, rng.normal(0.85, 0.03, size), rng.normal(0.5, 0.03, size))
+    fooled_global = global_sim[rows, query_labels] + 0.04
+    global_sim[rows, impostor] = np.where(global_easy, global_sim[rows, impostor], fooled_global)
+    local_sim[rows, query_labels] = np.where(global_easy, rng.integers(14, 18, size), rng.integers(60, 90, size))
     local_sim[rows, impostor] = np.where(global_easy, local_sim[rows, query_labels] + 3, local_sim[rows, impostor])
     return global_sim, local_sim, query_labels, gallery_labels
 

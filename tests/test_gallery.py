@@ -29,7 +29,7 @@ def importable(module: str) -> bool:
 
 
 needs_metrics = pytest.mark.skipif(not importable("wildreid.evaluation.metrics"),
-                                   reason="wildreid.evaluation.metrics (choose_new_individual_threshold) not merged yet")
+                                   reason="wildreid.evaluation.metrics (new-individual threshold) not merged yet")
 needs_preprocessing = pytest.mark.skipif(not importable("modeling_wildreid.image_processing_wildreid"),
                                          reason="shared preprocessing not merged yet")
 
@@ -103,9 +103,10 @@ def test_same_weights_from_another_path_are_accepted_by_content_hash():
     gallery = Gallery()
     gallery.add(l2_normalize(np.eye(DIM)[:2]), {"image_id": ["a", "b"], "identity": ["x", "y"]},
                 ModelTag("/models/run1", digest, DIM))
-    assert gallery.identify(l2_normalize(np.eye(DIM)[:1]), ModelTag("./run1", digest, DIM))[0].candidates[0].identity == "x"
+    query = l2_normalize(np.eye(DIM)[:1])
+    assert gallery.identify(query, ModelTag("./run1", digest, DIM))[0].candidates[0].identity == "x"
     with pytest.raises(ModelMismatchError):
-        gallery.identify(l2_normalize(np.eye(DIM)[:1]), ModelTag("./run1", weights_content_hash({"w": np.ones(1)}), DIM))
+        gallery.identify(query, ModelTag("./run1", weights_content_hash({"w": np.ones(1)}), DIM))
 
 
 def test_add_rejects_bad_metadata_and_embeddings():
@@ -161,7 +162,8 @@ def test_local_feature_cache_is_stored_beside_the_gallery(tmp_path):
     gallery, _ = make_gallery(num_ids=2, per_id=2)
     extractor = LocalFeatureExtractor(max_keypoints=8)
     rng = np.random.default_rng(0)
-    features = [LocalFeatures(rng.random((3, 2), np.float32), rng.integers(0, 255, (3, 128), np.uint8)) for _ in range(4)]
+    features = [LocalFeatures(rng.random((3, 2), np.float32), rng.integers(0, 255, (3, 128), np.uint8))
+                for _ in range(4)]
     cache = LocalFeatureCache.from_features(gallery.metadata["image_id"], features, extractor.config)
     partial = LocalFeatureCache.from_features(["img0"], features[:1], extractor.config)
     with pytest.raises(ValueError, match="lacks 3 gallery images"):
@@ -233,8 +235,8 @@ def test_result_writers(tmp_path):
     assert payload["failures"] == [{"file": "broken.jpg", "reason": "ImageLoadError: cannot identify image file"}]
     with open(write_results_csv(results, tmp_path / "r.csv", failures), newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["query"], r["rank"]) for r in rows] == [("q1.jpg", "1"), ("q1.jpg", "2"), ("q2.jpg", "1"), ("q2.jpg", "2"),
-                                                        ("broken.jpg", "")]
+    assert [(r["query"], r["rank"]) for r in rows] == [
+        ("q1.jpg", "1"), ("q1.jpg", "2"), ("q2.jpg", "1"), ("q2.jpg", "2"), ("broken.jpg", "")]
     assert rows[0]["identity"] == results[0].candidates[0].identity and rows[-1]["error"].startswith("ImageLoadError")
 
 

@@ -22,7 +22,8 @@ def textured_animal(seed: int, size: int = 360) -> Image.Image:
         cv2.ellipse(canvas, centre, axes, float(rng.uniform(0, 180)), 0, 360, int(rng.integers(0, 255)), -1)
     for _ in range(25):
         p, q = rng.integers(0, size, (2, 2))
-        cv2.line(canvas, tuple(int(v) for v in p), tuple(int(v) for v in q), int(rng.integers(0, 255)), int(rng.integers(1, 4)))
+        cv2.line(canvas, tuple(int(v) for v in p), tuple(int(v) for v in q),
+                 int(rng.integers(0, 255)), int(rng.integers(1, 4)))
     return Image.fromarray(canvas).convert("RGB")
 
 
@@ -146,7 +147,8 @@ def test_cache_round_trip_without_pickle(tmp_path, extractor, features):
 def test_cache_with_pickled_objects_is_refused(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, format_version=np.array(1), config=np.array("{}"), keys=np.array([{"x": 1}], dtype=object),
-             offsets=np.zeros(2, np.int64), keypoints=np.zeros((0, 2), np.float32), descriptors=np.zeros((0, 128), np.uint8))
+             offsets=np.zeros(2, np.int64), keypoints=np.zeros((0, 2), np.float32),
+             descriptors=np.zeros((0, 128), np.uint8))
     with pytest.raises(ValueError, match="evil.npz"):
         LocalFeatureCache.load(path)
 

@@ -83,7 +83,8 @@ class Calibrator:
             kind = "matches" if positives else "non-matches"
             raise ValueError(f"cannot calibrate: all {len(is_match)} validation pairs are {kind}; both same-individual "
                              "and different-individual pairs are needed")
-        self.params = self._fit_isotonic(scores, is_match) if self.method == "isotonic" else self._fit_logistic(scores, is_match)
+        fit = self._fit_isotonic if self.method == "isotonic" else self._fit_logistic
+        self.params = fit(scores, is_match)
         self.params["num_pairs"], self.params["num_matches"] = len(scores), positives
         return self
 

@@ -124,7 +124,8 @@ class FusionMatcher:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "shortlist": self.shortlist,
-                "global_calibrator": self.global_calibrator.to_dict(), "local_calibrator": self.local_calibrator.to_dict()}
+                "global_calibrator": self.global_calibrator.to_dict(),
+                "local_calibrator": self.local_calibrator.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FusionMatcher":

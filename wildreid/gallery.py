@@ -150,7 +150,8 @@ class Gallery:
     approximate_threshold: above this many images, searches use an approximate faiss index.
     """
 
-    def __init__(self, model_tag: ModelTag | None = None, *, approximate_threshold: int = DEFAULT_APPROXIMATE_THRESHOLD):
+    def __init__(self, model_tag: ModelTag | None = None, *,
+                 approximate_threshold: int = DEFAULT_APPROXIMATE_THRESHOLD):
         self.model_tag = model_tag
         self.approximate_threshold = int(approximate_threshold)
         dim = model_tag.embedding_dim if model_tag else 0
@@ -161,7 +162,8 @@ class Gallery:
         self.updated = self.created
         self.local_features_config: dict[str, Any] | None = None
         self._index: EmbeddingIndex | None = None
-        self._codes: np.ndarray | None = None
+        self._codes: np.ndarray | None = None  # identity code of each gallery row
+        self._identity_names: np.ndarray | None = None  # identity name of each code
         self._score_calibrator: Calibrator | None = None
 
     def __len__(self) -> int:
@@ -206,7 +208,8 @@ class Gallery:
             raise ValueError("the gallery is empty; add images before identifying")
         if self._index is None:
             self._index = build_index(self.embeddings, kind="auto", approximate_threshold=self.approximate_threshold)
-            self._identity_names, self._codes = np.unique(self.metadata["identity"].to_numpy(dtype=str), return_inverse=True)
+            identities = self.metadata["identity"].to_numpy(dtype=str)
+            self._identity_names, self._codes = np.unique(identities, return_inverse=True)
         return self._index, self._codes, self._identity_names
 
     def _rank_individuals(self, queries: np.ndarray, top_k: int, exclude_rows: Sequence[int | None] | None = None
@@ -328,7 +331,7 @@ class Gallery:
         if query_image_ids is not None:
             if len(query_image_ids) != len(queries):
                 raise ValueError(f"{len(query_image_ids)} query image ids for {len(queries)} embeddings")
-            exclude = [row_of_image.get(str(image_id)) if image_id is not None else None for image_id in query_image_ids]
+            exclude = [None if image_id is None else row_of_image.get(str(image_id)) for image_id in query_image_ids]
         _, codes, names = self._search_state()
         code_of = {name: code for code, name in enumerate(names)}
         images_per_code = np.bincount(codes, minlength=len(names))
@@ -382,8 +385,8 @@ class Gallery:
                 raise ValueError(f"local-feature cache lacks {len(missing)} gallery images, e.g. {missing[:3]}")
             _replace_atomically(directory / LOCAL_FEATURES_FILE, lambda path: local_features.save(path))
             self.local_features_config = dict(local_features.config)
-        _replace_atomically(directory / EMBEDDINGS_FILE,
-                            lambda path: save_file({"embeddings": self.embeddings}, str(path), metadata={"format": FORMAT}))
+        _replace_atomically(directory / EMBEDDINGS_FILE, lambda path: save_file(
+            {"embeddings": self.embeddings}, str(path), metadata={"format": FORMAT}))
         _replace_atomically(directory / METADATA_FILE, lambda path: self.metadata.to_parquet(path, index=False))
         config = {
             "format": FORMAT, "version": FORMAT_VERSION, "model": self.model_tag.to_dict(),
@@ -436,7 +439,8 @@ class Gallery:
         if len(metadata) != len(gallery.embeddings):
             raise ValueError(f"{directory}: {len(gallery.embeddings)} embeddings but {len(metadata)} metadata rows")
         gallery.metadata = metadata[list(METADATA_COLUMNS)].astype(object).where(metadata.notna(), None)
-        gallery.created, gallery.updated = config.get("created", gallery.created), config.get("updated", gallery.updated)
+        gallery.created = config.get("created", gallery.created)
+        gallery.updated = config.get("updated", gallery.updated)
         gallery.calibration = config.get("calibration")
         gallery.local_features_config = (config.get("local_features") or {}).get("config")
         return gallery
@@ -472,8 +476,9 @@ def write_results_csv(results: Iterable[IdentificationResult], path: str | os.Pa
         writer.writeheader()
         for result in results:
             for rank, candidate in enumerate(result.candidates, start=1):
-                writer.writerow({"query": result.query, "rank": rank, **asdict(candidate), "top_score": result.top_score,
-                                 "is_new": result.is_new, "threshold": result.threshold, "error": ""})
+                writer.writerow({"query": result.query, "rank": rank, **asdict(candidate),
+                                 "top_score": result.top_score, "is_new": result.is_new,
+                                 "threshold": result.threshold, "error": ""})
         for failure in failures:
             writer.writerow({"query": failure.file, "error": failure.reason})
     return path

@@ -319,9 +319,6 @@ class _Packed:
     norms: np.ndarray  # (total,) float32, squared norms of `vectors` (bit counts for binary)
     offsets: np.ndarray  # (N + 1,) int64
 
-    def counts(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
 
 class LocalMatcher:
     """Scores query x gallery image pairs by local-feature matches.
@@ -373,7 +370,8 @@ class LocalMatcher:
                                  f"expected uint8 (N, {width}) for method {self.method!r}")
         offsets = np.zeros(len(features) + 1, dtype=np.int64)
         np.cumsum([len(item) for item in features], out=offsets[1:])
-        keypoints = (np.concatenate([f.keypoints for f in features]) if features else np.zeros((0, 2))).astype(np.float32)
+        keypoints = np.concatenate([f.keypoints for f in features]) if features else np.zeros((0, 2))
+        keypoints = keypoints.astype(np.float32)
         raw = np.concatenate([f.descriptors for f in features]) if features else np.zeros((0, width), np.uint8)
         if self.method == "sift":
             vectors = raw.astype(np.float32)
@@ -418,7 +416,8 @@ class LocalMatcher:
             candidate_lists = [row[row >= 0] for row in candidate_lists]
             for q, row in enumerate(candidate_lists):
                 if len(row) and row[-1] >= num_gallery:
-                    raise ValueError(f"candidates row {q} holds index {row[-1]} but the gallery has {num_gallery} images")
+                    raise ValueError(f"candidates row {q} holds index {row[-1]} but the gallery has "
+                                     f"{num_gallery} images")
         scores = np.full((len(queries), num_gallery), -np.inf, dtype=np.float32)
         tasks = [(q, row) for q, row in enumerate(candidate_lists) if len(row)]
         workers = min(num_workers or default_num_workers(), max(1, len(tasks)))
@@ -447,7 +446,8 @@ class LocalMatcher:
     def _pair_scores(self, queries: _Packed, q: int, gallery: _Packed, row: np.ndarray) -> np.ndarray:
         return self._score_query(queries, q, gallery, row)[1]
 
-    def _score_query(self, queries: _Packed, q: int, gallery: _Packed, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _score_query(self, queries: _Packed, q: int, gallery: _Packed,
+                     row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Match query q against gallery images `row`: one matrix product per `chunk_size` images,
         then per-image reductions on slices of it (no padding, so no wasted products)."""
         q_start, q_stop = queries.offsets[q], queries.offsets[q + 1]
@@ -487,7 +487,8 @@ class LocalMatcher:
                 inliers[chunk_start + c] = self._verify(q_xy[keep], gallery.keypoints[slots[lo + nearest[keep]]])
         return matches, inliers
 
-    def _similarity(self, q_vectors: np.ndarray, q_norms: np.ndarray, gallery: _Packed, slots: np.ndarray) -> np.ndarray:
+    def _similarity(self, q_vectors: np.ndarray, q_norms: np.ndarray, gallery: _Packed,
+                    slots: np.ndarray) -> np.ndarray:
         """(Kq, len(slots)) similarity, higher is closer: cosine for (Root)SIFT, minus Hamming for bits."""
         products = q_vectors @ gallery.vectors[slots].T
         if self.method == "sift":
@@ -550,7 +551,8 @@ def _parallel_map(function, tasks: list, *, num_workers: int | None, progress: b
             results.append(function(task))
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_process_context(), initializer=_limit_threads) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_process_context(),
+                                 initializer=_limit_threads) as pool:
             for result in pool.map(function, tasks, chunksize=max(1, min(32, len(tasks) // (workers * 8)))):
                 results.append(result)
                 bar.update()

@@ -79,7 +79,8 @@ class EmbeddingIndex:
         metric = faiss.METRIC_INNER_PRODUCT
         fp16 = faiss.ScalarQuantizer.QT_fp16
         if kind == "flat":
-            self.index = faiss.IndexFlatIP(dim) if storage == "float32" else faiss.IndexScalarQuantizer(dim, fp16, metric)
+            self.index = (faiss.IndexFlatIP(dim) if storage == "float32"
+                          else faiss.IndexScalarQuantizer(dim, fp16, metric))
         elif kind == "ivf":
             self._quantizer = faiss.IndexFlatIP(dim)  # must outlive the IVF index that points to it
             self.index = (faiss.IndexIVFFlat(self._quantizer, dim, nlist, metric) if storage == "float32"
@@ -127,7 +128,8 @@ class EmbeddingIndex:
         """Fit the IVF coarse quantizer (and fp16 ranges) on a representative sample."""
         sample = check_embeddings(sample, self.dim, "training sample")
         if self.kind == "ivf" and len(sample) < self.index.nlist:
-            raise ValueError(f"IVF with {self.index.nlist} lists needs at least that many training vectors, got {len(sample)}")
+            raise ValueError(f"IVF with {self.index.nlist} lists needs at least that many training vectors, "
+                             f"got {len(sample)}")
         self.index.train(sample)
 
     def add(self, embeddings: np.ndarray) -> None:
