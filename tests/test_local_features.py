@@ -115,6 +115,16 @@ def test_shortlist_scores_only_candidates_and_matches_full(features):
         matcher.score(features, features, [[9]] * 4, num_workers=1, progress=False)
 
 
+def test_score_within_is_the_mirrored_upper_triangle(features):
+    matcher = LocalMatcher()
+    full = matcher.score(features, features, num_workers=1, progress=False)
+    within = matcher.score_within(features, num_workers=1, progress=False)
+    upper = np.triu_indices(len(features), 1)
+    np.testing.assert_array_equal(within[upper], full[upper])
+    np.testing.assert_array_equal(within, within.T)
+    assert np.all(np.isneginf(np.diag(within)))
+
+
 def test_parallel_scoring_equals_serial(features):
     matcher = LocalMatcher(geometry="none")
     serial = matcher.score(features, features, num_workers=1, progress=False)

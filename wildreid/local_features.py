@@ -443,6 +443,17 @@ class LocalMatcher:
         bar.close()
         return scores
 
+    def score_within(self, features: Sequence[LocalFeatures], *, num_workers: int | None = None,
+                     progress: bool = True) -> np.ndarray:
+        """(N, N) scores among one image set (leave-one-out evaluation) at half the cost of `score`:
+        each pair is matched once, with the lower index as the query, and mirrored. The diagonal is
+        `-inf` (not scored)."""
+        upper = [np.arange(i + 1, len(features)) for i in range(len(features))]
+        scores = self.score(features, features, upper, num_workers=num_workers, progress=progress)
+        lower = np.tril_indices(len(features), -1)
+        scores[lower] = scores.T[lower]
+        return scores
+
     def _pair_scores(self, queries: _Packed, q: int, gallery: _Packed, row: np.ndarray) -> np.ndarray:
         return self._score_query(queries, q, gallery, row)[1]
 
