@@ -405,7 +405,6 @@ class LocalMatcher:
         candidates: None scores every pair; otherwise row q lists the gallery indices to score for
             query q (e.g. the global top-B shortlist); negative entries are ignored (padding).
         """
-        packed_queries, packed_gallery = self.pack(queries), self.pack(gallery)
         num_gallery = len(gallery)
         if candidates is None:
             candidate_lists = [np.arange(num_gallery)] * len(queries)
@@ -418,13 +417,17 @@ class LocalMatcher:
                 if len(row) and row[-1] >= num_gallery:
                     raise ValueError(f"candidates row {q} holds index {row[-1]} but the gallery has "
                                      f"{num_gallery} images")
+        # Only gallery images that some query needs are packed (and sent to workers), so a shortlist
+        # costs memory and time in proportion to its size, not to the gallery's.
+        used = np.unique(np.concatenate(candidate_lists)) if candidate_lists else np.zeros(0, np.int64)
+        packed_queries, packed_gallery = self.pack(queries), self.pack([gallery[i] for i in used])
+        tasks = [(q, np.searchsorted(used, row)) for q, row in enumerate(candidate_lists) if len(row)]
         scores = np.full((len(queries), num_gallery), -np.inf, dtype=np.float32)
-        tasks = [(q, row) for q, row in enumerate(candidate_lists) if len(row)]
         workers = min(num_workers or default_num_workers(), max(1, len(tasks)))
         bar = tqdm(total=len(tasks), desc="local matching", unit="query", disable=not progress)
         if workers <= 1:
             for q, row in tasks:
-                scores[q, row] = self._pair_scores(packed_queries, q, packed_gallery, row)
+                scores[q, used[row]] = self._pair_scores(packed_queries, q, packed_gallery, row)
                 bar.update()
         else:
             with ProcessPoolExecutor(
@@ -438,7 +441,7 @@ class LocalMatcher:
                 blocks = [tasks[i : i + batch] for i in range(0, len(tasks), batch)]
                 for block_result in pool.map(_match_block, blocks):
                     for q, row, values in block_result:
-                        scores[q, row] = values
+                        scores[q, used[row]] = values
                     bar.update(len(block_result))
         bar.close()
         return scores
