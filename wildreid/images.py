@@ -50,7 +50,7 @@ def iter_crops(
     Decoding errors, missing files and invalid boxes are per-item problems and are recorded with the
     file name; anything else (a bug) propagates.
     """
-    _check_lengths(sources, bboxes, thetas)
+    check_annotation_lengths(sources, bboxes, thetas)
     for index, source in enumerate(sources):
         try:
             crop = load_crop(
@@ -66,7 +66,8 @@ def iter_crops(
         yield index, crop
 
 
-def _check_lengths(sources: Sequence[Any], bboxes: Sequence | None, thetas: Sequence | None) -> None:
+def check_annotation_lengths(sources: Sequence[Any], bboxes: Sequence | None, thetas: Sequence | None) -> None:
+    """One box and one angle per image, when given."""
     for name, values in (("bboxes", bboxes), ("thetas", thetas)):
         if values is not None and len(values) != len(sources):
             raise ValueError(f"{name} has {len(values)} entries but there are {len(sources)} images")

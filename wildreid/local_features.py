@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .images import LoadFailure, iter_crops
+from .images import LoadFailure, check_annotation_lengths, iter_crops
 
 METHODS = ("sift", "orb", "akaze")
 GEOMETRIES = ("homography", "none")
@@ -173,10 +173,7 @@ class LocalFeatureExtractor:
         Returns one entry per source (None where it failed) and the failures, each naming its file and
         the reason; a bad file never aborts the batch.
         """
-        if bboxes is not None and len(bboxes) != len(sources):
-            raise ValueError(f"bboxes has {len(bboxes)} entries but there are {len(sources)} images")
-        if thetas is not None and len(thetas) != len(sources):
-            raise ValueError(f"thetas has {len(thetas)} entries but there are {len(sources)} images")
+        check_annotation_lengths(sources, bboxes, thetas)
         tasks = [
             (self, source, None if bboxes is None else bboxes[i], 0.0 if thetas is None else float(thetas[i]))
             for i, source in enumerate(sources)
