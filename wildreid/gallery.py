@@ -280,6 +280,9 @@ class Gallery:
         embed: maps a list of PIL crops to (B, D) L2-normalised embeddings from the model `model_tag`
             names (e.g. processor + WildReIDModel).
         """
+        if self.model_tag is None:
+            raise ValueError("the gallery is empty; add images before identifying")
+        self.model_tag.require_same(model_tag, "the queries")  # before any image is loaded
         failures: list[LoadFailure] = []
         results: list[IdentificationResult] = []
         batch: list[tuple[int, Any]] = []
