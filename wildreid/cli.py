@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
                                              overwrite=args.overwrite, **data)
             print(f"gallery {args.output}: {len(gallery)} images of {len(gallery.identities)} individuals"
-                  + (f"; skipped {len(skipped)} unreadable (e.g. {skipped[0].image_id}: {skipped[0].reason})" if skipped else ""))
+                  + (f"; skipped {len(skipped)} unreadable (e.g. {skipped[0].file}: {skipped[0].reason})" if skipped else ""))
         elif args.command == "calibrate":
             threshold = calibrate_gallery(args.gallery, args.datasets, model=args.model, **data)
             print(f"gallery {args.gallery}: new-individual threshold {threshold:.4f} (cosine)")

@@ -130,7 +130,7 @@ def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None,
                              num_workers=num_workers, desc="identifying")
     query_ids = list(np.asarray(dataset["image_id"], dtype=object)[embedded.indices])
     results = gallery.identify(embedded.vectors, tag, top_k, query_ids=query_ids, threshold=threshold)
-    return results, [LoadFailure(f.image_id, f.reason) for f in embedded.failures]
+    return results, embedded.failures
 
 
 def write_results(results: list, failures: list[LoadFailure], path: str | os.PathLike) -> Path:

@@ -14,13 +14,15 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class LoadFailure:
-    """One input that could not be used: `file` names it, `reason` says why."""
+    """One input that could not be used: `file` names it (a path, or a dataset row's image_id), `reason`
+    says why; `index` is its row in the dataset when it came from one."""
 
     file: str
     reason: str
+    index: int | None = None
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 def describe_source(source: Any) -> str:

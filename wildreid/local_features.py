@@ -420,7 +420,7 @@ class LocalMatcher:
         packed_queries, packed_gallery = self.pack(queries), self.pack([gallery[i] for i in used])
         tasks = [(q, np.searchsorted(used, row)) for q, row in enumerate(candidate_lists) if len(row)]
         scores = np.full((len(queries), num_gallery), -np.inf, dtype=np.float32)
-        workers = min(num_workers or default_num_workers(), max(1, len(tasks)))
+        workers = _worker_count(num_workers, len(tasks))
         bar = tqdm(total=len(tasks), desc="local matching", unit="query", disable=not progress)
         if workers <= 1:
             for q, row in tasks:
@@ -553,8 +553,13 @@ def _match_block(block: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndar
     return [(q, row, matcher._pair_scores(queries, q, gallery, row)) for q, row in block]
 
 
+def _worker_count(num_workers: int | None, num_tasks: int) -> int:
+    """None: every core; 0 or 1: in this process (as torch's DataLoader reads num_workers=0)."""
+    return min(default_num_workers() if num_workers is None else max(1, num_workers), max(1, num_tasks))
+
+
 def _parallel_map(function, tasks: list, *, num_workers: int | None, progress: bool, description: str) -> list:
-    workers = min(num_workers or default_num_workers(), max(1, len(tasks)))
+    workers = _worker_count(num_workers, len(tasks))
     bar = tqdm(total=len(tasks), desc=description, unit="image", disable=not progress)
     results = []
     if workers <= 1:

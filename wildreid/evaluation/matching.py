@@ -50,7 +50,7 @@ def extract_local_set(dataset: Dataset, extractor: LocalFeatureExtractor, *, num
     return LocalSet(
         [f for f in features if f is not None], np.flatnonzero(ok),
         np.asarray(dataset["identity"], dtype=object)[ok], np.asarray(dataset["species"], dtype=object)[ok],
-        [{"image_id": None, "file": f.file, "reason": f.reason} for f in failures],
+        [f.to_dict() for f in failures],
     )
 
 

@@ -82,7 +82,7 @@ def _embed(embedder: LoadedEmbedder, dataset: Dataset, request: EvaluationReques
                              num_workers=request.num_workers, desc=desc)
     if embedded.failures:
         print(f"warning: {len(embedded.failures)} image(s) of {desc} could not be read and were skipped, "
-              f"e.g. {embedded.failures[0].image_id}: {embedded.failures[0].reason}", file=sys.stderr)
+              f"e.g. {embedded.failures[0].file}: {embedded.failures[0].reason}", file=sys.stderr)
     if len(embedded.indices) == 0:
         raise ValueError(f"no image of {desc} could be embedded")
     return embedded
@@ -105,7 +105,7 @@ def run_evaluation(request: EvaluationRequest) -> dict:
         tick = time.perf_counter()
         embedded = _embed(embedder, dataset, request, desc)
         timings[desc] = {"images": len(dataset), "seconds": round(time.perf_counter() - tick, 2)}
-        failures.extend({"set": desc, "image_id": f.image_id, "reason": f.reason} for f in embedded.failures)
+        failures.extend({"set": desc, **f.to_dict()} for f in embedded.failures)
         return embedded
 
     if request.method != "global":
@@ -164,7 +164,7 @@ def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: Loaded
 
     def local(dataset: Dataset, desc: str) -> LocalSet:
         tick = time.perf_counter()
-        extracted = extract_local_set(dataset, extractor)
+        extracted = extract_local_set(dataset, extractor, num_workers=request.num_workers)
         timings[f"{desc} (local features)"] = {"images": len(dataset), "seconds": round(time.perf_counter() - tick, 2)}
         failures.extend({"set": desc, **f} for f in extracted.failures)
         return extracted
@@ -173,7 +173,8 @@ def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: Loaded
     tick = time.perf_counter()
     if request.method == "local":
         results = local_by_species(local(queries, "queries"), matcher,
-                                   None if gallery_set is None else local(gallery_set, "gallery"), training_species=seen)
+                                   None if gallery_set is None else local(gallery_set, "gallery"),
+                                   num_workers=request.num_workers, training_species=seen)
     else:
         val_set = _load(request.val_datasets, request.data_dir, "--val_datasets")
         results = fusion_by_species(
@@ -181,7 +182,8 @@ def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: Loaded
             val_embedded=embed(val_set, "validation"), val_local=local(val_set, "validation"), matcher=matcher,
             shortlist=request.shortlist, gallery_set=gallery_set,
             gallery_embedded=None if gallery_set is None else embed(gallery_set, "gallery"),
-            gallery=None if gallery_set is None else local(gallery_set, "gallery"), training_species=seen,
+            gallery=None if gallery_set is None else local(gallery_set, "gallery"), num_workers=request.num_workers,
+            training_species=seen,
         )
     timings["matching and scoring"] = {"seconds": round(time.perf_counter() - tick, 2)}
     return results
