@@ -58,7 +58,7 @@ class PeakRSS:
 class Generator:
     """Deterministic unit vectors, one chunk at a time (chunk i always has the same content)."""
 
-    def __init__(self, kind: str, dim: int, seed: int, num_centres: int = 100_000, spread: float = 0.35):
+    def __init__(self, kind: str, dim: int, seed: int, num_centres: int, spread: float = 0.35):
         self.kind, self.dim, self.seed, self.spread = kind, dim, seed, spread
         if kind == "clustered":
             self.centres = np.random.default_rng(seed).standard_normal((num_centres, dim), dtype=np.float32)
@@ -98,8 +98,9 @@ def timed_search(index: EmbeddingIndex, queries: np.ndarray, k: int, single: int
 
 
 def run_dim(args, dim: int) -> list[dict]:
-    generator = Generator(args.data, dim, seed=args.seed)
-    queries = Generator(args.data, dim, seed=args.seed).chunk(10**6, args.queries)  # same centres, fresh draws
+    # Clustered data: ~10 images per "individual", like a real gallery.
+    generator = Generator(args.data, dim, seed=args.seed, num_centres=max(1, args.num // 10))
+    queries = generator.chunk(10**6, args.queries)  # same centres, fresh draws
     rows, exact_ids = [], None
     nlist = args.nlist or default_nlist(args.num)
     for kind in args.kinds:
