@@ -17,7 +17,7 @@ import csv
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -138,7 +138,6 @@ class IdentificationResult:
     top_score: float
     is_new: bool | None  # None when no threshold is known
     threshold: float | None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

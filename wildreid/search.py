@@ -1,11 +1,12 @@
 """Nearest-neighbour search over L2-normalised embeddings (inner product = cosine) with faiss.
 
 Exact search (`IndexFlatIP`) is the default; above `approximate_threshold` (200k) vectors an
-approximate index is used. The default approximate index is IVF-Flat: it trains in about a minute on
-1M vectors with 2 cores, stores the vectors once (same memory as exact), accepts new vectors without a
-rebuild, and trades recall for speed with one knob (`nprobe`, lists visited per query). HNSW is
-offered too: better recall at equal latency, but its graph build took 65 s for 100k x 512 on 2 cores
-(so ~15 min for 1M) and adds ~`2 x hnsw_m x 4` bytes per vector; its knob is `ef_search`.
+approximate index is used. The default approximate index is IVF-Flat: training + adding 1M x 512
+took 169 s on 2 busy cores (bench/search_scale.py), it stores the vectors once (same memory as exact),
+accepts new vectors without a rebuild, and trades recall for speed with one knob (`nprobe`, lists
+visited per query). HNSW is offered too: better recall at equal latency, but its graph build took
+65 s for 100k x 512 on the same cores (so well over 10 min for 1M) and adds ~`2 x hnsw_m x 4` bytes
+per vector; its knob is `ef_search`.
 
 `storage="float16"` halves memory (vectors stored as fp16, scores computed in fp32); exact search then
 has fp16 rounding on scores (~1e-3 of a cosine).
