@@ -213,3 +213,21 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, hub):
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         np.testing.assert_allclose(pulled.eval()(pixels).embeddings, local.eval()(pixels).embeddings, atol=1e-6)
+
+
+def test_gpu_recipe_code_paths_run_on_cpu(tmp_path):
+    """bf16 autocast + channels_last (the GPU recipe) exercised on the CPU: checkpoints and the saved
+    embedder must be contiguous safetensors that load back."""
+    summary = train(tiny_config(tmp_path, max_steps=2, save_steps=2, mixed_precision="bf16", channels_last="true",
+                                val_datasets=[]))
+    assert summary["total_steps"] == 2
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-2" / "model.safetensors").is_file()
+    model = WildReIDModel.from_pretrained(tmp_path / "run")
+    assert model.backbone.conv_stem.weight.is_contiguous()
+
+
+def test_timm_comparison_embedder_fails_clearly_without_the_hub():
+    from wildreid.embedders import load_embedder
+
+    with pytest.raises(RuntimeError, match="could not load timm model 'hf-hub:BVRA/MegaDescriptor-T-224'"):
+        load_embedder("timm:hf-hub:BVRA/MegaDescriptor-T-224")
