@@ -148,3 +148,16 @@ def test_lion_val_matches_an_independent_numpy_computation(shared_data, tmp_path
     assert results["species"]["lion"]["n_queries"] == 146
     assert results["species"]["lion"]["top1"] == pytest.approx(top1, abs=1e-9)
     assert results["species"]["lion"]["map"] == pytest.approx(mean_ap, abs=1e-6)
+
+
+def test_local_needs_no_model_and_fusion_is_calibrated_on_validation(model_dir, tmp_path):
+    data = "synthetic[n_species=1,n_identities=5,images_per_identity=3,image_size=96,seed=4]"
+    local = run_evaluation(EvaluationRequest(datasets=[f"{data}:train"], method="local", num_workers=0))
+    assert local["method"] == "local" and local["model"] == "local features (SIFT)"
+    stripes = local["species"]["synthetic-stripes"]
+    assert stripes["n_queries"] == len(load_spec(f"{data}:train")) and 0 <= stripes["top1"] <= 1
+    with pytest.raises(ValueError, match="calibrates its scores on --val_datasets"):
+        run_evaluation(request(model_dir, tmp_path, method="fusion"))
+    fused = run_evaluation(request(model_dir, tmp_path, method="fusion", datasets=[f"{data}:train"],
+                                   val_datasets=[f"{SYNTH[:-1]},max_identities=4]:train"], shortlist=5))
+    assert fused["method"] == "fusion" and fused["species"]["synthetic-stripes"]["n_queries"] == stripes["n_queries"]

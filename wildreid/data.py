@@ -16,16 +16,9 @@ from datasets import Dataset, Image
 
 from modeling_wildreid import ImageLoadError, WildReIDImageProcessor
 
+from .images import LoadFailure
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoadFailure:
-    """A row whose image could not be used; carried through the loader so callers can report and skip it."""
-
-    index: int
-    image_id: str
-    reason: str
 
 
 def undecoded(dataset: Dataset) -> Dataset:
@@ -63,7 +56,7 @@ class ReIDImageDataset(torch.utils.data.Dataset):
         try:
             pixels = self.processor.to_uint8(row["image"], row.get("bbox"), row.get("theta") or 0.0)
         except ImageLoadError as error:
-            return LoadFailure(int(index), row["image_id"], str(error))
+            return LoadFailure(row["image_id"], str(error), int(index))
         if self.augment is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed if seed is not None else int(index))

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from modeling_wildreid import WildReIDImageProcessor, WildReIDModel
 
-from .data import LoadFailure, ReIDImageDataset, collate
+from .data import ReIDImageDataset, collate
+from .images import LoadFailure
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def embed_dataset(
         indices.append(batch["index"].numpy())
     model.train(was_training)
     for failure in failures:
-        logger.warning("skipped %s: %s", failure.image_id, failure.reason)
+        logger.warning("skipped %s: %s", failure.file, failure.reason)
     dim = model.embedding_dim
     local = (
         np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),

@@ -363,7 +363,7 @@ class Trainer:
                     frozen = want_frozen
                     _set_backbone_frozen(accelerator.unwrap_model(model), frozen)
                 for failure in batch["failures"]:
-                    logger.warning("training skips %s: %s", failure.image_id, failure.reason)
+                    logger.warning("training skips %s: %s", failure.file, failure.reason)
                 loss = self.train_step(batch)
                 window_images += len(batch["labels"]) * accelerator.num_processes
                 if not accelerator.sync_gradients:

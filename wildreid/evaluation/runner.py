@@ -22,9 +22,12 @@ from ..embedders import LoadedEmbedder, load_embedder
 from ..embedding import Embeddings, embed_dataset
 from ..model_card import render_results_table
 from .plots import figure_paths, plot_cmc_curves, plot_match_grid
+from ..local_features import LocalFeatureExtractor, LocalMatcher
+from .matching import LocalSet, extract_local_set, fusion_by_species, local_by_species
 from .protocols import PROTOCOLS, closed_set_by_species, leave_one_out_by_species, open_set_by_species
 
 logger = logging.getLogger(__name__)
+METHODS = ("global", "local", "fusion")
 
 
 @dataclass
@@ -34,6 +37,8 @@ class EvaluationRequest:
     datasets: list[str]
     model: str | None = None
     protocol: str = "leave-one-out"
+    method: str = "global"  # global (embeddings), local (SIFT matching), fusion (global shortlist re-ranked)
+    shortlist: int = 100  # fusion: global candidates per query that get local matching
     gallery: list[str] = field(default_factory=list)  # closed/open-set gallery specs
     val_datasets: list[str] = field(default_factory=list)  # open-set: validation queries for the threshold
     output: str | None = None
@@ -50,8 +55,14 @@ class EvaluationRequest:
             raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         if not self.datasets:
             raise ValueError("no datasets to evaluate: pass --datasets")
-        if self.model is None:
-            raise ValueError("--model is required for global embeddings")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.model is None and self.method != "local":
+            raise ValueError(f"--model is required for --method {self.method} (only local matching needs none)")
+        if self.method != "global" and self.protocol == "open-set":
+            raise ValueError("open-set evaluation supports --method global only")
+        if self.method == "fusion" and not self.val_datasets:
+            raise ValueError("--method fusion calibrates its scores on --val_datasets (e.g. lion:train for lion:val)")
         if self.protocol == "closed-set" and not self.gallery:
             raise ValueError("closed-set needs --gallery (e.g. --datasets lion:val --gallery lion:train)")
         if self.protocol == "open-set" and bool(self.gallery) != bool(self.val_datasets):
@@ -71,7 +82,7 @@ def _embed(embedder: LoadedEmbedder, dataset: Dataset, request: EvaluationReques
                              num_workers=request.num_workers, desc=desc)
     if embedded.failures:
         print(f"warning: {len(embedded.failures)} image(s) of {desc} could not be read and were skipped, "
-              f"e.g. {embedded.failures[0].image_id}: {embedded.failures[0].reason}", file=sys.stderr)
+              f"e.g. {embedded.failures[0].file}: {embedded.failures[0].reason}", file=sys.stderr)
     if len(embedded.indices) == 0:
         raise ValueError(f"no image of {desc} could be embedded")
     return embedded
@@ -85,8 +96,8 @@ def run_evaluation(request: EvaluationRequest) -> dict:
     request.validate()
     started = time.perf_counter()
     queries = _load(request.datasets, request.data_dir, "--datasets")
-    embedder = load_embedder(request.model, image_size=request.image_size)
-    seen = embedder.training_species
+    embedder = load_embedder(request.model, image_size=request.image_size) if request.model else None
+    seen = embedder.training_species if embedder else []
     failures = []
     timings = {}
 
@@ -94,10 +105,13 @@ def run_evaluation(request: EvaluationRequest) -> dict:
         tick = time.perf_counter()
         embedded = _embed(embedder, dataset, request, desc)
         timings[desc] = {"images": len(dataset), "seconds": round(time.perf_counter() - tick, 2)}
-        failures.extend({"set": desc, "image_id": f.image_id, "reason": f.reason} for f in embedded.failures)
+        failures.extend({"set": desc, **f.to_dict()} for f in embedded.failures)
         return embedded
 
-    if request.protocol == "leave-one-out":
+    if request.method != "global":
+        results = _run_matching(request, queries, embedder, embed, seen, timings, failures)
+        query_embeddings = gallery_set = gallery_embeddings = None
+    elif request.protocol == "leave-one-out":
         query_embeddings = embed(queries, "queries")
         results = leave_one_out_by_species(queries, query_embeddings, training_species=seen)
         gallery_set, gallery_embeddings = None, None
@@ -125,7 +139,8 @@ def run_evaluation(request: EvaluationRequest) -> dict:
             val_gallery=val_gallery_embeddings, training_species=seen,
         )
     results.update({
-        "model": request.model, "protocol": request.protocol, "datasets": request.datasets,
+        "model": request.model or "local features (SIFT)", "protocol": request.protocol, "method": request.method,
+        "datasets": request.datasets,
         "gallery": request.gallery or None, "command": request.command, "failures": failures,
         "timings": {**timings, "total_seconds": round(time.perf_counter() - started, 2)},
     })
@@ -134,8 +149,43 @@ def run_evaluation(request: EvaluationRequest) -> dict:
         output = Path(request.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2))
-        if request.plots:
+        if request.plots and query_embeddings is not None:
             _write_figures(output, results, embedder, queries, query_embeddings, gallery_set, gallery_embeddings)
+        elif request.plots:
+            plot_cmc_curves({n: m for n, m in results["species"].items() if m.get("cmc")}, figure_paths(output)[0],
+                            title=f"CMC, {request.protocol}, {request.method}")
+    return results
+
+
+def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: LoadedEmbedder | None, embed, seen,
+                  timings: dict, failures: list) -> dict:
+    """--method local / fusion: SIFT on every crop, then per-species scoring (see `matching`)."""
+    extractor, matcher = LocalFeatureExtractor(), LocalMatcher()
+
+    def local(dataset: Dataset, desc: str) -> LocalSet:
+        tick = time.perf_counter()
+        extracted = extract_local_set(dataset, extractor, num_workers=request.num_workers)
+        timings[f"{desc} (local features)"] = {"images": len(dataset), "seconds": round(time.perf_counter() - tick, 2)}
+        failures.extend({"set": desc, **f} for f in extracted.failures)
+        return extracted
+
+    gallery_set = _load(request.gallery, request.data_dir, "--gallery") if request.protocol == "closed-set" else None
+    tick = time.perf_counter()
+    if request.method == "local":
+        results = local_by_species(local(queries, "queries"), matcher,
+                                   None if gallery_set is None else local(gallery_set, "gallery"),
+                                   num_workers=request.num_workers, training_species=seen)
+    else:
+        val_set = _load(request.val_datasets, request.data_dir, "--val_datasets")
+        results = fusion_by_species(
+            queries, embed(queries, "queries"), local(queries, "queries"), val_set=val_set,
+            val_embedded=embed(val_set, "validation"), val_local=local(val_set, "validation"), matcher=matcher,
+            shortlist=request.shortlist, gallery_set=gallery_set,
+            gallery_embedded=None if gallery_set is None else embed(gallery_set, "gallery"),
+            gallery=None if gallery_set is None else local(gallery_set, "gallery"), num_workers=request.num_workers,
+            training_species=seen,
+        )
+    timings["matching and scoring"] = {"seconds": round(time.perf_counter() - tick, 2)}
     return results
 
 

@@ -1,0 +1,94 @@
+"""`wildreid` command line: galleries of known individuals and "which one is this, or a new one?".
+
+    wildreid index --model outputs/cpu_real --datasets lion:train --output galleries/lion [--local-features]
+    wildreid calibrate --gallery galleries/lion --datasets lion:val
+    wildreid identify --gallery galleries/lion --images photo1.jpg photo2.jpg --output matches.json
+    wildreid identify --gallery galleries/lion --datasets csv:/data/new_photos.csv --output matches.csv
+
+`identify` uses the gallery's own model unless --model is given, and refuses a model whose weights or
+preprocessing differ from the gallery's. For big archives run `index` under
+`accelerate launch --num_processes N -m wildreid.cli index ...`: each process embeds its share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .identification import build_gallery, calibrate_gallery, identify, write_results
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data_dir", help="raw data of the built-in species (default $WILDREID_DATA, ../shared/data)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wildreid", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    index = commands.add_parser("index", help="embed known individuals into a gallery folder")
+    index.add_argument("--model", required=True, help="wildreid model folder or Hub id")
+    index.add_argument("--datasets", nargs="+", required=True, help="dataset specs of the known individuals")
+    index.add_argument("--output", required=True, help="gallery folder to write")
+    index.add_argument("--local-features", action="store_true", help="also cache SIFT keypoints beside the gallery")
+    index.add_argument("--overwrite", action="store_true", help="replace an existing gallery")
+    _add_data_options(index)
+
+    calibrate = commands.add_parser("calibrate", help="fit the new-individual threshold on labelled validation images")
+    calibrate.add_argument("--gallery", required=True)
+    calibrate.add_argument("--datasets", nargs="+", required=True, help="validation specs (known and new individuals)")
+    calibrate.add_argument("--model", help="default: the model the gallery was built with")
+    _add_data_options(calibrate)
+
+    query = commands.add_parser("identify", help="rank known individuals for query images")
+    query.add_argument("--gallery", required=True)
+    inputs = query.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--images", nargs="+", help="query image files")
+    inputs.add_argument("--datasets", nargs="+", help="query dataset specs")
+    query.add_argument("--model", help="default: the model the gallery was built with")
+    query.add_argument("--top_k", type=int, default=5)
+    query.add_argument("--threshold", type=float, help="override the calibrated new-individual threshold")
+    query.add_argument("--output", help="results file (.json or .csv); printed when omitted")
+    _add_data_options(query)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
+    try:
+        if args.command == "index":
+            gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
+                                             overwrite=args.overwrite, **data)
+            print(f"gallery {args.output}: {len(gallery)} images of {len(gallery.identities)} individuals"
+                  + (f"; skipped {len(skipped)} unreadable (e.g. {skipped[0].file}: {skipped[0].reason})" if skipped else ""))
+        elif args.command == "calibrate":
+            threshold = calibrate_gallery(args.gallery, args.datasets, model=args.model, **data)
+            print(f"gallery {args.gallery}: new-individual threshold {threshold:.4f} (cosine)")
+        else:
+            results, failures = identify(args.gallery, images=args.images, datasets=args.datasets, model=args.model,
+                                         top_k=args.top_k, threshold=args.threshold, **data)
+            for failure in failures:
+                print(f"skipped {failure.file}: {failure.reason}", file=sys.stderr)
+            if args.output:
+                write_results(results, failures, args.output)
+                print(f"{len(results)} queries identified, {len(failures)} skipped -> {args.output}")
+            else:
+                for result in results:
+                    best = result.candidates[0] if result.candidates else None
+                    verdict = "NEW individual" if result.is_new else (best.identity if best else "-")
+                    print(f"{result.query}: {verdict}  (top score {result.top_score:.3f}; "
+                          + ", ".join(f"{c.identity} {c.score:.3f}" for c in result.candidates) + ")")
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Building galleries and identifying query images with a model: what `wildreid index | calibrate |
+identify` run. Embedding goes through `wildreid.embedding` (the shared preprocessing; with several
+Accelerate processes each embeds its share), storage and search through `wildreid.gallery`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from hub_datasets.specs import load_specs
+
+from .data import undecoded
+from .embedders import LoadedEmbedder, load_embedder
+from .embedding import embed_dataset
+from .gallery import Gallery, ModelTag, preprocessing_signature, weights_content_hash
+from .images import LoadFailure
+from .local_features import LocalFeatureCache, LocalFeatureExtractor
+
+logger = logging.getLogger(__name__)
+
+
+def model_tag(embedder: LoadedEmbedder) -> ModelTag:
+    """The embedding space of a model: its name, a hash of its exact weights, width and preprocessing."""
+    state = embedder.model.state_dict()
+    return ModelTag(
+        model_name_or_path=embedder.name, revision=weights_content_hash(state),
+        embedding_dim=int(embedder.model.embedding_dim), image_size=int(embedder.processor.image_size),
+        preprocessing=preprocessing_signature(embedder.processor.to_dict()),
+    )
+
+
+def _metadata(dataset: Dataset, rows: np.ndarray) -> list[dict]:
+    raw = undecoded(dataset)
+    records = []
+    for row in rows.tolist():
+        record = raw[row]
+        records.append({
+            "image_id": record["image_id"], "identity": record["identity"], "species": record["species"],
+            "path": (record["image"] or {}).get("path"), "viewpoint": record.get("viewpoint"),
+            "encounter": record.get("encounter"), "bbox": record.get("bbox"), "theta": record.get("theta"),
+        })
+    return records
+
+
+def _accelerator():
+    """An Accelerator when launched with several processes (`accelerate launch -m wildreid.cli ...`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import Accelerator
+
+        return Accelerator()
+    return None
+
+
+def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *, data_dir: str | None = None,
+                  local_features: bool = False, batch_size: int = 64, num_workers: int = 2,
+                  overwrite: bool = False) -> tuple[Gallery, list]:
+    """Embed every image of the dataset specs into a new gallery folder; returns it and the skipped images."""
+    accelerator = _accelerator()
+    embedder = load_embedder(model, device=accelerator.device if accelerator else None)
+    dataset = load_specs(datasets, data_dir=data_dir)
+    embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
+                             num_workers=num_workers, accelerator=accelerator, desc="indexing")
+    if len(embedded.indices) == 0:
+        raise ValueError(f"no image of {datasets} could be embedded")
+    gallery = Gallery()
+    gallery.add(embedded.vectors, _metadata(dataset, embedded.indices), model_tag(embedder))
+    cache = None
+    if local_features:
+        extractor = LocalFeatureExtractor()
+        raw = undecoded(dataset).select(embedded.indices.tolist())
+        features, failed = extractor.extract_paths(list(raw["image"]), list(raw["bbox"]),
+                                                   [t or 0.0 for t in raw["theta"]])
+        if failed:  # embedded but not matchable: the cache must cover every gallery image
+            raise ValueError(f"local features failed for {len(failed)} embedded images, e.g. {failed[0].file}: "
+                             f"{failed[0].reason}")
+        cache = LocalFeatureCache.from_features(raw["image_id"], features, extractor.config)
+    if accelerator is None or accelerator.is_main_process:
+        gallery.save(output, local_features=cache, overwrite=overwrite)
+    return gallery, embedded.failures
+
+
+def _gallery_and_model(gallery_dir: str | os.PathLike, model: str | None) -> tuple[Gallery, LoadedEmbedder, ModelTag]:
+    gallery = Gallery.load(gallery_dir)
+    embedder = load_embedder(model or gallery.model_tag.model_name_or_path)
+    tag = model_tag(embedder)
+    gallery.model_tag.require_same(tag, f"embeddings of {embedder.name}")
+    return gallery, embedder, tag
+
+
+def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, model: str | None = None,
+                      data_dir: str | None = None, batch_size: int = 64, num_workers: int = 2) -> float:
+    """Fit the gallery's "new individual" threshold and score calibration on labelled validation images
+    (known individuals, and ideally some absent from the gallery); saves it in the gallery."""
+    gallery, embedder, tag = _gallery_and_model(gallery_dir, model)
+    dataset = load_specs(datasets, data_dir=data_dir)
+    embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
+                             num_workers=num_workers, desc="calibrating")
+    identities = np.asarray(dataset["identity"], dtype=object)[embedded.indices]
+    image_ids = np.asarray(dataset["image_id"], dtype=object)[embedded.indices]
+    threshold = gallery.calibrate_new_individual_threshold(embedded.vectors, identities, tag,
+                                                           query_image_ids=list(image_ids))
+    gallery.save(gallery_dir, overwrite=True)
+    return threshold
+
+
+def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None, datasets: list[str] | None = None,
+             model: str | None = None, top_k: int = 5, threshold: float | None = None, data_dir: str | None = None,
+             batch_size: int = 32, num_workers: int = 2) -> tuple[list, list[LoadFailure]]:
+    """Top-k individuals (and the "new individual" decision) for query image files or dataset specs.
+    Unreadable queries are returned as failures, never fatal."""
+    if bool(images) == bool(datasets):
+        raise ValueError("give query --images or --datasets (one of them)")
+    gallery, embedder, tag = _gallery_and_model(gallery_dir, model)
+    if images:
+        device = next(embedder.model.parameters()).device
+
+        @torch.inference_mode()
+        def embed(crops):
+            pixels = torch.stack([embedder.processor.resize(crop) for crop in crops]).to(device)
+            return embedder.model(pixel_values=embedder.processor.normalize(pixels)).embeddings.float().cpu().numpy()
+
+        return gallery.identify_images(images, embed, tag, top_k, batch_size=batch_size, threshold=threshold)
+    dataset = load_specs(datasets, data_dir=data_dir)
+    embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
+                             num_workers=num_workers, desc="identifying")
+    query_ids = list(np.asarray(dataset["image_id"], dtype=object)[embedded.indices])
+    results = gallery.identify(embedded.vectors, tag, top_k, query_ids=query_ids, threshold=threshold)
+    return results, embedded.failures
+
+
+def write_results(results: list, failures: list[LoadFailure], path: str | os.PathLike) -> Path:
+    """JSON or CSV by the file extension; failed queries are listed too."""
+    from .gallery import write_results_csv, write_results_json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        write_results_csv(results, path, failures)
+    elif path.suffix.lower() == ".json":
+        write_results_json(results, path, failures)
+    else:
+        raise ValueError(f"--output must end in .json or .csv, got {path.name}")
+    return path

@@ -1,0 +1,75 @@
+"""Loading annotated crops for batch jobs: one unreadable file is reported, never fatal to the batch.
+
+The pixels go through the shared preprocessing (`modeling_wildreid.image_processing_wildreid.load_image`
+and `crop_to_annotation`) so local features and embeddings see the same crop.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Sequence
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """One input that could not be used: `file` names it (a path, or a dataset row's image_id), `reason`
+    says why; `index` is its row in the dataset when it came from one."""
+
+    file: str
+    reason: str
+    index: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def describe_source(source: Any) -> str:
+    """A short human-readable name for an image source (path, datasets dict, or in-memory object)."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, dict) and source.get("path"):
+        return str(source["path"])
+    return f"<in-memory {type(source).__name__}>"
+
+
+def load_crop(source: Any, bbox: Sequence[float] | None = None, theta: float = 0.0) -> Image.Image:
+    """Load one image with the shared preprocessing and crop it to its annotation (RGB PIL image)."""
+    from modeling_wildreid.image_processing_wildreid import crop_to_annotation, load_image
+
+    return crop_to_annotation(load_image(source), bbox=bbox, theta=theta)
+
+
+def iter_crops(
+    sources: Sequence[Any],
+    bboxes: Sequence[Sequence[float] | None] | None = None,
+    thetas: Sequence[float] | None = None,
+    failures: list[LoadFailure] | None = None,
+) -> Iterator[tuple[int, Image.Image]]:
+    """Yield `(index, crop)` for every readable source; unreadable ones are appended to `failures`.
+
+    Decoding errors, missing files and invalid boxes are per-item problems and are recorded with the
+    file name; anything else (a bug) propagates.
+    """
+    check_annotation_lengths(sources, bboxes, thetas)
+    for index, source in enumerate(sources):
+        try:
+            crop = load_crop(
+                source,
+                bbox=None if bboxes is None else bboxes[index],
+                theta=0.0 if thetas is None else float(thetas[index]),
+            )
+        except (OSError, ValueError) as error:  # ImageLoadError is a ValueError
+            if failures is None:
+                raise
+            failures.append(LoadFailure(describe_source(source), f"{type(error).__name__}: {error}"))
+            continue
+        yield index, crop
+
+
+def check_annotation_lengths(sources: Sequence[Any], bboxes: Sequence | None, thetas: Sequence | None) -> None:
+    """One box and one angle per image, when given."""
+    for name, values in (("bboxes", bboxes), ("thetas", thetas)):
+        if values is not None and len(values) != len(sources):
+            raise ValueError(f"{name} has {len(values)} entries but there are {len(sources)} images")
