@@ -213,3 +213,17 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, hub):
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         np.testing.assert_allclose(pulled.eval()(pixels).embeddings, local.eval()(pixels).embeddings, atol=1e-6)
+
+
+@pytest.mark.parametrize("freeze_norm", [True, False])
+def test_freeze_backbone_norm_keeps_pretrained_statistics_while_weights_train(tmp_path, freeze_norm):
+    # Validation mid-run switches the model to eval and back; the frozen statistics must survive that too.
+    train(tiny_config(tmp_path, freeze_backbone_norm=freeze_norm, freeze_backbone_steps=1, eval_steps=2, max_steps=4))
+    start = WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", backbone_pretrained=True, image_size=64)).state_dict()
+    trained = WildReIDModel.from_pretrained(tmp_path / "run").state_dict()
+    statistics = [k for k in start if k.startswith("backbone.") and k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in start if k.startswith("backbone.") and k.endswith("conv_stem.weight")]
+    assert statistics and weights
+    assert not torch.equal(trained[weights[0]], start[weights[0]])  # the backbone did fine-tune
+    unchanged = all(torch.equal(trained[k], start[k]) for k in statistics)
+    assert unchanged is freeze_norm

@@ -67,6 +67,9 @@ class TrainingConfig:
     margin_max: float = 0.5
     init_from: str | None = None  # trained embedder (folder or Hub id) to adapt to the new data
     freeze_backbone_steps: int = 0  # steps training only neck + head before fine-tuning everything
+    # Keep the backbone's BatchNorm statistics (e.g. ImageNet's) while its weights fine-tune: small P x K
+    # batches of a few species shift them, which blurred the pretrained features in short CPU runs.
+    freeze_backbone_norm: bool = False
     # optimisation
     epochs: float | None = None
     max_steps: int | None = None  # wins over epochs when both are set
@@ -361,7 +364,7 @@ class Trainer:
                 want_frozen = progress.step < config.freeze_backbone_steps
                 if want_frozen != frozen:
                     frozen = want_frozen
-                    _set_backbone_frozen(accelerator.unwrap_model(model), frozen)
+                    _set_backbone_mode(accelerator.unwrap_model(model), frozen, config.freeze_backbone_norm)
                 for failure in batch["failures"]:
                     logger.warning("training skips %s: %s", failure.file, failure.reason)
                 loss = self.train_step(batch)
@@ -381,6 +384,8 @@ class Trainer:
                     window_start, window_images = time.perf_counter(), 0
                 if self.val_data is not None and (done or (config.eval_steps and progress.step % config.eval_steps == 0)):
                     metrics = self.validate(model, progress.step)
+                    # Embedding switched the model to eval and back to train: restore the frozen parts' modes.
+                    _set_backbone_mode(accelerator.unwrap_model(model), frozen, config.freeze_backbone_norm)
                     history.append({"step": progress.step, **metrics})
                     if metrics["mean"]["map"] > progress.best_map:
                         progress.best_map, progress.best_step = metrics["mean"]["map"], progress.step
@@ -533,10 +538,16 @@ def _contiguous_weights(models, weights: list[dict], output_dir: str) -> None:
             state[key] = value.contiguous()
 
 
-def _set_backbone_frozen(model: WildReIDForMetricLearning, frozen: bool) -> None:
+def _set_backbone_mode(model: WildReIDForMetricLearning, frozen: bool, freeze_norm: bool = False) -> None:
+    """Frozen: no gradients and eval mode (BatchNorm statistics frozen too). Otherwise trainable, with its
+    BatchNorm layers kept in eval mode (statistics fixed, affine weights still trained) when `freeze_norm`."""
     backbone = getattr(model, "_orig_mod", model).wildreid.backbone
     backbone.requires_grad_(not frozen)
-    backbone.train(not frozen)  # frozen BatchNorm statistics too, not only weights
+    backbone.train(not frozen)
+    if freeze_norm and not frozen:
+        for module in backbone.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def _all_finite(model: torch.nn.Module) -> bool:
