@@ -9,6 +9,7 @@ and the ImageNet-init arm of `few_shot.py` is the end-to-end curve of `size_stud
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -36,7 +37,6 @@ if str(REPO_ROOT) not in sys.path:  # scripts run as `python experiments/x.py` f
     sys.path.insert(0, str(REPO_ROOT))
 
 from hub_datasets.specs import load_spec, parse_spec  # noqa: E402
-from wildreid.evaluation.metrics import retrieval_metrics_from_similarity  # noqa: E402
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation  # noqa: E402
 from wildreid.training import TrainingConfig, train  # noqa: E402
 
@@ -52,6 +52,9 @@ EVAL_SETS = {
     "pig": "pig:test",
 }
 TRAIN_SETS = {"lion": "lion:train", "nyala": "nyala:train", "dog": "dog:train", "pig": "pig:train"}
+# The experiments train on 200 of dog's 1,038 training identities: at these step budgets most of the others
+# would be seen about once, and every run that starts its head from prototypes embeds its whole training set.
+TRAINING_POOL = {"dog": {"max_identities": 200}}
 SPECIES = tuple(EVAL_SETS)
 # Dry runs (`--dry-run`): a few identities per set and a few steps, to exercise a whole script in minutes.
 DRY_IDENTITIES = 6
@@ -93,7 +96,9 @@ def eval_set(species: str, dry_run: bool = False) -> str:
     return with_params(spec, max_identities=DRY_IDENTITIES) if dry_run else spec
 
 
-def train_set(species: str, dry_run: bool = False, **params: Any) -> str:
+def train_set(species: str, dry_run: bool = False, *, full: bool = False, **params: Any) -> str:
+    """The training spec of `species` (its `TRAINING_POOL` unless `full`), with extra sampling `params`."""
+    params = {**({} if full else TRAINING_POOL.get(species, {})), **params}
     spec = with_params(TRAIN_SETS[species], **params) if params else TRAIN_SETS[species]
     return with_params(spec, max_identities=DRY_IDENTITIES) if dry_run else spec
 
@@ -181,7 +186,8 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
         "training_identities": summary["training_identities"], "images_per_second": summary["images_per_second"],
         "config": {key: getattr(config, key) for key in (
             "learning_rate", "backbone_learning_rate", "warmup_steps", "freeze_backbone_steps",
-            "identities_per_batch", "images_per_identity", "min_images_per_identity", "image_size", "seed")},
+            "identities_per_batch", "images_per_identity", "min_images_per_identity", "image_size", "seed",
+            "freeze_backbone_norm")},
     }
     shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # finished: the embedder is all we need
     record_path.write_text(json.dumps(record, indent=2))
@@ -202,9 +208,6 @@ def leave_one_species_out(held_out: str, steps: int, *, seed: int = 0, dry_run: 
                        max_steps=steps, datasets=[train_set(s, dry_run) for s in others])
 
 
-# Training pools of the per-species size / few-shot runs: dog's 1,038 training identities are cut to 150 so
-# that "all images" costs about as much to embed and cover as the other species.
-ADAPTATION_POOL = {"dog": {"max_identities": 150}}
 SHOTS = ("1", "2", "4", "all")
 
 
@@ -231,9 +234,7 @@ def adapt(species: str, shots: str, start: str, *, steps: int, freeze_steps: int
         init, tag = run_path(leave_one_species_out(species, loso_steps, seed=seed, dry_run=dry_run)), f"loso{loso_steps}"
     else:
         raise ValueError(f"start must be imagenet or loso, got {start!r}")
-    sampling = dict(ADAPTATION_POOL.get(species, {}))
-    if shots != "all":
-        sampling["max_images_per_identity"] = int(shots)
+    sampling = {} if shots == "all" else {"max_images_per_identity": int(shots)}
     return train_model(f"adapt_{species}_{tag}_n{shots}_s{steps}_f{freeze_steps}_seed{seed}", dry_run=dry_run,
                        force=force, seed=seed, max_steps=steps, freeze_backbone_steps=freeze_steps, init_from=init,
                        min_images_per_identity=1, datasets=[train_set(species, dry_run, **sampling)])
@@ -242,18 +243,27 @@ def adapt(species: str, shots: str, start: str, *, steps: int, freeze_steps: int
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _model_dir(model: str, dry_run: bool) -> Path:
+def _model_dir(model: str | None, dry_run: bool) -> Path:
+    if model is None:
+        return runs_dir(dry_run) / "sift"
     if model.startswith("imagenet:"):
         return runs_dir(dry_run) / slug(model)
     return Path(model)
 
 
-def evaluate_global(model: str, datasets: Sequence[str], *, gallery: Sequence[str] = (), dry_run: bool = False,
-                    force: bool = False, output: Path | None = None, label: str | None = None) -> dict:
-    """evaluate.py's results for `model` (a run folder or `imagenet:...`) on `datasets` (leave-one-out, or
-    closed-set against `gallery`), cached next to the model; `output` also writes the JSON there."""
+def evaluate(model: str | None, datasets: Sequence[str], *, method: str = "global", gallery: Sequence[str] = (),
+             val_datasets: Sequence[str] = (), shortlist: int = 100, dry_run: bool = False, force: bool = False,
+             output: Path | None = None, label: str | None = None) -> dict:
+    """evaluate.py's results (`run_evaluation`) for `model` (a run folder, `imagenet:...`, or None for SIFT)
+    on `datasets`: leave-one-out, or closed-set against `gallery`; `method` global, local (SIFT) or fusion
+    (calibrated on `val_datasets`). Cached next to the model (SIFT: runs/sift/); `output` also writes the
+    JSON there. This is the one place the experiments call local-feature matching and fusion."""
     protocol = "closed-set" if gallery else "leave-one-out"
-    key = slug("+".join(datasets) + (("__vs__" + "+".join(gallery)) if gallery else ""))
+    key = slug("+".join(datasets) + (("__vs__" + "+".join(gallery)) if gallery else "")
+               + (f"__{method}" if method != "global" else "") + (("__cal__" + "+".join(val_datasets)) if val_datasets else "")
+               + (f"__top{shortlist}" if method == "fusion" else ""))
+    if len(key) > 120:  # file-name limit: a readable head plus a digest of the whole key
+        key = f"{key[:100]}_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     cache = _model_dir(model, dry_run) / "eval" / f"{key}.json"
     if cache.is_file() and not force:
         results = json.loads(cache.read_text())
@@ -261,73 +271,38 @@ def evaluate_global(model: str, datasets: Sequence[str], *, gallery: Sequence[st
     else:
         cache.parent.mkdir(parents=True, exist_ok=True)
         shown_model = label or model
-        args = ["--model", shown_model, "--protocol", protocol, "--datasets", *datasets]
+        args = (["--model", shown_model] if model else []) + ["--method", method, "--protocol", protocol,
+                                                              "--datasets", *datasets]
         if gallery:
             args += ["--gallery", *gallery]
-        request = EvaluationRequest(datasets=list(datasets), model=model, protocol=protocol, gallery=list(gallery),
-                                    output=str(cache), command="python evaluate.py " + shlex.join(args))
+        if val_datasets:
+            args += ["--val_datasets", *val_datasets]
+        if method == "fusion":
+            args += ["--shortlist", str(shortlist)]
+        request = EvaluationRequest(datasets=list(datasets), model=model, protocol=protocol, method=method,
+                                    gallery=list(gallery), val_datasets=list(val_datasets), shortlist=shortlist,
+                                    output=str(cache),
+                                    command="python evaluate.py " + shlex.join(args))
         started = time.perf_counter()
         results = run_evaluation(request)
         results["eval_wall_s"] = round(time.perf_counter() - started, 1)
-        results["model"] = shown_model
+        if model:
+            results["model"] = shown_model
         cache.write_text(json.dumps(results, indent=2))
         results["reused"] = False
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        kept = {k: v for k, v in results.items() if k != "reused"}
-        output.write_text(json.dumps(kept, indent=2))
+        output.write_text(json.dumps({k: v for k, v in results.items() if k != "reused"}, indent=2))
     return results
 
 
-class LocalFeaturesUnavailable(RuntimeError):
-    """`wildreid.local_features` (OpenCV SIFT matching) is not in this checkout yet."""
+def evaluate_global(model: str, datasets: Sequence[str], **kwargs: Any) -> dict:
+    return evaluate(model, datasets, method="global", **kwargs)
 
 
-def local_scores(queries, gallery=None, *, cache_key: str, dry_run: bool = False, force: bool = False) -> np.ndarray:
-    """(Q, G) SIFT match scores of `queries` against `gallery` (None: every query against every other
-    query, the leave-one-out matrix), cached under `runs/local/`. The one place the experiments call
-    local-feature matching."""
-    try:
-        from wildreid import local_features  # noqa: F401
-    except ImportError as error:
-        raise LocalFeaturesUnavailable(
-            "wildreid.local_features is not in this checkout (local-feature matching lands with the "
-            f"local-features branch): {error}") from None
-    raise LocalFeaturesUnavailable("the local-features API has not been wired into experiments/common.py yet")
-
-
-def metrics_from_scores(scores: np.ndarray, query_labels: Sequence, gallery_labels: Sequence | None = None) -> dict:
-    """Top-k / mAP of a score matrix, the same metric code as the global embeddings."""
-    leave_one_out = gallery_labels is None
-    results = retrieval_metrics_from_similarity(scores, list(query_labels), None if leave_one_out else list(gallery_labels),
-                                                leave_one_out=leave_one_out)
-    return results
-
-
-def evaluate_local(datasets: Sequence[str], *, gallery: Sequence[str] = (), dry_run: bool = False,
-                   force: bool = False) -> dict:
-    """SIFT retrieval per species on `datasets` (leave-one-out, or closed-set against `gallery`), in
-    evaluate.py's results shape."""
-    species_results = {}
-    started = time.perf_counter()
-    for spec in datasets:
-        queries = load_spec(spec)
-        name = queries[0]["species"]
-        if gallery:
-            gallery_spec = next(g for g in gallery if load_spec(g)[0]["species"] == name)
-            reference = load_spec(gallery_spec)
-            known = set(reference["identity"])
-            keep = [i for i, identity in enumerate(queries["identity"]) if identity in known]
-            queries = queries.select(keep)
-            scores = local_scores(queries, reference, cache_key=f"{spec}__vs__{gallery_spec}", dry_run=dry_run, force=force)
-            metrics = metrics_from_scores(scores, queries["identity"], reference["identity"])
-        else:
-            scores = local_scores(queries, None, cache_key=spec, dry_run=dry_run, force=force)
-            metrics = metrics_from_scores(scores, queries["identity"])
-        metrics["seen_in_training"] = None
-        species_results[name] = metrics
-    return {"species": species_results, "model": "sift", "protocol": "closed-set" if gallery else "leave-one-out",
-            "eval_wall_s": round(time.perf_counter() - started, 1)}
+def evaluate_local(datasets: Sequence[str], **kwargs: Any) -> dict:
+    """SIFT matching (OpenCV, RANSAC-verified inliers as the score), no model."""
+    return evaluate(None, datasets, method="local", **kwargs)
 
 
 # ----------------------------------------------------------------------------- results

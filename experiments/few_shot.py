@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         tables[key] = {"columns": columns, "rows": rows, "caption": (
             f"{title} (%), leave-one-out on {', '.join(common.eval_set(s, dry) for s in species)} after {args.steps} "
             f"adaptation steps ({args.freeze_steps} with the backbone frozen) on n training images per identity of the "
-            f"species' train split ({_pool_note()}); 0 = before adaptation. 'from other species': the "
+            f"species' training pool ({_pool_note(species)}); 0 = before adaptation. 'from other species': the "
             f"leave-one-species-out model of zero_shot.py ({args.loso_steps} steps); 'from ImageNet': lite0 ImageNet "
             f"weights through the same adaptation. Seed {args.seed}.")}
         common.print_table(tables[key], f"Few-shot adaptation, {title}")
@@ -72,9 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     log.write(tables, {"curves": curves, "plot": str(plot.relative_to(common.EXPERIMENTS_DIR)) if plot else None})
 
 
-def _pool_note() -> str:
-    return "; ".join(f"{name}: {', '.join(f'{k}={v}' for k, v in params.items())}"
-                     for name, params in common.ADAPTATION_POOL.items())
+def _pool_note(species: list[str]) -> str:
+    return ", ".join(common.train_set(name) for name in species)
 
 
 def _metrics(m: dict) -> dict:

@@ -2,7 +2,7 @@
 end-to-end model as the number of training images per identity grows, per species, and where the curves
 cross.
 
-End-to-end: lite0 from ImageNet trained on n images per identity of the species' train split (the
+End-to-end: lite0 from ImageNet trained on n images per identity of the species' training pool (the
 'from ImageNet' arm of few_shot.py: the same runs, reused when present), 0 = untrained ImageNet embedding.
 Local features: SIFT matching needs no training, so its score on the evaluation set is the same at every
 size (a flat line). Both are evaluated leave-one-out on the species' evaluation set. The crossover is the
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     n_runs = len(species) * len(args.shots)
     print(f"plan: {n_runs} end-to-end runs x {args.steps} steps = {n_runs * args.steps} steps; SIFT once per species")
     sizes = ["0", *args.shots]
-    curves, rows, notes = {}, [], []
+    curves, rows = {}, []
     for name in species:
         spec = common.eval_set(name, dry)
         points = [{"shots": "0", "training_images": 0, **_metrics(log.add_evaluation(
@@ -60,14 +60,8 @@ def main(argv: list[str] | None = None) -> None:
             after = log.add_evaluation(f"{name} {shots}", common.evaluate_global(
                 common.run_path(record), [spec], dry_run=dry, force=args.force))["species"][name]
             points.append({"shots": shots, "training_images": record["training_images"], **_metrics(after)})
-        sift = None
-        if not args.no_local:
-            try:
-                sift = _metrics(log.add_evaluation(f"{name} SIFT", common.evaluate_local(
-                    [spec], dry_run=dry, force=args.force))["species"][name])
-            except common.LocalFeaturesUnavailable as error:
-                if not notes:
-                    notes.append(f"SIFT not run: {error}")
+        sift = None if args.no_local else _metrics(log.add_evaluation(f"{name} SIFT", common.evaluate_local(
+            [spec], dry_run=dry, force=args.force))["species"][name])
         where = crossover(sizes, [p["top1"] for p in points], sift["top1"] if sift else None)
         curves[name] = {"end_to_end": points, "sift": sift, "crossover": where}
         rows.append([name, common.percent(sift["top1"]) if sift else None]
@@ -77,8 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "caption": (f"Top-1 (%), leave-one-out on {', '.join(common.eval_set(s, dry) for s in species)}. Model: lite0 "
                     f"from ImageNet trained {args.steps} steps ({args.freeze_steps} with the backbone frozen) on n "
-                    f"images per identity of the species' train split (dog pool: "
-                    f"{common.ADAPTATION_POOL['dog']['max_identities']} identities); 0 = untrained. SIFT needs no "
+                    f"images per identity of the species' training pool ({', '.join(common.train_set(s) for s in species)}); "
+                    f"0 = untrained. SIFT needs no "
                     f"training: one value per species. Seed {args.seed}."),
     }
     map_table = {
@@ -93,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     if plot is not None:
         _plot(curves, sizes, plot)
     log.write({"top1": table, "map": map_table},
-              {"curves": curves, "plot": str(plot.relative_to(common.EXPERIMENTS_DIR)) if plot else None}, notes)
+              {"curves": curves, "plot": str(plot.relative_to(common.EXPERIMENTS_DIR)) if plot else None})
 
 
 def _metrics(m: dict) -> dict:
