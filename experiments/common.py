@@ -65,14 +65,16 @@ def base_config(**overrides: Any) -> TrainingConfig:
     """The experiments' training recipe: EfficientNet-Lite0 with ImageNet weights at 224 px, P8 x K2
     batches, sub-center ArcFace with dynamic margins; `overrides` set any `TrainingConfig` field.
 
-    Learning rates were chosen with short runs (experiments/README.md, "Recipe"): the head trains alone for
-    `freeze_backbone_steps` so that its random start does not push large gradients into the pretrained
-    backbone, then the backbone fine-tunes at a low rate.
+    Chosen with the short runs of `recipe.py`: the head trains alone for `freeze_backbone_steps`, then the
+    backbone fine-tunes at a low rate with its BatchNorm statistics kept at ImageNet's (small multi-species
+    batches shifted them and cost dog most of its ImageNet accuracy). `train_model` also starts the identity
+    head at the identities' mean ImageNet embeddings.
     """
     values: dict[str, Any] = dict(
         backbone="tf_efficientnet_lite0", backbone_pretrained=True, image_size=224,
         identities_per_batch=8, images_per_identity=2, min_images_per_identity=3,
         learning_rate=1e-3, backbone_learning_rate=1e-4, warmup_steps=30, freeze_backbone_steps=50,
+        freeze_backbone_norm=True,
         weight_decay=1e-4, min_lr_ratio=0.01, num_workers=2, eval_batch_size=64,
         seed=0, log_with="none", save_total_limit=1,
     )
@@ -155,7 +157,13 @@ def results_path(name: str, dry_run: bool) -> Path:
 
 def train_model(name: str, *, dry_run: bool = False, force: bool = False, **overrides: Any) -> dict:
     """Train `base_config(**overrides)` into `runs/<name>/` unless it is already there; returns the run's record
-    (path, steps, wall time of the training itself, data sizes, whether it was reused)."""
+    (path, steps, wall time of the training itself, data sizes, whether it was reused).
+
+    Without an `init_from` override, training starts from the saved ImageNet embedder (`imagenet_start`), so
+    the identity head starts at each identity's mean ImageNet embedding; `init_from=None` starts the head at
+    random instead."""
+    if "init_from" not in overrides:
+        overrides["init_from"] = imagenet_start(dry_run)
     directory = runs_dir(dry_run) / name
     record_path = directory / "experiment_run.json"
     if record_path.is_file() and not force:

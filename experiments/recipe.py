@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {"imagenet": base["species"]}
     for variant in args.variants:
         overrides = dict(VARIANTS[variant])
-        if overrides.get("init_from") == "imagenet":
-            overrides["init_from"] = common.imagenet_start(dry)
+        overrides["init_from"] = common.imagenet_start(dry) if overrides.get("init_from") == "imagenet" else None
         record = log.add_run(common.train_model(
             f"recipe_{variant}_s{args.steps}_seed{args.seed}", dry_run=dry, force=args.force, seed=args.seed,
             max_steps=args.steps, datasets=[common.train_set(s, dry, full=True) for s in species], **overrides))
