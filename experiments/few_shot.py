@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.common_arguments(parser, steps=50, steps_help="adaptation steps of every run")
     parser.add_argument("--freeze-steps", type=int, default=15, help="steps training only neck and head")
-    parser.add_argument("--loso-steps", type=int, default=400, help="steps of the leave-one-species-out start models")
+    parser.add_argument("--loso-steps", type=int, default=300, help="steps of the leave-one-species-out start models")
     parser.add_argument("--shots", nargs="+", default=list(common.SHOTS), choices=common.SHOTS)
     args = parser.parse_args(argv)
     log = common.ExperimentLog(NAME, args)

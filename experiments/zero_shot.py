@@ -4,8 +4,8 @@ Leave one species out: train on the other species (`--steps` steps), evaluate on
 evaluation set (`common.EVAL_SETS`, leave-one-out), next to the untrained ImageNet embedding and SIFT
 matching on the same images. The models trained here are the starting points of `few_shot.py`.
 
-    python experiments/zero_shot.py                          # 4 models x 400 steps
-    python experiments/zero_shot.py --species lion --steps 400
+    python experiments/zero_shot.py                          # 4 models x 300 steps
+    python experiments/zero_shot.py --species lion --steps 300
     python experiments/zero_shot.py --dry-run
 """
 
@@ -20,7 +20,7 @@ NAME = "zero_shot"
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.common_arguments(parser, steps=400, steps_help="training steps of each leave-one-species-out model")
+    common.common_arguments(parser, steps=300, steps_help="training steps of each leave-one-species-out model")
     parser.add_argument("--no-local", action="store_true", help="skip SIFT")
     args = parser.parse_args(argv)
     log = common.ExperimentLog(NAME, args)
