@@ -74,7 +74,6 @@ def base_config(**overrides: Any) -> TrainingConfig:
         backbone="tf_efficientnet_lite0", backbone_pretrained=True, image_size=224,
         identities_per_batch=8, images_per_identity=2, min_images_per_identity=3,
         learning_rate=1e-3, backbone_learning_rate=1e-4, warmup_steps=30, freeze_backbone_steps=50,
-        freeze_backbone_norm=True,
         weight_decay=1e-4, min_lr_ratio=0.01, num_workers=2, eval_batch_size=64,
         seed=0, log_with="none", save_total_limit=1,
     )
@@ -195,7 +194,7 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
         "config": {key: getattr(config, key) for key in (
             "learning_rate", "backbone_learning_rate", "warmup_steps", "freeze_backbone_steps",
             "identities_per_batch", "images_per_identity", "min_images_per_identity", "image_size", "seed",
-            "freeze_backbone_norm")},
+            "backbone_norm", "neck_norm")},
     }
     shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # finished: the embedder is all we need
     record_path.write_text(json.dumps(record, indent=2))

@@ -210,3 +210,10 @@ def test_lite_weight_mapping_predicts_lion_on_a_real_photo(shared_data):
     with torch.no_grad():
         predictions = classifier(processor(photos)["pixel_values"]).argmax(-1)
     assert (predictions == 291).all(), predictions  # ImageNet class 291: lion
+
+
+def test_loss_under_bf16_autocast_keeps_the_head_in_float32():
+    model = WildReIDForMetricLearning(tiny_config(num_identities=3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(pixel_values=random_pixels(2), labels=torch.tensor([0, 2]))
+    assert output.logits.dtype == torch.float32 and torch.isfinite(output.loss)

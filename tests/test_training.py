@@ -215,15 +215,40 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, hub):
         np.testing.assert_allclose(pulled.eval()(pixels).embeddings, local.eval()(pixels).embeddings, atol=1e-6)
 
 
-@pytest.mark.parametrize("freeze_norm", [True, False])
-def test_freeze_backbone_norm_keeps_pretrained_statistics_while_weights_train(tmp_path, freeze_norm):
-    # Validation mid-run switches the model to eval and back; the frozen statistics must survive that too.
-    train(tiny_config(tmp_path, freeze_backbone_norm=freeze_norm, freeze_backbone_steps=1, eval_steps=2, max_steps=4))
-    start = WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", backbone_pretrained=True, image_size=64)).state_dict()
-    trained = WildReIDModel.from_pretrained(tmp_path / "run").state_dict()
-    statistics = [k for k in start if k.startswith("backbone.") and k.endswith(("running_mean", "running_var"))]
-    weights = [k for k in start if k.startswith("backbone.") and k.endswith("conv_stem.weight")]
-    assert statistics and weights
-    assert not torch.equal(trained[weights[0]], start[weights[0]])  # the backbone did fine-tune
-    unchanged = all(torch.equal(trained[k], start[k]) for k in statistics)
-    assert unchanged is freeze_norm
+def test_gpu_recipe_code_paths_run_on_cpu(tmp_path):
+    """bf16 autocast + channels_last (the GPU recipe) exercised on the CPU: checkpoints and the saved
+    embedder must be contiguous safetensors that load back. (A subprocess: Accelerate's precision is
+    process-wide state.)"""
+    result = run_train_py(yaml_args(tmp_path) + ["--max_steps", "2", "--save_steps", "2", "--mixed_precision", "bf16",
+                                                 "--channels_last", "true", "--val_datasets", "--output_dir", str(tmp_path / "run")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-2" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "training_summary.json").read_text())["total_steps"] == 2
+    model = WildReIDModel.from_pretrained(tmp_path / "run")
+    assert model.backbone.conv_stem.weight.is_contiguous()
+
+
+def test_timm_comparison_embedder_fails_clearly_without_the_hub():
+    from wildreid.embedders import load_embedder
+
+    with pytest.raises(RuntimeError, match="could not load timm model 'hf-hub:BVRA/MegaDescriptor-T-224'"):
+        load_embedder("timm:hf-hub:BVRA/MegaDescriptor-T-224")
+
+
+def test_pretrained_backbone_keeps_its_batchnorm_statistics_and_the_neck_is_calibrated(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, max_steps=2, val_datasets=[]))
+    assert trainer.backbone_norm == "frozen"  # auto: starting from ImageNet weights
+    trainer.setup()
+    neck = trainer.model.wildreid.neck.norm
+    assert not torch.allclose(neck.running_mean, torch.zeros_like(neck.running_mean))  # set from the data
+    backbone_bn = trainer.model.wildreid.backbone.bn1
+    before_backbone, before_neck = backbone_bn.running_mean.clone(), neck.running_mean.clone()
+    from wildreid.training import _set_train_modes
+
+    _set_train_modes(trainer.model, False, trainer.backbone_norm, "running")
+    assert trainer.model.training and not backbone_bn.training and not neck.training
+    trainer.train_step(next(iter(trainer.loader)))
+    assert torch.equal(backbone_bn.running_mean, before_backbone) and torch.equal(neck.running_mean, before_neck)
+    assert any(p.requires_grad for p in backbone_bn.parameters())
+    _set_train_modes(trainer.model, False, "batch", "batch")
+    assert backbone_bn.training and neck.training

@@ -38,7 +38,7 @@ class AugmentationConfig:
     horizontal_flip_p: float = 0.0
 
 
-def build_augmentation(config: AugmentationConfig) -> v2.Compose:
+def build_augmentation(config: AugmentationConfig) -> v2.Transform:
     """uint8 (3, H, W) tensor -> augmented uint8 tensor of the same size."""
     steps: list = []
     if config.horizontal_flip_p > 0:
@@ -65,4 +65,4 @@ def build_augmentation(config: AugmentationConfig) -> v2.Compose:
             v2.RandomErasing(p=config.erase_p, scale=(0.02, 0.2), value=0.5),
             v2.ToDtype(torch.uint8, scale=True),
         ]
-    return v2.Compose(steps)
+    return v2.Compose(steps) if steps else v2.Identity()

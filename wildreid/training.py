@@ -65,11 +65,12 @@ class TrainingConfig:
     arcface_scale: float = 30.0
     margin_min: float = 0.2
     margin_max: float = 0.5
+    backbone_norm: str = "auto"  # backbone BatchNorm: frozen (pretrained statistics), batch, or auto (frozen
+    # when starting from pretrained weights: P x K batches of 16 give statistics too noisy to trust)
+    neck_norm: str = "running"  # BN neck normalises with: running (data-calibrated) statistics, or batch ones
+    neck_calibration_images: int = 1024  # images whose pooled features set the neck statistics before training
     init_from: str | None = None  # trained embedder (folder or Hub id) to adapt to the new data
     freeze_backbone_steps: int = 0  # steps training only neck + head before fine-tuning everything
-    # Keep the backbone's BatchNorm statistics (e.g. ImageNet's) while its weights fine-tune: small P x K
-    # batches of a few species shift them, which blurred the pretrained features in short CPU runs.
-    freeze_backbone_norm: bool = False
     # optimisation
     epochs: float | None = None
     max_steps: int | None = None  # wins over epochs when both are set
@@ -120,6 +121,10 @@ class TrainingConfig:
             raise ValueError("--push_to_hub needs --hub_model_id")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.backbone_norm not in ("auto", "frozen", "batch"):
+            raise ValueError(f"backbone_norm must be auto, frozen or batch, got {self.backbone_norm!r}")
+        if self.neck_norm not in ("running", "batch"):
+            raise ValueError(f"neck_norm must be running or batch, got {self.neck_norm!r}")
         if self.gradient_accumulation_steps < 1:
             raise ValueError("gradient_accumulation_steps must be >= 1")
 
@@ -227,6 +232,9 @@ class Trainer:
         )
         set_seed(config.seed)
         self.print = self.accelerator.print
+        starts_pretrained = config.backbone_pretrained or config.init_from is not None
+        self.backbone_norm = config.backbone_norm if config.backbone_norm != "auto" else (
+            "frozen" if starts_pretrained else "batch")
         self._load_data()
         self._build_model()
 
@@ -287,6 +295,10 @@ class Trainer:
             pin_memory=torch.cuda.is_available(), persistent_workers=config.num_workers > 0,
             prefetch_factor=4 if config.num_workers > 0 else None,
         )
+        if not config.resume_from_checkpoint:
+            calibrate_neck_statistics(self.model.wildreid, self.train_data, self.processor,
+                                      max_images=config.neck_calibration_images, batch_size=config.eval_batch_size,
+                                      num_workers=config.num_workers, accelerator=accelerator)
         if self.init_embedder is not None:
             self._init_head_from_prototypes()
         model = self.model
@@ -350,7 +362,6 @@ class Trainer:
         from tqdm.auto import tqdm
 
         stop_signal = _StopSignal()
-        frozen = None
         speeds: list[float] = []  # images/s of each logging window, validation and checkpoints excluded
         window_start, window_images = time.perf_counter(), 0
         bar = tqdm(total=total_steps, initial=progress.step, disable=not accelerator.is_local_main_process,
@@ -361,10 +372,8 @@ class Trainer:
             self.sampler.use_epoch(epoch)
             epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
             for batch in epoch_loader:
-                want_frozen = progress.step < config.freeze_backbone_steps
-                if want_frozen != frozen:
-                    frozen = want_frozen
-                    _set_backbone_mode(accelerator.unwrap_model(model), frozen, config.freeze_backbone_norm)
+                frozen = progress.step < config.freeze_backbone_steps
+                _set_train_modes(accelerator.unwrap_model(model), frozen, self.backbone_norm, config.neck_norm)
                 for failure in batch["failures"]:
                     logger.warning("training skips %s: %s", failure.file, failure.reason)
                 loss = self.train_step(batch)
@@ -384,8 +393,6 @@ class Trainer:
                     window_start, window_images = time.perf_counter(), 0
                 if self.val_data is not None and (done or (config.eval_steps and progress.step % config.eval_steps == 0)):
                     metrics = self.validate(model, progress.step)
-                    # Embedding switched the model to eval and back to train: restore the frozen parts' modes.
-                    _set_backbone_mode(accelerator.unwrap_model(model), frozen, config.freeze_backbone_norm)
                     history.append({"step": progress.step, **metrics})
                     if metrics["mean"]["map"] > progress.best_map:
                         progress.best_map, progress.best_step = metrics["mean"]["map"], progress.step
@@ -538,16 +545,67 @@ def _contiguous_weights(models, weights: list[dict], output_dir: str) -> None:
             state[key] = value.contiguous()
 
 
-def _set_backbone_mode(model: WildReIDForMetricLearning, frozen: bool, freeze_norm: bool = False) -> None:
-    """Frozen: no gradients and eval mode (BatchNorm statistics frozen too). Otherwise trainable, with its
-    BatchNorm layers kept in eval mode (statistics fixed, affine weights still trained) when `freeze_norm`."""
-    backbone = getattr(model, "_orig_mod", model).wildreid.backbone
-    backbone.requires_grad_(not frozen)
-    backbone.train(not frozen)
-    if freeze_norm and not frozen:
+def _set_train_modes(model: WildReIDForMetricLearning, frozen_backbone: bool, backbone_norm: str, neck_norm: str) -> None:
+    """Training mode, except: a frozen backbone (weights and BatchNorm statistics); with
+    backbone_norm="frozen", the backbone's BatchNorm statistics (their scale and shift still learn); with
+    neck_norm="running", the neck's normalisation. Validation's embedding pass resets modes, so this runs
+    every step (it costs microseconds).
+
+    Why frozen statistics: in train mode BatchNorm normalises by the statistics of the batch; on P x K
+    batches of 16 those are noisy and identity-dependent, the network learns to rely on them, and its
+    evaluation-mode embeddings (running statistics) then fail: measured on 12 synthetic individuals, 60
+    steps raised leave-one-out top-1 on the training images from 0.19 to 0.53 with frozen statistics and
+    lowered it to 0.06 with batch statistics.
+    """
+    model = getattr(model, "_orig_mod", model)
+    model.train()
+    backbone = model.wildreid.backbone
+    backbone.requires_grad_(not frozen_backbone)
+    backbone.train(not frozen_backbone)
+    if backbone_norm == "frozen":
         for module in backbone.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
+    if neck_norm == "running":
+        model.wildreid.neck.norm.eval()
+
+
+@torch.no_grad()
+def calibrate_neck_statistics(embedder: WildReIDModel, dataset: Dataset, processor: WildReIDImageProcessor, *,
+                              max_images: int, batch_size: int, num_workers: int, accelerator=None) -> None:
+    """Set the BN neck's running mean and variance to those of the pooled features of (up to `max_images`
+    of) the training images under the current backbone.
+
+    A fresh neck holds mean 0 / variance 1, so its evaluation-mode output (the raw GeM vector, dominated
+    by one common component) has little to do with its training-mode output (batch-centred): prototypes
+    and validation would live in another space than the loss. Calibrated, the two agree from step 0.
+    """
+    rows = np.linspace(0, len(dataset) - 1, num=min(max_images, len(dataset))).round().astype(int)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ReIDImageDataset(dataset, processor), rows[rank::world].tolist()),
+        batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+    )
+    device = next(embedder.parameters()).device
+    was_training = embedder.training
+    embedder.eval()
+    total = torch.zeros(3, embedder.backbone.num_features, dtype=torch.float64, device=device)  # n, sum, sum of squares
+    for batch in loader:
+        if "pixel_values" not in batch:
+            continue
+        pixels = processor.normalize(batch["pixel_values"].to(device))
+        pooled = embedder.pooling(embedder.forward_features(pixels)).double()
+        total += torch.stack([torch.full_like(pooled[0], len(pooled)), pooled.sum(0), (pooled * pooled).sum(0)])
+    embedder.train(was_training)
+    if accelerator is not None and accelerator.num_processes > 1:
+        total = accelerator.reduce(total, reduction="sum")
+    count = total[0, 0]
+    if count < 2:
+        raise ValueError("fewer than 2 readable training images: cannot set the neck statistics")
+    mean = total[1] / count
+    variance = ((total[2] - count * mean * mean) / (count - 1)).clamp(min=0)
+    embedder.neck.norm.running_mean.copy_(mean.float())
+    embedder.neck.norm.running_var.copy_(variance.float())
 
 
 def _all_finite(model: torch.nn.Module) -> bool:
