@@ -67,7 +67,8 @@ class TrainingConfig:
     margin_max: float = 0.5
     backbone_norm: str = "auto"  # backbone BatchNorm: frozen (pretrained statistics), batch, or auto (frozen
     # when starting from pretrained weights: P x K batches of 16 give statistics too noisy to trust)
-    neck_norm: str = "running"  # BN neck normalises with: running (data-calibrated) statistics, or batch ones
+    neck_norm: str = "running"  # BN neck normalises with: running statistics (calibrated from the data, then
+    # tracking the training batches), or each batch's own
     neck_calibration_images: int = 1024  # images whose pooled features set the neck statistics before training
     init_from: str | None = None  # trained embedder (folder or Hub id) to adapt to the new data
     freeze_backbone_steps: int = 0  # steps training only neck + head before fine-tuning everything
@@ -262,7 +263,7 @@ class Trainer:
                 self.print(f"init_from model uses {model_config.image_size}px inputs; image_size={config.image_size} ignored")
             model = WildReIDForMetricLearning(model_config)
             model.wildreid.load_state_dict(embedder.state_dict())
-            self.init_embedder = embedder
+            self.head_from_prototypes = True
         else:
             model_config = WildReIDConfig(
                 backbone=config.backbone, backbone_pretrained=config.backbone_pretrained,
@@ -271,7 +272,7 @@ class Trainer:
                 arcface_scale=config.arcface_scale, margin_min=config.margin_min, margin_max=config.margin_max,
             )
             model = WildReIDForMetricLearning(model_config)
-            self.init_embedder = None
+            self.head_from_prototypes = False
         model.config.training_species = self.species
         model.config.training_datasets = list(config.datasets)
         model.set_margins_from_counts(self.identities.counts)
@@ -299,7 +300,9 @@ class Trainer:
             calibrate_neck_statistics(self.model.wildreid, self.train_data, self.processor,
                                       max_images=config.neck_calibration_images, batch_size=config.eval_batch_size,
                                       num_workers=config.num_workers, accelerator=accelerator)
-        if self.init_embedder is not None:
+        if config.neck_norm == "running":
+            track_neck_statistics(self.model.wildreid.neck.norm)
+        if self.head_from_prototypes:
             self._init_head_from_prototypes()
         model = self.model
         if self.channels_last:
@@ -424,7 +427,10 @@ class Trainer:
     # ---- pieces ------------------------------------------------------------------------------------------
 
     def _init_head_from_prototypes(self) -> None:
-        embedded = embed_dataset(self.init_embedder, self.train_data, self.processor,
+        """Start each identity's sub-centres at its mean embedding under the starting backbone and the neck
+        as calibrated on this data (the saved neck's statistics belong to the old species: under them the new
+        species' embeddings all point one way and so would the prototypes)."""
+        embedded = embed_dataset(self.model.wildreid, self.train_data, self.processor,
                                  batch_size=self.config.eval_batch_size, num_workers=self.config.num_workers,
                                  accelerator=self.accelerator, desc="prototypes")
         labels = np.asarray(self.train_labels)[embedded.indices]
@@ -432,7 +438,7 @@ class Trainer:
         # The head compares against the un-normalised neck output, whose direction the embedding shares.
         head.weight.data.copy_(prototype_head_weights(embedded.vectors, labels, head.num_identities,
                                                       head.num_subcenters, self.config.seed))
-        self.init_embedder = None
+        self.head_from_prototypes = False
 
     def validate(self, model, step: int, label: str = "validation") -> dict:
         embedder = self.accelerator.unwrap_model(model)
@@ -568,6 +574,33 @@ def _set_train_modes(model: WildReIDForMetricLearning, frozen_backbone: bool, ba
                 module.eval()
     if neck_norm == "running":
         model.wildreid.neck.norm.eval()
+
+
+def track_neck_statistics(norm: torch.nn.BatchNorm1d) -> torch.utils.hooks.RemovableHandle:
+    """Keep the neck's running statistics following the backbone while it trains (neck_norm="running").
+
+    The neck normalises with its running statistics (evaluation mode), so nothing updates them; but a
+    fine-tuning backbone moves its features (measured: the pooled mean's norm from 80 to 61, their variance
+    down 10x in 60 steps), and statistics left at their calibration value stop centring them: every
+    embedding then points the same way (mean pairwise cosine 0.999) and retrieval falls to chance. This
+    forward pre-hook moves them towards each training batch's statistics with BatchNorm's momentum,
+    averaged over processes so replicas agree; batches only update them, never normalise themselves.
+    """
+    def update(module: torch.nn.BatchNorm1d, args: tuple) -> None:
+        if not torch.is_grad_enabled():  # embedding passes (validation, prototypes) leave them alone
+            return
+        features = args[0].detach().float()
+        moments = torch.stack([features.mean(0), (features * features).mean(0)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(moments)
+            moments /= torch.distributed.get_world_size()
+        count = features.shape[0] * (torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
+        variance = (moments[1] - moments[0] ** 2).clamp(min=0) * count / max(count - 1, 1)
+        with torch.no_grad():
+            module.running_mean.lerp_(moments[0].to(module.running_mean.dtype), module.momentum)
+            module.running_var.lerp_(variance.to(module.running_var.dtype), module.momentum)
+
+    return norm.register_forward_pre_hook(update)
 
 
 @torch.no_grad()
