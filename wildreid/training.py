@@ -296,14 +296,19 @@ class Trainer:
             pin_memory=torch.cuda.is_available(), persistent_workers=config.num_workers > 0,
             prefetch_factor=4 if config.num_workers > 0 else None,
         )
-        if not config.resume_from_checkpoint:
-            calibrate_neck_statistics(self.model.wildreid, self.train_data, self.processor,
-                                      max_images=config.neck_calibration_images, batch_size=config.eval_batch_size,
-                                      num_workers=config.num_workers, accelerator=accelerator)
+        if not config.resume_from_checkpoint:  # (a resumed run restores neck and head from its checkpoint)
+            # Prototypes need every training image; the neck statistics then come from that same pass.
+            n_rows = len(self.train_data) if self.head_from_prototypes else min(config.neck_calibration_images,
+                                                                                len(self.train_data))
+            rows = np.linspace(0, len(self.train_data) - 1, num=n_rows).round().astype(int)
+            pooled, indices = pooled_features(self.model.wildreid, self.train_data, self.processor, rows,
+                                              batch_size=config.eval_batch_size, num_workers=config.num_workers,
+                                              accelerator=accelerator)
+            calibrate_neck_statistics(self.model.wildreid.neck.norm, pooled)
+            if self.head_from_prototypes:
+                self._init_head_from_prototypes(pooled, indices)
         if config.neck_norm == "running":
             track_neck_statistics(self.model.wildreid.neck.norm)
-        if self.head_from_prototypes:
-            self._init_head_from_prototypes()
         model = self.model
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -426,19 +431,23 @@ class Trainer:
 
     # ---- pieces ------------------------------------------------------------------------------------------
 
-    def _init_head_from_prototypes(self) -> None:
+    @torch.no_grad()
+    def _init_head_from_prototypes(self, pooled: torch.Tensor, indices: np.ndarray) -> None:
         """Start each identity's sub-centres at its mean embedding under the starting backbone and the neck
         as calibrated on this data (the saved neck's statistics belong to the old species: under them the new
         species' embeddings all point one way and so would the prototypes)."""
-        embedded = embed_dataset(self.model.wildreid, self.train_data, self.processor,
-                                 batch_size=self.config.eval_batch_size, num_workers=self.config.num_workers,
-                                 accelerator=self.accelerator, desc="prototypes")
-        labels = np.asarray(self.train_labels)[embedded.indices]
+        neck = self.model.wildreid.neck
+        was_training = neck.training
+        neck.eval()
+        device = next(neck.parameters()).device
+        embeddings = torch.cat([torch.nn.functional.normalize(neck(chunk.to(device)), dim=-1).cpu()
+                                for chunk in pooled.split(4096)])
+        neck.train(was_training)
+        labels = np.asarray(self.train_labels)[indices]
         head = self.model.head
         # The head compares against the un-normalised neck output, whose direction the embedding shares.
-        head.weight.data.copy_(prototype_head_weights(embedded.vectors, labels, head.num_identities,
+        head.weight.data.copy_(prototype_head_weights(embeddings.numpy(), labels, head.num_identities,
                                                       head.num_subcenters, self.config.seed))
-        self.head_from_prototypes = False
 
     def validate(self, model, step: int, label: str = "validation") -> dict:
         embedder = self.accelerator.unwrap_model(model)
@@ -604,16 +613,13 @@ def track_neck_statistics(norm: torch.nn.BatchNorm1d) -> torch.utils.hooks.Remov
 
 
 @torch.no_grad()
-def calibrate_neck_statistics(embedder: WildReIDModel, dataset: Dataset, processor: WildReIDImageProcessor, *,
-                              max_images: int, batch_size: int, num_workers: int, accelerator=None) -> None:
-    """Set the BN neck's running mean and variance to those of the pooled features of (up to `max_images`
-    of) the training images under the current backbone.
+def pooled_features(embedder: WildReIDModel, dataset: Dataset, processor: WildReIDImageProcessor, rows: np.ndarray, *,
+                    batch_size: int, num_workers: int, accelerator=None) -> tuple[torch.Tensor, np.ndarray]:
+    """GeM-pooled backbone features (the neck's input; float32, CPU) of the dataset `rows` and the rows they
+    belong to; unreadable images are skipped (the loader reports them). With several processes each pools
+    its share and every process receives all of them."""
+    from tqdm.auto import tqdm
 
-    A fresh neck holds mean 0 / variance 1, so its evaluation-mode output (the raw GeM vector, dominated
-    by one common component) has little to do with its training-mode output (batch-centred): prototypes
-    and validation would live in another space than the loss. Calibrated, the two agree from step 0.
-    """
-    rows = np.linspace(0, len(dataset) - 1, num=min(max_images, len(dataset))).round().astype(int)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(ReIDImageDataset(dataset, processor), rows[rank::world].tolist()),
@@ -622,23 +628,37 @@ def calibrate_neck_statistics(embedder: WildReIDModel, dataset: Dataset, process
     device = next(embedder.parameters()).device
     was_training = embedder.training
     embedder.eval()
-    total = torch.zeros(3, embedder.backbone.num_features, dtype=torch.float64, device=device)  # n, sum, sum of squares
-    for batch in loader:
+    features, indices = [torch.zeros(0, embedder.backbone.num_features)], [torch.zeros(0, dtype=torch.long)]
+    for batch in tqdm(loader, desc="pooling training images", disable=rank != 0, leave=False):
         if "pixel_values" not in batch:
             continue
         pixels = processor.normalize(batch["pixel_values"].to(device))
-        pooled = embedder.pooling(embedder.forward_features(pixels)).double()
-        total += torch.stack([torch.full_like(pooled[0], len(pooled)), pooled.sum(0), (pooled * pooled).sum(0)])
+        features.append(embedder.pooling(embedder.forward_features(pixels)).float().cpu())
+        indices.append(batch["index"])
     embedder.train(was_training)
-    if accelerator is not None and accelerator.num_processes > 1:
-        total = accelerator.reduce(total, reduction="sum")
-    count = total[0, 0]
-    if count < 2:
+    local = (torch.cat(features), torch.cat(indices).numpy())
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([local])
+    else:
+        parts = [local]
+    return torch.cat([part[0] for part in parts]), np.concatenate([part[1] for part in parts])
+
+
+@torch.no_grad()
+def calibrate_neck_statistics(norm: torch.nn.BatchNorm1d, pooled: torch.Tensor) -> None:
+    """Set the BN neck's running mean and variance to those of `pooled` training features.
+
+    A fresh neck holds mean 0 / variance 1, so its evaluation-mode output (the raw GeM vector, dominated
+    by one common component) has little to do with its training-mode output (batch-centred): prototypes
+    and validation would live in another space than the loss. Calibrated, the two agree from step 0.
+    """
+    if len(pooled) < 2:
         raise ValueError("fewer than 2 readable training images: cannot set the neck statistics")
-    mean = total[1] / count
-    variance = ((total[2] - count * mean * mean) / (count - 1)).clamp(min=0)
-    embedder.neck.norm.running_mean.copy_(mean.float())
-    embedder.neck.norm.running_var.copy_(variance.float())
+    pooled = pooled.double()
+    norm.running_mean.copy_(pooled.mean(0).to(norm.running_mean))
+    norm.running_var.copy_(pooled.var(0).to(norm.running_var))
 
 
 def _all_finite(model: torch.nn.Module) -> bool:
