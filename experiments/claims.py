@@ -84,17 +84,16 @@ def size_study(results: dict) -> list:
 def published(results: dict) -> list[list]:
     names = [n for n in ("lion", "nyala") if n in results]
     rows = []
-    methods = [k for k in results[names[0]] if k.startswith(("global", "local", "fusion"))]
-    best = {n: max(methods, key=lambda k: results[n][k]["top1"]) for n in names}
+    methods = {n: [k for k in results[n] if k.startswith(("global", "local", "fusion"))] for n in names}
+    best = {n: max(methods[n], key=lambda k: results[n][k]["top1"]) for n in names}
     rows.append(["Our best method vs MegaDescriptor-L-384's published closed-set top-1 (different split)",
                  ", ".join(f"{n} {100 * results[n]['published_top1']:.2f} %" for n in names),
                  ", ".join(f"{n} {100 * results[n][best[n]]['top1']:.1f} % ({best[n].replace('_', ' ')})" for n in names),
                  _verdict([results[n][best[n]]["top1"] >= results[n]["published_top1"] for n in names], "reached", "not reached")])
-    fusion_keys = [k for k in methods if k.startswith("fusion_")]
     flags, parts = [], []
-    for key in fusion_keys:
-        source = "global_" + key.split("_", 1)[1]
-        for n in names:
+    for n in names:  # species where SIFT and fusion were run
+        for key in (k for k in methods[n] if k.startswith("fusion_")):
+            source = "global_" + key.split("_", 1)[1]
             inputs = max(results[n][source]["top1"], results[n]["local_sift"]["top1"])
             flags.append(results[n][key]["top1"] > inputs)
             parts.append(f"{n} {key.split('_', 1)[1]}: {_pp(results[n][key]['top1'] - inputs)}")
