@@ -136,3 +136,92 @@ def test_bad_results_fail_clearly(card, edit, message):
     (card.parent / "results" / "closed.json").write_text(json.dumps(results))
     with pytest.raises(ModelCardError, match=message):
         render_model_card(card)
+
+
+EXPERIMENT = {
+    "kind": "experiment",
+    "command": "python experiments/few_shot.py --steps 60",
+    "wall_time_s": 1500.0,
+    "compute_time_s": 2100.0,
+    "hardware_label": "Test CPU, 2 cores, 2 torch threads",
+    "tables": {
+        "top1": {
+            "columns": ["Species", "1 img/id", "all"],
+            "rows": [["lion", 25.26, None], ["pig | farm", 3, 40.04]],
+            "caption": "Top-1 (%) after adaptation.",
+        },
+        "map": {"columns": ["Species", "mAP"], "rows": [["lion", 12.0]]},
+    },
+}
+
+
+@pytest.fixture()
+def experiment_card(card):
+    (card.parent / "results" / "few_shot.json").write_text(json.dumps(EXPERIMENT))
+    text = card.read_text().replace(
+        "## Limitations\n",
+        "### Few-shot\n\n<!-- results:start results/few_shot.json#top1 -->\nstale\n<!-- results:end -->\n\n"
+        "<!-- results:start results/few_shot.json#map -->\n<!-- results:end -->\n\n## Limitations\n",
+    )
+    card.write_text(text)
+    return card
+
+
+def test_experiment_tables_render_from_their_json(experiment_card):
+    write_model_card(experiment_card)
+    text = experiment_card.read_text()
+    assert "| Species | 1 img/id | all |\n|---|---:|---:|\n| lion | 25.3 | – |\n| pig \\| farm | 3 | 40.0 |" in text
+    assert "Top-1 (%) after adaptation." in text and "stale" not in text
+    assert "Measured with `python experiments/few_shot.py --steps 60` in 25.0 min (35.0 min of training" in text
+    assert "on Test CPU, 2 cores, 2 torch threads" in text
+    assert "Rendered from `results/few_shot.json#top1`" in text and "| lion | 12.0 |" in text
+    # experiment tables stay out of model-index, which keeps describing the one model's evaluate.py results
+    data = ModelCard(text).data
+    assert data.model_name == "wildreid/lite0-demo" and len(data.eval_results) == 2 * 3 + 1 * 7
+    assert write_model_card(experiment_card) is False  # idempotent
+
+
+def test_a_changed_experiment_json_changes_its_table(experiment_card):
+    write_model_card(experiment_card)
+    changed = json.loads(json.dumps(EXPERIMENT))
+    changed["tables"]["top1"]["rows"][0][1] = 31.0
+    (experiment_card.parent / "results" / "few_shot.json").write_text(json.dumps(changed))
+    assert main([str(experiment_card), "--check"]) == 1
+    write_model_card(experiment_card)
+    assert "| lion | 31.0 | – |" in experiment_card.read_text()
+
+
+def test_card_of_experiment_tables_only(tmp_path):
+    (tmp_path / "few_shot.json").write_text(json.dumps(EXPERIMENT))
+    card = tmp_path / "card.md"
+    card.write_text("---\nlicense: apache-2.0\n---\n# x\n<!-- results:start few_shot.json#map -->\n<!-- results:end -->\n")
+    write_model_card(card)
+    assert "| lion | 12.0 |" in card.read_text()
+
+
+@pytest.mark.parametrize(
+    ("marker", "edit", "message"),
+    [
+        ("few_shot.json", lambda r: None, r"has tables \['map', 'top1'\]; name one"),
+        ("few_shot.json#nope", lambda r: None, r"no table 'nope'"),
+        ("few_shot.json#top1", lambda r: r["tables"]["top1"]["rows"].append(["x"]), "row 2 must be a list of 3 cells"),
+        ("few_shot.json#top1", lambda r: r["tables"]["top1"]["rows"].append(["x", [1], True]), "not text or numbers"),
+        ("few_shot.json#top1", lambda r: r.pop("command"), "needs the string 'command'"),
+        ("few_shot.json#top1", lambda r: r.update(kind="weird"), "unknown results kind 'weird'"),
+        ("missing.json#top1", lambda r: None, r"missing\.json does not exist"),
+    ],
+)
+def test_bad_experiment_results_fail_clearly(tmp_path, marker, edit, message):
+    results = json.loads(json.dumps(EXPERIMENT))
+    edit(results)
+    (tmp_path / "few_shot.json").write_text(json.dumps(results))
+    card = tmp_path / "card.md"
+    card.write_text(f"# x\n<!-- results:start {marker} -->\n<!-- results:end -->\n")
+    with pytest.raises(ModelCardError, match=message):
+        render_model_card(card)
+
+
+def test_fragment_on_evaluation_results_is_refused(card):
+    card.write_text(card.read_text().replace("results/closed.json", "results/closed.json#x"))
+    with pytest.raises(ModelCardError, match="fragment only applies to experiment results"):
+        render_model_card(card)

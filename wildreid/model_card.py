@@ -18,6 +18,19 @@ Results files are those written by ``evaluate.py``::
      "mean": {...}, "model": "..", "protocol": "..", "command": "evaluate.py ... (optional)"}
 
 Metric values are fractions in [0, 1]; tables show percentages with one decimal.
+
+Results files of another shape name their renderer in a ``"kind"`` field (:data:`RENDERERS`). The built-in
+``"experiment"`` kind (written by ``experiments/``) carries its own tables, already in display units, and
+the provenance of the run; a marker picks one table with a ``#name`` fragment::
+
+    {"kind": "experiment", "command": "python experiments/few_shot.py", "wall_time_s": 1234.5,
+     "compute_time_s": 2345.6, "hardware_label": "Intel Xeon, 2 cores, 2 torch threads",
+     "tables": {"top1": {"columns": ["Species", "1 img/id", ...], "rows": [["lion", 25.3, null], ...],
+                         "caption": "optional text under the table"}}}
+
+    <!-- results:start results/few_shot.json#top1 -->
+
+Experiment tables add nothing to `model-index`, which describes one model's evaluate.py results.
 """
 from __future__ import annotations
 
@@ -59,7 +72,7 @@ class ModelCardError(ValueError):
 
 def _resolve_results_path(card_path: Path, relative: str) -> Path:
     root = card_path.resolve().parent
-    path = (root / relative).resolve()
+    path = (root / relative.partition("#")[0]).resolve()
     if not path.is_relative_to(root):
         raise ModelCardError(f"{card_path}: results file {relative!r} lies outside the card's folder {root}")
     return path
@@ -139,6 +152,107 @@ def render_results_table(results: Mapping[str, Any], source: str, command: str) 
     return "\n".join(lines) + "\n\n" + provenance + "\n"
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value).replace("|", "\\|")
+
+
+def _minutes(seconds: Any) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def load_experiment_table(path: Path, fragment: str) -> tuple[dict, dict]:
+    """The experiment results file at ``path`` and the table its marker names (``fragment``, or the only
+    table); errors name the file and what is wrong."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ModelCardError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(results.get("command"), str):
+        raise ModelCardError(f"{path}: an experiment needs the string 'command' that regenerates it")
+    tables = results.get("tables")
+    if not isinstance(tables, dict) or not tables:
+        raise ModelCardError(f"{path}: an experiment needs a non-empty 'tables' object")
+    if not fragment:
+        if len(tables) > 1:
+            raise ModelCardError(f"{path} has tables {sorted(tables)}; name one in the marker as {path.name}#NAME")
+        fragment = next(iter(tables))
+    if fragment not in tables:
+        raise ModelCardError(f"{path}: no table {fragment!r}; tables: {sorted(tables)}")
+    table = tables[fragment] if isinstance(tables[fragment], dict) else {}
+    columns, rows = table.get("columns"), table.get("rows")
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+        raise ModelCardError(f"{path}: table {fragment!r} needs 'columns', a non-empty list of strings")
+    if not isinstance(rows, list):
+        raise ModelCardError(f"{path}: table {fragment!r} needs 'rows', a list of lists")
+    for number, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise ModelCardError(f"{path}: table {fragment!r} row {number} must be a list of {len(columns)} cells, got {row!r}")
+        bad = [cell for cell in row if cell is not None and (isinstance(cell, bool) or not isinstance(cell, (str, int, float)))]
+        if bad:
+            raise ModelCardError(f"{path}: table {fragment!r} row {number} has cells that are not text or numbers: {bad!r}")
+    return results, table
+
+
+def render_experiment_table(results: Mapping[str, Any], table: Mapping[str, Any], source: str, command: str) -> str:
+    """Markdown of one experiment table: cells as given (floats with one decimal, null as a dash), its
+    caption, and the command, wall time and hardware of the run that produced it."""
+    columns, rows = table["columns"], table["rows"]
+    numeric = [bool(rows) and all(r[i] is None or isinstance(r[i], (int, float)) for r in rows) for i in range(len(columns))]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    text = "\n".join(lines) + "\n"
+    if table.get("caption"):
+        text += "\n" + table["caption"] + "\n"
+    provenance = f"Measured with `{results['command']}`"
+    if results.get("wall_time_s") is not None:
+        provenance += f" in {_minutes(results['wall_time_s'])}"
+        if results.get("compute_time_s") is not None:
+            provenance += f" ({_minutes(results['compute_time_s'])} of training and evaluation, reused steps included)"
+    if results.get("hardware_label"):
+        provenance += f" on {results['hardware_label']}"
+    provenance += f". Rendered from `{source}` by `{command}`; do not edit by hand."
+    return text + "\n" + provenance + "\n"
+
+
+def _render_experiment_block(card_path: Path, source: str, command: str) -> tuple[str, dict | None]:
+    path_text, _, fragment = source.partition("#")
+    path = _resolve_results_path(card_path, path_text)
+    if not path.is_file():
+        raise ModelCardError(f"results file {path} does not exist (run the experiment that writes it)")
+    results, table = load_experiment_table(path, fragment)
+    return render_experiment_table(results, table, source, command), None
+
+
+def _render_evaluation_block(card_path: Path, source: str, command: str) -> tuple[str, dict | None]:
+    if "#" in source:
+        raise ModelCardError(f"{card_path}: {source!r}: a #table fragment only applies to experiment results")
+    results = load_results(_resolve_results_path(card_path, source))
+    return render_results_table(results, source, command), results
+
+
+# Renderer of a results file by its "kind" field (absent: evaluate.py's results). A renderer returns the
+# markdown and, for a model's own evaluation results, the results that feed `model-index` (else None).
+RENDERERS = {"experiment": _render_experiment_block}
+
+
+def _results_kind(card_path: Path, source: str) -> str | None:
+    path = _resolve_results_path(card_path, source)
+    if not path.is_file():
+        return "experiment" if "#" in source else None  # the renderer reports the missing file
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ModelCardError(f"{path}: not valid JSON ({error})") from None
+    kind = results.get("kind") if isinstance(results, dict) else None
+    if kind is not None and kind not in RENDERERS:
+        raise ModelCardError(f"{path}: unknown results kind {kind!r}; known: {sorted(RENDERERS)}")
+    return kind
+
+
 def _eval_results(results: Mapping[str, Any]) -> list[EvalResult]:
     entries = []
     protocol = results["protocol"]
@@ -202,17 +316,18 @@ def render_model_card(card_path: str | Path, *, command: str | None = None) -> s
     pieces, position = [], 0
     for block in blocks:
         source = block["path"]
-        results = load_results(_resolve_results_path(card_path, source))
-        model_names.add(results["model"])
-        eval_results += _eval_results(results)
-        table = render_results_table(results, source, command)
+        renderer = RENDERERS.get(_results_kind(card_path, source), _render_evaluation_block)
+        table, results = renderer(card_path, source, command)
+        if results is not None:
+            model_names.add(results["model"])
+            eval_results += _eval_results(results)
         pieces += [card.text[position : block.start()], block["start"], "\n\n", table, block["end"]]
         position = block.end()
     pieces.append(card.text[position:])
     if len(model_names) > 1:
         raise ModelCardError(f"{card_path}: results files describe different models {sorted(model_names)}")
     card.text = "".join(pieces)
-    card.data.model_name = card.data.model_name or model_names.pop()
+    card.data.model_name = card.data.model_name or (model_names.pop() if model_names else None)
     card.data.eval_results = eval_results
     card.data.metrics = sorted({result.metric_type for result in eval_results})
     return str(card)

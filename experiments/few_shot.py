@@ -1,0 +1,106 @@
+"""Experiment 3: few-shot adaptation to a new species without the original training data.
+
+For each species, start from the model trained on the other species (zero_shot.py's leave-one-species-out
+model) and adapt it with 1, 2, 4 and all training images per identity (`--init_from`: a new identity head
+initialised at each identity's mean embedding, `--freeze-steps` steps with the backbone frozen, then
+everything); compare with the same adaptation started from the ImageNet embedder on the same images. Both
+are evaluated leave-one-out on the species' evaluation set. 0 images per identity = no adaptation.
+
+    python experiments/few_shot.py                              # 4 species x 4 sizes x 2 starts
+    python experiments/few_shot.py --species pig lion --shots 1 all
+    python experiments/few_shot.py --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import common
+
+NAME = "few_shot"
+STARTS = {"loso": "from other species", "imagenet": "from ImageNet"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.common_arguments(parser, steps=50, steps_help="adaptation steps of every run")
+    parser.add_argument("--freeze-steps", type=int, default=15, help="steps training only neck and head")
+    parser.add_argument("--loso-steps", type=int, default=300, help="steps of the leave-one-species-out start models")
+    parser.add_argument("--shots", nargs="+", default=list(common.SHOTS), choices=common.SHOTS)
+    args = parser.parse_args(argv)
+    log = common.ExperimentLog(NAME, args)
+    dry, species = args.dry_run, sorted(args.species)
+    n_runs = len(species) * len(args.shots) * len(STARTS)
+    print(f"plan: {n_runs} adaptation runs x {args.steps} steps ({args.freeze_steps} frozen) = {n_runs * args.steps} "
+          f"steps, plus {len(species)} leave-one-species-out start models of {args.loso_steps} steps unless present")
+    curves: dict = {}
+    for name in species:
+        spec = common.eval_set(name, dry)
+        loso = log.add_run(common.leave_one_species_out(name, args.loso_steps, seed=args.seed, dry_run=dry))
+        starts = {"loso": common.run_path(loso), "imagenet": common.IMAGENET}
+        curves[name] = {}
+        for start, model in starts.items():
+            before = log.add_evaluation(f"{name} {start} before", common.evaluate_global(model, [spec], dry_run=dry))
+            points = [{"shots": "0", "training_images": 0, **_metrics(before["species"][name])}]
+            for shots in args.shots:
+                record = log.add_run(common.adapt(name, shots, start, steps=args.steps, freeze_steps=args.freeze_steps,
+                                                  loso_steps=args.loso_steps, seed=args.seed, dry_run=dry, force=args.force))
+                after = log.add_evaluation(f"{name} {start} {shots}", common.evaluate_global(
+                    common.run_path(record), [spec], dry_run=dry, force=args.force))
+                points.append({"shots": shots, "training_images": record["training_images"],
+                               "training_identities": record["training_identities"], **_metrics(after["species"][name])})
+            curves[name][start] = points
+    columns = ["Species", "Start"] + [f"{s} img/id" for s in ["0", *args.shots]]
+    tables = {}
+    for key, title in (("top1", "top-1"), ("map", "mAP")):
+        rows = [[name, STARTS[start]] + [common.percent(p[key]) for p in curves[name][start]]
+                for name in species for start in STARTS]
+        tables[key] = {"columns": columns, "rows": rows, "caption": (
+            f"{title} (%), leave-one-out on {', '.join(common.eval_set(s, dry) for s in species)} after {args.steps} "
+            f"adaptation steps ({args.freeze_steps} with the backbone frozen) on n training images per identity of the "
+            f"species' training pool ({_pool_note(species)}); 0 = before adaptation. 'from other species': the "
+            f"leave-one-species-out model of zero_shot.py ({args.loso_steps} steps); 'from ImageNet': lite0 ImageNet "
+            f"weights through the same adaptation. Seed {args.seed}.")}
+        common.print_table(tables[key], f"Few-shot adaptation, {title}")
+    sizes = {name: [p["training_images"] for p in curves[name]["loso"]] for name in species}
+    tables["sizes"] = {"columns": ["Species"] + [f"{s} img/id" for s in ["0", *args.shots]],
+                       "rows": [[name, *sizes[name]] for name in species],
+                       "caption": "Training images behind each column."}
+    plot = None if dry else common.RESULTS_DIR / f"{NAME}.png"
+    if plot is not None:
+        _plot(curves, ["0", *args.shots], plot)
+    log.write(tables, {"curves": curves, "plot": str(plot.relative_to(common.EXPERIMENTS_DIR)) if plot else None})
+
+
+def _pool_note(species: list[str]) -> str:
+    return ", ".join(common.train_set(name) for name in species)
+
+
+def _metrics(m: dict) -> dict:
+    return {key: m[key] for key in ("top1", "top5", "map", "n_queries", "n_identities")}
+
+
+def _plot(curves: dict, shots: list[str], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.0), squeeze=False)
+    for ax, (name, starts) in zip(axes[0], curves.items()):
+        for start, points in starts.items():
+            ax.plot(range(len(points)), [100 * p["top1"] for p in points], marker="o", label=STARTS[start])
+        ax.set_xticks(range(len(shots)), shots)
+        ax.set_title(name)
+        ax.set_xlabel("training images per identity")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("top-1 (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
