@@ -315,6 +315,11 @@ def evaluate_local(datasets: Sequence[str], **kwargs: Any) -> dict:
 # ----------------------------------------------------------------------------- results
 
 
+def summary_metrics(m: dict) -> dict:
+    """The metrics of one species' evaluation that results JSON keep."""
+    return {key: m[key] for key in ("top1", "top5", "map", "n_queries", "n_identities")}
+
+
 def percent(value: float | None) -> float | None:
     return None if value is None else round(100.0 * value, 1)
 

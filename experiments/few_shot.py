@@ -41,14 +41,14 @@ def main(argv: list[str] | None = None) -> None:
         curves[name] = {}
         for start, model in starts.items():
             before = log.add_evaluation(f"{name} {start} before", common.evaluate_global(model, [spec], dry_run=dry))
-            points = [{"shots": "0", "training_images": 0, **_metrics(before["species"][name])}]
+            points = [{"shots": "0", "training_images": 0, **common.summary_metrics(before["species"][name])}]
             for shots in args.shots:
                 record = log.add_run(common.adapt(name, shots, start, steps=args.steps, freeze_steps=args.freeze_steps,
                                                   loso_steps=args.loso_steps, seed=args.seed, dry_run=dry, force=args.force))
                 after = log.add_evaluation(f"{name} {start} {shots}", common.evaluate_global(
                     common.run_path(record), [spec], dry_run=dry, force=args.force))
                 points.append({"shots": shots, "training_images": record["training_images"],
-                               "training_identities": record["training_identities"], **_metrics(after["species"][name])})
+                               "training_identities": record["training_identities"], **common.summary_metrics(after["species"][name])})
             curves[name][start] = points
     columns = ["Species", "Start"] + [f"{s} img/id" for s in ["0", *args.shots]]
     tables = {}
@@ -74,10 +74,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _pool_note(species: list[str]) -> str:
     return ", ".join(common.train_set(name) for name in species)
-
-
-def _metrics(m: dict) -> dict:
-    return {key: m[key] for key in ("top1", "top5", "map", "n_queries", "n_identities")}
 
 
 def _plot(curves: dict, shots: list[str], path) -> None:

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         m, s, b = multi_results["species"][name], single_results["species"][name], imagenet["species"][name]
         gains_top1.append(m["top1"] - s["top1"])
         gains_map.append(m["map"] - s["map"])
-        results[name] = {"multi": _metrics(m), "single": _metrics(s), "imagenet": _metrics(b),
+        results[name] = {"multi": common.summary_metrics(m), "single": common.summary_metrics(s),
+                         "imagenet": common.summary_metrics(b),
                          "gain_top1": gains_top1[-1], "gain_map": gains_map[-1]}
         rows.append([name, m["n_queries"], m["n_identities"], common.percent(b["top1"]), common.percent(b["map"]),
                      common.percent(s["top1"]), common.percent(s["map"]), common.percent(m["top1"]),
@@ -80,10 +81,6 @@ def main(argv: list[str] | None = None) -> None:
     }
     common.print_table(table, "Multi-species vs single-species")
     log.write({"main": table}, results)
-
-
-def _metrics(m: dict) -> dict:
-    return {key: m[key] for key in ("top1", "top5", "map", "n_queries", "n_identities")}
 
 
 def _signed(value: float) -> float:

@@ -52,15 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     curves, rows = {}, []
     for name in species:
         spec = common.eval_set(name, dry)
-        points = [{"shots": "0", "training_images": 0, **_metrics(log.add_evaluation(
+        points = [{"shots": "0", "training_images": 0, **common.summary_metrics(log.add_evaluation(
             f"{name} ImageNet", common.evaluate_global(common.IMAGENET, [spec], dry_run=dry))["species"][name])}]
         for shots in args.shots:
             record = log.add_run(common.adapt(name, shots, "imagenet", steps=args.steps, freeze_steps=args.freeze_steps,
                                               loso_steps=0, seed=args.seed, dry_run=dry, force=args.force))
             after = log.add_evaluation(f"{name} {shots}", common.evaluate_global(
                 common.run_path(record), [spec], dry_run=dry, force=args.force))["species"][name]
-            points.append({"shots": shots, "training_images": record["training_images"], **_metrics(after)})
-        sift = None if args.no_local else _metrics(log.add_evaluation(f"{name} SIFT", common.evaluate_local(
+            points.append({"shots": shots, "training_images": record["training_images"], **common.summary_metrics(after)})
+        sift = None if args.no_local else common.summary_metrics(log.add_evaluation(f"{name} SIFT", common.evaluate_local(
             [spec], dry_run=dry, force=args.force))["species"][name])
         where = crossover(sizes, [p["top1"] for p in points], sift["top1"] if sift else None)
         curves[name] = {"end_to_end": points, "sift": sift, "crossover": where}
@@ -88,10 +88,6 @@ def main(argv: list[str] | None = None) -> None:
         _plot(curves, sizes, plot)
     log.write({"top1": table, "map": map_table},
               {"curves": curves, "plot": str(plot.relative_to(common.EXPERIMENTS_DIR)) if plot else None})
-
-
-def _metrics(m: dict) -> dict:
-    return {key: m[key] for key in ("top1", "top5", "map", "n_queries", "n_identities")}
 
 
 def _plot(curves: dict, sizes: list[str], path) -> None:

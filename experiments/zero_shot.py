@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
             common.IMAGENET, [spec], dry_run=dry, force=args.force))["species"][held_out]
         sift = None if args.no_local else log.add_evaluation(f"SIFT {held_out}", common.evaluate_local(
             [spec], dry_run=dry, force=args.force))["species"][held_out]
-        results[held_out] = {"trained_on": record["datasets"], "zero_shot": _metrics(zero), "imagenet": _metrics(base),
-                             "sift": _metrics(sift) if sift else None}
+        results[held_out] = {"trained_on": record["datasets"], "zero_shot": common.summary_metrics(zero),
+                             "imagenet": common.summary_metrics(base), "sift": common.summary_metrics(sift) if sift else None}
         rows.append([held_out, ", ".join(s for s in common.SPECIES if s != held_out), zero["n_queries"],
                      common.percent(base["top1"]), common.percent(base["map"]),
                      common.percent(sift["top1"]) if sift else None, common.percent(sift["map"]) if sift else None,
@@ -57,10 +57,6 @@ def main(argv: list[str] | None = None) -> None:
     }
     common.print_table(table, "Zero-shot to an unseen species")
     log.write({"main": table}, results)
-
-
-def _metrics(m: dict) -> dict:
-    return {key: m[key] for key in ("top1", "top5", "map", "n_queries", "n_identities")}
 
 
 if __name__ == "__main__":
