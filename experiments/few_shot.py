@@ -77,25 +77,13 @@ def _pool_note(species: list[str]) -> str:
 
 
 def _plot(curves: dict, shots: list[str], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.0), squeeze=False)
-    for ax, (name, starts) in zip(axes[0], curves.items()):
+    fig, axes = common.species_panels(len(curves))
+    for ax, (name, starts) in zip(axes, curves.items()):
         for start, points in starts.items():
             ax.plot(range(len(points)), [100 * p["top1"] for p in points], marker="o", label=STARTS[start])
         ax.set_xticks(range(len(shots)), shots)
         ax.set_title(name)
-        ax.set_xlabel("training images per identity")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("top-1 (%)")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    common.save_panels(fig, path, legend_size=8)
 
 
 if __name__ == "__main__":

@@ -91,26 +91,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _plot(curves: dict, sizes: list[str], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.0), squeeze=False)
-    for ax, (name, curve) in zip(axes[0], curves.items()):
+    fig, axes = common.species_panels(len(curves))
+    for ax, (name, curve) in zip(axes, curves.items()):
         ax.plot(range(len(sizes)), [100 * p["top1"] for p in curve["end_to_end"]], marker="o", label="end-to-end (lite0)")
         if curve["sift"]:
             ax.axhline(100 * curve["sift"]["top1"], color="tab:red", linestyle="--", label="SIFT (no training)")
         ax.set_xticks(range(len(sizes)), sizes)
         ax.set_title(f"{name}\n{curve['crossover']}", fontsize=8)
-        ax.set_xlabel("training images per identity")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("top-1 (%)")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    common.save_panels(fig, path, legend_size=7)
 
 
 if __name__ == "__main__":
