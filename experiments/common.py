@@ -188,7 +188,7 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
     wall = time.perf_counter() - started
     record = {
         "run": name, "path": str(directory.relative_to(EXPERIMENTS_DIR)), "datasets": config.datasets,
-        "init_from": config.init_from, "steps": summary["total_steps"], "train_wall_s": round(wall, 1),
+        "init_from": shown_path(config.init_from), "steps": summary["total_steps"], "train_wall_s": round(wall, 1),
         "resumed": resume, "training_images": summary["training_images"],
         "training_identities": summary["training_identities"], "images_per_second": summary["images_per_second"],
         "config": {key: getattr(config, key) for key in (
@@ -200,6 +200,16 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
     record_path.write_text(json.dumps(record, indent=2))
     print(f"[train] {name}: done in {wall / 60:.1f} min", flush=True)
     return {**record, "reused": False}
+
+
+def shown_path(path: str | None) -> str | None:
+    """`path` relative to the experiments folder when inside it: results JSON name runs, not this machine."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(EXPERIMENTS_DIR))
+    except ValueError:
+        return path
 
 
 def run_path(record: dict) -> str:
