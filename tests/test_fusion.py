@@ -123,6 +123,21 @@ def test_fusion_top1_never_below_the_better_input(method):
     assert scores["fusion"] > 0.9 > max(scores["global"], scores["local"]), scores
 
 
+def test_ties_of_step_calibrators_are_broken_by_the_raw_scores():
+    # Calibrators that see only two score levels map every shortlisted pair to one of two probabilities;
+    # the candidate with more inliers and a higher cosine on the same plateau must still come first.
+    val_global = np.array([[0.9, 0.1], [0.1, 0.9]])
+    val_local = np.array([[50.0, 0.0], [0.0, 50.0]])
+    fusion = FusionMatcher(shortlist=4).fit(val_global, val_local, np.array([0, 1]), np.array([0, 1]))
+    global_sim = np.array([[0.97, 0.95, 0.92, 0.2]])  # the match (index 2) is not the global favourite
+    local_sim = np.array([[60.0, 60.0, 80.0, 0.0]])  # ... but has the most inliers; 0 and 1 tie on inliers
+    fused = fusion.rerank(global_sim, local_sim)
+    probabilities = fusion.fuse(global_sim, local_sim)
+    assert probabilities[0, 0] == probabilities[0, 1] == probabilities[0, 2]  # tied after calibration
+    assert np.argsort(-fused[0], kind="stable").tolist() == [2, 0, 1, 3]  # by inliers, then by cosine
+    np.testing.assert_allclose(fused, probabilities, atol=1e-3)  # the tie-break moves no probability by more
+
+
 def test_rerank_scores_only_the_shortlist_and_keeps_the_rest_below():
     global_sim, local_sim, query_labels, gallery_labels = constructed_case(seed=2, num_queries=300)
     fusion = FusionMatcher(shortlist=5).fit(global_sim, local_sim, query_labels, gallery_labels)

@@ -4,6 +4,12 @@ Each similarity is calibrated into P(same individual) on validation pairs; the f
 of the two probabilities. Local matching is expensive, so it only runs on each query's global top-B
 shortlist: fused scores of shortlisted pairs lie in [0, 1]; every other pair gets
 `sigmoid(global) - 2`, in (-2, -1), so it keeps its global order and ranks below the whole shortlist.
+
+Isotonic calibration is a step function, so many shortlisted pairs can share one fused probability
+(measured on closed-set lion: 14 of 30 candidates tied at the top on average; the metrics count ties
+against the model). A term of weight `TIE_BREAK_WEIGHT` orders such ties by the raw local score, then the
+raw global one (the shortlist is already in global order; re-ranking it is what local matching is for),
+and moves no score by more than that weight.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import numpy as np
 from .calibration import Calibrator
 
 LocalScores = np.ndarray | Callable[[np.ndarray], np.ndarray]
+TIE_BREAK_WEIGHT = 1e-3
 FORMAT = "wildreid-fusion"
 FORMAT_VERSION = 1
 
@@ -40,6 +47,16 @@ def top_candidates(similarity: np.ndarray, k: int, *, leave_one_out: bool = Fals
     part = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(similarity, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1).astype(np.int64)
+
+
+def _shortlist_ranks(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """Each (Q, B) candidate's rank within its query's shortlist by `primary`, then `secondary`, in [0, 1]."""
+    width = primary.shape[1]
+    ranks = np.zeros(primary.shape, dtype=np.float64)
+    if width > 1:
+        order = np.lexsort((secondary, primary), axis=1)
+        np.put_along_axis(ranks, order, np.broadcast_to(np.arange(width) / (width - 1), order.shape), axis=1)
+    return ranks
 
 
 class FusionMatcher:
@@ -118,7 +135,9 @@ class FusionMatcher:
         local_values = self._local_on_shortlist(local, candidates, global_sim.shape)
         with np.errstate(over="ignore"):  # exp overflow for very negative similarities -> 0, as intended
             fused = 1.0 / (1.0 + np.exp(-global_sim)) - 2.0
-        shortlisted = self.fuse(np.take_along_axis(global_sim, candidates, axis=1), local_values)
+        global_values = np.take_along_axis(global_sim, candidates, axis=1)
+        tie_break = _shortlist_ranks(local_values, global_values)
+        shortlisted = (1.0 - TIE_BREAK_WEIGHT) * self.fuse(global_values, local_values) + TIE_BREAK_WEIGHT * tie_break
         np.put_along_axis(fused, candidates, shortlisted, axis=1)
         return fused.astype(np.float32)
 
