@@ -56,7 +56,7 @@ def zero_shot(results: dict) -> list[list]:
 def few_shot(results: dict) -> list[list]:
     curves = results["curves"]
     rows = []
-    for shots in ("1", "all"):
+    for shots in common.SHOTS:  # the sizes that were run get a row each
         deltas = {}
         for name, starts in curves.items():
             points = {p["shots"]: p for p in starts["loso"]}, {p["shots"]: p for p in starts["imagenet"]}
@@ -74,7 +74,8 @@ def few_shot(results: dict) -> list[list]:
 
 def size_study(results: dict) -> list:
     curves = results["curves"]
-    text = "; ".join(f"{name}: {curve['crossover']}" for name, curve in sorted(curves.items()))
+    text = "; ".join(f"{name}: {curve['crossover']}" + (f" (mAP: {curve['crossover_map']})" if "crossover_map" in curve else "")
+                     for name, curve in sorted(curves.items()))
     pattern = [curve["crossover"].startswith("end-to-end ahead from") for curve in curves.values()]
     return ["Local features win with little data, end-to-end with enough; the crossover depends on the species "
             "(Algasov et al.)", "qualitative", text,

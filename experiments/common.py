@@ -97,9 +97,9 @@ def eval_set(species: str, dry_run: bool = False) -> str:
     return with_params(spec, max_identities=DRY_IDENTITIES) if dry_run else spec
 
 
-def train_set(species: str, dry_run: bool = False, *, full: bool = False, **params: Any) -> str:
-    """The training spec of `species` (its `TRAINING_POOL` unless `full`), with extra sampling `params`."""
-    params = {**({} if full else TRAINING_POOL.get(species, {})), **params}
+def train_set(species: str, dry_run: bool = False, **params: Any) -> str:
+    """The training spec of `species` (limited to its `TRAINING_POOL`), with extra sampling `params`."""
+    params = {**TRAINING_POOL.get(species, {}), **params}
     spec = with_params(TRAIN_SETS[species], **params) if params else TRAIN_SETS[species]
     return with_params(spec, max_identities=DRY_IDENTITIES) if dry_run else spec
 

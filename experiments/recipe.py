@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides["init_from"] = common.imagenet_start(dry) if overrides.get("init_from") == "imagenet" else None
         record = log.add_run(common.train_model(
             f"recipe_{variant}_s{args.steps}_seed{args.seed}", dry_run=dry, force=args.force, seed=args.seed,
-            max_steps=args.steps, datasets=[common.train_set(s, dry, full=True) for s in species], **overrides))
+            max_steps=args.steps, datasets=[common.train_set(s, dry) for s in species], **overrides))
         evaluated = log.add_evaluation(variant, common.evaluate_global(common.run_path(record), specs, dry_run=dry,
                                                                        force=args.force))
         settings = ", ".join(f"{k}={v}" for k, v in record["config"].items()
