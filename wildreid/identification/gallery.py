@@ -1,146 +1,28 @@
 """A gallery of known individuals and identification against it: "which individual is this, or a new one?".
 
-On disk a gallery is a folder:
-    embeddings.safetensors   (N, D) float32, L2-normalised, tensor "embeddings"
-    metadata.parquet         image_id, identity, species, path, extra (JSON text), one row per embedding
-    gallery.json             model tag, counts, times, new-individual calibration, search settings
-    local_features.npz       optional keypoint cache (see wildreid.local_features), same image ids
-
 Every gallery is tagged with the model that embedded it (`ModelTag`); adding or querying with
 embeddings from another model raises `ModelMismatchError` naming both, because cosine scores between
 two embedding spaces are meaningless. Identification ranks individuals, not images: an individual's
-score is the maximum cosine over its images.
+score is the maximum cosine over its images. The folder layout is in `wildreid.identification.store`.
 """
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import os
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .calibration import Calibrator
-from .images import LoadFailure, describe_source, iter_crops
-from .local_features import LocalFeatureCache
+from ..embedding.images import LoadFailure, describe_source, iter_crops
+from ..matching.calibration import Calibrator
+from ..matching.descriptor_cache import LocalFeatureCache
+from . import store
+from .model_tag import ModelTag
+from .results import CandidateIndividual, IdentificationResult
 from .search import DEFAULT_APPROXIMATE_THRESHOLD, EmbeddingIndex, build_index, check_embeddings
-
-FORMAT = "wildreid-gallery"
-FORMAT_VERSION = 1
-EMBEDDINGS_FILE = "embeddings.safetensors"
-METADATA_FILE = "metadata.parquet"
-CONFIG_FILE = "gallery.json"
-LOCAL_FEATURES_FILE = "local_features.npz"
-METADATA_COLUMNS = ("image_id", "identity", "species", "path", "extra")
-# Individuals per query used to fit the score calibrator: the candidates a user is shown.
-CALIBRATION_TOP_K = 10
-
-
-class ModelMismatchError(ValueError):
-    """Embeddings from one model were mixed with a gallery built by another."""
-
-
-@dataclass(frozen=True)
-class ModelTag:
-    """Identifies the embedding space: model, exact weights, and everything that shapes the input.
-
-    revision: a Hub commit, or `weights_content_hash(...)` ("sha256:...") for local weights.
-    preprocessing: a signature of the image processor settings (`preprocessing_signature`).
-    """
-
-    model_name_or_path: str
-    revision: str
-    embedding_dim: int
-    image_size: int | tuple[int, ...] | None = None
-    preprocessing: str = ""
-
-    def __post_init__(self):
-        if isinstance(self.image_size, list):
-            object.__setattr__(self, "image_size", tuple(self.image_size))
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["image_size"] = list(self.image_size) if isinstance(self.image_size, tuple) else self.image_size
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelTag":
-        missing = [name for name in ("model_name_or_path", "revision", "embedding_dim") if name not in data]
-        if missing:
-            raise ValueError(f"model tag lacks {missing}")
-        return cls(str(data["model_name_or_path"]), str(data["revision"]), int(data["embedding_dim"]),
-                   data.get("image_size"), str(data.get("preprocessing", "")))
-
-    def __str__(self) -> str:
-        return (f"{self.model_name_or_path}@{self.revision} (dim {self.embedding_dim}, image_size {self.image_size}, "
-                f"preprocessing {self.preprocessing or '-'})")
-
-    def same_embedding_space(self, other: "ModelTag") -> bool:
-        """Equal weights, width, input size and preprocessing. The name may differ only when the
-        revision is a content hash (the same weights loaded from another path)."""
-        same_name = self.model_name_or_path == other.model_name_or_path or self.revision.startswith("sha256:")
-        return same_name and (self.revision, self.embedding_dim, self.image_size, self.preprocessing) == (
-            other.revision, other.embedding_dim, other.image_size, other.preprocessing)
-
-    def require_same(self, other: "ModelTag", what: str) -> None:
-        if not isinstance(other, ModelTag):
-            raise TypeError(f"model_tag must be a ModelTag, got {type(other).__name__}")
-        if not self.same_embedding_space(other):
-            raise ModelMismatchError(f"{what} were embedded by {other}, but this gallery was built with {self}; "
-                                     "embed them with the gallery's model or rebuild the gallery")
-
-
-def weights_content_hash(state_dict: Mapping[str, Any]) -> str:
-    """"sha256:<hex>" over parameter names, dtypes, shapes and bytes (numpy arrays or torch tensors)."""
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        value = state_dict[name]
-        if hasattr(value, "detach"):  # torch tensor; viewing as bytes also covers bfloat16
-            import torch
-
-            tensor = value.detach().cpu().contiguous()
-            header = f"{name}|{str(tensor.dtype).removeprefix('torch.')}|{tuple(tensor.shape)}"
-            payload = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
-        else:
-            array = np.ascontiguousarray(value)
-            header, payload = f"{name}|{array.dtype}|{tuple(array.shape)}", array.tobytes()
-        digest.update(header.encode())
-        digest.update(payload)
-    return "sha256:" + digest.hexdigest()
-
-
-def preprocessing_signature(settings: Mapping[str, Any]) -> str:
-    """Short stable hash of image-processor settings (e.g. `processor.to_dict()`)."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass
-class CandidateIndividual:
-    identity: str
-    score: float  # max cosine over the individual's gallery images
-    probability: float | None  # calibrated P(same individual); None before calibration
-    image_id: str  # the best-matching gallery image
-    path: str | None
-    species: str | None
-
-
-@dataclass
-class IdentificationResult:
-    query: str
-    candidates: list[CandidateIndividual]
-    top_score: float
-    is_new: bool | None  # None when no threshold is known
-    threshold: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from .threshold import CALIBRATION_TOP_K, choose_threshold, open_set_samples
 
 
 class Gallery:
@@ -155,9 +37,9 @@ class Gallery:
         self.approximate_threshold = int(approximate_threshold)
         dim = model_tag.embedding_dim if model_tag else 0
         self.embeddings = np.zeros((0, dim), dtype=np.float32)
-        self.metadata = pd.DataFrame({name: pd.Series(dtype=object) for name in METADATA_COLUMNS})
+        self.metadata = store.empty_metadata()
         self.calibration: dict[str, Any] | None = None
-        self.created = _now()
+        self.created = store.now()
         self.updated = self.created
         self.local_features_config: dict[str, Any] | None = None
         self._index: EmbeddingIndex | None = None
@@ -188,7 +70,7 @@ class Gallery:
         else:
             self.model_tag.require_same(model_tag, "the images being added")
         embeddings = check_embeddings(embeddings, self.model_tag.embedding_dim)
-        rows = _normalise_metadata(metadata)
+        rows = store.normalise_metadata(metadata)
         if len(rows) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {len(rows)} metadata rows")
         duplicated = rows["image_id"][rows["image_id"].duplicated()].tolist()
@@ -197,7 +79,7 @@ class Gallery:
             raise ValueError(f"image_id must be unique; repeated: {(duplicated + clashing)[:5]}")
         self.embeddings = np.concatenate([self.embeddings, embeddings])
         self.metadata = pd.concat([self.metadata, rows], ignore_index=True) if len(self.metadata) else rows
-        self.updated = _now()
+        self.updated = store.now()
         self._index = self._codes = None
 
     # ------------------------------------------------------------------------------ searching
@@ -259,8 +141,8 @@ class Gallery:
             candidates = [
                 CandidateIndividual(
                     identity=str(names[code]), score=score, probability=None if p is None else float(p),
-                    image_id=str(self.metadata.at[row, "image_id"]), path=_optional(self.metadata.at[row, "path"]),
-                    species=_optional(self.metadata.at[row, "species"]))
+                    image_id=str(self.metadata.at[row, "image_id"]), path=store.optional_text(self.metadata.at[row, "path"]),
+                    species=store.optional_text(self.metadata.at[row, "species"]))
                 for (code, score, row), p in zip(ranked, probabilities)
             ]
             top_score = candidates[0].score if candidates else float("-inf")
@@ -319,7 +201,7 @@ class Gallery:
         known query also gives an unknown sample: its best score with its own individual left out,
         so a gallery-only validation set still has both kinds. `query_image_ids` names gallery images
         to leave out for each query (use it when the queries are gallery images themselves).
-        The threshold comes from `wildreid.evaluation.metrics.choose_new_individual_threshold`.
+        The threshold comes from `wildreid.evaluation.open_set.choose_new_individual_threshold`.
         """
         if self.model_tag is None:
             raise ValueError("the gallery is empty; add images before calibrating")
@@ -338,32 +220,15 @@ class Gallery:
         code_of = {name: code for code, name in enumerate(names)}
         images_per_code = np.bincount(codes, minlength=len(names))
         ranked = self._rank_individuals(queries, CALIBRATION_TOP_K, exclude_rows=exclude)
-
-        top_scores, top1_correct, is_known, sample_labels = [], [], [], []
-        pair_scores, pair_match = [], []
-        for label, excluded, candidates in zip(labels, exclude, ranked):
-            own = code_of.get(label)
-            own_images = 0 if own is None else images_per_code[own] - (excluded is not None and codes[excluded] == own)
-            if not candidates:
-                continue
-            known = own_images > 0
-            top_scores.append(candidates[0][1]); top1_correct.append(known and candidates[0][0] == own)
-            is_known.append(known); sample_labels.append(label)
-            if known and simulate_unknown:
-                others = [score for code, score, _ in candidates if code != own]
-                if others:
-                    top_scores.append(others[0]); top1_correct.append(False)
-                    is_known.append(False); sample_labels.append(label)
-            for code, score, _ in candidates:
-                pair_scores.append(score); pair_match.append(code == own)
-        threshold = _choose_threshold(np.array(top_scores), np.array(top1_correct, dtype=bool),
-                                      np.array(is_known, dtype=bool), np.array(sample_labels), criterion)
-        calibrator = Calibrator("logistic").fit(pair_scores, pair_match)
+        samples = open_set_samples(labels, exclude, ranked, codes, code_of, images_per_code, simulate_unknown)
+        threshold = choose_threshold(samples, criterion)
+        is_known = np.array(samples.is_known, dtype=bool)
+        calibrator = Calibrator("logistic").fit(samples.pair_scores, samples.pair_match)
         self.calibration = {
             "new_individual_threshold": threshold, "criterion": criterion, "simulate_unknown": simulate_unknown,
             "num_queries": len(queries), "known_samples": int(np.sum(is_known)),
             "unknown_samples": int(len(is_known) - np.sum(is_known)), "score_calibrator": calibrator.to_dict(),
-            "calibrated_at": _now(), "gallery_images_at_calibration": len(self),
+            "calibrated_at": store.now(), "gallery_images_at_calibration": len(self),
         }
         self._score_calibrator = calibrator
         return threshold
@@ -373,74 +238,36 @@ class Gallery:
     def save(self, directory: str | os.PathLike, *, local_features: LocalFeatureCache | None = None,
              overwrite: bool = False) -> Path:
         """Write the gallery folder (and the local-feature cache when given)."""
-        from safetensors.numpy import save_file
-
         if self.model_tag is None:
             raise ValueError("cannot save a gallery without a model tag (add images first)")
-        directory = Path(directory)
-        if (directory / CONFIG_FILE).exists() and not overwrite:
-            raise FileExistsError(f"{directory / CONFIG_FILE} exists; pass overwrite=True to replace the gallery")
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = store.prepare_folder(directory, overwrite)
         if local_features is not None:
-            missing = [image_id for image_id in self.metadata["image_id"] if image_id not in local_features]
-            if missing:
-                raise ValueError(f"local-feature cache lacks {len(missing)} gallery images, e.g. {missing[:3]}")
-            _replace_atomically(directory / LOCAL_FEATURES_FILE, lambda path: local_features.save(path))
+            store.write_local_features(directory, local_features, self.metadata["image_id"])
             self.local_features_config = dict(local_features.config)
-        _replace_atomically(directory / EMBEDDINGS_FILE, lambda path: save_file(
-            {"embeddings": self.embeddings}, str(path), metadata={"format": FORMAT}))
-        _replace_atomically(directory / METADATA_FILE, lambda path: self.metadata.to_parquet(path, index=False))
-        config = {
-            "format": FORMAT, "version": FORMAT_VERSION, "model": self.model_tag.to_dict(),
-            "counts": {"images": len(self), "individuals": int(self.metadata["identity"].nunique()),
-                       "species": sorted(self.metadata["species"].dropna().unique().tolist())},
-            "created": self.created, "updated": self.updated, "calibration": self.calibration,
-            "search": {"approximate_threshold": self.approximate_threshold},
-            "local_features": None if self.local_features_config is None else
-            {"file": LOCAL_FEATURES_FILE, "config": self.local_features_config},
-        }
-        _replace_atomically(directory / CONFIG_FILE, lambda path: path.write_text(json.dumps(config, indent=1) + "\n"))
+        store.write_arrays(directory, self.embeddings, self.metadata)
+        store.write_config(directory, store.RECORD.tag(
+            model=self.model_tag.to_dict(),
+            counts={"images": len(self), "individuals": int(self.metadata["identity"].nunique()),
+                    "species": sorted(self.metadata["species"].dropna().unique().tolist())},
+            created=self.created, updated=self.updated, calibration=self.calibration,
+            search={"approximate_threshold": self.approximate_threshold},
+            local_features=None if self.local_features_config is None else
+            {"file": store.LOCAL_FEATURES_FILE, "config": self.local_features_config},
+        ))
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Gallery":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
         directory = Path(directory)
-        config_path = directory / CONFIG_FILE
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{config_path}: not a readable gallery config ({error})") from error
-        if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{config_path}: not a {FORMAT} v{FORMAT_VERSION} folder "
-                             f"(format={config.get('format')!r}, version={config.get('version')!r})")
+        config = store.read_config(directory)
         try:
             tag = ModelTag.from_dict(config["model"])
         except (KeyError, ValueError, TypeError) as error:
-            raise ValueError(f"{config_path}: bad model tag ({error})") from error
+            raise ValueError(f"{directory / store.CONFIG_FILE}: bad model tag ({error})") from error
         gallery = cls(tag, approximate_threshold=config.get("search", {}).get("approximate_threshold",
                                                                                DEFAULT_APPROXIMATE_THRESHOLD))
-        try:
-            tensors = load_file(str(directory / EMBEDDINGS_FILE))
-        except (OSError, SafetensorError) as error:
-            raise ValueError(f"{directory / EMBEDDINGS_FILE}: cannot read embeddings ({error})") from error
-        if "embeddings" not in tensors:
-            raise ValueError(f"{directory / EMBEDDINGS_FILE}: no tensor named 'embeddings'")
-        try:
-            gallery.embeddings = check_embeddings(tensors["embeddings"], tag.embedding_dim)
-        except ValueError as error:
-            raise ValueError(f"{directory / EMBEDDINGS_FILE}: {error}") from error
-        try:
-            metadata = pd.read_parquet(directory / METADATA_FILE)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{directory / METADATA_FILE}: cannot read metadata ({error})") from error
-        if missing := [c for c in METADATA_COLUMNS if c not in metadata.columns]:
-            raise ValueError(f"{directory / METADATA_FILE}: missing columns {missing}")
-        if len(metadata) != len(gallery.embeddings):
-            raise ValueError(f"{directory}: {len(gallery.embeddings)} embeddings but {len(metadata)} metadata rows")
-        gallery.metadata = metadata[list(METADATA_COLUMNS)].astype(object).where(metadata.notna(), None)
+        gallery.embeddings = store.read_embeddings(directory, tag.embedding_dim)
+        gallery.metadata = store.read_metadata(directory, len(gallery.embeddings))
         gallery.created = config.get("created", gallery.created)
         gallery.updated = config.get("updated", gallery.updated)
         gallery.calibration = config.get("calibration")
@@ -451,97 +278,7 @@ class Gallery:
     def load_local_features(directory: str | os.PathLike, expected_config: Mapping[str, Any] | None = None
                             ) -> LocalFeatureCache:
         """The keypoint cache stored beside a gallery (refused if made with other extractor settings)."""
-        return LocalFeatureCache.load(Path(directory) / LOCAL_FEATURES_FILE, expected_config=expected_config)
+        return store.read_local_features(directory, expected_config)
 
 
 # ---------------------------------------------------------------------------------------- writers
-
-
-def write_results_json(results: Iterable[IdentificationResult], path: str | os.PathLike,
-                       failures: Iterable[LoadFailure] = ()) -> Path:
-    path = Path(path)
-    payload = {"results": [r.to_dict() for r in results], "failures": [f.to_dict() for f in failures]}
-    path.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
-    return path
-
-
-CSV_COLUMNS = ("query", "rank", "identity", "score", "probability", "image_id", "path", "species",
-               "top_score", "is_new", "threshold", "error")
-
-
-def write_results_csv(results: Iterable[IdentificationResult], path: str | os.PathLike,
-                      failures: Iterable[LoadFailure] = ()) -> Path:
-    """One row per (query, candidate); failed queries get one row with `error` filled."""
-    path = Path(path)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for result in results:
-            for rank, candidate in enumerate(result.candidates, start=1):
-                writer.writerow({"query": result.query, "rank": rank, **asdict(candidate),
-                                 "top_score": result.top_score, "is_new": result.is_new,
-                                 "threshold": result.threshold, "error": ""})
-        for failure in failures:
-            writer.writerow({"query": failure.file, "error": failure.reason})
-    return path
-
-
-# ---------------------------------------------------------------------------------------- helpers
-
-
-def _choose_threshold(top_scores: np.ndarray, top1_correct: np.ndarray, is_known: np.ndarray,
-                      labels: np.ndarray, criterion: str) -> float:
-    from .evaluation.metrics import Top1Matches, choose_new_individual_threshold
-
-    return float(choose_new_individual_threshold(Top1Matches(top_scores, top1_correct, is_known, labels), criterion))
-
-
-def _normalise_metadata(metadata: pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Sequence]) -> pd.DataFrame:
-    frame = metadata.copy() if isinstance(metadata, pd.DataFrame) else pd.DataFrame(metadata)
-    for required in ("image_id", "identity"):
-        if required not in frame.columns:
-            raise ValueError(f"metadata needs an {required!r} column; got {list(frame.columns)}")
-        if frame[required].isna().any():
-            raise ValueError(f"metadata row {int(np.flatnonzero(frame[required].isna())[0])} has no {required}")
-    extra_columns = [c for c in frame.columns if c not in METADATA_COLUMNS]
-    records = frame.to_dict("records")
-    out = pd.DataFrame({
-        "image_id": [str(r["image_id"]) for r in records],
-        "identity": [str(r["identity"]) for r in records],
-        "species": [_optional(r.get("species")) for r in records],
-        "path": [_optional(r.get("path")) for r in records],
-        "extra": [_extra_json(r, extra_columns) for r in records],
-    }, dtype=object)
-    return out
-
-
-def _extra_json(record: Mapping[str, Any], extra_columns: list[str]) -> str | None:
-    extra = record.get("extra")
-    extra = json.loads(extra) if isinstance(extra, str) else dict(extra or {})
-    extra.update({c: record[c] for c in extra_columns if _optional(record[c]) is not None})
-    return json.dumps(extra, sort_keys=True, default=_json_default) if extra else None
-
-
-def _optional(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return None
-    return str(value)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray, tuple)):
-        return list(value)
-    return str(value)
-
-
-def _replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write to a temporary sibling, then rename, so an interrupted save never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,10 +1,6 @@
-"""Local-feature matching (OpenCV SIFT by default; ORB or AKAZE optionally): the offline matcher.
+"""Local-feature matching: scores query x gallery image pairs from their keypoints (`wildreid.matching.keypoints`).
 
-Pipeline per image: grey crop -> resize so the longest side is `max_side` -> detect, keep the
-`max_keypoints` strongest -> descriptors. Small crops are upscaled by default: on lion val (crops of
-~130 px) that raises plain-SIFT leave-one-out top-1 from 29.5 % to 38.4 % (148 -> 376 keypoints per image);
-`upscale=False` only shrinks. Per pair: mutual nearest neighbours + Lowe ratio test, then
-geometric verification (RANSAC inliers of a homography). The pair score is the verified inlier count
+Per pair: mutual nearest neighbours + Lowe ratio test, then geometric verification (RANSAC inliers of a homography). The pair score is the verified inlier count
 (or the raw match count with `geometry="none"`).
 
 Why a homography and not a fundamental matrix: the patterns we match (stripes, spots, whisker rows,
@@ -16,295 +12,23 @@ marginalises over the noise scale, so one threshold works across image sizes. Me
 top-1 / mAP, 512 px, RootSIFT): lion val raw matches 42.5 / 17.2, homography 45.9 / 17.6, fundamental
 (3 px) 45.9 / 18.3; pig raw 12.1 / 11.0, homography 13.0 / 10.2, fundamental 9.8 / 9.8.
 
-Work is spread over `num_workers` processes started with forkserver, so scripts that use more than
-one worker need the usual `if __name__ == "__main__":` guard.
-
 Score matrices are float32 (Q, G); pairs that were not scored (outside a shortlist) hold `-inf`, so
 they rank below every scored pair, including pairs with zero matches.
 """
 from __future__ import annotations
 
-import json
-import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .images import LoadFailure, check_annotation_lengths, iter_crops
+from .keypoints import DESCRIPTOR_BYTES, METHODS, LocalFeatures
+from .parallel import WORKER_STATE, limit_threads, process_context, worker_count
 
-METHODS = ("sift", "orb", "akaze")
 GEOMETRIES = ("homography", "none")
-# Descriptor width in bytes as stored: SIFT values are integers 0..255 (OpenCV saturates them to uchar
-# before returning float32), ORB and AKAZE are packed bit strings.
-DESCRIPTOR_BYTES = {"sift": 128, "orb": 32, "akaze": 61}
-CACHE_FORMAT_VERSION = 1
-
-
-def default_num_workers() -> int:
-    """CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-@dataclass
-class LocalFeatures:
-    """Keypoints and descriptors of one image.
-
-    keypoints: (N, 2) float32 x, y in pixels of the resized image.
-    descriptors: (N, B) uint8, B = DESCRIPTOR_BYTES[method].
-    """
-
-    keypoints: np.ndarray
-    descriptors: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.keypoints)
-
-
-def to_gray_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
-    """Grey uint8 array from a PIL image or an (H, W), (H, W, 3) RGB or (H, W, 4) RGBA array."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("L"))
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"expected a PIL image or numpy array, got {type(image).__name__}")
-    array = image
-    if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"image arrays must be uint8 or float in [0, 1], got dtype {array.dtype}")
-        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if array.ndim == 2:
-        return np.ascontiguousarray(array)
-    if array.ndim == 3 and array.shape[2] == 3:
-        return cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGB2GRAY)
-    if array.ndim == 3 and array.shape[2] == 4:
-        return cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGBA2GRAY)
-    raise ValueError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
-
-
-class LocalFeatureExtractor:
-    """Computes `LocalFeatures` once per image; pictures come as PIL images or arrays, or as paths."""
-
-    def __init__(self, method: str = "sift", max_keypoints: int = 512, max_side: int = 512, upscale: bool = True):
-        if method not in METHODS:
-            raise ValueError(f"unknown local feature method {method!r}; choose one of {METHODS}")
-        if method == "akaze" and not hasattr(cv2, "AKAZE_create"):
-            raise ValueError(f"AKAZE is not part of this OpenCV build ({cv2.__version__}; OpenCV 5 moved it to "
-                             "opencv-contrib-python); use method='sift' or 'orb'")
-        if max_keypoints < 1 or max_side < 16:
-            raise ValueError(f"need max_keypoints >= 1 and max_side >= 16, got {max_keypoints}, {max_side}")
-        self.method = method
-        self.max_keypoints = int(max_keypoints)
-        self.max_side = int(max_side)
-        self.upscale = bool(upscale)
-        self._detector = None  # OpenCV objects cannot be pickled; built lazily in each process
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """What determines the features; stored with every cache so stale caches are refused."""
-        return {"method": self.method, "max_keypoints": self.max_keypoints, "max_side": self.max_side,
-                "upscale": self.upscale}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_detector": None}
-
-    def _get_detector(self):
-        if self._detector is None:
-            if self.method == "sift":
-                self._detector = cv2.SIFT_create(nfeatures=self.max_keypoints)
-            elif self.method == "orb":
-                self._detector = cv2.ORB_create(nfeatures=self.max_keypoints)
-            else:
-                self._detector = cv2.AKAZE_create()
-        return self._detector
-
-    def extract(self, image: Image.Image | np.ndarray) -> LocalFeatures:
-        """Features of one already-loaded (and cropped) image."""
-        gray = to_gray_uint8(image)
-        height, width = gray.shape
-        scale = self.max_side / max(height, width)
-        if scale < 1.0 or (self.upscale and scale > 1.0):
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC)
-        detector = self._get_detector()
-        keypoints = detector.detect(gray, None)
-        # Detectors may return a few more than asked (ties, extra orientations); keep the strongest.
-        keypoints = sorted(keypoints, key=lambda kp: kp.response, reverse=True)[: self.max_keypoints]
-        keypoints, descriptors = detector.compute(gray, keypoints)
-        if descriptors is None or len(keypoints) == 0:
-            return _empty_features(self.method)
-        if self.method == "sift":
-            descriptors = np.clip(np.rint(descriptors), 0, 255)
-        xy = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
-        return LocalFeatures(xy, np.ascontiguousarray(descriptors, dtype=np.uint8))
-
-    def extract_many(
-        self,
-        images: Sequence[Image.Image | np.ndarray],
-        *,
-        num_workers: int | None = None,
-        progress: bool = True,
-    ) -> list[LocalFeatures]:
-        """Features of many loaded images, computed in parallel processes."""
-        return _parallel_map(
-            _extract_loaded_task,
-            [(self, image) for image in images],
-            num_workers=num_workers,
-            progress=progress,
-            description=f"{self.method} features",
-        )
-
-    def extract_paths(
-        self,
-        sources: Sequence[Any],
-        bboxes: Sequence[Sequence[float] | None] | None = None,
-        thetas: Sequence[float] | None = None,
-        *,
-        num_workers: int | None = None,
-        progress: bool = True,
-    ) -> tuple[list[LocalFeatures | None], list[LoadFailure]]:
-        """Load each source with the shared preprocessing, crop it to its box and extract features.
-
-        Returns one entry per source (None where it failed) and the failures, each naming its file and
-        the reason; a bad file never aborts the batch.
-        """
-        check_annotation_lengths(sources, bboxes, thetas)
-        tasks = [
-            (self, source, None if bboxes is None else bboxes[i], 0.0 if thetas is None else float(thetas[i]))
-            for i, source in enumerate(sources)
-        ]
-        outcomes = _parallel_map(
-            _extract_path_task, tasks, num_workers=num_workers, progress=progress,
-            description=f"{self.method} features",
-        )
-        features = [outcome if isinstance(outcome, LocalFeatures) else None for outcome in outcomes]
-        failures = [outcome for outcome in outcomes if isinstance(outcome, LoadFailure)]
-        return features, failures
-
-
-def _empty_features(method: str) -> LocalFeatures:
-    return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES[method]), np.uint8))
-
-
-def _extract_loaded_task(task: tuple[LocalFeatureExtractor, Any]) -> LocalFeatures:
-    extractor, image = task
-    return extractor.extract(image)
-
-
-def _extract_path_task(task: tuple[LocalFeatureExtractor, Any, Any, float]) -> LocalFeatures | LoadFailure:
-    extractor, source, bbox, theta = task
-    failures: list[LoadFailure] = []
-    for _, crop in iter_crops([source], [bbox], [theta], failures=failures):
-        return extractor.extract(crop)
-    return failures[0]
-
-
-# --------------------------------------------------------------------------------------------- cache
-
-
-class LocalFeatureCache:
-    """Features of many images keyed by image id, stored as one `.npz` of plain arrays (no pickle).
-
-    Layout: `keys` (unicode), `offsets` (N+1 int64), `keypoints` (total, 2) float32, `descriptors`
-    (total, B) uint8, `config` (JSON text). Loading refuses a cache made with another extractor config.
-    """
-
-    def __init__(self, config: dict[str, Any]):
-        self.config = dict(config)
-        self._features: dict[str, LocalFeatures] = {}
-
-    @classmethod
-    def from_features(cls, keys: Iterable[str], features: Iterable[LocalFeatures], config: dict[str, Any]):
-        cache = cls(config)
-        for key, item in zip(keys, features, strict=True):
-            cache[key] = item
-        return cache
-
-    def __len__(self) -> int:
-        return len(self._features)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._features
-
-    def __getitem__(self, key: str) -> LocalFeatures:
-        return self._features[key]
-
-    def __setitem__(self, key: str, features: LocalFeatures) -> None:
-        width = DESCRIPTOR_BYTES[self.config["method"]]
-        if features.descriptors.dtype != np.uint8 or features.descriptors.shape[1:] != (width,):
-            raise ValueError(
-                f"features for {key!r} have descriptors {features.descriptors.dtype} "
-                f"{features.descriptors.shape}, expected uint8 (N, {width}) for {self.config['method']}"
-            )
-        self._features[str(key)] = features
-
-    def keys(self) -> list[str]:
-        return list(self._features)
-
-    def get_many(self, keys: Iterable[str]) -> list[LocalFeatures]:
-        """Features in the order of `keys`; a missing key raises KeyError naming it."""
-        out = []
-        for key in keys:
-            if key not in self._features:
-                raise KeyError(f"no local features cached for image {key!r}")
-            out.append(self._features[key])
-        return out
-
-    def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        keys = self.keys()
-        items = [self._features[key] for key in keys]
-        offsets = np.zeros(len(items) + 1, dtype=np.int64)
-        np.cumsum([len(item) for item in items], out=offsets[1:])
-        width = DESCRIPTOR_BYTES[self.config["method"]]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as handle:  # a file handle stops numpy from appending ".npz"
-            np.savez(
-                handle,
-                format_version=np.array(CACHE_FORMAT_VERSION),
-                config=np.array(json.dumps(self.config, sort_keys=True)),
-                keys=np.array(keys, dtype=str) if keys else np.zeros(0, dtype="<U1"),
-                offsets=offsets,
-                keypoints=np.concatenate([i.keypoints for i in items]) if items else np.zeros((0, 2), np.float32),
-                descriptors=np.concatenate([i.descriptors for i in items]) if items else np.zeros((0, width), np.uint8),
-            )
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, expected_config: dict[str, Any] | None = None) -> "LocalFeatureCache":
-        """Read a cache written by `save`; pickled objects are never loaded."""
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{path}: not a readable local-feature cache ({error})") from error
-        required = {"format_version", "config", "keys", "offsets", "keypoints", "descriptors"}
-        if missing := required - set(arrays):
-            raise ValueError(f"{path}: local-feature cache lacks arrays {sorted(missing)}")
-        if int(arrays["format_version"]) != CACHE_FORMAT_VERSION:
-            raise ValueError(f"{path}: cache format {int(arrays['format_version'])}, expected {CACHE_FORMAT_VERSION}")
-        config = json.loads(str(arrays["config"]))
-        if expected_config is not None and config != dict(expected_config):
-            raise ValueError(f"{path}: cache was made with {config}, but the extractor uses {dict(expected_config)}")
-        keys, offsets = arrays["keys"], arrays["offsets"]
-        keypoints, descriptors = arrays["keypoints"], arrays["descriptors"]
-        if len(offsets) != len(keys) + 1 or offsets[-1] != len(keypoints) or len(keypoints) != len(descriptors):
-            raise ValueError(f"{path}: inconsistent cache arrays (keys {len(keys)}, offsets {len(offsets)}, "
-                             f"keypoints {len(keypoints)}, descriptors {len(descriptors)})")
-        cache = cls(config)
-        for i, key in enumerate(keys):
-            start, stop = offsets[i], offsets[i + 1]
-            cache[str(key)] = LocalFeatures(keypoints[start:stop], descriptors[start:stop])
-        return cache
-
-
-# ------------------------------------------------------------------------------------------ matching
 
 
 @dataclass
@@ -420,7 +144,7 @@ class LocalMatcher:
         packed_queries, packed_gallery = self.pack(queries), self.pack([gallery[i] for i in used])
         tasks = [(q, np.searchsorted(used, row)) for q, row in enumerate(candidate_lists) if len(row)]
         scores = np.full((len(queries), num_gallery), -np.inf, dtype=np.float32)
-        workers = _worker_count(num_workers, len(tasks))
+        workers = worker_count(num_workers, len(tasks))
         bar = tqdm(total=len(tasks), desc="local matching", unit="query", disable=not progress)
         if workers <= 1:
             for q, row in tasks:
@@ -429,7 +153,7 @@ class LocalMatcher:
         else:
             with ProcessPoolExecutor(
                 max_workers=workers,
-                mp_context=_process_context(),
+                mp_context=process_context(),
                 initializer=_init_match_worker,
                 initargs=(self, packed_queries, packed_gallery),
             ) as pool:
@@ -524,53 +248,14 @@ class LocalMatcher:
         return 0.0 if mask is None else float(mask.sum())
 
 
-# ------------------------------------------------------------------------------- parallel plumbing
-
-_WORKER_STATE: dict[str, Any] = {}
-
-
-def _process_context():
-    """Forkserver, not fork: a forked child inherits OpenCV's and OpenBLAS's thread-pool locks in
-    whatever state the parent's threads held them and can deadlock on first use."""
-    return multiprocessing.get_context("forkserver")
-
-
-def _limit_threads() -> None:
-    """One process per core: stop OpenCV and BLAS from spawning their own thread pools on top."""
-    cv2.setNumThreads(1)
-    from threadpoolctl import threadpool_limits
-
-    _WORKER_STATE["thread_limits"] = threadpool_limits(1)
+# ------------------------------------------------------------------------------- worker processes
 
 
 def _init_match_worker(matcher: LocalMatcher, queries: _Packed, gallery: _Packed) -> None:
-    _limit_threads()
-    _WORKER_STATE.update(matcher=matcher, queries=queries, gallery=gallery)
+    limit_threads()
+    WORKER_STATE.update(matcher=matcher, queries=queries, gallery=gallery)
 
 
 def _match_block(block: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    matcher, queries, gallery = _WORKER_STATE["matcher"], _WORKER_STATE["queries"], _WORKER_STATE["gallery"]
+    matcher, queries, gallery = WORKER_STATE["matcher"], WORKER_STATE["queries"], WORKER_STATE["gallery"]
     return [(q, row, matcher._pair_scores(queries, q, gallery, row)) for q, row in block]
-
-
-def _worker_count(num_workers: int | None, num_tasks: int) -> int:
-    """None: every core; 0 or 1: in this process (as torch's DataLoader reads num_workers=0)."""
-    return min(default_num_workers() if num_workers is None else max(1, num_workers), max(1, num_tasks))
-
-
-def _parallel_map(function, tasks: list, *, num_workers: int | None, progress: bool, description: str) -> list:
-    workers = _worker_count(num_workers, len(tasks))
-    bar = tqdm(total=len(tasks), desc=description, unit="image", disable=not progress)
-    results = []
-    if workers <= 1:
-        for task in tasks:
-            results.append(function(task))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_process_context(),
-                                 initializer=_limit_threads) as pool:
-            for result in pool.map(function, tasks, chunksize=max(1, min(32, len(tasks) // (workers * 8)))):
-                results.append(result)
-                bar.update()
-    bar.close()
-    return results
