@@ -1,6 +1,6 @@
 """Shared recipe and bookkeeping of the experiments: one training recipe, the fixed evaluation sets, cached
 training / evaluation / local-matching steps under `experiments/runs/` (git-ignored) and results JSON under
-`experiments/results/` (committed; numbers only) that `python -m wildreid.model_card model_card.md` renders.
+`experiments/results/` (committed; numbers only) that `python -m wildreid.cards model_card.md` renders.
 
 Every step is skipped when its output already exists (pass `force=True` to redo it), so experiments can
 share models: the leave-one-species-out models of `zero_shot.py` are the starting points of `few_shot.py`,
@@ -380,7 +380,7 @@ class ExperimentLog:
 
     def write(self, tables: dict[str, dict], results: dict, notes: Iterable[str] = ()) -> Path:
         """`tables`: {key: {"columns": [...], "rows": [[...]], "caption": "..."}}, rendered into the model
-        card by `wildreid.model_card` (numbers as given, `None` as a dash)."""
+        card by `wildreid.cards` (numbers as given, `None` as a dash)."""
         wall = time.perf_counter() - self.started
         compute = sum(r.get("train_wall_s") or 0 for r in self.runs) + sum(e.get("eval_wall_s") or 0 for e in self.evaluations)
         if hasattr(os, "getloadavg"):

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from modeling_wildreid import WildReIDConfig, WildReIDModel
-from wildreid.embedders import load_embedder
-from wildreid.embedding import embed_dataset
+from wildreid.embedding import embed_dataset, load_embedder
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
 from hub_datasets.specs import load_spec
 

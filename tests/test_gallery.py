@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wildreid.gallery import (Gallery, ModelMismatchError, ModelTag, preprocessing_signature, weights_content_hash,
-                              write_results_csv, write_results_json)
-from wildreid.local_features import LocalFeatureCache, LocalFeatureExtractor, LocalFeatures
-from wildreid.search import l2_normalize
+from wildreid.identification import (Gallery, ModelMismatchError, ModelTag, preprocessing_signature, weights_content_hash,
+                                     write_results_csv, write_results_json)
+from wildreid.matching import LocalFeatureCache, LocalFeatureExtractor, LocalFeatures
+from wildreid.identification.search import l2_normalize
 
 DIM = 32
 TAG_A = ModelTag("wildreid/model-a", "0123abcd", DIM, 224, preprocessing_signature({"image_size": 224}))
@@ -225,7 +225,7 @@ def test_approximate_search_above_threshold_finds_the_same_individuals():
 
 
 def test_result_writers(tmp_path):
-    from wildreid.images import LoadFailure
+    from wildreid.embedding import LoadFailure
 
     gallery, centres = make_gallery(num_ids=5, per_id=2)
     results = gallery.identify(l2_normalize(centres[:2]), TAG_A, top_k=2, query_ids=["q1.jpg", "q2.jpg"], threshold=0.3)

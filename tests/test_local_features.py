@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from wildreid.local_features import LocalFeatureCache, LocalFeatureExtractor, LocalFeatures, LocalMatcher
+from wildreid.matching import LocalFeatureCache, LocalFeatureExtractor, LocalFeatures, LocalMatcher
 
 
 def textured_animal(seed: int, size: int = 360) -> Image.Image:

@@ -6,7 +6,8 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from wildreid.model_card import ModelCardError, main, new_model_card, render_model_card, write_model_card
+from wildreid.cards import ModelCardError, new_model_card, render_model_card, write_model_card
+from wildreid.cards.render import main
 
 CLOSED_SET = {
     "model": "wildreid/lite0-demo",
@@ -59,7 +60,7 @@ def test_tables_show_percentages_from_the_json(card):
     assert "| dog | no (zero-shot) | 40 | 10 | 90.0 | 97.5 | 80.5 |" in text
     assert "| **Mean** |  | 1,274 | 104 | 57.6 | 73.8 | 46.4 |" in text
     assert "| lion | yes | 100 | 20 | 20.0 | 40.0 | 10.0 | 31.0 | 62.0 | 43.8 | 70.0 |" in text
-    assert "Rendered from `results/closed.json` by `python -m wildreid.model_card model_card.md`" in text
+    assert "Rendered from `results/closed.json` by `python -m wildreid.cards model_card.md`" in text
     assert CLOSED_SET["command"] in text
     assert "Hand-written: night images are hard." in text  # prose outside the markers survives
 

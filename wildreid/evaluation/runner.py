@@ -17,12 +17,10 @@ from datasets import Dataset
 from hub_datasets.specs import load_specs
 from hub_datasets.splits import open_set_split
 
-from ..data import undecoded
-from ..embedders import LoadedEmbedder, load_embedder
-from ..embedding import Embeddings, embed_dataset
-from ..model_card import render_results_table
+from ..cards.render import render_results_table
+from ..embedding import Embeddings, LoadedEmbedder, embed_dataset, load_embedder, undecoded
+from ..matching import LocalFeatureExtractor, LocalMatcher
 from .plots import figure_paths, plot_cmc_curves, plot_match_grid
-from ..local_features import LocalFeatureExtractor, LocalMatcher
 from .matching import LocalSet, extract_local_set, fusion_by_species, local_by_species
 from .protocols import PROTOCOLS, closed_set_by_species, leave_one_out_by_species, open_set_by_species
 
