@@ -186,12 +186,13 @@ def build_app(session: ReviewSession):
                                                  interactive=False, elem_id=f"candidate-{i}-match")
                             same = gr.Button("Same as", interactive=False, elem_id=f"same-{i}")
                         slots.append((group, text, pair, match, same))
-        with gr.Tab("Gallery"):
+        with gr.Tab("Gallery") as gallery_tab:
             with gr.Row():
                 search = gr.Textbox(label="Search individuals by name", elem_id="gallery-search", scale=3)
                 search_button = gr.Button("Search", elem_id="gallery-search-button")
             found = gr.Markdown("", elem_id="gallery-count")
-            thumbnails = gr.Gallery(label="Individuals", columns=6, elem_id="gallery-browser")
+            thumbnails = gr.Gallery(label="Individuals", columns=6, fit_columns=False, height=480, object_fit="contain",
+                                    elem_id="gallery-browser")
 
         slot_outputs = [component for slot in slots for component in slot]
         find_button.click(find, [files, box, species], [proposal_state, status, suggestion, *slot_outputs])
@@ -202,7 +203,7 @@ def build_app(session: ReviewSession):
         undo_button.click(undo, [], [status, summary])
         search_button.click(browse, [search], [found, thumbnails])
         search.submit(browse, [search], [found, thumbnails])
-        app.load(browse, [search], [found, thumbnails])
+        gallery_tab.select(browse, [search], [found, thumbnails])  # decisions change it: refresh on every visit
     return app
 
 
