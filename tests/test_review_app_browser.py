@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from review_testing import build_review_gallery
+from wildreid.review.demo_gallery import build_demo_gallery
 from wildreid.gallery import Gallery
 from wildreid.review.audit import AuditLog
 
@@ -50,7 +50,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """`wildreid app` serving a fresh generated gallery; yields its URL, folders and query photos."""
-    built = build_review_gallery(tmp_path_factory.mktemp("app"))
+    built = build_demo_gallery(tmp_path_factory.mktemp("app"))
     port = _free_port()
     log = open(built["gallery"].parent / "app.log", "w")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -118,7 +118,7 @@ def _query(driver, url: str, photo: Path) -> None:
     driver.get(url)
     wait = WebDriverWait(driver, 90)
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#query-files input[type=file]"))).send_keys(str(photo))
-    _wait_for_text(driver, "#query-files", photo.name)  # uploaded to the server
+    _wait_for_text(driver, "#query-files", photo.stem)  # uploaded to the server (the name may wrap at the dot)
     driver.find_element(By.CSS_SELECTOR, "#find").click()
     _wait_for_text(driver, "#status", "candidates for 1 photo")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from review_testing import build_review_gallery
+from wildreid.review.demo_gallery import build_demo_gallery
 from wildreid.gallery import Gallery
 from wildreid.local_features import LocalFeatureExtractor, LocalMatcher
 from wildreid.matching.correspondences import feature_frame_scale, verified_correspondences
@@ -20,7 +20,7 @@ from wildreid.review.audit import AuditLog, gallery_revision
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    return build_review_gallery(tmp_path_factory.mktemp("review"))
+    return build_demo_gallery(tmp_path_factory.mktemp("review"))
 
 
 @pytest.fixture(scope="module")
