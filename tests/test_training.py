@@ -135,6 +135,7 @@ def test_training_writes_a_loadable_embedder_card_and_metrics(tmp_path):
     results = json.loads((out / "validation_results.json").read_text())
     assert set(results["species"]) == {"synthetic-spots", "synthetic-stripes"}
     assert all(m["seen_in_training"] for m in results["species"].values())
+    assert len(results["git_commit"]) == 40 and "git_dirty" in results
     card = (out / "README.md").read_text()
     assert "model-index" in card and "synthetic-stripes" in card and "<!-- results:start validation_results.json -->" in card
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]

@@ -28,6 +28,7 @@ from ..cards import training_card, write_model_card
 from ..embedding import ReIDImageDataset, collate, embed_dataset
 from ..embedding.data import ignore_stop_signals
 from ..evaluation.protocols import leave_one_out_by_species
+from ..provenance import code_version
 from .augment import build_augmentation
 from .checkpoints import (CHECKPOINT_PATTERN, StopSignal, TrainingProgress, contiguous_weights, find_checkpoint,
                           latest_checkpoint_or_none)
@@ -342,7 +343,7 @@ class Trainer:
 
     def _write_json(self, name: str, values: dict) -> None:
         if self.accelerator.is_main_process:
-            (self.output_dir / name).write_text(json.dumps(values, indent=2))
+            (self.output_dir / name).write_text(json.dumps({**values, **code_version()}, indent=2))
 
     def _replica_fingerprints(self, model) -> list[list[float]]:
         """Per-process (sum, sum of squares) of all weights: distributed replicas must agree exactly."""
