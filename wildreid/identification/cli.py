@@ -8,7 +8,7 @@
 
 `identify` uses the gallery's own model unless --model is given, and refuses a model whose weights or
 preprocessing differ from the gallery's. For big archives run `index` under
-`accelerate launch --num_processes N -m wildreid.cli index ...`: each process embeds its share.
+`accelerate launch --num_processes N -m wildreid.identification.cli index ...`: each process embeds its share.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import argparse
 import logging
 import sys
 
-from .identification import build_gallery, calibrate_gallery, identify, write_results
+from .workflows import build_gallery, calibrate_gallery, identify
+from .results import write_results
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
