@@ -11,8 +11,8 @@ Spaces set GRADIO_SERVER_NAME=0.0.0.0; elsewhere the app binds to 127.0.0.1.
 """
 import os
 
-from wildreid.review import open_session
-from wildreid.review.ui import launch
+from wildreid.identification.review import open_session
+from wildreid.identification.review.ui import launch
 
 if __name__ == "__main__":
     gallery = os.environ.get("WILDREID_GALLERY")

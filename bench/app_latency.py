@@ -30,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from wildreid.review import ReviewSession, load_model_embedder  # noqa: E402
-from wildreid.review.demo_gallery import build_demo_gallery  # noqa: E402
+from wildreid.identification.review import ReviewSession, load_model_embedder  # noqa: E402
+from wildreid.identification.review.demo_gallery import build_demo_gallery  # noqa: E402
 
 TARGETS_S = {"global": 2.0, "fusion": 5.0}
 
@@ -75,7 +75,7 @@ def browser_latency(gallery: Path, method: str, queries: list[Path], top_k: int)
 
     port = _free_port()
     started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "wildreid.cli", "app", "--gallery", str(gallery), "--port",
+    server = subprocess.Popen([sys.executable, "-m", "wildreid.identification.cli", "app", "--gallery", str(gallery), "--port",
                                str(port), "--method", method, "--top_k", str(top_k), "--review_dir",
                                str(gallery.parent / "review")], cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)

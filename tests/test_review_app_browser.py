@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from wildreid.review.demo_gallery import build_demo_gallery
-from wildreid.gallery import Gallery
-from wildreid.review.audit import AuditLog
+from wildreid.identification import Gallery
+from wildreid.identification.review.audit import AuditLog
+from wildreid.identification.review.demo_gallery import build_demo_gallery
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -54,7 +54,7 @@ def app(tmp_path_factory):
     port = _free_port()
     log = open(built["gallery"].parent / "app.log", "w")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    process = subprocess.Popen([sys.executable, "-m", "wildreid.cli", "app", "--gallery", str(built["gallery"]),
+    process = subprocess.Popen([sys.executable, "-m", "wildreid.identification.cli", "app", "--gallery", str(built["gallery"]),
                                 "--port", str(port), "--top_k", str(TOP_K)], stdout=log, stderr=subprocess.STDOUT,
                                env=env, cwd=Path(__file__).resolve().parents[1])
     url = f"http://127.0.0.1:{port}/"

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildreid.review.demo_gallery import build_demo_gallery
-from wildreid.gallery import Gallery
-from wildreid.local_features import LocalFeatureExtractor, LocalMatcher
+from wildreid.identification import Gallery
+from wildreid.identification.review import ReviewSession, load_model_embedder
+from wildreid.identification.review.audit import AuditLog, gallery_revision
+from wildreid.identification.review.demo_gallery import build_demo_gallery
+from wildreid.matching import LocalFeatureExtractor, LocalMatcher
 from wildreid.matching.correspondences import feature_frame_scale, verified_correspondences
-from wildreid.review import ReviewSession, load_model_embedder
-from wildreid.review.audit import AuditLog, gallery_revision
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from wildreid.local_features import LocalFeatures, LocalMatcher
+from .keypoints import LocalFeatures
+from .local_matcher import LocalMatcher
 
 
 @dataclass

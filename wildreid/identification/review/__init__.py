@@ -19,8 +19,8 @@ def load_model_embedder(model: str):
     through the model's own image processor."""
     import torch
 
-    from wildreid.embedders import load_embedder
-    from wildreid.identification import model_tag
+    from wildreid.embedding.embedders import load_embedder
+    from ..workflows import model_tag
 
     embedder = load_embedder(model, device="cpu")
 
@@ -35,7 +35,7 @@ def load_model_embedder(model: str):
 def open_session(gallery_dir: str | os.PathLike, model: str | None = None, **kwargs) -> ReviewSession:
     """A session on a gallery folder, embedding with `model` (default: the model the gallery was built with,
     refused if its weights or preprocessing differ from the gallery's)."""
-    from wildreid.gallery import Gallery
+    from ..gallery import Gallery
 
     embed, tag = load_model_embedder(model or Gallery.load(gallery_dir).model_tag.model_name_or_path)
     return ReviewSession(gallery_dir, embed, tag, **kwargs)

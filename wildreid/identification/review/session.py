@@ -3,7 +3,7 @@ individual" or "skip", undo the last decision.
 
 A decision that names an individual adds the query photos to the gallery (embedding, metadata, local
 features when the gallery keeps a keypoint cache), saves the gallery, and appends one audit line
-(`wildreid.review.audit`). Uploaded photos are copied, content-addressed, into the review folder
+(`wildreid.identification.review.audit`). Uploaded photos are copied, content-addressed, into the review folder
 (`<gallery>.review/images/` by default) so the gallery's `path` column points at files it owns; the
 audit log is `<gallery>.review/audit.jsonl`. Photos arrive as bytes, are size-checked and decoded by
 the shared loader (`modeling_wildreid.image_processing_wildreid.load_image`); nothing a user types is
@@ -24,11 +24,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from wildreid.calibration import Calibrator
-from wildreid.gallery import Gallery, ModelTag
-from wildreid.images import load_crop
-from wildreid.local_features import LocalFeatureCache, LocalFeatureExtractor, LocalFeatures, LocalMatcher
+from wildreid.embedding.images import load_crop
+from wildreid.matching import Calibrator, LocalFeatureCache, LocalFeatureExtractor, LocalFeatures, LocalMatcher
 from wildreid.matching.correspondences import verified_correspondences
+
+from ..gallery import Gallery
+from ..model_tag import ModelTag
 
 from .audit import AuditLog, gallery_revision, sha256_bytes, utc_now
 from .drawing import draw_correspondences, side_by_side

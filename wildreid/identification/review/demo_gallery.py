@@ -2,7 +2,7 @@
 written as JPEG files (one folder per individual), an untrained EfficientNet-Lite0 model, embeddings, a
 SIFT keypoint cache and a calibrated new-individual threshold, built in this process.
 
-    python -m wildreid.review.demo_gallery OUT [--individuals 6 --images 3]
+    python -m wildreid.identification.review.demo_gallery OUT [--individuals 6 --images 3]
     wildreid app --gallery OUT/gallery
 
 Demo data only: an untrained model's candidates show the app working, not accuracy.
@@ -14,10 +14,11 @@ from pathlib import Path
 
 from hub_datasets.synthetic import generate_rows
 from modeling_wildreid import WildReIDConfig, WildReIDModel
-from wildreid.gallery import Gallery
-from wildreid.images import load_crop
-from wildreid.local_features import LocalFeatureCache, LocalFeatureExtractor
-from wildreid.review import load_model_embedder
+from wildreid.embedding.images import load_crop
+from wildreid.matching import LocalFeatureCache, LocalFeatureExtractor
+
+from ..gallery import Gallery
+from . import load_model_embedder
 
 
 def write_images(root: Path, n_identities: int, images_per_identity: int, image_size: int = 128,

@@ -18,9 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from wildreid.calibration import Calibrator
-from wildreid.fusion import FusionMatcher
-from wildreid.local_features import LocalFeatures, LocalMatcher
+from wildreid.matching import Calibrator, FusionMatcher, LocalFeatures, LocalMatcher
 
 METHODS = ("global", "fusion")
 
