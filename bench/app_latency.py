@@ -32,15 +32,9 @@ sys.path.insert(0, str(REPO))
 
 from wildreid.identification.review import ReviewSession, load_model_embedder  # noqa: E402
 from wildreid.identification.review.demo_gallery import build_demo_gallery  # noqa: E402
+from wildreid.provenance import code_version  # noqa: E402
 
 TARGETS_S = {"global": 2.0, "fusion": 5.0}
-
-
-def git_commit() -> dict:
-    def run(*args):
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
 
 
 def summary(seconds: list[float]) -> dict:
@@ -124,6 +118,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["global", "fusion"], choices=["global", "fusion"])
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "app_latency.json")
     args = parser.parse_args()
+    version = code_version()  # before the run: the code that produced these numbers
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -149,7 +144,7 @@ def main() -> None:
                      if have_browser else " | browser: chromium not installed, not measured"))
         gallery_images = args.individuals * args.images
     report = {
-        "benchmark": "app_latency", "git": git_commit(), "gallery_images": gallery_images,
+        "benchmark": "app_latency", **version, "gallery_images": gallery_images,
         "individuals": args.individuals, "queries": len(queries), "top_k": args.top_k,
         "model": "untrained tf_efficientnet_lite0 at 224 px", "gallery_build_s": round(build_s, 1),
         "cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
