@@ -132,6 +132,20 @@ def test_fusion_ranks_with_local_matches(built, embedder, tmp_path):
     assert 0.0 <= best.probability <= 1.0 and proposal.ranking.threshold_unit == "fused probability"
 
 
+def test_auto_uses_the_gallerys_per_species_choice(built, embedder, tmp_path):
+    shutil.copytree(built["gallery"], tmp_path / "gallery")
+    photos = [built["images"][7]]
+    plain = ReviewSession(tmp_path / "gallery", *embedder)
+    assert plain.propose(plain.read_photos(photos)).ranking.method == "global"
+    gallery = Gallery.load(tmp_path / "gallery")
+    gallery.calibration["method_choice"] = {"zebra": {"method": "fusion", "validation_map": 0.5}}
+    gallery.save(tmp_path / "gallery", local_features=Gallery.load_local_features(tmp_path / "gallery"),
+                 overwrite=True)
+    session = ReviewSession(tmp_path / "gallery", *embedder)
+    assert session.propose(session.read_photos(photos)).ranking.method == "fusion"
+    assert session.propose(session.read_photos(photos), species="zebra").candidates[0].method == "fusion"
+
+
 def test_correspondences_count_equals_the_matchers_inliers(built):
     extractor, matcher = LocalFeatureExtractor(max_keypoints=256), LocalMatcher()
     image = Image.open(built["images"][0]).convert("RGB")

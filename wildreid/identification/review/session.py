@@ -120,7 +120,7 @@ class ReviewSession:
         self.extractor = LocalFeatureExtractor(**(self.gallery.local_features_config or {}))
         self.matcher = LocalMatcher(method=self.extractor.method)
         self.fusion = None
-        if method == "fusion":
+        if method == "fusion" or (method == "auto" and "fusion" in self._recorded_methods().values()):
             if self.local_cache is None:
                 raise ValueError(f"{self.gallery_dir}: the fusion method needs the gallery's keypoint cache; "
                                  "build it with `wildreid index --local-features`")
@@ -213,12 +213,21 @@ class ReviewSession:
                 raise ValueError("this query is no longer open; upload it again")
             return self._proposals[proposal_id]
 
+    def _recorded_methods(self) -> dict[str, str]:
+        """The gallery's per-species method choice, `calibration["method_choice"] = {species: {"method": ...}}`
+        (written where the choice is made on validation data); empty when it records none."""
+        choices = (self.gallery.calibration or {}).get("method_choice") or {}
+        return {str(name): str(choice.get("method")) for name, choice in choices.items() if isinstance(choice, dict)}
+
     def _method_for(self, species: str | None) -> str:
+        """The method asked for; with "auto", the gallery's choice for the species (the only species when
+        all are searched and there is one), else global."""
         if self.method != "auto":
             return self.method
-        choice = ((self.gallery.calibration or {}).get("method_choice") or {}).get(species or "", {})
-        chosen = choice.get("method") if isinstance(choice, dict) else choice
-        return chosen if chosen == "fusion" and self.fusion is not None else "global"
+        if species is None and len(self.species) == 1:
+            species = self.species[0]
+        chosen = self._recorded_methods().get(species or "")
+        return chosen if chosen in METHODS else "global"
 
     def _rank(self, embeddings: np.ndarray, features: list[LocalFeatures], rows: np.ndarray, method: str) -> Ranking:
         identities = self.gallery.metadata["identity"].to_numpy(str)
