@@ -9,10 +9,22 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -e ".[dev]"
+	$(MAKE) --no-print-directory install-browser
 	touch $@
 
-.PHONY: install test demo
+.PHONY: install install-browser test demo
 install: $(VENV)/.installed
+
+# Headless Chromium for the review app's browser tests (Debian packages; needs root and apt-get).
+# Elsewhere it only says how: those two tests then skip with that reason.
+install-browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "chromium and chromedriver present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "note: install chromium and chromium-driver (as root: apt-get install chromium chromium-driver) to run the browser tests"; \
+	fi
 
 test: $(VENV)/.installed
 	$(PYTHON) -m pytest -q

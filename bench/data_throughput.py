@@ -19,8 +19,8 @@ import torch
 from hub_datasets.specs import load_spec
 from hub_datasets.synthetic import generate_rows
 from modeling_wildreid import WildReIDImageProcessor
-from wildreid.augment import AugmentationConfig, build_augmentation
-from wildreid.data import ReIDImageDataset
+from wildreid.embedding import ReIDImageDataset
+from wildreid.training.augment import AugmentationConfig, build_augmentation
 
 GPU_IMAGES_PER_SECOND = 400
 

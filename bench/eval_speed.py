@@ -22,8 +22,7 @@ import torch
 
 from hub_datasets.specs import load_spec
 from hub_datasets.synthetic import generate_rows
-from wildreid.embedders import load_embedder
-from wildreid.embedding import embed_dataset
+from wildreid.embedding import embed_dataset, load_embedder
 from wildreid.evaluation import choose_new_individual_threshold, open_set_metrics, retrieval_metrics, top1_matches
 
 

@@ -24,20 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import git_state, limit_threads
+from bench_common import limit_threads
 
 limit_threads()
 
 from hub_datasets.specs import load_specs  # noqa: E402  (thread settings first)
-from wildreid.embedders import load_embedder  # noqa: E402
-from wildreid.embedding import embed_dataset  # noqa: E402
-from wildreid.evaluation.matching import extract_local_set  # noqa: E402
+from wildreid.embedding import Embeddings, embed_dataset, load_embedder  # noqa: E402
+from wildreid.evaluation.grouping import macro_average  # noqa: E402
+from wildreid.evaluation.matching import LocalSet, extract_local_set  # noqa: E402
 from wildreid.evaluation.method_protocols import image_set  # noqa: E402
-from wildreid.evaluation.metrics import macro_average, retrieval_metrics_from_similarity  # noqa: E402
-from wildreid.local_features import LocalFeatureExtractor, LocalFeatures  # noqa: E402
-from wildreid.methods import AutoMethod, FusionMethod, GlobalMethod, OneVsManyLocalMethod, PairwiseLocalMethod  # noqa: E402
-from wildreid.fusion_union import UnionFusion  # noqa: E402
-from wildreid.local_retrieval import OneVsManyMatcher  # noqa: E402
+from wildreid.evaluation.metrics import retrieval_metrics_from_similarity  # noqa: E402
+from wildreid.matching import LocalFeatureExtractor, LocalFeatures  # noqa: E402
+from wildreid.matching.methods import AutoMethod, FusionMethod, GlobalMethod, OneVsManyLocalMethod, PairwiseLocalMethod  # noqa: E402
+from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
+from wildreid.matching.union_fusion import UnionFusion  # noqa: E402
+from wildreid.provenance import code_version  # noqa: E402
 
 IMAGENET = "imagenet:tf_efficientnet_lite0"
 # name: (queries, gallery or None for leave-one-out, validation = a training split)
@@ -71,8 +72,6 @@ def local_features(spec: str, cache: Path, extractor: LocalFeatureExtractor, wor
         data = np.load(path, allow_pickle=False)
         bounds = data["offsets"]
         features = [LocalFeatures(data["keypoints"][a:b], data["descriptors"][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-        from wildreid.evaluation.matching import LocalSet
-
         rows = data["rows"]
         return dataset, LocalSet(features, rows, np.asarray(dataset["identity"], dtype=object)[rows],
                                  np.asarray(dataset["species"], dtype=object)[rows], [])
@@ -87,8 +86,6 @@ def local_features(spec: str, cache: Path, extractor: LocalFeatureExtractor, wor
 
 
 def embeddings(model: str, spec: str, dataset, cache: Path):
-    from wildreid.embedding import Embeddings
-
     path = cache / f"embed-{cache_key(model_stamp(model), spec)}.npz"
     if path.is_file():
         data = np.load(path, allow_pickle=False)
@@ -198,12 +195,13 @@ def main() -> None:
     previous = json.loads(output.read_text())["sets"] if output.is_file() else {}
     extractor = LocalFeatureExtractor()
     started = time.perf_counter()
+    version = code_version()  # before the run: the code that produced these numbers
     results = {}
     for name in args.sets:
         print(f"[{name}]", flush=True)
         results[name] = run_set(name, args, cache, extractor)
         # Sets of earlier runs stay in the file (each records its own commit), so sets can be run separately.
-        previous[name] = {**results[name], **git_state()}
+        previous[name] = {**results[name], **version}
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps({"benchmark": "identification_accuracy", "sets": previous}, indent=1) + "\n")
     print_table(results)

@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from wildreid.search import EmbeddingIndex, default_nlist, recall_at_k  # noqa: E402
+from wildreid.identification.search import EmbeddingIndex, default_nlist, recall_at_k  # noqa: E402
 
 
 class PeakRSS:

@@ -1,6 +1,6 @@
 """Shared recipe and bookkeeping of the experiments: one training recipe, the fixed evaluation sets, cached
 training / evaluation / local-matching steps under `experiments/runs/` (git-ignored) and results JSON under
-`experiments/results/` (committed; numbers only) that `python -m wildreid.model_card model_card.md` renders.
+`experiments/results/` (committed; numbers only) that `python -m wildreid.cards model_card.md` renders.
 
 Every step is skipped when its output already exists (pass `force=True` to redo it), so experiments can
 share models: the leave-one-species-out models of `zero_shot.py` are the starting points of `few_shot.py`,
@@ -38,6 +38,7 @@ if str(REPO_ROOT) not in sys.path:  # scripts run as `python experiments/x.py` f
 
 from hub_datasets.specs import load_spec, parse_spec  # noqa: E402
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation  # noqa: E402
+from wildreid.provenance import code_version  # noqa: E402
 from wildreid.training import TrainingConfig, train  # noqa: E402
 
 RUNS_DIR = EXPERIMENTS_DIR / "runs"
@@ -193,6 +194,7 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
             "learning_rate", "backbone_learning_rate", "warmup_steps", "freeze_backbone_steps",
             "identities_per_batch", "images_per_identity", "min_images_per_identity", "image_size", "seed",
             "backbone_norm", "neck_norm")},
+        **code_version(),
     }
     shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # finished: the embedder is all we need
     record_path.write_text(json.dumps(record, indent=2))
@@ -380,7 +382,7 @@ class ExperimentLog:
 
     def write(self, tables: dict[str, dict], results: dict, notes: Iterable[str] = ()) -> Path:
         """`tables`: {key: {"columns": [...], "rows": [[...]], "caption": "..."}}, rendered into the model
-        card by `wildreid.model_card` (numbers as given, `None` as a dash)."""
+        card by `wildreid.cards` (numbers as given, `None` as a dash)."""
         wall = time.perf_counter() - self.started
         compute = sum(r.get("train_wall_s") or 0 for r in self.runs) + sum(e.get("eval_wall_s") or 0 for e in self.evaluations)
         if hasattr(os, "getloadavg"):
@@ -392,7 +394,7 @@ class ExperimentLog:
             "hardware_label": hardware_label(self.hardware),
             "settings": {k: v for k, v in vars(self.args).items() if k not in ("force",)},
             "notes": list(notes), "tables": tables, "results": results,
-            "runs": self.runs, "evaluations": self.evaluations,
+            "runs": self.runs, "evaluations": self.evaluations, **code_version(),
         }
         path = results_path(self.name, self.dry_run)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ import pytest
 
 from hub_datasets.synthetic import generate_rows
 from modeling_wildreid import WildReIDConfig, WildReIDModel
-from wildreid.cli import main
-from wildreid.gallery import Gallery
+from wildreid.identification.cli import main
+from wildreid.identification import Gallery
 
 DATA = "synthetic[n_species=1,n_identities=6,images_per_identity=4,image_size=96,seed=11]"
 

@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from wildreid.calibration import Calibrator, similarity_pairs
-from wildreid.fusion import FusionMatcher, top_candidates
+from wildreid.matching import Calibrator, FusionMatcher, similarity_pairs, top_candidates
 
 
 def noisy_pairs(seed: int, n: int = 2000):

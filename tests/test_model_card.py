@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
 
-from wildreid.model_card import ModelCardError, main, new_model_card, render_model_card, write_model_card
+from wildreid.cards import ModelCardError, new_model_card, render_model_card, write_model_card
+from wildreid.cards.render import main
 
 CLOSED_SET = {
     "model": "wildreid/lite0-demo",
@@ -59,7 +63,7 @@ def test_tables_show_percentages_from_the_json(card):
     assert "| dog | no (zero-shot) | 40 | 10 | 90.0 | 97.5 | 80.5 |" in text
     assert "| **Mean** |  | 1,274 | 104 | 57.6 | 73.8 | 46.4 |" in text
     assert "| lion | yes | 100 | 20 | 20.0 | 40.0 | 10.0 | 31.0 | 62.0 | 43.8 | 70.0 |" in text
-    assert "Rendered from `results/closed.json` by `python -m wildreid.model_card model_card.md`" in text
+    assert "Rendered from `results/closed.json` by `python -m wildreid.cards model_card.md`" in text
     assert CLOSED_SET["command"] in text
     assert "Hand-written: night images are hard." in text  # prose outside the markers survives
 
@@ -225,3 +229,12 @@ def test_fragment_on_evaluation_results_is_refused(card):
     card.write_text(card.read_text().replace("results/closed.json", "results/closed.json#x"))
     with pytest.raises(ModelCardError, match="fragment only applies to experiment results"):
         render_model_card(card)
+
+
+def test_the_repository_card_matches_its_results_json():
+    """model_card.md never drifts from experiments/results: the documented check command passes."""
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "wildreid.cards", "model_card.md", "--check"], cwd=repo,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "model_card.md: up to date" in result.stdout

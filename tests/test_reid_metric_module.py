@@ -1,4 +1,4 @@
-"""The `evaluate` metric module returns exactly what wildreid.evaluation.metrics computes."""
+"""The `evaluate` metric module returns exactly what wildreid.evaluation computes."""
 from __future__ import annotations
 
 import numpy as np

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wildreid.search import EmbeddingIndex, build_index, exact_search, l2_normalize, recall_at_k
+from wildreid.identification.search import EmbeddingIndex, build_index, exact_search, l2_normalize, recall_at_k
 
 
 def clustered(num: int, dim: int, clusters: int, seed: int, spread: float = 0.35) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_wildreid import WildReIDConfig, WildReIDModel
-from wildreid.data import SpeciesBalancedBatchSampler
+from wildreid.training.sampling import SpeciesBalancedBatchSampler
 from wildreid.training import NonFiniteLossError, Trainer, TrainingConfig, config_from_args, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,12 @@ def test_config_yaml_then_flags(tmp_path):
     config = config_from_args(args)
     assert config.max_steps == 9 and config.push_to_hub and config.hub_model_id == "org/m"
     assert config.augmentation.erase_p == 0 and config.embedding_dim is None
-    assert config.datasets == TINY["datasets"]
+    assert config.datasets == TINY["datasets"] and config.val_datasets == TINY["val_datasets"]
+    assert config.learning_rate == TINY["learning_rate"] and config.backbone_pretrained is True  # YAML, default
+    cleared = config_from_args(yaml_args(tmp_path) + ["--val_datasets", "--no_backbone_pretrained", "--seed", "3"])
+    assert cleared.val_datasets == [] and cleared.backbone_pretrained is False and cleared.seed == 3
+    with pytest.raises(ValueError, match="unknown training config keys: \\['max_stepz'\\]"):
+        config_from_args(yaml_args(tmp_path, max_stepz=3))
     with pytest.raises(ValueError, match="unknown training config keys: \\['max_stepz'\\]"):
         TrainingConfig.from_dict({"max_stepz": 3})
 
@@ -135,6 +140,7 @@ def test_training_writes_a_loadable_embedder_card_and_metrics(tmp_path):
     results = json.loads((out / "validation_results.json").read_text())
     assert set(results["species"]) == {"synthetic-spots", "synthetic-stripes"}
     assert all(m["seen_in_training"] for m in results["species"].values())
+    assert len(results["git_commit"]) == 40 and "git_dirty" in results
     card = (out / "README.md").read_text()
     assert "model-index" in card and "synthetic-stripes" in card and "<!-- results:start validation_results.json -->" in card
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
@@ -234,7 +240,7 @@ def test_gpu_recipe_code_paths_run_on_cpu(tmp_path):
 
 
 def test_timm_comparison_embedder_fails_clearly_without_the_hub():
-    from wildreid.embedders import load_embedder
+    from wildreid.embedding import load_embedder
 
     with pytest.raises(RuntimeError, match="could not load timm model 'hf-hub:BVRA/MegaDescriptor-T-224'"):
         load_embedder("timm:hf-hub:BVRA/MegaDescriptor-T-224")
@@ -248,21 +254,21 @@ def test_pretrained_backbone_keeps_its_batchnorm_statistics_and_the_neck_is_cali
     assert not torch.allclose(neck.running_mean, torch.zeros_like(neck.running_mean))  # set from the data
     backbone_bn = trainer.model.wildreid.backbone.bn1
     before_backbone, before_neck = backbone_bn.running_mean.clone(), neck.running_mean.clone()
-    from wildreid.training import _set_train_modes
+    from wildreid.training.normalisation import set_train_modes
 
-    _set_train_modes(trainer.model, False, trainer.backbone_norm, "running")
+    set_train_modes(trainer.model, False, trainer.backbone_norm, "running")
     assert trainer.model.training and not backbone_bn.training and not neck.training
     trainer.train_step(next(iter(trainer.loader)))
     assert torch.equal(backbone_bn.running_mean, before_backbone)
     # The neck normalises with running statistics, which follow the training batches (track_neck_statistics).
     assert not neck.training and not torch.equal(neck.running_mean, before_neck)
     assert any(p.requires_grad for p in backbone_bn.parameters())
-    _set_train_modes(trainer.model, False, "batch", "batch")
+    set_train_modes(trainer.model, False, "batch", "batch")
     assert backbone_bn.training and neck.training
 
 
 def test_neck_statistics_follow_training_batches_but_not_embedding_passes():
-    from wildreid.training import track_neck_statistics
+    from wildreid.training.normalisation import track_neck_statistics
 
     norm = torch.nn.BatchNorm1d(4).eval()
     track_neck_statistics(norm)

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 from datasets import Dataset
 
-from ..data import undecoded
-from ..embedding import Embeddings
-from ..fusion import FusionMatcher
-from ..local_features import LocalFeatureExtractor, LocalFeatures, LocalMatcher
-from .metrics import macro_average, retrieval_metrics_from_similarity
+from ..embedding import Embeddings, undecoded
+from ..matching import FusionMatcher, LocalFeatureExtractor, LocalFeatures, LocalMatcher
+from .grouping import macro_average
+from .metrics import retrieval_metrics_from_similarity
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ import numpy as np
 from datasets import Dataset
 
 from ..embedding import Embeddings
-from ..methods import ImageSet, build_method
+from ..matching.methods import ImageSet, build_method
+from .grouping import macro_average
 from .matching import LocalSet
-from .metrics import macro_average, retrieval_metrics_from_similarity
+from .metrics import retrieval_metrics_from_similarity
 
 logger = logging.getLogger(__name__)
 

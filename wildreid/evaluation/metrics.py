@@ -1,4 +1,5 @@
-"""Re-identification metrics: CMC top-k, mAP, and open-set BAKS / BAUS / AUROC.
+"""Re-identification retrieval metrics: CMC top-k and mAP, and the per-query top-1 matches that the
+open-set metrics (`wildreid.evaluation.open_set`) consume.
 
 Conventions shared by every function here:
 
@@ -21,37 +22,18 @@ One ranking core (``_rank_chunk``) serves embeddings and precomputed similarity 
 """
 from __future__ import annotations
 
-import logging
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from .open_set import Top1Matches
 
 DEFAULT_TOPK = (1, 5, 10, 20)
 # Scores held per chunk when chunk_size is None: ~4M scores keep the ranking's working arrays
 # (scores, sorted scores, correct-item mask) near 40 MB whatever the gallery size.
 _AUTO_CHUNK_SCORES = 1 << 22
-
-
-@dataclass(frozen=True)
-class Top1Matches:
-    """Per-query nearest-neighbour outcome, the input of the open-set metrics.
-
-    Attributes:
-        top_scores: (Q,) best gallery score of each query.
-        top1_correct: (Q,) whether the top-1 gallery item has the query's identity (ties pessimistic).
-        is_known: (Q,) whether the query's identity occurs in the gallery at all.
-        query_labels: (Q,) the query identities.
-    """
-
-    top_scores: np.ndarray
-    top1_correct: np.ndarray
-    is_known: np.ndarray
-    query_labels: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -382,7 +364,7 @@ def retrieval_metrics_from_similarity(
     return _summarise(ranks, query_codes, len(gallery_codes) - leave_one_out, topk, leave_one_out)
 
 
-# ----------------------------------------------------------------------------- open-set API
+# ----------------------------------------------------------------------------- top-1 matches
 
 
 def _top1(ranks: _ChunkRanks, query_labels: Sequence) -> Top1Matches:
@@ -415,167 +397,3 @@ def top1_matches_from_similarity(
     similarity, query_codes, gallery_codes = _prepare_similarity(similarity, query_labels, gallery_labels)
     ranks = _scan(_similarity_blocks(similarity), query_codes, gallery_codes, False, chunk_size)
     return _top1(ranks, query_labels)
-
-
-def _identity_weights(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Weight 1 / (n identities * n queries of the identity) on masked queries, 0 elsewhere.
-
-    Summing weights of the queries a rule gets right gives the balanced (per-identity) accuracy.
-    """
-    weights = np.zeros(len(labels))
-    if mask.any():
-        _, inverse, counts = np.unique(labels[mask], return_inverse=True, return_counts=True)
-        weights[mask] = 1.0 / (len(counts) * counts[inverse.reshape(-1)])
-    return weights
-
-
-def _auroc_new(top_scores: np.ndarray, is_known: np.ndarray) -> float | None:
-    """AUROC of "new individual" = low top score: P(new scores below known) + 0.5 P(tie)."""
-    known = np.sort(top_scores[is_known])
-    new = top_scores[~is_known]
-    if len(known) == 0 or len(new) == 0:
-        return None
-    below = len(known) - np.searchsorted(known, new, side="right")
-    tied = np.searchsorted(known, new, side="right") - np.searchsorted(known, new, side="left")
-    return float((below.sum() + 0.5 * tied.sum()) / (len(known) * len(new)))
-
-
-def open_set_metrics(matches: Top1Matches, threshold: float) -> dict:
-    """Open-set scores for a fixed "new individual" threshold (fit it on validation data).
-
-    A query is predicted "new" when its top score is below ``threshold``, otherwise it is given its
-    top-1 gallery identity. Following wildlife-datasets / AnimalCLEF:
-
-    * ``baks``: balanced accuracy on known samples, the mean over identities present in the gallery
-      of the fraction of their queries predicted as the right identity (top-1 correct and top score
-      >= threshold).
-    * ``baus``: balanced accuracy on unknown samples, the mean over identities absent from the
-      gallery of the fraction of their queries predicted "new".
-    * ``baks_baus_gmean``: sqrt(baks * baus), AnimalCLEF's final score.
-    * ``auroc_new``: threshold-free AUROC of the "new individual" decision (positives = unknown
-      queries, ranked by low top score; ties count one half).
-
-    Values that are undefined (e.g. BAUS without unknown queries) are None, so the dict stays JSON.
-    """
-    threshold = float(threshold)
-    if not math.isfinite(threshold):
-        raise ValueError(f"threshold must be finite, got {threshold}")
-    scores = np.asarray(matches.top_scores, dtype=np.float64)
-    known = np.asarray(matches.is_known, dtype=bool)
-    correct = np.asarray(matches.top1_correct, dtype=bool)
-    labels = np.asarray(matches.query_labels)
-    if len(scores) == 0:
-        raise ValueError("no queries to evaluate")
-    predicted_known = scores >= threshold
-    baks = float(_identity_weights(labels, known)[known & correct & predicted_known].sum()) if known.any() else None
-    baus = float(_identity_weights(labels, ~known)[~known & ~predicted_known].sum()) if (~known).any() else None
-    return {
-        "baks": baks,
-        "baus": baus,
-        "baks_baus_gmean": math.sqrt(baks * baus) if baks is not None and baus is not None else None,
-        "auroc_new": _auroc_new(scores, known),
-        "threshold": threshold,
-        "n_known_queries": int(known.sum()),
-        "n_unknown_queries": int((~known).sum()),
-        "n_known_identities": int(len(np.unique(labels[known]))),
-        "n_unknown_identities": int(len(np.unique(labels[~known]))),
-    }
-
-
-def choose_new_individual_threshold(matches: Top1Matches, criterion: str = "gmean") -> float:
-    """Pick the "new individual" threshold that maximises ``criterion`` on VALIDATION matches.
-
-    Fit it on a validation split and pass the result to :func:`open_set_metrics` on the test split;
-    fitting on the test split would report an optimistic score that no user could reproduce.
-
-    Criteria:
-        ``"gmean"``: sqrt(BAKS * BAUS), the score reported by :func:`open_set_metrics`.
-        ``"balanced"``: mean of the known-query and unknown-query recalls of the known/new decision
-            alone (ignores whether the top-1 identity is right).
-
-    Candidates are the lowest score (all known), midpoints between consecutive distinct scores, and
-    just above the highest score (all new); the lowest best candidate wins ties.
-    """
-    scores = np.asarray(matches.top_scores, dtype=np.float64)
-    known = np.asarray(matches.is_known, dtype=bool)
-    if not known.any() or known.all():
-        raise ValueError(
-            "choosing a new-individual threshold needs validation queries of both known and unknown identities, "
-            f"got {int(known.sum())} known and {int((~known).sum())} unknown"
-        )
-    distinct = np.unique(scores)
-    candidates = np.concatenate(
-        [distinct[:1], (distinct[:-1] + distinct[1:]) / 2, [np.nextafter(distinct[-1], np.inf)]]
-    )
-    if criterion == "gmean":
-        labels = np.asarray(matches.query_labels)
-        gain_known = _identity_weights(labels, known) * np.asarray(matches.top1_correct, dtype=bool)
-        gain_new = _identity_weights(labels, ~known)
-    elif criterion == "balanced":
-        gain_known = known / known.sum()
-        gain_new = ~known / (~known).sum()
-    else:
-        raise ValueError(f"unknown criterion {criterion!r}; choose 'gmean' or 'balanced'")
-    order = np.argsort(scores)
-    sorted_scores = scores[order]
-    # Gains of the queries scoring below each candidate, i.e. predicted "new" by it.
-    below = np.searchsorted(sorted_scores, candidates, side="left")
-    cum_known = np.concatenate([[0.0], np.cumsum(gain_known[order])])
-    cum_new = np.concatenate([[0.0], np.cumsum(gain_new[order])])
-    known_score = cum_known[-1] - cum_known[below]
-    new_score = cum_new[below]
-    objective = np.sqrt(known_score * new_score) if criterion == "gmean" else (known_score + new_score) / 2
-    return float(candidates[int(np.argmax(objective))])
-
-
-# ----------------------------------------------------------------------------- grouping
-
-
-def grouped_metrics(
-    groups: Sequence, compute: Callable[[np.ndarray], dict], *, skip_errors: bool = False
-) -> dict[str, dict]:
-    """Run ``compute(indices)`` for each distinct value of ``groups`` (species, viewpoint...).
-
-    ``indices`` are the positions of the group's items; the callable slices its own arrays, e.g.
-    ``grouped_metrics(species, lambda i: retrieval_metrics(embeddings[i], labels[i]))``. Keys are
-    ``str(group)``, sorted. A group whose metrics are undefined raises with the group named, or is
-    left out with a warning when ``skip_errors`` is set.
-    """
-    members: dict[str, list[int]] = {}
-    for index, group in enumerate(groups):
-        members.setdefault(str(group), []).append(index)
-    results = {}
-    for group in sorted(members):
-        try:
-            results[group] = compute(np.asarray(members[group]))
-        except ValueError as error:
-            if not skip_errors:
-                raise ValueError(f"group {group!r}: {error}") from error
-            logger.warning("group %r left out: %s", group, error)
-    return results
-
-
-def macro_average(results_by_group: Mapping[str, Mapping[str, Any]]) -> dict:
-    """Mean row: unweighted mean of each metric over groups, sums of the ``n_*`` counts.
-
-    A metric that is None (undefined) in some groups is averaged over the others; ``cmc`` and
-    non-numeric entries are left out.
-    """
-    if not results_by_group:
-        raise ValueError("no groups to average")
-    def is_number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    keys = dict.fromkeys(k for result in results_by_group.values() for k in result)
-    mean: dict[str, Any] = {}
-    for key in keys:
-        values = [r.get(key) for r in results_by_group.values()]
-        # Per-group thresholds and flags such as seen_in_training have no meaningful mean.
-        if key == "threshold" or any(v is not None and not is_number(v) for v in values):
-            continue
-        numbers = [v for v in values if v is not None]
-        if key.startswith("n_"):
-            mean[key] = int(sum(numbers))
-        else:
-            mean[key] = float(np.mean(numbers)) if numbers else None
-    return mean

@@ -18,13 +18,9 @@ import numpy as np
 from datasets import Dataset
 
 from ..embedding import Embeddings
-from .metrics import (
-    choose_new_individual_threshold,
-    macro_average,
-    open_set_metrics,
-    retrieval_metrics,
-    top1_matches,
-)
+from .grouping import macro_average
+from .metrics import retrieval_metrics, top1_matches
+from .open_set import choose_new_individual_threshold, open_set_metrics
 
 PROTOCOLS = ("leave-one-out", "closed-set", "open-set")
 

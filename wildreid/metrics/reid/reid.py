@@ -1,12 +1,12 @@
 """Animal re-identification metric: CMC top-k, mAP and open-set BAKS / BAUS / AUROC.
 
-A thin `evaluate` wrapper: every number comes from ``wildreid.evaluation.metrics`` (one
+A thin `evaluate` wrapper: every number comes from ``wildreid.evaluation`` (one
 implementation), so the `wildreid` package must be importable where this module is loaded.
 """
 import datasets
 import evaluate  # loaded by evaluate.load itself, so this is always the Hugging Face library
 
-from wildreid.evaluation.metrics import (
+from wildreid.evaluation import (
     DEFAULT_TOPK,
     open_set_metrics,
     retrieval_metrics,

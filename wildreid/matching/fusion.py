@@ -13,19 +13,18 @@ and moves no score by more than that weight.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..records import RecordFormat
 from .calibration import Calibrator
 
 LocalScores = np.ndarray | Callable[[np.ndarray], np.ndarray]
 TIE_BREAK_WEIGHT = 1e-3
-FORMAT = "wildreid-fusion"
-FORMAT_VERSION = 1
+RECORD = RecordFormat("wildreid-fusion", 1)
 
 
 def top_candidates(similarity: np.ndarray, k: int, *, leave_one_out: bool = False) -> np.ndarray:
@@ -142,27 +141,18 @@ class FusionMatcher:
         return fused.astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": FORMAT_VERSION, "shortlist": self.shortlist,
-                "global_calibrator": self.global_calibrator.to_dict(),
-                "local_calibrator": self.local_calibrator.to_dict()}
+        return RECORD.tag(shortlist=self.shortlist, global_calibrator=self.global_calibrator.to_dict(),
+                          local_calibrator=self.local_calibrator.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FusionMatcher":
-        if data.get("format") != FORMAT or data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} record: format={data.get('format')!r}, "
-                             f"version={data.get('version')!r}")
+        RECORD.check(data)
         return cls(Calibrator.from_dict(data["global_calibrator"]), Calibrator.from_dict(data["local_calibrator"]),
                    shortlist=int(data["shortlist"]))
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
+        return RECORD.save(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FusionMatcher":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: cannot load fusion settings ({error})") from error
+        return RECORD.load_as(path, cls.from_dict)

@@ -29,7 +29,8 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from .local_features import DESCRIPTOR_BYTES, LocalFeatures, LocalMatcher
+from .keypoints import DESCRIPTOR_BYTES, LocalFeatures
+from .local_matcher import LocalMatcher
 
 INDEX_FORMAT = "wildreid-descriptor-index"
 INDEX_FORMAT_VERSION = 1

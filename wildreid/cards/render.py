@@ -9,7 +9,7 @@ the card's folder::
 
 Everything outside the markers is hand-written prose and is kept. The YAML `model-index` is rebuilt
 from all marked files on every render, so no number in the card is typed by hand. Run
-``python -m wildreid.model_card model_card.md`` to regenerate, ``--check`` to fail when it is stale.
+``python -m wildreid.cards model_card.md`` to regenerate, ``--check`` to fail when it is stale.
 
 Results files are those written by ``evaluate.py``::
 
@@ -42,9 +42,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard
 
-RENDER_COMMAND = "python -m wildreid.model_card"
+RENDER_COMMAND = "python -m wildreid.cards"
 TASK_TYPE = "image-feature-extraction"
 TASK_NAME = "Animal re-identification"
 
@@ -300,7 +300,7 @@ def render_model_card(card_path: str | Path, *, command: str | None = None) -> s
     """The card at ``card_path`` with every results block and the `model-index` regenerated.
 
     ``command`` is the regeneration command quoted under each table (default:
-    ``python -m wildreid.model_card <card file name>``). Returns the new text; writes nothing.
+    ``python -m wildreid.cards <card file name>``). Returns the new text; writes nothing.
     """
     card_path = Path(card_path)
     if not card_path.is_file():
@@ -343,97 +343,6 @@ def write_model_card(card_path: str | Path, *, command: str | None = None, check
     return changed
 
 
-def new_model_card(
-    model_name: str,
-    results_files: Mapping[str, str],
-    *,
-    license: str = "apache-2.0",
-    datasets: Sequence[str] = (),
-    base_model: str | None = None,
-    training: str = "",
-    limitations: str = "",
-) -> str:
-    """Skeleton card (metadata, prose headings, one results block per ``{section title: json path}``).
-
-    ``training`` and ``limitations`` are markdown for those sections; fill in or extend the prose by
-    hand, then render with :func:`write_model_card`.
-    """
-    data = ModelCardData(
-        model_name=model_name,
-        license=license,
-        library_name="transformers",
-        pipeline_tag=TASK_TYPE,
-        tags=["wildreid", "animal-re-identification", "wildlife", "image-feature-extraction", "custom_code"],
-        datasets=list(datasets) or None,
-        base_model=base_model,
-    )
-    sections = "\n".join(
-        f"### {title}\n\n<!-- results:start {path} -->\n<!-- results:end -->\n" for title, path in results_files.items()
-    )
-    body = f"""
-# {model_name}
-
-One embedding model that re-identifies individual animals across species: images of the same
-individual map to nearby L2-normalised embeddings, compared by cosine similarity.
-
-## Usage
-
-```python
-from transformers import AutoImageProcessor, AutoModel
-
-processor = AutoImageProcessor.from_pretrained("{model_name}", trust_remote_code=True)
-model = AutoModel.from_pretrained("{model_name}", trust_remote_code=True)
-embeddings = model(**processor(images, return_tensors="pt")).embeddings
-```
-
-{training}## Evaluation
-
-Top-k: fraction of queries whose first correct gallery image is among the k most similar.
-mAP: mean average precision. BAKS / BAUS: balanced accuracy on known / unknown individuals with
-a "new individual" threshold chosen on the validation split. Ties count against the model.
-
-{sections}
-## Limitations
-
-{limitations}
-"""
-    return f"---\n{data.to_yaml()}\n---\n{body}"
-
-
-def training_card(config: Any, summary: Mapping[str, Any], identities: Any, results_file: str | None) -> str:
-    """Card of a `train.py` output folder: what was trained on what, for how long, and the best validation
-    table (rendered from ``results_file`` by :func:`write_model_card` when there is one)."""
-    species_rows = "\n".join(
-        f"| {name} | {sum(1 for s in identities.species if s == name)} | "
-        f"{sum(c for s, c in zip(identities.species, identities.counts) if s == name)} |"
-        for name in summary["training_species"]
-    )
-    init = f"adapted from `{config.init_from}`" if config.init_from else (
-        f"`{config.backbone}`" + (" with ImageNet weights" if config.backbone_pretrained else " from random init"))
-    training = f"""## Training
-
-Sub-center ArcFace (k={config.num_subcenters}, s={config.arcface_scale}) with dynamic per-identity margins in
-[{config.margin_min}, {config.margin_max}], backbone {init}, {config.image_size} px inputs, {summary["total_steps"]} steps of
-{config.identities_per_batch} identities x {config.images_per_identity} images on {summary["num_processes"]} process(es),
-seed {config.seed}. Datasets: {", ".join(f"`{d}`" for d in config.datasets)} (identities with fewer than
-{config.min_images_per_identity} images left out). Full settings: `training_config.yaml`; every validation: `training_summary.json`.
-
-| Species | Individuals | Images |
-|---|---:|---:|
-{species_rows}
-
-"""
-    limitations = (
-        "Embeddings are only comparable with embeddings from this exact model; keep galleries per model version. "
-        "Species absent from training are zero-shot: check accuracy on your own data before relying on it."
-    )
-    sections = {"Validation (best step)": results_file} if results_file else {}
-    return new_model_card(
-        config.hub_model_id or Path(config.output_dir).name, sections,
-        datasets=[d for d in config.datasets if "/" in d.split(":")[0]], training=training, limitations=limitations,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=RENDER_COMMAND,
@@ -453,6 +362,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.card}: {'regenerated' if changed else 'already up to date'}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

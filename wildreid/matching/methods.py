@@ -9,7 +9,7 @@ the same two questions, so a new method is one new class:
   (leave-one-out), the diagonal `-inf`.
 
 Methods: "global" (cosine of embeddings), "local-pairwise" (SIFT matching of every pair, MAGSAC inliers),
-"local" (one-vs-many LNBNN retrieval, `local_retrieval`), "fusion" (global top-B union local top-B,
+"local" (one-vs-many LNBNN retrieval, `one_vs_many`), "fusion" (global top-B union local top-B,
 both scores computed for every candidate, calibrated and combined) and "auto" (per species, whichever of
 global / local / fusion has the best validation mAP).
 """
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from .evaluation.metrics import retrieval_metrics_from_similarity
-from .fusion_union import UnionFusion
-from .local_features import LocalFeatures, LocalMatcher
-from .local_retrieval import OneVsManyMatcher
+from .keypoints import LocalFeatures
+from .local_matcher import LocalMatcher
+from .one_vs_many import OneVsManyMatcher
+from .union_fusion import UnionFusion
 
 METHOD_NAMES = ("global", "local", "local-pairwise", "fusion", "auto")
 AUTO_CHOICES = ("global", "local", "fusion")
@@ -54,11 +54,6 @@ class ImageSet:
             raise ValueError(f"method {method!r} needs embeddings: give a model")
         if what == "local" and self.local is None:
             raise ValueError(f"method {method!r} needs local features")
-
-
-def validation_metrics(scores: np.ndarray, validation: ImageSet) -> dict[str, float]:
-    metrics = retrieval_metrics_from_similarity(scores, validation.identities, leave_one_out=True)
-    return {"top1": metrics["top1"], "map": metrics["map"]}
 
 
 class ScoringMethod:
@@ -126,7 +121,7 @@ class OneVsManyLocalMethod(ScoringMethod):
 
 @dataclass
 class FusionMethod(ScoringMethod):
-    """Union fusion (`fusion_union.UnionFusion`), fitted on the validation set's leave-one-out pairs."""
+    """Union fusion (`union_fusion.UnionFusion`), fitted on the validation set's leave-one-out pairs."""
 
     fusion: UnionFusion = field(default_factory=UnionFusion)
     name = "fusion"

@@ -6,7 +6,6 @@ non-negative. A fitted calibrator is a handful of numbers saved as JSON (never p
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -14,9 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..records import RecordFormat
+
 CALIBRATION_METHODS = ("isotonic", "logistic")
-FORMAT = "wildreid-calibrator"
-FORMAT_VERSION = 1
+RECORD = RecordFormat("wildreid-calibrator", 1)
 
 
 def similarity_pairs(
@@ -128,14 +128,11 @@ class Calibrator:
     def to_dict(self) -> dict[str, Any]:
         if self.params is None:
             raise RuntimeError("cannot serialise an unfitted Calibrator")
-        return {"format": FORMAT, "version": FORMAT_VERSION, "method": self.method, **self.params}
+        return RECORD.tag(method=self.method, **self.params)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Calibrator":
-        if data.get("format") != FORMAT or data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} record: format={data.get('format')!r}, "
-                             f"version={data.get('version')!r}")
-        calibrator = cls(data["method"])
+        calibrator = cls(RECORD.check(data)["method"])
         keys = ("x", "y") if calibrator.method == "isotonic" else ("slope", "intercept")
         if missing := [key for key in keys if key not in data]:
             raise ValueError(f"{calibrator.method} calibrator record lacks {missing}")
@@ -150,18 +147,8 @@ class Calibrator:
         return calibrator
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
+        return RECORD.save(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Calibrator":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: cannot read calibrator JSON ({error})") from error
-        try:
-            return cls.from_dict(data)
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: {error}") from error
+        return RECORD.load_as(path, cls.from_dict)

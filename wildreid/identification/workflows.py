@@ -1,12 +1,11 @@
 """Building galleries and identifying query images with a model: what `wildreid index | calibrate |
 identify` run. Embedding goes through `wildreid.embedding` (the shared preprocessing; with several
-Accelerate processes each embeds its share), storage and search through `wildreid.gallery`."""
+Accelerate processes each embeds its share), storage and search through `wildreid.identification.gallery`."""
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,12 +13,10 @@ from datasets import Dataset
 
 from hub_datasets.specs import load_specs
 
-from .data import undecoded
-from .embedders import LoadedEmbedder, load_embedder
-from .embedding import embed_dataset
-from .gallery import Gallery, ModelTag, preprocessing_signature, weights_content_hash
-from .images import LoadFailure
-from .local_features import LocalFeatureCache, LocalFeatureExtractor
+from ..embedding import LoadedEmbedder, LoadFailure, embed_dataset, load_embedder, undecoded
+from ..matching import LocalFeatureCache, LocalFeatureExtractor
+from .gallery import Gallery
+from .model_tag import ModelTag, preprocessing_signature, weights_content_hash
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +45,7 @@ def _metadata(dataset: Dataset, rows: np.ndarray) -> list[dict]:
 
 
 def _accelerator():
-    """An Accelerator when launched with several processes (`accelerate launch -m wildreid.cli ...`)."""
+    """An Accelerator when launched with several processes (`accelerate launch -m wildreid.identification.cli ...`)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import Accelerator
 
@@ -131,18 +128,3 @@ def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None,
     query_ids = list(np.asarray(dataset["image_id"], dtype=object)[embedded.indices])
     results = gallery.identify(embedded.vectors, tag, top_k, query_ids=query_ids, threshold=threshold)
     return results, embedded.failures
-
-
-def write_results(results: list, failures: list[LoadFailure], path: str | os.PathLike) -> Path:
-    """JSON or CSV by the file extension; failed queries are listed too."""
-    from .gallery import write_results_csv, write_results_json
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
-        write_results_csv(results, path, failures)
-    elif path.suffix.lower() == ".json":
-        write_results_json(results, path, failures)
-    else:
-        raise ValueError(f"--output must end in .json or .csv, got {path.name}")
-    return path

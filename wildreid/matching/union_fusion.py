@@ -2,7 +2,7 @@
 
 WildFusion re-ranks only the global top-B, so a weak global model hides the local matcher's hits (on
 closed-set lion, SIFT's best match lay inside the global top-30 for 23 % of queries). Here one-vs-many
-local retrieval (`local_retrieval`) makes a local top-B cheap at any gallery size, so each query's
+local retrieval (`one_vs_many`) makes a local top-B cheap at any gallery size, so each query's
 candidates are the union of both shortlists, and every candidate gets both scores computed, never imputed:
 its cosine and its local score (LNBNN vote share plus verified MAGSAC inliers).
 
@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .calibration import Calibrator
-from .evaluation.metrics import retrieval_metrics_from_similarity
-from .local_features import LocalMatcher
-from .local_retrieval import OneVsManyMatcher, local_scores, shortlist_by_score
+from .local_matcher import LocalMatcher
+from .one_vs_many import OneVsManyMatcher, local_scores, shortlist_by_score
+from .selection import leave_one_out_figures
 
 if TYPE_CHECKING:
     from .methods import ImageSet
@@ -115,8 +115,7 @@ class UnionFusion:
         self.logistic = _fit_logistic(probabilities, is_match)
 
         def measured(scores: np.ndarray) -> dict[str, float]:
-            metrics = retrieval_metrics_from_similarity(scores, labels, leave_one_out=True)
-            return {"top1": metrics["top1"], "map": metrics["map"]}
+            return leave_one_out_figures(scores, labels)
 
         by_combiner = {}
         for name in COMBINERS:

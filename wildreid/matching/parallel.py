@@ -1,0 +1,60 @@
+"""Process-pool plumbing shared by feature extraction and matching: one process per core, each with
+single-threaded OpenCV and BLAS.
+
+Work is spread over `num_workers` processes started with forkserver, so scripts that use more than
+one worker need the usual `if __name__ == "__main__":` guard.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import cv2
+from tqdm.auto import tqdm
+
+
+def default_num_workers() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+WORKER_STATE: dict[str, Any] = {}
+
+
+def process_context():
+    """Forkserver, not fork: a forked child inherits OpenCV's and OpenBLAS's thread-pool locks in
+    whatever state the parent's threads held them and can deadlock on first use."""
+    return multiprocessing.get_context("forkserver")
+
+
+def limit_threads() -> None:
+    """One process per core: stop OpenCV and BLAS from spawning their own thread pools on top."""
+    cv2.setNumThreads(1)
+    from threadpoolctl import threadpool_limits
+
+    WORKER_STATE["thread_limits"] = threadpool_limits(1)
+
+
+def worker_count(num_workers: int | None, num_tasks: int) -> int:
+    """None: every core; 0 or 1: in this process (as torch's DataLoader reads num_workers=0)."""
+    return min(default_num_workers() if num_workers is None else max(1, num_workers), max(1, num_tasks))
+
+
+def parallel_map(function, tasks: list, *, num_workers: int | None, progress: bool, description: str) -> list:
+    workers = worker_count(num_workers, len(tasks))
+    bar = tqdm(total=len(tasks), desc=description, unit="image", disable=not progress)
+    results = []
+    if workers <= 1:
+        for task in tasks:
+            results.append(function(task))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=process_context(),
+                                 initializer=limit_threads) as pool:
+            for result in pool.map(function, tasks, chunksize=max(1, min(32, len(tasks) // (workers * 8)))):
+                results.append(result)
+                bar.update()
+    bar.close()
+    return results

@@ -1,0 +1,110 @@
+"""What a training run needs (`TrainingConfig`), set by name from YAML files and `train.py` flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from .augment import AugmentationConfig
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run needs; YAML files and command-line flags set these fields by name."""
+
+    # data
+    datasets: list[str] = field(default_factory=list)  # training dataset specs (hub_datasets.specs grammar)
+    val_datasets: list[str] = field(default_factory=list)  # validation specs: per-species retrieval metrics
+    data_dir: str | None = None  # raw data of the built-in species (default: $WILDREID_DATA, ../shared/data)
+    min_images_per_identity: int = 3  # identities with fewer training images are dropped (MiewID: 3)
+    identities_per_batch: int = 8  # P of the P x K sampler
+    images_per_identity: int = 4  # K of the P x K sampler
+    num_workers: int = 2  # data-loader processes per training process
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    # model
+    backbone: str = "tf_efficientnet_lite0"
+    backbone_pretrained: bool = True
+    image_size: int = 224
+    embedding_dim: int | None = None
+    num_subcenters: int = 3
+    arcface_scale: float = 30.0
+    margin_min: float = 0.2
+    margin_max: float = 0.5
+    backbone_norm: str = "auto"  # backbone BatchNorm: frozen (pretrained statistics), batch, or auto (frozen
+    # when starting from pretrained weights: P x K batches of 16 give statistics too noisy to trust)
+    neck_norm: str = "running"  # BN neck normalises with: running statistics (calibrated from the data, then
+    # tracking the training batches), or each batch's own
+    neck_calibration_images: int = 1024  # images whose pooled features set the neck statistics before training
+    init_from: str | None = None  # trained embedder (folder or Hub id) to adapt to the new data
+    freeze_backbone_steps: int = 0  # steps training only neck + head before fine-tuning everything
+    head_init: str = "auto"  # identity head starts at: prototypes (each identity's mean starting embedding),
+    # random, or auto (prototypes with init_from, else random)
+    # optimisation
+    epochs: float | None = None
+    max_steps: int | None = None  # wins over epochs when both are set
+    learning_rate: float = 1e-3  # head, neck and pooling
+    backbone_learning_rate: float = 2e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01  # cosine decays to this fraction of each learning rate
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 5.0
+    mixed_precision: str = "auto"  # auto = bf16 on CUDA, none on CPU; or no / bf16 / fp16
+    channels_last: str = "auto"  # auto = on CUDA only; or true / false
+    compile: bool = False  # torch.compile the model (long warm-up, faster steps on GPU)
+    seed: int = 0
+    # evaluation, checkpoints, outputs
+    eval_steps: int = 0  # validate every N steps (0: only at the end)
+    eval_batch_size: int = 64
+    save_steps: int = 500  # accelerate state checkpoint every N steps (and at the end)
+    save_total_limit: int = 2  # checkpoints kept (oldest deleted first)
+    output_dir: str = "outputs/run"
+    resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest" in output_dir
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+    log_with: str = "auto"  # auto = tensorboard when installed; none; or an accelerate tracker name
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainingConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys: {unknown}; valid keys: {sorted(known)}")
+        values = dict(values)
+        if isinstance(values.get("augmentation"), dict):
+            aug_known = {f.name for f in fields(AugmentationConfig)}
+            bad = sorted(set(values["augmentation"]) - aug_known)
+            if bad:
+                raise ValueError(f"unknown augmentation keys: {bad}; valid keys: {sorted(aug_known)}")
+            values["augmentation"] = AugmentationConfig(**values["augmentation"])
+        return cls(**values)
+
+    def validate(self) -> None:
+        if not self.datasets:
+            raise ValueError("no training datasets: set `datasets` in the config or pass --datasets")
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set max_steps or epochs")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.backbone_norm not in ("auto", "frozen", "batch"):
+            raise ValueError(f"backbone_norm must be auto, frozen or batch, got {self.backbone_norm!r}")
+        if self.head_init not in ("auto", "prototypes", "random"):
+            raise ValueError(f"head_init must be auto, prototypes or random, got {self.head_init!r}")
+        if self.neck_norm not in ("running", "batch"):
+            raise ValueError(f"neck_norm must be running or batch, got {self.neck_norm!r}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError("gradient_accumulation_steps must be >= 1")
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    with open(path) as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of training options at the top level")
+    return values
