@@ -76,6 +76,8 @@ def evaluate_method(method_name: str, queries: ImageSet, gallery: ImageSet | Non
             record["fit"] = {**method.fit(v), "seconds": round(time.perf_counter() - tick, 2)}
             if method_name == "auto":
                 record["chosen"] = record["fit"]["choice"]
+        if q.local is not None and method_name in ("fusion", "auto") and (blind := int(q.without_keypoints().sum())):
+            record["queries_answered_globally"] = blind  # no keypoints: the global ranking, said in the results
         tick = time.perf_counter()
         scores = method.scores(q, g)
         record["scoring_seconds"] = round(time.perf_counter() - tick, 2)

@@ -49,6 +49,10 @@ class ImageSet:
                         None if self.local is None else [f for f, keep in zip(self.local, mask) if keep],
                         self.extractor_config)
 
+    def without_keypoints(self) -> np.ndarray:
+        """(N,) True for images without a single local feature (blank, tiny or featureless crops)."""
+        return np.array([len(features) == 0 for features in self.local or []], dtype=bool)
+
     def require(self, what: str, method: str) -> None:
         if what == "embeddings" and self.embeddings is None:
             raise ValueError(f"method {method!r} needs embeddings: give a model")
@@ -165,7 +169,12 @@ class AutoMethod(ScoringMethod):
         if self.choice is None:
             raise RuntimeError("AutoMethod.scores called before fit: the choice is made on validation data")
         self.check(queries, gallery)
-        return self.fusion.scores_of(self.choice, queries, gallery)
+        scores = self.fusion.scores_of(self.choice, queries, gallery)
+        blind = queries.without_keypoints()
+        if self.choice == "local" and blind.any():
+            # No keypoints, no local evidence: these queries get the global ranking instead of a row of ties.
+            scores[blind] = GlobalMethod().scores(queries, gallery)[blind]
+        return scores
 
 
 def build_method(name: str, *, shortlist: int = 20, num_workers: int | None = None) -> ScoringMethod:

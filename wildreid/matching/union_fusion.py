@@ -20,7 +20,7 @@ import numpy as np
 
 from .calibration import Calibrator
 from .local_matcher import LocalMatcher
-from .one_vs_many import OneVsManyMatcher, local_scores, shortlist_by_score
+from .one_vs_many import OneVsManyMatcher, local_scores, shortlist_by_score, voted
 from .selection import leave_one_out_figures
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ class Components:
     local_top: np.ndarray  # (Q, B) local shortlist (-1 padding)
     union: np.ndarray  # (Q, <= 2B) global top-B union local top-B (-1 padding)
     inliers: np.ndarray  # (Q, G) verified inliers on the union, -inf elsewhere
+    without_keypoints: np.ndarray  # (Q,) queries with no local feature: they get the global answer
 
     def mask(self, candidates: np.ndarray) -> np.ndarray:
         mask = np.zeros(self.cosine.shape, dtype=bool)
@@ -92,11 +93,12 @@ class UnionFusion:
         if leave_one_out:
             np.fill_diagonal(cosine, -np.inf)
             np.fill_diagonal(share, -np.inf)
-        local_top = shortlist_by_score(share, self.shortlist)
+        local_top = shortlist_by_score(voted(share, votes), self.shortlist)
         union = union_candidates(shortlist_by_score(cosine, self.shortlist), local_top)
         inliers = self.retrieval.verifier.score(queries.local, reference.local, union, num_workers=self.num_workers,
                                                 progress=False)
-        return Components(cosine, share, local_top, union, inliers)
+        without_keypoints = np.array([len(features) == 0 for features in queries.local], dtype=bool)
+        return Components(cosine, share, local_top, union, inliers, without_keypoints)
 
     # ---- fitting --------------------------------------------------------------------------------------
 
@@ -145,9 +147,14 @@ class UnionFusion:
         with np.errstate(over="ignore"):
             fused = 1.0 / (1.0 + np.exp(-parts.cosine.astype(np.float64))) - 2.0
         # Isotonic steps tie many candidates: order ties by the raw local, then the raw global score.
-        tie_break = _rank01(np.where(mask, local, -np.inf)) + 1e-3 * _rank01(np.where(mask, parts.cosine, -np.inf))
+        tie_break = _lexicographic_rank01(np.where(mask, local, -np.inf), parts.cosine)
         fused[mask] = (1 - TIE_BREAK_WEIGHT) * self.combine(parts.cosine[mask], local[mask]) + \
-            TIE_BREAK_WEIGHT * tie_break[mask] / (1 + 1e-3)
+            TIE_BREAK_WEIGHT * tie_break[mask]
+        # No keypoints, no local evidence: such a query's candidates (its global top-B) keep the calibrated
+        # global probability alone instead of being averaged with an uninformative local one.
+        global_only = mask & parts.without_keypoints[:, None]
+        fused[global_only] = (1 - TIE_BREAK_WEIGHT) * self.global_calibrator.predict(parts.cosine[global_only]) + \
+            TIE_BREAK_WEIGHT * _lexicographic_rank01(parts.cosine, parts.cosine)[global_only]
         fused[~np.isfinite(parts.cosine)] = -np.inf
         return fused.astype(np.float32)
 
@@ -194,9 +201,9 @@ def _fit_logistic(features: np.ndarray, is_match: np.ndarray) -> dict[str, float
     return {"global": weight_global, "local": weight_local, "bias": float(model.intercept_[0])}
 
 
-def _rank01(values: np.ndarray) -> np.ndarray:
-    """Each entry's rank within its row scaled to [0, 1] (ties share no rank; -inf ranks lowest)."""
-    order = np.argsort(values, axis=1, kind="stable")
-    ranks = np.empty(values.shape, dtype=np.float64)
-    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(values.shape[1], dtype=np.float64), values.shape), axis=1)
-    return ranks / max(values.shape[1] - 1, 1)
+def _lexicographic_rank01(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """Each entry's rank within its row by `primary`, ties broken by `secondary`, scaled to [0, 1]."""
+    order = np.lexsort((secondary, primary), axis=1)
+    ranks = np.empty(primary.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(primary.shape[1], dtype=np.float64), primary.shape), axis=1)
+    return ranks / max(primary.shape[1] - 1, 1)
