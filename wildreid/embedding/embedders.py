@@ -9,13 +9,18 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modeling_wildreid import WildReIDConfig, WildReIDImageProcessor, WildReIDModel, WildReIDModelOutput
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name; anything else can only be a local path
 
 
 @dataclass
@@ -61,6 +66,34 @@ class TimmEmbedder(nn.Module):
         return WildReIDModelOutput(embeddings=F.normalize(pooled, dim=-1), pooler_output=pooled)
 
 
+def load_wildreid_model(spec: str) -> WildReIDModel:
+    """`WildReIDModel.from_pretrained(spec)` with errors that name the folder or file: a path that looks
+    local (absolute, `./`, `~`, or existing) is never sent to the Hub, and unreadable weights name the file."""
+    from safetensors import SafetensorError
+
+    local = Path(spec).expanduser()
+    looks_local = local.is_absolute() or spec.startswith((".", "~")) or local.exists() or not _HUB_ID.match(spec)
+    if looks_local and not local.is_dir():
+        raise FileNotFoundError(f"model {spec}: no such folder" if not local.exists() else
+                                f"model {spec}: not a folder (a wildreid model is a folder with config.json and model.safetensors)")
+    if looks_local and not (local / "config.json").is_file():
+        raise FileNotFoundError(f"model {local}: no config.json in this folder; is it a wildreid model folder?")
+    if not looks_local:
+        try:
+            return WildReIDModel.from_pretrained(spec)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"model {spec}: no local folder of that name, and loading it as a Hub repo id failed "
+                             f"({type(error).__name__}: {error})") from None
+    try:
+        return WildReIDModel.from_pretrained(str(local))
+    except SafetensorError as error:
+        raise ValueError(f"cannot load model weights {local / 'model.safetensors'}: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"cannot load model config {local / 'config.json'}: not valid JSON ({error})") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load model {local}: {type(error).__name__}: {error}") from None
+
+
 def load_embedder(spec: str, *, device: torch.device | str | None = None, image_size: int | None = None) -> LoadedEmbedder:
     """Resolve a model spec (see module docstring) to an embedder in eval mode on `device`."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -72,7 +105,7 @@ def load_embedder(spec: str, *, device: torch.device | str | None = None, image_
         model = TimmEmbedder(spec.split(":", 1)[1], image_size)
         species = []
     else:
-        model = WildReIDModel.from_pretrained(spec)
+        model = load_wildreid_model(spec)
         species = list(model.config.training_species or [])
         if image_size and image_size != model.config.image_size:
             raise ValueError(f"{spec} was trained at {model.config.image_size}px; evaluating at {image_size}px "

@@ -16,6 +16,8 @@ import argparse
 import logging
 import sys
 
+from ..outputs import check_output_file, check_output_folder
+from .store import GalleryBusyError
 from .workflows import build_gallery, calibrate_gallery, identify
 from .results import write_results
 
@@ -60,9 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, value, low in (("--batch_size", args.batch_size, 1), ("--num_workers", args.num_workers, 0),
+                             ("--top_k", getattr(args, "top_k", 1), 1)):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
     data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
     try:
+        if args.command == "index":  # output paths are checked before any model or image is loaded
+            check_output_folder(args.output, "--output")
+        elif args.command == "identify" and args.output:
+            check_output_file(args.output, "--output")
         if args.command == "index":
             gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
                                              overwrite=args.overwrite, **data)
@@ -85,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                     verdict = "NEW individual" if result.is_new else (best.identity if best else "-")
                     print(f"{result.query}: {verdict}  (top score {result.top_score:.3f}; "
                           + ", ".join(f"{c.identity} {c.score:.3f}" for c in result.candidates) + ")")
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, OSError, GalleryBusyError) as error:  # FileNotFoundError / FileExistsError are OSErrors
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
