@@ -158,14 +158,21 @@ def test_remote_code_loads_without_the_package(tmp_path):
         np.save(tmp_path / "expected.npy", model.wildreid(pixels).embeddings.numpy())
     script = textwrap.dedent(
         f"""
-        import sys, numpy as np, torch
+        import importlib.util, sys
+        # A development install reaches the repository through setuptools' editable finder: drop it, so
+        # this process sees what a user without wildreid sees, and prove it before loading anything.
+        def editable(hook):
+            return str(getattr(hook, "__module__", "")).startswith("__editable__")
+
+        sys.meta_path = [finder for finder in sys.meta_path if not editable(finder)]
+        sys.path_hooks = [hook for hook in sys.path_hooks if not editable(hook)]
+        sys.path = [entry for entry in sys.path if "__editable__" not in entry]
+        sys.path_importer_cache.clear()
+        for package in ("modeling_wildreid", "wildreid", "hub_datasets"):
+            assert importlib.util.find_spec(package) is None, f"{{package}} is importable: the test proves nothing"
+        import numpy as np, torch
         from PIL import Image
         from transformers import AutoModel, pipeline
-        try:
-            import modeling_wildreid
-            raise SystemExit("modeling_wildreid must not be importable here")
-        except ImportError:
-            pass
         model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
         assert type(model).__name__ == "WildReIDModel", type(model)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
@@ -176,12 +183,16 @@ def test_remote_code_loads_without_the_package(tmp_path):
         extractor = pipeline("image-feature-extraction", model={str(tmp_path)!r}, trust_remote_code=True)
         features = np.asarray(extractor(Image.new("RGB", (50, 70), (120, 30, 200))))
         assert features.shape == (1, 1280), features.shape
+        loaded = sorted(n for n in sys.modules if n.split(".")[0] in ("modeling_wildreid", "wildreid", "hub_datasets"))
+        assert not loaded, loaded
         print("remote-ok")
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    workdir = tmp_path / "elsewhere"  # not the model folder, whose remote-code files would be importable
+    workdir.mkdir()
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True,
         stdin=subprocess.DEVNULL, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -78,7 +78,12 @@ def test_config_yaml_then_flags(tmp_path):
     config = config_from_args(args)
     assert config.max_steps == 9 and config.push_to_hub and config.hub_model_id == "org/m"
     assert config.augmentation.erase_p == 0 and config.embedding_dim is None
-    assert config.datasets == TINY["datasets"]
+    assert config.datasets == TINY["datasets"] and config.val_datasets == TINY["val_datasets"]
+    assert config.learning_rate == TINY["learning_rate"] and config.backbone_pretrained is True  # YAML, default
+    cleared = config_from_args(yaml_args(tmp_path) + ["--val_datasets", "--no_backbone_pretrained", "--seed", "3"])
+    assert cleared.val_datasets == [] and cleared.backbone_pretrained is False and cleared.seed == 3
+    with pytest.raises(ValueError, match="unknown training config keys: \\['max_stepz'\\]"):
+        config_from_args(yaml_args(tmp_path, max_stepz=3))
     with pytest.raises(ValueError, match="unknown training config keys: \\['max_stepz'\\]"):
         TrainingConfig.from_dict({"max_stepz": 3})
 
@@ -135,6 +140,7 @@ def test_training_writes_a_loadable_embedder_card_and_metrics(tmp_path):
     results = json.loads((out / "validation_results.json").read_text())
     assert set(results["species"]) == {"synthetic-spots", "synthetic-stripes"}
     assert all(m["seen_in_training"] for m in results["species"].values())
+    assert len(results["git_commit"]) == 40 and "git_dirty" in results
     card = (out / "README.md").read_text()
     assert "model-index" in card and "synthetic-stripes" in card and "<!-- results:start validation_results.json -->" in card
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]

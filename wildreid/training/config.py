@@ -126,7 +126,6 @@ class TrainingConfig:
             raise ValueError(f"need 0 <= margin_min <= margin_max < pi/2 radians, got {self.margin_min} and {self.margin_max}")
 
 
-
 def load_config_file(path: str | os.PathLike) -> dict:
     try:
         with open(path) as handle:
