@@ -66,18 +66,29 @@ class TimmEmbedder(nn.Module):
         return WildReIDModelOutput(embeddings=F.normalize(pooled, dim=-1), pooler_output=pooled)
 
 
-def load_wildreid_model(spec: str) -> WildReIDModel:
-    """`WildReIDModel.from_pretrained(spec)` with errors that name the folder or file: a path that looks
-    local (absolute, `./`, `~`, or existing) is never sent to the Hub, and unreadable weights name the file."""
-    from safetensors import SafetensorError
+def check_model_reference(spec: str) -> Path | None:
+    """The local folder `spec` names (checked to hold config.json), or None for an `org/name` Hub id.
 
+    A path that looks local (absolute, `./`, `~`, existing, or not of the `org/name` form) is never sent
+    to the Hub; FileNotFoundError names it when it is not a model folder."""
     local = Path(spec).expanduser()
-    looks_local = local.is_absolute() or spec.startswith((".", "~")) or local.exists() or not _HUB_ID.match(spec)
-    if looks_local and not local.is_dir():
+    if not (local.is_absolute() or spec.startswith((".", "~")) or local.exists() or not _HUB_ID.match(spec)):
+        return None
+    if not local.is_dir():
         raise FileNotFoundError(f"model {spec}: no such folder" if not local.exists() else
                                 f"model {spec}: not a folder (a wildreid model is a folder with config.json and model.safetensors)")
-    if looks_local and not (local / "config.json").is_file():
+    if not (local / "config.json").is_file():
         raise FileNotFoundError(f"model {local}: no config.json in this folder; is it a wildreid model folder?")
+    return local
+
+
+def load_wildreid_model(spec: str) -> WildReIDModel:
+    """`WildReIDModel.from_pretrained(spec)` with errors that name the folder or file (see
+    `check_model_reference`); unreadable weights or config name the file."""
+    from safetensors import SafetensorError
+
+    local = check_model_reference(spec)
+    looks_local = local is not None
     if not looks_local:
         try:
             return WildReIDModel.from_pretrained(spec)

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from ..embedding.embedders import check_model_reference
 from ..outputs import check_output_folder
 from .augment import AugmentationConfig
 
@@ -98,6 +99,8 @@ class TrainingConfig:
             raise ValueError(f"neck_norm must be running or batch, got {self.neck_norm!r}")
         self._validate_numbers()
         check_output_folder(self.output_dir, "--output_dir")
+        if self.init_from:
+            check_model_reference(self.init_from)
 
     def _validate_numbers(self) -> None:
         """Every numeric option within its meaningful range, named with its flag, before any work starts."""
