@@ -76,7 +76,7 @@ def check_model_reference(spec: str) -> Path | None:
         return None
     if not local.is_dir():
         raise FileNotFoundError(f"model {spec}: no such folder" if not local.exists() else
-                                f"model {spec}: not a folder (a wildreid model is a folder with config.json and model.safetensors)")
+                                f"model {spec}: not a folder (a wildreid model is a folder holding config.json)")
     if not (local / "config.json").is_file():
         raise FileNotFoundError(f"model {local}: no config.json in this folder; is it a wildreid model folder?")
     return local
@@ -88,8 +88,7 @@ def load_wildreid_model(spec: str) -> WildReIDModel:
     from safetensors import SafetensorError
 
     local = check_model_reference(spec)
-    looks_local = local is not None
-    if not looks_local:
+    if local is None:
         try:
             return WildReIDModel.from_pretrained(spec)
         except (OSError, ValueError) as error:
