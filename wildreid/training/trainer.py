@@ -114,6 +114,7 @@ class Trainer:
             model = WildReIDForMetricLearning(model_config)
             self.head_from_prototypes = False
         model.config.training_species = self.species
+        model.config.name_identities(self.identities.names)
         model.config.training_datasets = list(config.datasets)
         model.set_margins_from_counts(self.identities.counts)
         self.model = model
