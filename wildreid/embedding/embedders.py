@@ -66,8 +66,8 @@ def load_embedder(spec: str, *, device: torch.device | str | None = None, image_
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if spec.startswith("imagenet:"):
         backbone = spec.split(":", 1)[1]
-        config = WildReIDConfig(backbone=backbone, backbone_pretrained=True, image_size=image_size or 224)
-        model, species = WildReIDModel(config), []  # ImageNet only: no re-id species seen
+        config = WildReIDConfig(backbone=backbone, image_size=image_size or 224)
+        model, species = WildReIDModel.with_imagenet_backbone(config), []  # ImageNet only: no re-id species seen
     elif spec.startswith("timm:"):
         model = TimmEmbedder(spec.split(":", 1)[1], image_size)
         species = []

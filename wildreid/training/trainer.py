@@ -106,14 +106,15 @@ class Trainer:
             self.head_from_prototypes = True
         else:
             model_config = WildReIDConfig(
-                backbone=config.backbone, backbone_pretrained=config.backbone_pretrained,
-                image_size=config.image_size, embedding_dim=config.embedding_dim,
+                backbone=config.backbone, image_size=config.image_size, embedding_dim=config.embedding_dim,
                 num_identities=len(self.identities.names), num_subcenters=config.num_subcenters,
                 arcface_scale=config.arcface_scale, margin_min=config.margin_min, margin_max=config.margin_max,
             )
-            model = WildReIDForMetricLearning(model_config)
+            model = (WildReIDForMetricLearning.with_imagenet_backbone(model_config) if config.backbone_pretrained
+                     else WildReIDForMetricLearning(model_config))
             self.head_from_prototypes = False
         model.config.training_species = self.species
+        model.config.name_identities(self.identities.names)
         model.config.training_datasets = list(config.datasets)
         model.set_margins_from_counts(self.identities.counts)
         self.model = model
