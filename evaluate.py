@@ -18,6 +18,7 @@ import logging
 import sys
 
 from wildreid.evaluation.runner import EvaluationRequest, command_line, run_evaluation
+from wildreid.outputs import check_output_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image_size", type=int, help="input size for imagenet:/timm: baselines")
     parser.add_argument("--split_seed", type=int, default=0, help="open-set without --gallery: split seed")
     args = parser.parse_args(argv)
+    for flag, value, low in (("--batch_size", args.batch_size, 1), ("--num_workers", args.num_workers, 0),
+                             ("--shortlist", args.shortlist, 1), ("--image_size", args.image_size, 32)):
+        if value is not None and value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
     request = EvaluationRequest(**vars(args), command=command_line(argv))
     try:
+        if args.output:  # before the evaluation, not after it
+            check_output_file(args.output, "--output")
         run_evaluation(request)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
