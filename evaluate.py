@@ -18,6 +18,7 @@ import logging
 import sys
 
 from wildreid.evaluation.runner import EvaluationRequest, command_line, run_evaluation
+from wildreid.threads import configure_threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--image_size", type=int, help="input size for imagenet:/timm: baselines")
     parser.add_argument("--split_seed", type=int, default=0, help="open-set without --gallery: split seed")
+    parser.add_argument("--num_threads", type=int,
+                        help="torch CPU threads (default: $WILDREID_NUM_THREADS, else the cores this process may use)")
     args = parser.parse_args(argv)
-    request = EvaluationRequest(**vars(args), command=command_line(argv))
+    options = vars(args)
     try:
+        configure_threads(options.pop("num_threads"))
+        request = EvaluationRequest(**options, command=command_line(argv))
         run_evaluation(request)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

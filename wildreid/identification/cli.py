@@ -16,6 +16,7 @@ import argparse
 import logging
 import sys
 
+from ..threads import configure_threads
 from .workflows import build_gallery, calibrate_gallery, identify
 from .results import write_results
 
@@ -23,7 +24,9 @@ from .results import write_results
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_dir", help="raw data of the built-in species (default $WILDREID_DATA, ../shared/data)")
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--num_workers", type=int, default=2, help="image-loading processes (at most the cores)")
+    parser.add_argument("--num_threads", type=int,
+                        help="torch CPU threads (default: $WILDREID_NUM_THREADS, else the cores this process may use)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
     try:
+        configure_threads(args.num_threads)
+        data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
         if args.command == "index":
             gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
                                              overwrite=args.overwrite, **data)
