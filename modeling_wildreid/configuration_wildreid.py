@@ -57,6 +57,9 @@ class WildReIDConfig(PreTrainedConfig):
             Species the weights were trained on; evaluation reports other species as zero-shot.
         training_datasets (`list[str]`, *optional*):
             Dataset specs the weights were trained on (provenance).
+        id2label (`dict[int, str]`, *optional*):
+            Name of each training identity (the head's logit index -> `"species/name"`), with `label2id` its
+            inverse; `LABEL_i` when the names are unknown (see [`~WildReIDConfig.name_identities`]).
     """
 
     model_type = "wildreid"
@@ -114,6 +117,20 @@ class WildReIDConfig(PreTrainedConfig):
         self.training_species = list(training_species or [])
         self.training_datasets = list(training_datasets or [])
         super().__init__(**kwargs)
+        self.name_identities()
+
+    def name_identities(self, names: Sequence[str] | None = None) -> None:
+        """Set `id2label` / `label2id` to `names` (index = label id), or, without names, to `LABEL_i` wherever the
+        map does not have one entry per identity (configs saved before names were kept, a head resized by
+        `from_pretrained(..., num_identities=N)`)."""
+        if names is not None:
+            if len(names) != self.num_identities:
+                raise ValueError(f"{len(names)} identity names for num_identities={self.num_identities}")
+            self.id2label = {label: str(name) for label, name in enumerate(names)}
+        elif self.num_identities and self.num_labels != self.num_identities:
+            self.num_labels = self.num_identities
+        if self.id2label is not None:
+            self.label2id = {name: label for label, name in self.id2label.items()}
 
 
 __all__ = ["WildReIDConfig"]

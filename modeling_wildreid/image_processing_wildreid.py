@@ -32,12 +32,32 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Images above this many pixels are refused: a 20k x 20k photo decodes to 1.2 GB. JPEGs are decoded at
-# reduced scale (see ``_decode``) before the check, so large camera-trap JPEGs still pass.
-MAX_IMAGE_PIXELS = 200_000_000
+# reduced scale (see ``_decode``) before the check, so large camera-trap JPEGs still pass. The default is
+# the size at which PIL itself refuses to open a file (2 x PIL.Image.MAX_IMAGE_PIXELS); the environment
+# variable lowers it (raising it above PIL's also needs PIL.Image.MAX_IMAGE_PIXELS raised).
+MAX_IMAGE_PIXELS = 178_956_970
+MAX_IMAGE_PIXELS_ENV = "WILDREID_MAX_IMAGE_PIXELS"
+# A crop never allocates more than this many pixels, whatever its box: larger crops are sampled at reduced
+# resolution, which changes nothing downstream since every crop is squashed to image_size next.
+MAX_CROP_PIXELS = 40_000_000
 
 
 class ImageLoadError(ValueError):
     """An image could not be decoded or cropped; the message names the file and the reason."""
+
+
+def max_image_pixels() -> int:
+    """The pixel limit: ``$WILDREID_MAX_IMAGE_PIXELS`` when set, else ``MAX_IMAGE_PIXELS``."""
+    text = os.environ.get(MAX_IMAGE_PIXELS_ENV)
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"${MAX_IMAGE_PIXELS_ENV} must be a positive integer (pixels), got {text!r}")
+    return value
 
 
 def _describe(source: Any) -> str:
@@ -92,8 +112,10 @@ def _decode(data: bytes | str | os.PathLike, draft_size: int | None) -> Image.Im
     if draft_size and image.format == "JPEG":
         # DCT-domain downscaling: decodes a 6000 px JPEG at 1/2..1/8 scale for a fraction of the cost.
         image.draft("RGB", (draft_size, draft_size))
-    if image.width * image.height > MAX_IMAGE_PIXELS:
-        raise ImageLoadError(f"{image.width}x{image.height} pixels exceeds the {MAX_IMAGE_PIXELS:,} pixel limit")
+    limit = max_image_pixels()
+    if image.width * image.height > limit:
+        raise ImageLoadError(f"{image.width}x{image.height} pixels exceeds the {limit:,} pixel limit "
+                             f"(${MAX_IMAGE_PIXELS_ENV})")
     image.load()
     return image
 
@@ -132,7 +154,9 @@ def load_image(source: Any, *, draft_size: int | None = None) -> Image.Image:
         raise ImageLoadError(f"{name}: file not found") from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name}: not a readable image (corrupt or unknown format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"{name}: too many pixels, refused as a possible decompression bomb ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageLoadError(f"{name}: cannot decode image ({error})") from None
 
 
@@ -146,6 +170,8 @@ def crop_to_annotation(
     points down), as in Wildbook annotations; the output is the box's content, upright, ``w`` x ``h``.
     Boxes reaching past the border are clipped (axis-aligned) or filled with black (rotated). Empty or
     degenerate boxes, and boxes entirely outside the image, raise :class:`ImageLoadError` naming ``name``.
+    Memory is bounded before anything is allocated: a crop larger than ``max(4 x the image's pixels, 1M)``
+    or ``MAX_CROP_PIXELS`` is sampled at the reduced resolution that fits (the caller squashes it anyway).
     """
     if bbox is None:
         return image
@@ -162,7 +188,12 @@ def crop_to_annotation(
         right, bottom = min(float(image.width), x + w), min(float(image.height), y + h)
         if right - left < 1 or bottom - top < 1:
             raise ImageLoadError(f"{name}: bbox {[x, y, w, h]} lies outside the {image.width}x{image.height} image")
-        return image.crop((round(left), round(top), round(right), round(bottom)))
+        box = (round(left), round(top), round(right), round(bottom))
+        scale = _crop_scale(box[2] - box[0], box[3] - box[1], MAX_CROP_PIXELS)
+        if scale == 1.0:
+            return image.crop(box)
+        size = (max(1, math.floor((box[2] - box[0]) * scale)), max(1, math.floor((box[3] - box[1]) * scale)))
+        return image.resize(size, resample=Image.Resampling.BILINEAR, box=box)
     cx, cy = x + w / 2, y + h / 2
     cos_t, sin_t = math.cos(theta), math.sin(theta)
     corners = [(cx + dx * cos_t - dy * sin_t, cy + dx * sin_t + dy * cos_t) for dx in (-w / 2, w / 2) for dy in (-h / 2, h / 2)]
@@ -170,14 +201,25 @@ def crop_to_annotation(
         p[1] for p in corners
     ) <= 0 or min(p[1] for p in corners) >= image.height:
         raise ImageLoadError(f"{name}: rotated bbox {[x, y, w, h]} (theta={theta}) lies outside the image")
-    out_w, out_h = max(1, round(w)), max(1, round(h))
+    # Everything of the box outside the image is black, so a box larger than the image carries no more
+    # detail than the image: bound the output by the image's size as well as by MAX_CROP_PIXELS.
+    scale = _crop_scale(w, h, min(MAX_CROP_PIXELS, max(4 * image.width * image.height, 1_000_000)))
+    fit = round if scale == 1.0 else math.floor  # flooring keeps a reduced crop within its budget
+    out_w, out_h = max(1, fit(w * scale)), max(1, fit(h * scale))
     # PIL's affine maps output (u, v) to input (a*u + b*v + c, d*u + e*v + f): rotate output offsets from
-    # the crop centre by theta and add the box centre.
+    # the crop centre by theta (one output pixel = 1/scale input pixels) and add the box centre.
+    step = 1.0 / scale
     coefficients = (
-        cos_t, -sin_t, cx - cos_t * out_w / 2 + sin_t * out_h / 2,
-        sin_t, cos_t, cy - sin_t * out_w / 2 - cos_t * out_h / 2,
+        cos_t * step, -sin_t * step, cx - (cos_t * out_w / 2 - sin_t * out_h / 2) * step,
+        sin_t * step, cos_t * step, cy - (sin_t * out_w / 2 + cos_t * out_h / 2) * step,
     )
     return image.transform((out_w, out_h), Image.Transform.AFFINE, coefficients, resample=Image.Resampling.BILINEAR)
+
+
+def _crop_scale(width: float, height: float, max_pixels: int) -> float:
+    """1.0, or the factor shrinking a ``width`` x ``height`` crop to at most ``max_pixels`` pixels."""
+    pixels = float(width) * float(height)
+    return 1.0 if pixels <= max_pixels else math.sqrt(max_pixels / pixels)
 
 
 class WildReIDImageProcessor(BaseImageProcessor):
@@ -288,4 +330,4 @@ class WildReIDImageProcessor(BaseImageProcessor):
         return output
 
 
-__all__ = ["ImageLoadError", "WildReIDImageProcessor", "crop_to_annotation", "load_image"]
+__all__ = ["ImageLoadError", "WildReIDImageProcessor", "crop_to_annotation", "load_image", "max_image_pixels"]

@@ -255,6 +255,7 @@ class WildReIDForMetricLearning(WildReIDPreTrainedModel):
         super().__init__(config)
         if config.num_identities < 1:
             raise ValueError("WildReIDForMetricLearning needs config.num_identities >= 1 (the training identities)")
+        config.name_identities()  # one logit name per identity, also when num_identities was changed after init
         self.wildreid = WildReIDModel(config)
         self.head = SubCenterArcFace(
             self.wildreid.embedding_dim, config.num_identities, config.num_subcenters, config.arcface_scale

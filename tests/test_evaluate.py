@@ -13,6 +13,7 @@ import pytest
 from modeling_wildreid import WildReIDConfig, WildReIDModel
 from wildreid.embedding import embed_dataset, load_embedder
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
+from wildreid.provenance import code_version
 from hub_datasets.specs import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,7 @@ def test_leave_one_out_results_file_table_and_figures(model_dir, tmp_path, capsy
         assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and metrics["n_queries"] == 8  # 2 identities x 4
     assert saved["mean"]["top1"] == pytest.approx(np.mean([m["top1"] for m in saved["species"].values()]))
     assert saved["model"] == str(model_dir) and saved["protocol"] == "leave-one-out"
+    assert saved["git_commit"] == code_version()["git_commit"] and isinstance(saved["git_dirty"], bool)
     table = capsys.readouterr().out
     assert "| synthetic-spots | no (zero-shot) |" in table and "**Mean**" in table
     for figure in ("results_cmc.png", "results_matches.png"):

@@ -3,7 +3,6 @@ per-file failures and result writers."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 
 import numpy as np
@@ -18,20 +17,6 @@ from wildreid.identification.search import l2_normalize
 DIM = 32
 TAG_A = ModelTag("wildreid/model-a", "0123abcd", DIM, 224, preprocessing_signature({"image_size": 224}))
 TAG_B = ModelTag("wildreid/model-b", "4567ef01", DIM, 224, preprocessing_signature({"image_size": 224}))
-
-
-
-def importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
-
-
-needs_metrics = pytest.mark.skipif(not importable("wildreid.evaluation.metrics"),
-                                   reason="wildreid.evaluation.metrics (new-individual threshold) not merged yet")
-needs_preprocessing = pytest.mark.skipif(not importable("modeling_wildreid.image_processing_wildreid"),
-                                         reason="shared preprocessing not merged yet")
 
 
 def individuals(num_ids: int, per_id: int, seed: int, spread: float = 0.5, prefix: str = "id"):
@@ -183,7 +168,6 @@ def test_explicit_threshold_marks_unseen_individual_new():
     assert results[1].top_score < 0.6 <= results[0].top_score
 
 
-@needs_metrics
 def test_unseen_individual_is_new_at_the_calibrated_threshold(tmp_path):
     gallery, centres = make_gallery(num_ids=30, per_id=4, seed=0, spread=0.35)
     rng = np.random.default_rng(5)
@@ -203,7 +187,6 @@ def test_unseen_individual_is_new_at_the_calibrated_threshold(tmp_path):
     assert np.mean(top_probability[:10]) > 0.5 > np.mean(top_probability[10:])
 
 
-@needs_metrics
 def test_calibration_from_gallery_images_alone_leaves_each_query_out():
     gallery, _ = make_gallery(num_ids=30, per_id=4, seed=3)
     threshold = gallery.calibrate_new_individual_threshold(
@@ -240,7 +223,6 @@ def test_result_writers(tmp_path):
     assert rows[0]["identity"] == results[0].candidates[0].identity and rows[-1]["error"].startswith("ImageLoadError")
 
 
-@needs_preprocessing
 def test_identify_images_reports_and_skips_corrupt_files(tmp_path):
     from PIL import Image
 

@@ -4,6 +4,7 @@
     wildreid calibrate --gallery galleries/lion --datasets lion:val
     wildreid identify --gallery galleries/lion --images photo1.jpg photo2.jpg --output matches.json
     wildreid identify --gallery galleries/lion --datasets csv:/data/new_photos.csv --output matches.csv
+    wildreid app --gallery galleries/lion [--model M] [--host 127.0.0.1] [--port 7860]
 
 `identify` uses the gallery's own model unless --model is given, and refuses a model whose weights or
 preprocessing differ from the gallery's. For big archives run `index` under
@@ -58,14 +59,45 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--threshold", type=float, help="override the calibrated new-individual threshold")
     query.add_argument("--output", help="results file (.json or .csv); printed when omitted")
     _add_data_options(query)
+
+    app = commands.add_parser("app", help="browser app to review candidates and record decisions (needs wildreid[app])")
+    app.add_argument("--gallery", required=True)
+    app.add_argument("--model", help="default: the model the gallery was built with")
+    app.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--method", choices=("auto", "global", "fusion"), default="auto",
+                     help="auto: the gallery's per-species choice where it records one, else global")
+    app.add_argument("--top_k", type=int, default=5)
+    app.add_argument("--threshold", type=float, help="override the calibrated new-individual threshold (cosine)")
+    app.add_argument("--review_dir", help="audit log and stored query photos (default: <gallery>.review)")
+    app.add_argument("--max_upload_mb", type=float, default=20.0, help="largest accepted photo")
     return parser
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    if not 1 <= args.port <= 65535 or args.top_k < 1 or args.max_upload_mb <= 0:
+        raise ValueError(f"need 1 <= --port <= 65535, --top_k >= 1 and --max_upload_mb > 0; got {args.port}, "
+                         f"{args.top_k}, {args.max_upload_mb}")
+    try:
+        from .review.ui import launch
+    except ImportError as error:
+        raise ValueError(f"the app needs gradio ({error}); install it with: pip install 'wildreid[app]'") from None
+    from .review import open_session
+
+    session = open_session(args.gallery, args.model, review_dir=args.review_dir, method=args.method,
+                           top_k=args.top_k, threshold=args.threshold,
+                           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    launch(session, host=args.host, port=args.port)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        configure_threads(args.num_threads)
+        configure_threads(getattr(args, "num_threads", None))
+        if args.command == "app":
+            return _run_app(args)
         data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
         if args.command == "index":
             gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,

@@ -99,7 +99,6 @@ class TrainingConfig:
             raise ValueError("gradient_accumulation_steps must be >= 1")
 
 
-
 def load_config_file(path: str | os.PathLike) -> dict:
     with open(path) as handle:
         values = yaml.safe_load(handle) or {}

@@ -20,6 +20,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from hub_datasets.specs import load_specs
 from modeling_wildreid import WildReIDConfig, WildReIDForMetricLearning, WildReIDImageProcessor, WildReIDModel
@@ -28,6 +29,7 @@ from ..cards import training_card, write_model_card
 from ..embedding import ReIDImageDataset, collate, embed_dataset
 from ..embedding.data import ignore_stop_signals
 from ..evaluation.protocols import leave_one_out_by_species
+from ..provenance import code_version
 from ..threads import configure_threads, worker_count
 from .augment import build_augmentation
 from .checkpoints import (CHECKPOINT_PATTERN, StopSignal, TrainingProgress, contiguous_weights, find_checkpoint,
@@ -36,7 +38,7 @@ from .config import TrainingConfig
 from .hub import push_output_to_hub
 from .initialisation import calibrate_neck_statistics, pooled_features, prototype_head_weights
 from .normalisation import set_train_modes, track_neck_statistics
-from .optimization import lr_lambda, parameter_groups
+from .optimization import parameter_groups
 from .sampling import SpeciesBalancedBatchSampler, filter_min_images
 from .tracking import flat_for_tracker, resolve_tracker
 
@@ -113,6 +115,7 @@ class Trainer:
             model = WildReIDForMetricLearning(model_config)
             self.head_from_prototypes = False
         model.config.training_species = self.species
+        model.config.name_identities(self.identities.names)
         model.config.training_datasets = list(config.datasets)
         model.set_margins_from_counts(self.identities.counts)
         self.model = model
@@ -158,8 +161,9 @@ class Trainer:
         batches_per_epoch = len(self.loader) // config.gradient_accumulation_steps
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches_per_epoch))
         warmup = min(config.warmup_steps, max(1, self.total_steps // 5))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(warmup, self.total_steps, config.min_lr_ratio))
+        # Linear warm-up, then cosine decay to min_lr_ratio of each group's learning rate.
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(self.optimizer, warmup, self.total_steps,
+                                                                min_lr_rate=config.min_lr_ratio)
         self.scheduler = accelerator.prepare(scheduler)
         self.progress = TrainingProgress()
         accelerator.register_for_checkpointing(self.progress)
@@ -344,7 +348,7 @@ class Trainer:
 
     def _write_json(self, name: str, values: dict) -> None:
         if self.accelerator.is_main_process:
-            (self.output_dir / name).write_text(json.dumps(values, indent=2))
+            (self.output_dir / name).write_text(json.dumps({**values, **code_version()}, indent=2))
 
     def _replica_fingerprints(self, model) -> list[list[float]]:
         """Per-process (sum, sum of squares) of all weights: distributed replicas must agree exactly."""
