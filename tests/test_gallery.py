@@ -116,8 +116,10 @@ def test_save_load_round_trip(tmp_path):
     queries = l2_normalize(centres[:5])
     before = gallery.identify(queries, TAG_A, top_k=3)
     folder = gallery.save(tmp_path / "gallery")
-    assert sorted(p.name for p in folder.iterdir()) == ["embeddings.safetensors", "gallery.json", "metadata.parquet"]
     config = json.loads((folder / "gallery.json").read_text())
+    revision = config["revision"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".gallery.lock", f"embeddings.{revision}.safetensors", "gallery.json", f"metadata.{revision}.parquet"]
     assert config["model"]["model_name_or_path"] == "wildreid/model-a" and config["counts"]["individuals"] == 10
     loaded = Gallery.load(folder)
     assert loaded.model_tag == TAG_A and len(loaded) == 30 and loaded.identities == gallery.identities
@@ -135,8 +137,9 @@ def test_save_load_round_trip(tmp_path):
 def test_load_reports_the_broken_file(tmp_path):
     gallery, _ = make_gallery(num_ids=3, per_id=2)
     folder = gallery.save(tmp_path / "g")
-    (folder / "embeddings.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="embeddings.safetensors"):
+    embeddings = folder / json.loads((folder / "gallery.json").read_text())["files"]["embeddings"]["name"]
+    embeddings.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=f"{embeddings.name}: checksum differs"):
         Gallery.load(folder)
     (folder / "gallery.json").write_text("{}")
     with pytest.raises(ValueError, match="gallery.json: not a wildreid-gallery"):

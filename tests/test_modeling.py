@@ -94,12 +94,17 @@ def test_metric_learning_rejects_out_of_range_labels():
         model(pixel_values=random_pixels(1), labels=torch.tensor([2]))
 
 
-def test_init_does_not_touch_pretrained_backbone():
-    model = WildReIDModel(tiny_config(backbone_pretrained=True))
-    reference = torch.load(_lite_checkpoint_path("tf_efficientnet_lite0"), weights_only=True)
-    assert torch.equal(model.backbone.conv_stem.weight, reference["_conv_stem.weight"])
-    assert model.config.backbone_pretrained is False  # consumed: a saved copy never fetches again
-    assert "efficientnet-lite0" in model.config.pretrained_source
+def test_imagenet_backbone_comes_from_the_builder_not_init():
+    reference = torch.load(_lite_checkpoint_path("tf_efficientnet_lite0"), weights_only=True)["_conv_stem.weight"]
+    assert not torch.equal(WildReIDModel(tiny_config()).backbone.conv_stem.weight, reference)
+    for cls in (WildReIDModel, WildReIDForMetricLearning):
+        model = cls.with_imagenet_backbone(tiny_config(num_identities=3))
+        embedder = getattr(model, "wildreid", model)
+        assert torch.equal(embedder.backbone.conv_stem.weight, reference)
+        assert "efficientnet-lite0" in model.config.pretrained_source
+    with pytest.raises(ValueError, match="with_imagenet_backbone"):
+        tiny_config(backbone_pretrained=True)
+    assert WildReIDConfig(**{**SMALL, "backbone_pretrained": False}).backbone == SMALL["backbone"]  # older saves
 
 
 def test_save_load_round_trip_identical_embeddings(tmp_path):
