@@ -4,6 +4,7 @@
 
 Runs unchanged on a CPU, one GPU, or many GPUs/nodes (`accelerate config`). Every option of
 `wildreid.training.TrainingConfig` is a flag of the same name; `python train.py --help` lists them.
+CPU threads: `--num_threads` or $WILDREID_NUM_THREADS (default: the cores this process may use).
 """
 import logging
 import sys

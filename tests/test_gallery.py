@@ -247,3 +247,15 @@ def test_identify_images_reports_and_skips_corrupt_files(tmp_path):
     assert [r.query for r in results] == [str(good), str(good)]
     assert all(r.candidates[0].identity == "green" for r in results)
     assert [f.file for f in failures] == [str(corrupt), str(tmp_path / "gone.jpg")]
+
+
+def test_preprocessing_signature_is_stable_across_processor_versions():
+    """Galleries indexed before the processor had `size` and `do_*` flags still match the same preprocessing."""
+    from modeling_wildreid import WildReIDImageProcessor
+
+    before = {"image_size": 64, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2,
+              "fast_downscale": True}
+    processor = WildReIDImageProcessor(size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    assert preprocessing_signature(processor.to_dict()) == preprocessing_signature(before)
+    unnormalised = WildReIDImageProcessor(size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_normalize=False)
+    assert preprocessing_signature(unnormalised.to_dict()) != preprocessing_signature(before)

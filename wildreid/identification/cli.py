@@ -18,6 +18,7 @@ import logging
 import sys
 
 from ..outputs import check_output_file, check_output_folder
+from ..threads import configure_threads
 from .store import GalleryBusyError
 from .workflows import build_gallery, calibrate_gallery, identify
 from .results import write_results
@@ -26,7 +27,9 @@ from .results import write_results
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_dir", help="raw data of the built-in species (default $WILDREID_DATA, ../shared/data)")
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--num_workers", type=int, default=2, help="image-loading processes (at most the cores)")
+    parser.add_argument("--num_threads", type=int,
+                        help="torch CPU threads (default: $WILDREID_NUM_THREADS, else the cores this process may use)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < low:
             parser.error(f"--{flag} must be >= {low}, got {value}")
     try:
+        configure_threads(getattr(args, "num_threads", None))
         if args.command == "app":
             return _run_app(args)
         data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)

@@ -25,7 +25,8 @@ class TrainingConfig:
     min_images_per_identity: int = 3  # identities with fewer training images are dropped (MiewID: 3)
     identities_per_batch: int = 8  # P of the P x K sampler
     images_per_identity: int = 4  # K of the P x K sampler
-    num_workers: int = 2  # data-loader processes per training process
+    num_workers: int = 2  # data-loader processes per training process (capped at the available cores)
+    num_threads: int | None = None  # torch CPU threads (default: $WILDREID_NUM_THREADS, else the available cores)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     # model
     backbone: str = "tf_efficientnet_lite0"

@@ -30,6 +30,7 @@ from ..embedding import ReIDImageDataset, collate, embed_dataset, load_wildreid_
 from ..embedding.data import ignore_stop_signals
 from ..evaluation.protocols import leave_one_out_by_species
 from ..provenance import code_version
+from ..threads import configure_threads, worker_count
 from .augment import build_augmentation
 from .checkpoints import (CHECKPOINT_PATTERN, StopSignal, TrainingProgress, contiguous_weights, find_checkpoint,
                           latest_checkpoint_or_none, refuse_pickled_objects)
@@ -131,11 +132,12 @@ class Trainer:
         )
         dataset = ReIDImageDataset(self.train_data, self.processor, self.train_labels,
                                    augment=build_augmentation(config.augmentation))
+        workers = worker_count(config.num_workers)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=self.sampler, num_workers=config.num_workers, collate_fn=collate,
+            dataset, batch_sampler=self.sampler, num_workers=workers, collate_fn=collate,
             worker_init_fn=ignore_stop_signals,
-            pin_memory=torch.cuda.is_available(), persistent_workers=config.num_workers > 0,
-            prefetch_factor=4 if config.num_workers > 0 else None,
+            pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
         )
         if not config.resume_from_checkpoint:  # (a resumed run restores neck and head from its checkpoint)
             # Prototypes need every training image; the neck statistics then come from that same pass.
@@ -386,4 +388,5 @@ def _all_finite(model: torch.nn.Module) -> bool:
 
 
 def train(config: TrainingConfig) -> dict:
+    configure_threads(config.num_threads)
     return Trainer(config).run()
