@@ -35,3 +35,13 @@ demo: $(VENV)/.installed
 		--num_cpu_threads_per_process $(CPU_THREADS) \
 		train.py --config configs/demo.yaml --output_dir outputs/demo
 	$(PYTHON) evaluate.py --model outputs/demo --datasets "$(DEMO_DATA):test" --output outputs/demo/eval/results.json --plots
+
+# README "Identify your animals": a 60-step model on generated stripes, a gallery, its threshold, queries.
+IDENTIFY_DATA := synthetic[n_species=1,n_identities=12,images_per_identity=6,image_size=128,seed=0]
+IDENTIFY_DIR := outputs/identify_demo
+identify-demo: $(VENV)/.installed
+	$(PYTHON) train.py --datasets "$(IDENTIFY_DATA):train" --val_datasets --image_size 96 --max_steps 60 --warmup_steps 10 \
+		--identities_per_batch 4 --images_per_identity 4 --num_workers 0 --output_dir $(IDENTIFY_DIR)/model
+	$(VENV)/bin/wildreid index --model $(IDENTIFY_DIR)/model --datasets "$(IDENTIFY_DATA):train" --output $(IDENTIFY_DIR)/gallery --overwrite
+	$(VENV)/bin/wildreid calibrate --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):train"
+	$(VENV)/bin/wildreid identify --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):test" --top_k 3

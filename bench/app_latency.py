@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -30,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from experiments.common import hardware  # noqa: E402
 from wildreid.identification.review import ReviewSession, load_model_embedder  # noqa: E402
 from wildreid.identification.review.demo_gallery import build_demo_gallery  # noqa: E402
 from wildreid.provenance import code_version  # noqa: E402
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "app_latency.json")
     args = parser.parse_args()
     version = code_version()  # before the run: the code that produced these numbers
+    machine = hardware()  # with the load from other processes at the start
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -147,8 +148,7 @@ def main() -> None:
         "benchmark": "app_latency", **version, "gallery_images": gallery_images,
         "individuals": args.individuals, "queries": len(queries), "top_k": args.top_k,
         "model": "untrained tf_efficientnet_lite0 at 224 px", "gallery_build_s": round(build_s, 1),
-        "cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "results": results,
+        "hardware": machine, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "results": results,
         "command": "python bench/app_latency.py " + " ".join(sys.argv[1:]),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -235,8 +235,8 @@ def imagenet_start(dry_run: bool = False) -> str:
 
     directory = runs_dir(dry_run) / slug(IMAGENET) / "model"
     if not (directory / "config.json").is_file():
-        config = WildReIDConfig(backbone=IMAGENET.split(":", 1)[1], backbone_pretrained=True, image_size=224)
-        WildReIDModel(config).save_pretrained(directory)
+        config = WildReIDConfig(backbone=IMAGENET.split(":", 1)[1], image_size=224)
+        WildReIDModel.with_imagenet_backbone(config).save_pretrained(directory)
     return str(directory)
 
 

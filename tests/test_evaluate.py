@@ -24,9 +24,8 @@ SYNTH = "synthetic[n_species=2,n_identities=10,images_per_identity=4,image_size=
 def model_dir(tmp_path_factory) -> Path:
     """An untrained but deterministic wildreid model that says it was trained on synthetic-stripes only."""
     path = tmp_path_factory.mktemp("model")
-    config = WildReIDConfig(backbone="tf_efficientnet_lite0", backbone_pretrained=True, image_size=64,
-                            training_species=["synthetic-stripes"])
-    WildReIDModel(config).save_pretrained(path)
+    config = WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64, training_species=["synthetic-stripes"])
+    WildReIDModel.with_imagenet_backbone(config).save_pretrained(path)
     return path
 
 

@@ -94,12 +94,17 @@ def test_metric_learning_rejects_out_of_range_labels():
         model(pixel_values=random_pixels(1), labels=torch.tensor([2]))
 
 
-def test_init_does_not_touch_pretrained_backbone():
-    model = WildReIDModel(tiny_config(backbone_pretrained=True))
-    reference = torch.load(_lite_checkpoint_path("tf_efficientnet_lite0"), weights_only=True)
-    assert torch.equal(model.backbone.conv_stem.weight, reference["_conv_stem.weight"])
-    assert model.config.backbone_pretrained is False  # consumed: a saved copy never fetches again
-    assert "efficientnet-lite0" in model.config.pretrained_source
+def test_imagenet_backbone_comes_from_the_builder_not_init():
+    reference = torch.load(_lite_checkpoint_path("tf_efficientnet_lite0"), weights_only=True)["_conv_stem.weight"]
+    assert not torch.equal(WildReIDModel(tiny_config()).backbone.conv_stem.weight, reference)
+    for cls in (WildReIDModel, WildReIDForMetricLearning):
+        model = cls.with_imagenet_backbone(tiny_config(num_identities=3))
+        embedder = getattr(model, "wildreid", model)
+        assert torch.equal(embedder.backbone.conv_stem.weight, reference)
+        assert "efficientnet-lite0" in model.config.pretrained_source
+    with pytest.raises(ValueError, match="with_imagenet_backbone"):
+        tiny_config(backbone_pretrained=True)
+    assert WildReIDConfig(**{**SMALL, "backbone_pretrained": False}).backbone == SMALL["backbone"]  # older saves
 
 
 def test_save_load_round_trip_identical_embeddings(tmp_path):
@@ -142,10 +147,29 @@ def test_checkpoint_of_another_backbone_is_refused(tmp_path):
         AutoModel.from_pretrained(tmp_path)
 
 
+def test_identity_names_survive_a_reload(tmp_path):
+    names = ["lion/Ayo", "lion/Bo", "nyala/Cy"]
+    model = WildReIDForMetricLearning(tiny_config(num_identities=3)).eval()
+    model.config.name_identities(names)
+    model.save_pretrained(tmp_path)
+    loaded = WildReIDForMetricLearning.from_pretrained(tmp_path).eval()
+    assert loaded.config.id2label == dict(enumerate(names))
+    assert loaded.config.label2id == {name: label for label, name in enumerate(names)}
+    with torch.no_grad():
+        best = loaded(pixel_values=random_pixels(2)).logits.argmax(-1).tolist()
+    assert {loaded.config.id2label[label] for label in best} <= set(names)
+    # Configs saved before the names were kept get one generic name per identity.
+    legacy = {k: v for k, v in loaded.config.to_dict().items() if k not in ("id2label", "label2id")}
+    assert WildReIDConfig(**legacy).id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    with pytest.raises(ValueError, match="2 identity names for num_identities=3"):
+        loaded.config.name_identities(names[:2])
+
+
 def test_fresh_head_on_an_embedder_checkpoint(tmp_path):
     WildReIDModel(tiny_config()).save_pretrained(tmp_path)
     model = WildReIDForMetricLearning.from_pretrained(tmp_path, num_identities=5)
     assert model.head.weight.shape == (15, 1280)
+    assert list(model.config.label2id) == [f"LABEL_{label}" for label in range(5)]  # one name per new logit
     assert torch.allclose(model.head.margins, torch.full((5,), 0.5))
 
 

@@ -157,3 +157,17 @@ def test_correspondences_count_equals_the_matchers_inliers(built):
     np.testing.assert_allclose(*same.verified())  # an image matches itself point for point
     assert feature_frame_scale((128, 64), 512, True) == (0.25, 0.25)
     assert feature_frame_scale((128, 64), 512, False) == (1.0, 1.0)
+
+
+def test_typed_boxes_crop_each_photo_and_bad_boxes_are_refused(session, built):
+    from wildreid.identification.review.ui import parse_boxes
+
+    assert parse_boxes("", 2) is None
+    boxes = parse_boxes("10, 20, 60, 40; 0 0 128 128", 2)
+    assert boxes == [[10.0, 20.0, 60.0, 40.0], [0.0, 0.0, 128.0, 128.0]]
+    photos = session.read_photos(built["images"][:2], boxes)
+    assert photos[0].crop.size == (60, 40) and photos[0].bbox == boxes[0]
+    for text, count, reason in [("1, 2, 3", 1, "four numbers"), ("a, b, c, d", 1, "four numbers"),
+                                ("0, 0, -5, 10", 1, "w, h > 0"), ("0, 0, 5, 5", 2, "one box per photo")]:
+        with pytest.raises(ValueError, match=reason):
+            parse_boxes(text, count)

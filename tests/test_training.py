@@ -136,6 +136,8 @@ def test_training_writes_a_loadable_embedder_card_and_metrics(tmp_path):
     assert summary["total_steps"] == 4 and len(summary["history"]) == 2
     model = WildReIDModel.from_pretrained(out)
     assert model.config.training_species == ["synthetic-spots", "synthetic-stripes"]
+    names = list(model.config.id2label.values())  # the head's logits are named after the training identities
+    assert len(names) == model.config.num_identities and names == sorted(names) and names[0].startswith("synthetic-")
     assert (out / "preprocessor_config.json").is_file() and (out / "training_config.yaml").is_file()
     results = json.loads((out / "validation_results.json").read_text())
     assert set(results["species"]) == {"synthetic-spots", "synthetic-stripes"}

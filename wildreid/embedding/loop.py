@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from modeling_wildreid import WildReIDImageProcessor, WildReIDModel
 
 from .data import ReIDImageDataset, collate
+from ..threads import worker_count
 from .images import LoadFailure
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def embed_dataset(
     my_rows = rows[rank::world]
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(ReIDImageDataset(dataset, processor), my_rows.tolist()),
-        batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+        batch_size=batch_size, num_workers=worker_count(num_workers), collate_fn=collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     was_training = model.training

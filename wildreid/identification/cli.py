@@ -17,6 +17,9 @@ import argparse
 import logging
 import sys
 
+from ..outputs import check_output_file, check_output_folder
+from ..threads import configure_threads
+from .store import GalleryBusyError
 from .workflows import build_gallery, calibrate_gallery, identify
 from .results import write_results
 
@@ -24,7 +27,9 @@ from .results import write_results
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_dir", help="raw data of the built-in species (default $WILDREID_DATA, ../shared/data)")
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--num_workers", type=int, default=2, help="image-loading processes (at most the cores)")
+    parser.add_argument("--num_threads", type=int,
+                        help="torch CPU threads (default: $WILDREID_NUM_THREADS, else the cores this process may use)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,12 +95,21 @@ def _run_app(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, low in (("batch_size", 1), ("num_workers", 0), ("top_k", 1)):
+        value = getattr(args, flag, None)
+        if value is not None and value < low:
+            parser.error(f"--{flag} must be >= {low}, got {value}")
     try:
+        configure_threads(getattr(args, "num_threads", None))
         if args.command == "app":
             return _run_app(args)
         data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
+        if args.command == "identify" and args.output:  # output paths are checked before any work
+            check_output_file(args.output, "--output")
         if args.command == "index":
+            check_output_folder(args.output, "--output")
             gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
                                              overwrite=args.overwrite, **data)
             print(f"gallery {args.output}: {len(gallery)} images of {len(gallery.identities)} individuals"
@@ -117,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     verdict = "NEW individual" if result.is_new else (best.identity if best else "-")
                     print(f"{result.query}: {verdict}  (top score {result.top_score:.3f}; "
                           + ", ".join(f"{c.identity} {c.score:.3f}" for c in result.candidates) + ")")
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, OSError, GalleryBusyError) as error:  # FileNotFoundError / FileExistsError are OSErrors
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

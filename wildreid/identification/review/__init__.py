@@ -36,8 +36,10 @@ def open_session(gallery_dir: str | os.PathLike, model: str | None = None, **kwa
     """A session on a gallery folder, embedding with `model` (default: the model the gallery was built with,
     refused if its weights or preprocessing differ from the gallery's)."""
     from ..gallery import Gallery
+    from ..store import resolve_model_reference
 
-    embed, tag = load_model_embedder(model or Gallery.load(gallery_dir).model_tag.model_name_or_path)
+    recorded = Gallery.load(gallery_dir).model_tag.model_name_or_path  # a local model is relative to the gallery
+    embed, tag = load_model_embedder(model or resolve_model_reference(recorded, gallery_dir))
     return ReviewSession(gallery_dir, embed, tag, **kwargs)
 
 

@@ -16,7 +16,7 @@ ALL_SPECIES = "all species"
 THUMBNAIL_SIDE = 128
 
 
-def _parse_boxes(text: str, num_photos: int) -> list[list[float] | None] | None:
+def parse_boxes(text: str, num_photos: int) -> list[list[float] | None] | None:
     """'x, y, w, h' per photo, separated by ';' (blank: whole images)."""
     text = (text or "").strip()
     if not text:
@@ -95,7 +95,7 @@ def build_app(session: ReviewSession):
     def find(files, box_text, species):
         try:
             paths = [f if isinstance(f, str) else f.name for f in (files or [])]
-            photos = session.read_photos(paths, _parse_boxes(box_text, len(paths)))
+            photos = session.read_photos(paths, parse_boxes(box_text, len(paths)))
             proposal = session.propose(photos, None if species in (None, ALL_SPECIES) else species)
         except ValueError as error:
             return [None, f"Error: {error}", ""] + hidden_slots()
