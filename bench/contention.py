@@ -29,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
 SPIN = "while True: pass"
+
+from bench_common import git_commit  # noqa: E402
 SETTINGS = ("new", "old", "new-1")
 
 
@@ -100,11 +102,6 @@ def run_child(setting: str, busy: bool, args: argparse.Namespace) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def git_commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
-    return result.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ def embed_dataset(
     all processes receive the full result.
     """
     processor = processor or WildReIDImageProcessor.from_config(model.config)
-    device = next(model.parameters()).device
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # ONNX embedders hold none
     autocast, memory_format = inference_settings(device)
     rows = np.arange(len(dataset))
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)

@@ -4,6 +4,9 @@
     wildreid calibrate --gallery galleries/lion --datasets lion:val
     wildreid identify --gallery galleries/lion --images photo1.jpg photo2.jpg --output matches.json
     wildreid identify --gallery galleries/lion --datasets csv:/data/new_photos.csv --output matches.csv
+    wildreid export --format onnx --model outputs/cpu_real --output outputs/cpu_real-onnx-int8 --quantize int8 \
+        --calibration_datasets lion:train
+    wildreid index --runtime onnx --model outputs/cpu_real-onnx-int8 --datasets lion:train --output galleries/lion-int8
 
 `identify` uses the gallery's own model unless --model is given, and refuses a model whose weights or
 preprocessing differ from the gallery's. For big archives run `index` under
@@ -17,6 +20,8 @@ import logging
 import sys
 
 from ..threads import configure_threads
+from ..embedding.onnx_runtime import RUNTIMES
+from .onnx_export import add_export_command, run_export
 from .workflows import build_gallery, calibrate_gallery, identify
 from .results import write_results
 
@@ -27,6 +32,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num_workers", type=int, default=2, help="image-loading processes (at most the cores)")
     parser.add_argument("--num_threads", type=int,
                         help="torch CPU threads (default: $WILDREID_NUM_THREADS, else the cores this process may use)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                        help="onnx: --model is a folder written by `wildreid export --format onnx`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--threshold", type=float, help="override the calibrated new-individual threshold")
     query.add_argument("--output", help="results file (.json or .csv); printed when omitted")
     _add_data_options(query)
+    add_export_command(commands)
     return parser
 
 
@@ -66,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         configure_threads(args.num_threads)
-        data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
+        if args.command == "export":
+            print(run_export(args))
+            return 0
+        data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers,
+                    runtime=args.runtime)
         if args.command == "index":
             gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
                                              overwrite=args.overwrite, **data)
