@@ -9,10 +9,22 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -e ".[dev]"
+	$(MAKE) --no-print-directory install-browser
 	touch $@
 
-.PHONY: install test demo
+.PHONY: install install-browser test demo
 install: $(VENV)/.installed
+
+# Headless Chromium for the review app's browser tests (Debian packages; needs root and apt-get).
+# Elsewhere it only says how: those two tests then skip with that reason.
+install-browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "chromium and chromedriver present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "note: install chromium and chromium-driver (as root: apt-get install chromium chromium-driver) to run the browser tests"; \
+	fi
 
 test: $(VENV)/.installed
 	$(PYTHON) -m pytest -q
@@ -23,3 +35,13 @@ demo: $(VENV)/.installed
 		--num_cpu_threads_per_process $(CPU_THREADS) \
 		train.py --config configs/demo.yaml --output_dir outputs/demo
 	$(PYTHON) evaluate.py --model outputs/demo --datasets "$(DEMO_DATA):test" --output outputs/demo/eval/results.json --plots
+
+# README "Identify your animals": a 60-step model on generated stripes, a gallery, its threshold, queries.
+IDENTIFY_DATA := synthetic[n_species=1,n_identities=12,images_per_identity=6,image_size=128,seed=0]
+IDENTIFY_DIR := outputs/identify_demo
+identify-demo: $(VENV)/.installed
+	$(PYTHON) train.py --datasets "$(IDENTIFY_DATA):train" --val_datasets --image_size 96 --max_steps 60 --warmup_steps 10 \
+		--identities_per_batch 4 --images_per_identity 4 --num_workers 0 --output_dir $(IDENTIFY_DIR)/model
+	$(VENV)/bin/wildreid index --model $(IDENTIFY_DIR)/model --datasets "$(IDENTIFY_DATA):train" --output $(IDENTIFY_DIR)/gallery --overwrite
+	$(VENV)/bin/wildreid calibrate --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):train"
+	$(VENV)/bin/wildreid identify --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):test" --top_k 3

@@ -18,6 +18,7 @@ import logging
 import sys
 
 from wildreid.evaluation.runner import EvaluationRequest, command_line, run_evaluation
+from wildreid.outputs import check_output_file
 from wildreid.threads import configure_threads
 
 
@@ -46,10 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_threads", type=int,
                         help="torch CPU threads (default: $WILDREID_NUM_THREADS, else the cores this process may use)")
     args = parser.parse_args(argv)
+    for flag, value, low in (("--batch_size", args.batch_size, 1), ("--num_workers", args.num_workers, 0),
+                             ("--shortlist", args.shortlist, 1), ("--image_size", args.image_size, 32)):
+        if value is not None and value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
     options = vars(args)
+    num_threads = options.pop("num_threads")
+    request = EvaluationRequest(**options, command=command_line(argv))
     try:
-        configure_threads(options.pop("num_threads"))
-        request = EvaluationRequest(**options, command=command_line(argv))
+        configure_threads(num_threads)
+        if args.output:  # before the evaluation, not after it
+            check_output_file(args.output, "--output")
         run_evaluation(request)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -15,6 +15,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         train(config_from_args())
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
+    except (ValueError, OSError, NonFiniteLossError) as error:  # expected failures: a message, no traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -29,8 +29,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
 SPIN = "while True: pass"
-
-from bench_common import git_commit  # noqa: E402
 SETTINGS = ("new", "old", "new-1")
 
 
@@ -141,7 +139,9 @@ def main() -> None:
             new, old = results[f"new/{load}"], results[f"old/{load}"]
             print(f"  {load}: old/new training step time x{old['train_step_s'] / new['train_step_s']:.2f}, "
                   f"new/old embedding speed x{new['embed_img_per_s'] / old['embed_img_per_s']:.2f}")
-    report = {"benchmark": "contention", "git_commit": git_commit(), "backbone": args.backbone,
+    from wildreid.provenance import code_version  # here, not at the top: importing wildreid sets the wait policy
+
+    report = {"benchmark": "contention", **code_version(), "backbone": args.backbone,
               "image_size": args.image_size, "steps": args.steps, "cpus": os.cpu_count(),
               "machine": platform.processor() or platform.machine(), "load_average_before": load_before,
               "results": results, "ratios": ratios, "command": "python bench/contention.py " + " ".join(sys.argv[1:])}

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
+from wildreid.provenance import code_version
 
 SETS = {"lion": ("lion:val", "lion:train"), "nyala": ("nyala:test", "nyala:train"), "pig": ("pig:test", "pig:train")}
 
@@ -47,7 +48,7 @@ def main() -> None:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps({"model": args.model, "sets": {n: SETS[n] for n in args.species},
-                                                 "results": table, "seconds": seconds}, indent=2))
+                                                 "results": table, "seconds": seconds, **code_version()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
 
 from wildreid.threads import configure_threads  # noqa: E402  (before torch: OpenMP wait policy)
-from bench_common import git_commit  # noqa: E402
+from wildreid.provenance import code_version  # noqa: E402
 
 SETS = ["lion:val", "nyala:test", "dog[max_identities=100]:test", "pig:test"]
 CALIBRATION = ["lion:train", "nyala:train", "dog[max_identities=100]:train", "pig:train"]
@@ -53,8 +53,8 @@ def main() -> None:
         if source == "imagenet":
             torch.manual_seed(0)
             source = str(Path(tmp) / "lite0-imagenet")
-            WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", backbone_pretrained=True,
-                                         image_size=224)).save_pretrained(source)
+            WildReIDModel.with_imagenet_backbone(
+                WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=224)).save_pretrained(source)
         processor = WildReIDImageProcessor.from_config(WildReIDConfig.from_pretrained(source))
         calibration_set = load_specs(CALIBRATION, data_dir=args.data_dir)
         tick = time.perf_counter()
@@ -80,7 +80,7 @@ def main() -> None:
                   f"top-1 delta {row['top1_delta_pp']:+.1f} pp (target within 1)", flush=True)
     worst = max(abs(r["top1_delta_pp"]) for r in rows)
     print(f"largest |top-1 delta|: {worst:.1f} pp ({'meets' if worst <= 1.0 else 'MISSES'} the 1 pp target)")
-    report = {"benchmark": "onnx_int8_accuracy", "git_commit": git_commit(), "model": args.model,
+    report = {"benchmark": "onnx_int8_accuracy", **code_version(), "model": args.model,
               "calibration": {"specs": CALIBRATION, "images": args.calibration_images},
               "threads": threads, "load_average_before": load_before, "export_seconds": round(export_seconds, 1),
               "results": rows, "largest_abs_top1_delta_pp": worst,

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
 
 from wildreid.threads import configure_threads  # noqa: E402  (before torch: OpenMP wait policy)
-from bench_common import git_commit  # noqa: E402
+from wildreid.provenance import code_version  # noqa: E402
 
 MODELS = [("tf_efficientnet_lite0", 224, True), ("tf_efficientnetv2_s", 384, False)]
 BATCH_SIZES = (1, 16)
@@ -55,7 +55,8 @@ def main() -> None:
     results = []
     for backbone, size, pretrained in MODELS:
         torch.manual_seed(0)
-        model = WildReIDModel(WildReIDConfig(backbone=backbone, image_size=size, backbone_pretrained=pretrained)).eval()
+        config = WildReIDConfig(backbone=backbone, image_size=size)
+        model = (WildReIDModel.with_imagenet_backbone(config) if pretrained else WildReIDModel(config)).eval()
         processor = WildReIDImageProcessor.from_config(model.config)
         batches = list(calibration_batches(queries, processor, images=args.images, batch_size=args.images, seed=1))
         pixels = torch.from_numpy(batches[0])
@@ -86,7 +87,7 @@ def main() -> None:
                       f"ORT fp32 {speed['onnx_fp32']:6.1f} (x{row['ratio_to_torch']['onnx_fp32']:.2f}, target >= 1.5) | "
                       f"ORT int8 {speed['onnx_int8']:6.1f} (x{row['ratio_to_torch']['onnx_int8']:.2f}, target >= 2.5)",
                       flush=True)
-    report = {"benchmark": "onnx_speed", "git_commit": git_commit(), "threads": threads, "cpus": os.cpu_count(),
+    report = {"benchmark": "onnx_speed", **code_version(), "threads": threads, "cpus": os.cpu_count(),
               "load_average_before": load_before, "images": args.images, "repeats": args.repeats,
               "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__, "results": results,
               "command": "python bench/onnx_speed.py " + " ".join(sys.argv[1:])}

@@ -38,6 +38,7 @@ if str(REPO_ROOT) not in sys.path:  # scripts run as `python experiments/x.py` f
 
 from hub_datasets.specs import load_spec, parse_spec  # noqa: E402
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation  # noqa: E402
+from wildreid.provenance import code_version  # noqa: E402
 from wildreid.training import TrainingConfig, train  # noqa: E402
 
 RUNS_DIR = EXPERIMENTS_DIR / "runs"
@@ -193,6 +194,7 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
             "learning_rate", "backbone_learning_rate", "warmup_steps", "freeze_backbone_steps",
             "identities_per_batch", "images_per_identity", "min_images_per_identity", "image_size", "seed",
             "backbone_norm", "neck_norm")},
+        **code_version(),
     }
     shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # finished: the embedder is all we need
     record_path.write_text(json.dumps(record, indent=2))
@@ -233,8 +235,8 @@ def imagenet_start(dry_run: bool = False) -> str:
 
     directory = runs_dir(dry_run) / slug(IMAGENET) / "model"
     if not (directory / "config.json").is_file():
-        config = WildReIDConfig(backbone=IMAGENET.split(":", 1)[1], backbone_pretrained=True, image_size=224)
-        WildReIDModel(config).save_pretrained(directory)
+        config = WildReIDConfig(backbone=IMAGENET.split(":", 1)[1], image_size=224)
+        WildReIDModel.with_imagenet_backbone(config).save_pretrained(directory)
     return str(directory)
 
 
@@ -392,7 +394,7 @@ class ExperimentLog:
             "hardware_label": hardware_label(self.hardware),
             "settings": {k: v for k, v in vars(self.args).items() if k not in ("force",)},
             "notes": list(notes), "tables": tables, "results": results,
-            "runs": self.runs, "evaluations": self.evaluations,
+            "runs": self.runs, "evaluations": self.evaluations, **code_version(),
         }
         path = results_path(self.name, self.dry_run)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,12 +8,19 @@ into parquet shards `<species>/<split>-NNNNN-of-NNNNN.parquet`, and merge the da
 statistics (under a `wildreid:` key), and a body rendered from all configs. Configs not being
 published are left as they are, so re-publishing one species keeps the others. `load_dataset(repo_or_dir,
 "lion")` reads either result (the local folder offline).
+
+A local publish writes each config into a hidden staging folder (`load_dataset` skips hidden paths) and
+moves it into place only once every shard and the card are complete, so an interrupted publish leaves the
+previous state readable and no partial split. A lock file makes a second concurrent publish into the same
+folder fail at once; a rerun after an interruption removes the leftovers and publishes again.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import logging
 import os
+import shutil
 import statistics
 import sys
 from collections import Counter
@@ -24,6 +31,7 @@ from datasets import Dataset, DatasetDict, DatasetInfo, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from datasets.table import embed_table_storage
 from datasets.utils.metadata import MetadataConfigs
+from filelock import FileLock, Timeout
 from huggingface_hub import DatasetCard, HfApi, hf_hub_download
 
 from .info import SourceInfo
@@ -36,6 +44,11 @@ PUBLISHABLE = (*SPECIES_BUILDERS, "synthetic")
 MAX_SHARD_SIZE = 500 * 1024 * 1024  # bytes of image files per parquet shard, as push_to_hub's default
 SPLIT_ORDER = ("train", "val", "validation", "test")
 CARD_KEY = "wildreid"
+LOCK_FILE = ".publish.lock"
+STAGING_PREFIX = ".staging-"  # hidden: datasets' file resolution ignores it
+REPLACED_PREFIX = ".replaced-"
+
+logger = logging.getLogger(__name__)
 
 
 def source_info(name: str) -> SourceInfo:
@@ -175,11 +188,32 @@ def _embedded(shard: Dataset) -> Dataset:
 def write_local(
     splits: DatasetDict, name: str, output_dir: str | os.PathLike, info: SourceInfo, num_shards: dict[str, int]
 ) -> Path:
-    """Write `<output_dir>/<name>/<split>-NNNNN-of-NNNNN.parquet` (images embedded) and merge README.md."""
+    """Write `<output_dir>/<name>/<split>-NNNNN-of-NNNNN.parquet` (images embedded) and merge README.md.
+
+    Everything is written under a hidden staging folder first and switched in by renames at the end (see
+    the module docstring); raises `RuntimeError` when another publish holds the folder's lock.
+    """
     output = Path(output_dir).expanduser().resolve()
-    folder = output / name
-    folder.mkdir(parents=True, exist_ok=True)
-    written, split_dict, download_size = set(), SplitDict(), 0
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output folder {output} is a file")
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(output / LOCK_FILE), timeout=0):
+            return _write_local_locked(splits, name, output, info, num_shards)
+    except Timeout:
+        raise RuntimeError(f"{output}: another publish is writing to this folder (lock {output / LOCK_FILE} is held); "
+                           "wait for it to finish") from None
+
+
+def _write_local_locked(splits: DatasetDict, name: str, output: Path, info: SourceInfo, num_shards: dict[str, int]) -> Path:
+    staging, replaced = output / f"{STAGING_PREFIX}{name}", output / f"{REPLACED_PREFIX}{name}"
+    for leftover in (staging, replaced):  # an interrupted publish; we hold the lock, so nobody is writing them
+        if leftover.exists():
+            logger.warning("removing %s, left by an interrupted publish", leftover)
+            shutil.rmtree(leftover)
+    folder = staging / name
+    folder.mkdir(parents=True)
+    split_dict, download_size = SplitDict(), 0
     for split, dataset in splits.items():
         shards = num_shards[split]
         num_bytes = 0
@@ -189,11 +223,7 @@ def write_local(
             shard.to_parquet(str(path))
             num_bytes += shard.data.nbytes
             download_size += path.stat().st_size
-            written.add(path.name)
         split_dict.add(SplitInfo(name=split, num_bytes=num_bytes, num_examples=len(dataset)))
-    for stale in folder.glob("*.parquet"):  # shards of a previous publish of this config
-        if stale.name not in written:
-            stale.unlink()
 
     readme = output / "README.md"
     card = DatasetCard(readme.read_text(encoding="utf-8")) if readme.is_file() else DatasetCard("---\n\n---\n")
@@ -213,7 +243,16 @@ def write_local(
         }
     ).to_dataset_card_data(card.data)
     update_card(card, name, info, config_statistics(splits), str(output))
-    card.save(readme)
+    card.save(staging / "README.md")
+
+    # Switch in: the old shards of this config (stale ones included) leave, the complete new ones arrive.
+    if (output / name).exists():
+        os.rename(output / name, replaced)
+    os.rename(folder, output / name)
+    os.replace(staging / "README.md", readme)
+    shutil.rmtree(staging)
+    if replaced.exists():
+        shutil.rmtree(replaced)
     return output
 
 
@@ -271,7 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one / $HF_TOKEN)")
     parser.add_argument("--max_shard_size", type=int, default=MAX_SHARD_SIZE, help="bytes of images per parquet shard")
     args = parser.parse_args(argv)
-    published = publish(args.species, args.data_dir, args.repo, args.output_dir, args.token, args.max_shard_size)
+    if args.max_shard_size < 1:
+        parser.error(f"--max_shard_size must be >= 1 byte, got {args.max_shard_size}")
+    try:
+        published = publish(args.species, args.data_dir, args.repo, args.output_dir, args.token, args.max_shard_size)
+    except (ValueError, RuntimeError, FileNotFoundError) as error:  # bad data or folder: the message says which
+        parser.exit(1, f"error: {error}\n")
     for name, stats in published.items():
         per = stats["images_per_individual"]
         print(

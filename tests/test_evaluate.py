@@ -13,6 +13,7 @@ import pytest
 from modeling_wildreid import WildReIDConfig, WildReIDModel
 from wildreid.embedding import embed_dataset, load_embedder
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
+from wildreid.provenance import code_version
 from hub_datasets.specs import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,9 +24,8 @@ SYNTH = "synthetic[n_species=2,n_identities=10,images_per_identity=4,image_size=
 def model_dir(tmp_path_factory) -> Path:
     """An untrained but deterministic wildreid model that says it was trained on synthetic-stripes only."""
     path = tmp_path_factory.mktemp("model")
-    config = WildReIDConfig(backbone="tf_efficientnet_lite0", backbone_pretrained=True, image_size=64,
-                            training_species=["synthetic-stripes"])
-    WildReIDModel(config).save_pretrained(path)
+    config = WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64, training_species=["synthetic-stripes"])
+    WildReIDModel.with_imagenet_backbone(config).save_pretrained(path)
     return path
 
 
@@ -45,6 +45,7 @@ def test_leave_one_out_results_file_table_and_figures(model_dir, tmp_path, capsy
         assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and metrics["n_queries"] == 8  # 2 identities x 4
     assert saved["mean"]["top1"] == pytest.approx(np.mean([m["top1"] for m in saved["species"].values()]))
     assert saved["model"] == str(model_dir) and saved["protocol"] == "leave-one-out"
+    assert saved["git_commit"] == code_version()["git_commit"] and isinstance(saved["git_dirty"], bool)
     table = capsys.readouterr().out
     assert "| synthetic-spots | no (zero-shot) |" in table and "**Mean**" in table
     for figure in ("results_cmc.png", "results_matches.png"):

@@ -3,7 +3,6 @@ per-file failures and result writers."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 
 import numpy as np
@@ -18,20 +17,6 @@ from wildreid.identification.search import l2_normalize
 DIM = 32
 TAG_A = ModelTag("wildreid/model-a", "0123abcd", DIM, 224, preprocessing_signature({"image_size": 224}))
 TAG_B = ModelTag("wildreid/model-b", "4567ef01", DIM, 224, preprocessing_signature({"image_size": 224}))
-
-
-
-def importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
-
-
-needs_metrics = pytest.mark.skipif(not importable("wildreid.evaluation.metrics"),
-                                   reason="wildreid.evaluation.metrics (new-individual threshold) not merged yet")
-needs_preprocessing = pytest.mark.skipif(not importable("modeling_wildreid.image_processing_wildreid"),
-                                         reason="shared preprocessing not merged yet")
 
 
 def individuals(num_ids: int, per_id: int, seed: int, spread: float = 0.5, prefix: str = "id"):
@@ -131,8 +116,10 @@ def test_save_load_round_trip(tmp_path):
     queries = l2_normalize(centres[:5])
     before = gallery.identify(queries, TAG_A, top_k=3)
     folder = gallery.save(tmp_path / "gallery")
-    assert sorted(p.name for p in folder.iterdir()) == ["embeddings.safetensors", "gallery.json", "metadata.parquet"]
     config = json.loads((folder / "gallery.json").read_text())
+    revision = config["revision"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".gallery.lock", f"embeddings.{revision}.safetensors", "gallery.json", f"metadata.{revision}.parquet"]
     assert config["model"]["model_name_or_path"] == "wildreid/model-a" and config["counts"]["individuals"] == 10
     loaded = Gallery.load(folder)
     assert loaded.model_tag == TAG_A and len(loaded) == 30 and loaded.identities == gallery.identities
@@ -150,8 +137,9 @@ def test_save_load_round_trip(tmp_path):
 def test_load_reports_the_broken_file(tmp_path):
     gallery, _ = make_gallery(num_ids=3, per_id=2)
     folder = gallery.save(tmp_path / "g")
-    (folder / "embeddings.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="embeddings.safetensors"):
+    embeddings = folder / json.loads((folder / "gallery.json").read_text())["files"]["embeddings"]["name"]
+    embeddings.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=f"{embeddings.name}: checksum differs"):
         Gallery.load(folder)
     (folder / "gallery.json").write_text("{}")
     with pytest.raises(ValueError, match="gallery.json: not a wildreid-gallery"):
@@ -183,7 +171,6 @@ def test_explicit_threshold_marks_unseen_individual_new():
     assert results[1].top_score < 0.6 <= results[0].top_score
 
 
-@needs_metrics
 def test_unseen_individual_is_new_at_the_calibrated_threshold(tmp_path):
     gallery, centres = make_gallery(num_ids=30, per_id=4, seed=0, spread=0.35)
     rng = np.random.default_rng(5)
@@ -203,7 +190,6 @@ def test_unseen_individual_is_new_at_the_calibrated_threshold(tmp_path):
     assert np.mean(top_probability[:10]) > 0.5 > np.mean(top_probability[10:])
 
 
-@needs_metrics
 def test_calibration_from_gallery_images_alone_leaves_each_query_out():
     gallery, _ = make_gallery(num_ids=30, per_id=4, seed=3)
     threshold = gallery.calibrate_new_individual_threshold(
@@ -240,7 +226,6 @@ def test_result_writers(tmp_path):
     assert rows[0]["identity"] == results[0].candidates[0].identity and rows[-1]["error"].startswith("ImageLoadError")
 
 
-@needs_preprocessing
 def test_identify_images_reports_and_skips_corrupt_files(tmp_path):
     from PIL import Image
 
@@ -262,3 +247,15 @@ def test_identify_images_reports_and_skips_corrupt_files(tmp_path):
     assert [r.query for r in results] == [str(good), str(good)]
     assert all(r.candidates[0].identity == "green" for r in results)
     assert [f.file for f in failures] == [str(corrupt), str(tmp_path / "gone.jpg")]
+
+
+def test_preprocessing_signature_is_stable_across_processor_versions():
+    """Galleries indexed before the processor had `size` and `do_*` flags still match the same preprocessing."""
+    from modeling_wildreid import WildReIDImageProcessor
+
+    before = {"image_size": 64, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2,
+              "fast_downscale": True}
+    processor = WildReIDImageProcessor(size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    assert preprocessing_signature(processor.to_dict()) == preprocessing_signature(before)
+    unnormalised = WildReIDImageProcessor(size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_normalize=False)
+    assert preprocessing_signature(unnormalised.to_dict()) != preprocessing_signature(before)

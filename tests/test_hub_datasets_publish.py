@@ -105,3 +105,68 @@ def test_cli(raw, tmp_path, capsys):
         main(["--species", "dog", "--repo", "org/x", "--output_dir", str(tmp_path / "pub")])
     with pytest.raises(ValueError, match="exactly one of repo"):
         publish(["dog"], data_dir=raw)
+
+
+class Interrupted(BaseException):
+    """Stands for a kill: nothing after the failing write runs (no cleanup code catches it)."""
+
+
+def interrupt_after_shards(monkeypatch, count):
+    written = []
+    original = datasets.Dataset.to_parquet
+
+    def to_parquet(self, path, *args, **kwargs):
+        if len(written) == count:
+            raise Interrupted(path)
+        written.append(path)
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", to_parquet)
+
+
+def test_interrupted_first_publish_is_invisible_and_a_rerun_cleans_up(raw, tmp_path, monkeypatch):
+    out = tmp_path / "pub"
+    interrupt_after_shards(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        publish(["lion"], data_dir=raw, output_dir=out, max_shard_size=1)
+    monkeypatch.undo()
+    assert not list(out.glob("*.parquet")) and not list(out.glob("*/*.parquet"))  # only hidden staging
+    with pytest.raises(Exception) as err:  # no data files at all, not a partial split
+        load_dataset(str(out), split="train")
+    assert "Interrupted" not in type(err.value).__name__
+    publish(["lion"], data_dir=raw, output_dir=out, max_shard_size=1)
+    assert len(load_dataset(str(out), "lion", split="train")) == 6
+    assert sorted(p.name for p in out.iterdir()) == [".publish.lock", "README.md", "lion"]
+
+
+def test_interrupted_republish_keeps_the_previous_version(raw, tmp_path, monkeypatch):
+    out = tmp_path / "pub"
+    publish(["lion"], data_dir=raw, output_dir=out)
+    before = (out / "README.md").read_text()
+    interrupt_after_shards(monkeypatch, 3)
+    with pytest.raises(Interrupted):
+        publish(["lion"], data_dir=raw, output_dir=out, max_shard_size=1)
+    monkeypatch.undo()
+    assert (out / "README.md").read_text() == before
+    assert sorted(p.name for p in (out / "lion").iterdir()) == ["train-00000-of-00001.parquet", "val-00000-of-00001.parquet"]
+    assert len(load_dataset(str(out), "lion", split="train")) == 6
+
+
+def test_concurrent_publish_into_one_folder_is_refused(raw, tmp_path):
+    from filelock import FileLock
+
+    out = tmp_path / "pub"
+    out.mkdir()
+    with FileLock(str(out / ".publish.lock"), timeout=0):
+        with pytest.raises(RuntimeError, match="another publish is writing to this folder"):
+            publish(["lion"], data_dir=raw, output_dir=out)
+    publish(["lion"], data_dir=raw, output_dir=out)
+
+
+def test_cli_reports_bad_output_without_traceback(raw, tmp_path, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--species", "dog", "--data_dir", str(raw), "--output_dir", str(target)])
+    assert exit_info.value.code == 1
+    assert f"error: output folder {target} is a file" in capsys.readouterr().err

@@ -56,6 +56,9 @@ def test_parse_spec(text, expected):
         ("folder", "folder needs a path"),
         ("csv:", "csv needs a path"),
         ("org/wildreid", "needs its species config, e.g. org/wildreid:lion"),
+        ("csv[", "dataset spec 'csv[': parameters of csv must be [key=value,...] closed by ']'"),
+        ("csv[species=zebra:labels.csv", "parameters of csv must be [key=value,...] closed by ']'"),
+        ("synthetic[seed=1", "parameters of synthetic must be"),
     ],
 )
 def test_parse_spec_errors_name_the_spec_and_the_choices(text, message):
@@ -145,3 +148,8 @@ def test_resplit_parameters_replace_the_source_split():
         load_spec("synthetic[split_strategy=random]")
     with pytest.raises(ValueError, match="need split_strategy"):
         load_spec("synthetic[split_seed=2]")
+
+
+def test_synthetic_parameters_are_bounded_before_any_work():
+    with pytest.raises(ValueError, match=r"synthetic\[images_per_identity=1000000000\].*images_per_identity <= 1000"):
+        load_spec("synthetic[images_per_identity=1000000000]")

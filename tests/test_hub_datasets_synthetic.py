@@ -78,6 +78,10 @@ def test_boxes_cover_the_body():
         (dict(n_identities=1), "n_identities >= 2"),
         (dict(image_size=16), "image_size >= 32"),
         (dict(seed=-1), "seed >= 0"),
+        (dict(images_per_identity=1_000_000_000), "images_per_identity <= 1000"),
+        (dict(n_identities=10**6), "n_identities <= 10000"),
+        (dict(image_size=10**5), "image_size <= 2048"),
+        (dict(n_species=4, n_identities=10_000, images_per_identity=10), "more than 100,000 images"),
     ],
 )
 def test_bad_parameters(kwargs, message):

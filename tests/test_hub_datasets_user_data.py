@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from hub_datasets_testing import write_csv, write_image
+from hub_datasets_testing import write_csv, write_image, write_png_bomb
 
 from hub_datasets.schema import FEATURES
 from hub_datasets.user_data import build_coco, build_csv, build_folder
@@ -203,3 +203,54 @@ def test_coco_structure_errors(zebras):
         build_coco(zebras / "bad.json")
     with pytest.raises(ValueError, match=r"images\[1\]: duplicate image id 1"):
         build_coco(write_json(zebras / "ann.json", coco(GOOD_ANNOTATIONS, [{"id": 1, "file_name": "A/0.png"}] * 2)))
+
+
+# ---- hostile images and boxes (issue 16) ------------------------------------------------------
+
+
+def test_decompression_bomb_is_refused_naming_the_row(zebras):
+    write_png_bomb(zebras / "B" / "bomb.png")
+    with pytest.raises(ValueError, match=r"B/bomb\.png.*'bomb\.png' has too many pixels"):
+        build_folder(zebras / "B" / "..", species="zebra")
+    path = write_csv(zebras / "labels.csv", ["image", "identity"], [["A/0.png", "A"], ["B/bomb.png", "B"]])
+    with pytest.raises(ValueError, match=r"line 3: 'bomb\.png' has too many pixels"):
+        build_csv(path)
+
+
+def test_pixel_limit_is_configurable(zebras, monkeypatch):
+    path = write_csv(zebras / "labels.csv", ["image", "identity"], [["A/0.png", "A"]])
+    monkeypatch.setenv("WILDREID_MAX_IMAGE_PIXELS", "500")  # the images are 24 x 24 = 576 pixels
+    with pytest.raises(ValueError, match=r"line 2: '0\.png' is 24x24 pixels, above the 500 pixel limit"):
+        build_csv(path)
+    monkeypatch.setenv("WILDREID_MAX_IMAGE_PIXELS", "576")
+    assert len(build_csv(path)) == 1
+    monkeypatch.setenv("WILDREID_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match="WILDREID_MAX_IMAGE_PIXELS must be a positive integer"):
+        build_csv(path)
+
+
+@pytest.mark.parametrize(
+    "bbox, theta, message",
+    [
+        ("0 0 100000 100000", "0.5", "reaches more than the image's own size past the border"),
+        ("0 0 100000 100000", "", "reaches more than the image's own size past the border"),
+        ("30 30 5 5", "", "does not overlap the 24x24 image"),
+    ],
+)
+def test_boxes_far_outside_the_image_are_refused_naming_the_row(zebras, bbox, theta, message):
+    path = write_csv(zebras / "labels.csv", ["image", "identity", "bbox", "theta"],
+                     [["A/0.png", "A", "1 1 20 20", "0.3"], ["A/1.png", "A", bbox, theta]])
+    with pytest.raises(ValueError, match=f"line 3: bbox .*{message}"):
+        build_csv(path)
+    coco = {"images": [{"id": 1, "file_name": "A/0.png"}],
+            "annotations": [{"id": 7, "image_id": 1, "name": "A", "bbox": [float(v) for v in bbox.split()],
+                             "theta": float(theta or 0)}]}
+    (zebras / "ann.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=f"annotations\\[0\\].*bbox .*{message}"):
+        build_coco(zebras / "ann.json")
+
+
+def test_boxes_overhanging_the_border_a_little_are_kept(zebras):
+    path = write_csv(zebras / "labels.csv", ["image", "identity", "bbox", "theta"],
+                     [["A/0.png", "A", "-10 -10 40 40", "0.7"], ["A/1.png", "A", "12 12 30 30", ""]])
+    assert len(build_csv(path)) == 2

@@ -159,6 +159,31 @@ def test_processor_save_load_round_trip(tmp_path):
     assert reloaded.to_dict() == processor.to_dict()
 
 
+def test_processor_size_dict_and_flags_like_transformers(tmp_path):
+    import json
+
+    processor = WildReIDImageProcessor(size={"height": 24, "width": 40}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    assert processor(gradient_rgb())["pixel_values"].shape == (1, 3, 24, 40)
+    raw = WildReIDImageProcessor(size=16, do_normalize=False)(gradient_rgb())["pixel_values"]
+    uint8 = WildReIDImageProcessor(size=16).to_uint8(gradient_rgb())
+    assert torch.equal(raw[0], uint8.float() / 255)
+    unscaled = WildReIDImageProcessor(size=16, do_rescale=False, do_normalize=False)(gradient_rgb())["pixel_values"]
+    assert torch.equal(unscaled[0], uint8.float())
+    as_is = WildReIDImageProcessor(do_resize=False)
+    assert as_is([gradient_rgb(30, 20), gradient_rgb(30, 20)])["pixel_values"].shape == (2, 3, 20, 30)
+    with pytest.raises(ValueError, match="one size"):
+        as_is([gradient_rgb(30, 20), gradient_rgb(20, 30)])
+    # A preprocessor_config.json written before `size` and the do_* flags still loads, to the same pixels.
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "WildReIDImageProcessor", "image_size": 32, "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.25, 0.25, 0.25], "resample": 2, "fast_downscale": True}))
+    old = WildReIDImageProcessor.from_pretrained(tmp_path)
+    assert old.size == {"height": 32, "width": 32} and old.image_size == 32 and old.do_normalize
+    new = WildReIDImageProcessor(size=32, image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    assert torch.equal(old(gradient_rgb())["pixel_values"], new(gradient_rgb())["pixel_values"])
+    assert "image_size" not in new.to_dict() and new.to_dict()["size"] == {"height": 32, "width": 32}
+
+
 def test_exact_downscale_matches_one_full_resolution_resize(tmp_path):
     path = tmp_path / "camera.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(path, quality=90)
@@ -167,3 +192,63 @@ def test_exact_downscale_matches_one_full_resolution_resize(tmp_path):
     assert np.array_equal(exact, reference)
     fast = WildReIDImageProcessor(image_size=224).to_uint8(str(path)).permute(1, 2, 0).numpy()
     assert not np.array_equal(fast, reference)  # the fast path really is a different (cheaper) computation
+
+
+def test_huge_rotated_and_axis_aligned_boxes_allocate_bounded_memory():
+    """Issue 16: a [0, 0, 100000, 100000] box at theta 0.5 made a 30 GB crop. Run under an address-space
+    limit 1.5 GB above the interpreter's, so the old behaviour fails with MemoryError instead of
+    taking the machine down."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import resource
+        from PIL import Image
+        from modeling_wildreid.image_processing_wildreid import crop_to_annotation
+
+        with open("/proc/self/statm") as handle:
+            used = int(handle.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (used + 1_500_000_000, resource.RLIM_INFINITY))
+        image = Image.new("RGB", (640, 480), (200, 100, 50))
+        for theta in (0.5, 0.0):
+            crop = crop_to_annotation(image, [0, 0, 100000, 100000], theta)
+            print(*crop.size)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (w, h), aligned = [tuple(map(int, line.split())) for line in done.stdout.strip().splitlines()]
+    assert w * h <= 4 * 640 * 480 and abs(w - h) <= 1  # square box: sampled at reduced resolution
+    assert aligned == (640, 480)  # clipped to the image
+
+
+def test_bounded_rotated_crop_samples_the_same_content():
+    """A rotated crop too large for its budget is the full-resolution crop at reduced resolution."""
+    import modeling_wildreid.image_processing_wildreid as processing
+
+    image = gradient_rgb(200, 160)
+    full = crop_to_annotation(image, [20, 30, 120, 80], 0.4)
+    old_limit = processing.MAX_CROP_PIXELS
+    try:
+        processing.MAX_CROP_PIXELS = 120 * 80 // 4
+        half = crop_to_annotation(image, [20, 30, 120, 80], 0.4)
+    finally:
+        processing.MAX_CROP_PIXELS = old_limit
+    assert half.size == (60, 40)
+    reference = np.asarray(full.resize((60, 40), Image.Resampling.BILINEAR), dtype=np.float64)
+    assert np.abs(np.asarray(half, dtype=np.float64) - reference).mean() < 4
+
+
+def test_decompression_bomb_is_named_and_limit_configurable(tmp_path, monkeypatch):
+    from hub_datasets_testing import write_png_bomb
+
+    bomb = write_png_bomb(tmp_path / "bomb.png")
+    with pytest.raises(ImageLoadError, match=r"bomb\.png: too many pixels"):
+        WildReIDImageProcessor(image_size=32)([str(bomb)])
+    small = tmp_path / "small.png"
+    gradient_rgb(64, 48).save(small)
+    monkeypatch.setenv("WILDREID_MAX_IMAGE_PIXELS", "3000")
+    with pytest.raises(ImageLoadError, match=r"small\.png: 64x48 pixels exceeds the 3,000 pixel limit"):
+        load_image(small)

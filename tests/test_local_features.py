@@ -2,7 +2,6 @@
 shortlists, parallel scoring and per-file failure reporting."""
 from __future__ import annotations
 
-import importlib.util
 
 import cv2
 import numpy as np
@@ -163,8 +162,6 @@ def test_cache_with_pickled_objects_is_refused(tmp_path):
         LocalFeatureCache.load(path)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("modeling_wildreid.image_processing_wildreid") is None,
-                    reason="shared preprocessing (modeling_wildreid.image_processing_wildreid) not merged yet")
 def test_extract_paths_reports_and_skips_unreadable_files(tmp_path, extractor):
     good = tmp_path / "good.png"
     textured_animal(5).save(good)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
@@ -226,3 +229,12 @@ def test_fragment_on_evaluation_results_is_refused(card):
     card.write_text(card.read_text().replace("results/closed.json", "results/closed.json#x"))
     with pytest.raises(ModelCardError, match="fragment only applies to experiment results"):
         render_model_card(card)
+
+
+def test_the_repository_card_matches_its_results_json():
+    """model_card.md never drifts from experiments/results: the documented check command passes."""
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "wildreid.cards", "model_card.md", "--check"], cwd=repo,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "model_card.md: up to date" in result.stdout

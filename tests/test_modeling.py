@@ -94,12 +94,17 @@ def test_metric_learning_rejects_out_of_range_labels():
         model(pixel_values=random_pixels(1), labels=torch.tensor([2]))
 
 
-def test_init_does_not_touch_pretrained_backbone():
-    model = WildReIDModel(tiny_config(backbone_pretrained=True))
-    reference = torch.load(_lite_checkpoint_path("tf_efficientnet_lite0"), weights_only=True)
-    assert torch.equal(model.backbone.conv_stem.weight, reference["_conv_stem.weight"])
-    assert model.config.backbone_pretrained is False  # consumed: a saved copy never fetches again
-    assert "efficientnet-lite0" in model.config.pretrained_source
+def test_imagenet_backbone_comes_from_the_builder_not_init():
+    reference = torch.load(_lite_checkpoint_path("tf_efficientnet_lite0"), weights_only=True)["_conv_stem.weight"]
+    assert not torch.equal(WildReIDModel(tiny_config()).backbone.conv_stem.weight, reference)
+    for cls in (WildReIDModel, WildReIDForMetricLearning):
+        model = cls.with_imagenet_backbone(tiny_config(num_identities=3))
+        embedder = getattr(model, "wildreid", model)
+        assert torch.equal(embedder.backbone.conv_stem.weight, reference)
+        assert "efficientnet-lite0" in model.config.pretrained_source
+    with pytest.raises(ValueError, match="with_imagenet_backbone"):
+        tiny_config(backbone_pretrained=True)
+    assert WildReIDConfig(**{**SMALL, "backbone_pretrained": False}).backbone == SMALL["backbone"]  # older saves
 
 
 def test_save_load_round_trip_identical_embeddings(tmp_path):
@@ -142,10 +147,29 @@ def test_checkpoint_of_another_backbone_is_refused(tmp_path):
         AutoModel.from_pretrained(tmp_path)
 
 
+def test_identity_names_survive_a_reload(tmp_path):
+    names = ["lion/Ayo", "lion/Bo", "nyala/Cy"]
+    model = WildReIDForMetricLearning(tiny_config(num_identities=3)).eval()
+    model.config.name_identities(names)
+    model.save_pretrained(tmp_path)
+    loaded = WildReIDForMetricLearning.from_pretrained(tmp_path).eval()
+    assert loaded.config.id2label == dict(enumerate(names))
+    assert loaded.config.label2id == {name: label for label, name in enumerate(names)}
+    with torch.no_grad():
+        best = loaded(pixel_values=random_pixels(2)).logits.argmax(-1).tolist()
+    assert {loaded.config.id2label[label] for label in best} <= set(names)
+    # Configs saved before the names were kept get one generic name per identity.
+    legacy = {k: v for k, v in loaded.config.to_dict().items() if k not in ("id2label", "label2id")}
+    assert WildReIDConfig(**legacy).id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    with pytest.raises(ValueError, match="2 identity names for num_identities=3"):
+        loaded.config.name_identities(names[:2])
+
+
 def test_fresh_head_on_an_embedder_checkpoint(tmp_path):
     WildReIDModel(tiny_config()).save_pretrained(tmp_path)
     model = WildReIDForMetricLearning.from_pretrained(tmp_path, num_identities=5)
     assert model.head.weight.shape == (15, 1280)
+    assert list(model.config.label2id) == [f"LABEL_{label}" for label in range(5)]  # one name per new logit
     assert torch.allclose(model.head.margins, torch.full((5,), 0.5))
 
 
@@ -158,14 +182,21 @@ def test_remote_code_loads_without_the_package(tmp_path):
         np.save(tmp_path / "expected.npy", model.wildreid(pixels).embeddings.numpy())
     script = textwrap.dedent(
         f"""
-        import sys, numpy as np, torch
+        import importlib.util, sys
+        # A development install reaches the repository through setuptools' editable finder: drop it, so
+        # this process sees what a user without wildreid sees, and prove it before loading anything.
+        def editable(hook):
+            return str(getattr(hook, "__module__", "")).startswith("__editable__")
+
+        sys.meta_path = [finder for finder in sys.meta_path if not editable(finder)]
+        sys.path_hooks = [hook for hook in sys.path_hooks if not editable(hook)]
+        sys.path = [entry for entry in sys.path if "__editable__" not in entry]
+        sys.path_importer_cache.clear()
+        for package in ("modeling_wildreid", "wildreid", "hub_datasets"):
+            assert importlib.util.find_spec(package) is None, f"{{package}} is importable: the test proves nothing"
+        import numpy as np, torch
         from PIL import Image
         from transformers import AutoModel, pipeline
-        try:
-            import modeling_wildreid
-            raise SystemExit("modeling_wildreid must not be importable here")
-        except ImportError:
-            pass
         model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
         assert type(model).__name__ == "WildReIDModel", type(model)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
@@ -176,12 +207,16 @@ def test_remote_code_loads_without_the_package(tmp_path):
         extractor = pipeline("image-feature-extraction", model={str(tmp_path)!r}, trust_remote_code=True)
         features = np.asarray(extractor(Image.new("RGB", (50, 70), (120, 30, 200))))
         assert features.shape == (1, 1280), features.shape
+        loaded = sorted(n for n in sys.modules if n.split(".")[0] in ("modeling_wildreid", "wildreid", "hub_datasets"))
+        assert not loaded, loaded
         print("remote-ok")
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    workdir = tmp_path / "elsewhere"  # not the model folder, whose remote-code files would be importable
+    workdir.mkdir()
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True,
         stdin=subprocess.DEVNULL, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -96,7 +96,7 @@ def test_loading_an_onnx_folder_without_its_processor_config_fails_clearly(expor
 @pytest.mark.real_data
 def test_fp32_onnx_matches_torch_on_real_lion_photos(shared_data, tmp_path):
     torch.manual_seed(0)
-    model = WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", backbone_pretrained=True, image_size=224))
+    model = WildReIDModel.with_imagenet_backbone(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=224))
     model.save_pretrained(tmp_path / "model")
     export_onnx(str(tmp_path / "model"), tmp_path / "onnx")
     paths = sorted((shared_data / "lion" / "val").rglob("*.*"))[:8]

@@ -78,7 +78,12 @@ def test_config_yaml_then_flags(tmp_path):
     config = config_from_args(args)
     assert config.max_steps == 9 and config.push_to_hub and config.hub_model_id == "org/m"
     assert config.augmentation.erase_p == 0 and config.embedding_dim is None
-    assert config.datasets == TINY["datasets"]
+    assert config.datasets == TINY["datasets"] and config.val_datasets == TINY["val_datasets"]
+    assert config.learning_rate == TINY["learning_rate"] and config.backbone_pretrained is True  # YAML, default
+    cleared = config_from_args(yaml_args(tmp_path) + ["--val_datasets", "--no_backbone_pretrained", "--seed", "3"])
+    assert cleared.val_datasets == [] and cleared.backbone_pretrained is False and cleared.seed == 3
+    with pytest.raises(ValueError, match="unknown training config keys: \\['max_stepz'\\]"):
+        config_from_args(yaml_args(tmp_path, max_stepz=3))
     with pytest.raises(ValueError, match="unknown training config keys: \\['max_stepz'\\]"):
         TrainingConfig.from_dict({"max_stepz": 3})
 
@@ -131,10 +136,13 @@ def test_training_writes_a_loadable_embedder_card_and_metrics(tmp_path):
     assert summary["total_steps"] == 4 and len(summary["history"]) == 2
     model = WildReIDModel.from_pretrained(out)
     assert model.config.training_species == ["synthetic-spots", "synthetic-stripes"]
+    names = list(model.config.id2label.values())  # the head's logits are named after the training identities
+    assert len(names) == model.config.num_identities and names == sorted(names) and names[0].startswith("synthetic-")
     assert (out / "preprocessor_config.json").is_file() and (out / "training_config.yaml").is_file()
     results = json.loads((out / "validation_results.json").read_text())
     assert set(results["species"]) == {"synthetic-spots", "synthetic-stripes"}
     assert all(m["seen_in_training"] for m in results["species"].values())
+    assert len(results["git_commit"]) == 40 and "git_dirty" in results
     card = (out / "README.md").read_text()
     assert "model-index" in card and "synthetic-stripes" in card and "<!-- results:start validation_results.json -->" in card
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]

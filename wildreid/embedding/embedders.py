@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +22,8 @@ from torch import nn
 from modeling_wildreid import WildReIDConfig, WildReIDImageProcessor, WildReIDModel, WildReIDModelOutput
 
 from .onnx_runtime import RUNTIMES, OnnxEmbedder, is_onnx_export
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name; anything else can only be a local path
 
 
 @dataclass
@@ -64,6 +69,44 @@ class TimmEmbedder(nn.Module):
         return WildReIDModelOutput(embeddings=F.normalize(pooled, dim=-1), pooler_output=pooled)
 
 
+def check_model_reference(spec: str) -> Path | None:
+    """The local folder `spec` names (checked to hold config.json), or None for an `org/name` Hub id.
+
+    A path that looks local (absolute, `./`, `~`, existing, or not of the `org/name` form) is never sent
+    to the Hub; FileNotFoundError names it when it is not a model folder."""
+    local = Path(spec).expanduser()
+    if not (local.is_absolute() or spec.startswith((".", "~")) or local.exists() or not _HUB_ID.match(spec)):
+        return None
+    if not local.is_dir():
+        raise FileNotFoundError(f"model {spec}: no such folder" if not local.exists() else
+                                f"model {spec}: not a folder (a wildreid model is a folder holding config.json)")
+    if not (local / "config.json").is_file():
+        raise FileNotFoundError(f"model {local}: no config.json in this folder; is it a wildreid model folder?")
+    return local
+
+
+def load_wildreid_model(spec: str) -> WildReIDModel:
+    """`WildReIDModel.from_pretrained(spec)` with errors that name the folder or file (see
+    `check_model_reference`); unreadable weights or config name the file."""
+    from safetensors import SafetensorError
+
+    local = check_model_reference(spec)
+    if local is None:
+        try:
+            return WildReIDModel.from_pretrained(spec)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"model {spec}: no local folder of that name, and loading it as a Hub repo id failed "
+                             f"({type(error).__name__}: {error})") from None
+    try:
+        return WildReIDModel.from_pretrained(str(local))
+    except SafetensorError as error:
+        raise ValueError(f"cannot load model weights {local / 'model.safetensors'}: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"cannot load model config {local / 'config.json'}: not valid JSON ({error})") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load model {local}: {type(error).__name__}: {error}") from None
+
+
 def load_embedder(spec: str, *, device: torch.device | str | None = None, image_size: int | None = None,
                   runtime: str = "torch") -> LoadedEmbedder:
     """Resolve a model spec (see module docstring) to an embedder in eval mode on `device`.
@@ -83,13 +126,13 @@ def load_embedder(spec: str, *, device: torch.device | str | None = None, image_
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if spec.startswith("imagenet:"):
         backbone = spec.split(":", 1)[1]
-        config = WildReIDConfig(backbone=backbone, backbone_pretrained=True, image_size=image_size or 224)
-        model, species = WildReIDModel(config), []  # ImageNet only: no re-id species seen
+        config = WildReIDConfig(backbone=backbone, image_size=image_size or 224)
+        model, species = WildReIDModel.with_imagenet_backbone(config), []  # ImageNet only: no re-id species seen
     elif spec.startswith("timm:"):
         model = TimmEmbedder(spec.split(":", 1)[1], image_size)
         species = []
     else:
-        model = WildReIDModel.from_pretrained(spec)
+        model = load_wildreid_model(spec)
         species = list(model.config.training_species or [])
         _check_image_size(spec, model.config.image_size, image_size)
     processor = WildReIDImageProcessor.from_config(model.config)

@@ -54,7 +54,10 @@ def embed_dataset(
     """Embed every row of a schema dataset (crop by bbox/theta, model preprocessing, no augmentation).
 
     With an `accelerate.Accelerator` running several processes, each embeds its share of the rows and
-    all processes receive the full result.
+    all processes receive the full result. Not `accelerator.prepare(loader)` + `gather_for_metrics`: that
+    pads the last batches with repeated rows and trims them by counting samples, but an unreadable image
+    yields no embedding, so the count would drop real rows or keep repeats; here each process takes every
+    world-th row, and rows come back with their indices, gathered once and sorted.
     """
     processor = processor or WildReIDImageProcessor.from_config(model.config)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))  # ONNX embedders hold none

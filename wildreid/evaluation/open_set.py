@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,9 @@ def _identity_weights(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _auroc_new(top_scores: np.ndarray, is_known: np.ndarray) -> float | None:
     """AUROC of "new individual" = low top score: P(new scores below known) + 0.5 P(tie)."""
-    known = np.sort(top_scores[is_known])
-    new = top_scores[~is_known]
-    if len(known) == 0 or len(new) == 0:
+    if is_known.all() or not is_known.any():
         return None
-    below = len(known) - np.searchsorted(known, new, side="right")
-    tied = np.searchsorted(known, new, side="right") - np.searchsorted(known, new, side="left")
-    return float((below.sum() + 0.5 * tied.sum()) / (len(known) * len(new)))
+    return float(roc_auc_score(~is_known, -top_scores))
 
 
 def open_set_metrics(matches: Top1Matches, threshold: float) -> dict:

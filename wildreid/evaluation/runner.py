@@ -20,6 +20,7 @@ from hub_datasets.splits import open_set_split
 from ..cards.render import render_results_table
 from ..embedding import Embeddings, LoadedEmbedder, embed_dataset, load_embedder, undecoded
 from ..matching import LocalFeatureExtractor, LocalMatcher
+from ..provenance import code_version
 from .plots import figure_paths, plot_cmc_curves, plot_match_grid
 from .matching import LocalSet, extract_local_set, fusion_by_species, local_by_species
 from .protocols import PROTOCOLS, closed_set_by_species, leave_one_out_by_species, open_set_by_species
@@ -142,7 +143,7 @@ def run_evaluation(request: EvaluationRequest) -> dict:
         "model": request.model or "local features (SIFT)", "protocol": request.protocol, "method": request.method,
         "datasets": request.datasets,
         "gallery": request.gallery or None, "command": request.command, "failures": failures,
-        "timings": {**timings, "total_seconds": round(time.perf_counter() - started, 2)},
+        "timings": {**timings, "total_seconds": round(time.perf_counter() - started, 2)}, **code_version(),
     })
     print(render_results_table(results, request.output or "(not saved)", "evaluate.py"))
     if request.output:

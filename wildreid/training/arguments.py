@@ -1,24 +1,21 @@
-"""`train.py` flags: `--config FILE` plus one flag per `TrainingConfig` field, named as the field;
-defaults, then the YAML file, then the flags."""
+"""`train.py` flags: `--config FILE` plus one flag per `TrainingConfig` field, named as the field (transformers'
+`HfArgumentParser`); defaults, then the YAML file, then the flags."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import types
 from dataclasses import fields
+
+from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 from .augment import AugmentationConfig
 from .config import TrainingConfig, load_config_file
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = str(text).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def _optional(kind):
+def _none_or(kind):
     def parse(text: str):
         return None if str(text).lower() in ("none", "null", "") else kind(text)
 
@@ -26,44 +23,46 @@ def _optional(kind):
     return parse
 
 
-def build_argument_parser():
-    """`train.py` flags: `--config FILE` plus one flag per :class:`TrainingConfig` field, named as the field."""
-    import argparse
-    import typing
+class TrainingArgumentParser(HfArgumentParser):
+    """HfArgumentParser's flags (bools as `--flag`, `--flag false` or `--no_flag`), plus three spellings it has no
+    field type for: `--augmentation KEY=VALUE ...` for the nested augmentation settings, `--LIST` with no value
+    to clear a list (e.g. `--val_datasets` to train without validation), and `none` for optional numbers and
+    paths (`--embedding_dim none`: the backbone's width)."""
 
-    parser = argparse.ArgumentParser(
-        prog="train.py", description="Train a wildreid model (run with `accelerate launch train.py ...`).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", help="YAML file of training options; flags override it")
-    hints = typing.get_type_hints(TrainingConfig)
-    for item in fields(TrainingConfig):
-        hint, flag = hints[item.name], f"--{item.name}"
-        origin_args = typing.get_args(hint)
-        if item.name == "augmentation":
-            parser.add_argument(flag, nargs="+", metavar="KEY=VALUE", default=argparse.SUPPRESS,
+    def __init__(self):
+        super().__init__(TrainingConfig, prog="train.py",
+                         description="Train a wildreid model (run with `accelerate launch train.py ...`).")
+        self.add_argument("--config", help="YAML file of training options; flags override it")
+
+    @staticmethod
+    def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+        flag, kinds = f"--{field.name}", [kind for kind in getattr(field.type, "__args__", ()) if kind is not type(None)]
+        if field.name == "augmentation":
+            parser.add_argument(flag, nargs="+", metavar="KEY=VALUE", default=None,
                                 help=f"augmentation overrides, keys: {', '.join(f.name for f in fields(AugmentationConfig))}")
-        elif hint == list[str]:  # `--val_datasets` with no value clears the list
-            parser.add_argument(flag, nargs="*", default=argparse.SUPPRESS)
-        elif hint is bool:
-            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=argparse.SUPPRESS)
+        elif field.type == list[str]:
+            parser.add_argument(flag, nargs="*", default=field.default_factory())
+        elif isinstance(field.type, types.UnionType) and len(kinds) == 1 and kinds[0] is not bool:
+            parser.add_argument(flag, type=_none_or(kinds[0]), default=field.default)
         else:
-            kind = next((a for a in origin_args if a is not type(None)), hint) if origin_args else hint
-            parser.add_argument(flag, type=_optional(kind) if type(None) in origin_args else kind, default=argparse.SUPPRESS)
-    return parser
+            HfArgumentParser._parse_dataclass_field(parser, field)
+
+
+def build_argument_parser() -> TrainingArgumentParser:
+    return TrainingArgumentParser()
 
 
 def config_from_args(argv: list[str] | None = None) -> TrainingConfig:
     """Defaults, then the `--config` YAML, then command-line flags."""
-    args = vars(build_argument_parser().parse_args(argv))
-    values = load_config_file(args.pop("config")) if args.get("config") else {}
-    args.pop("config", None)
-    augmentation = args.pop("augmentation", None)
-    values.update(args)
-    if augmentation:
-        overrides = values.get("augmentation") or {}
-        for pair in augmentation:
-            key, _, text = pair.partition("=")
-            overrides[key] = _parse_bool(text) if text.lower() in ("true", "false") else float(text)
-        values["augmentation"] = overrides
-    return TrainingConfig.from_dict(values)
+    parser = build_argument_parser()
+    config_file = parser.parse_known_args(argv)[0].config
+    file_values = load_config_file(config_file) if config_file else {}
+    TrainingConfig.from_dict(file_values)  # names unknown keys before any flag is read
+    parser.set_defaults(**{key: value for key, value in file_values.items() if key != "augmentation"})
+    values = vars(parser.parse_args(argv))
+    values.pop("config")
+    augmentation = dict(file_values.get("augmentation") or {})
+    for pair in values.pop("augmentation") or []:
+        key, _, text = pair.partition("=")
+        augmentation[key] = string_to_bool(text) if text.lower() in ("true", "false") else float(text)
+    return TrainingConfig.from_dict({**values, "augmentation": augmentation})

@@ -18,7 +18,8 @@ def pooled_features(embedder: WildReIDModel, dataset: Dataset, processor: WildRe
                     batch_size: int, num_workers: int, accelerator=None) -> tuple[torch.Tensor, np.ndarray]:
     """GeM-pooled backbone features (the neck's input; float32, CPU) of the dataset `rows` and the rows they
     belong to; unreadable images are skipped (the loader reports them). With several processes each pools
-    its share and every process receives all of them."""
+    its share and every process receives all of them (sharded as in `embed_dataset`, which says why not
+    with `gather_for_metrics`)."""
     from tqdm.auto import tqdm
 
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)

@@ -1,24 +1,10 @@
-"""Optimiser parameter groups and the learning-rate schedule."""
+"""Optimiser parameter groups: own learning rates for backbone and head, no weight decay on norms and biases."""
 
 from __future__ import annotations
-
-import math
 
 from modeling_wildreid import WildReIDForMetricLearning
 
 from .config import TrainingConfig
-
-
-def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
-    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total_steps`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def parameter_groups(model: WildReIDForMetricLearning, config: TrainingConfig) -> list[dict]:

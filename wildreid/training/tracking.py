@@ -3,18 +3,14 @@ form trackers accept."""
 
 from __future__ import annotations
 
+from accelerate.utils import is_tensorboard_available
+
 
 def resolve_tracker(log_with: str) -> str | None:
     """`log_with` as accelerate's `log_with`: "auto" is TensorBoard when installed, "none" is no tracker."""
     if log_with == "auto":
-        return "tensorboard" if _tensorboard_available() else None
+        return "tensorboard" if is_tensorboard_available() else None
     return None if log_with == "none" else log_with
-
-
-def _tensorboard_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
 
 
 def flat_for_tracker(values: dict, prefix: str = "") -> dict:

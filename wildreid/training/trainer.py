@@ -20,23 +20,25 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from hub_datasets.specs import load_specs
-from modeling_wildreid import WildReIDConfig, WildReIDForMetricLearning, WildReIDImageProcessor, WildReIDModel
+from modeling_wildreid import WildReIDConfig, WildReIDForMetricLearning, WildReIDImageProcessor
 
 from ..cards import training_card, write_model_card
-from ..embedding import ReIDImageDataset, collate, embed_dataset
+from ..embedding import ReIDImageDataset, collate, embed_dataset, load_wildreid_model
 from ..embedding.data import ignore_stop_signals
 from ..evaluation.protocols import leave_one_out_by_species
+from ..provenance import code_version
 from ..threads import configure_threads, worker_count
 from .augment import build_augmentation
 from .checkpoints import (CHECKPOINT_PATTERN, StopSignal, TrainingProgress, contiguous_weights, find_checkpoint,
-                          latest_checkpoint_or_none)
+                          latest_checkpoint_or_none, refuse_pickled_objects)
 from .config import TrainingConfig
 from .hub import push_output_to_hub
 from .initialisation import calibrate_neck_statistics, pooled_features, prototype_head_weights
 from .normalisation import set_train_modes, track_neck_statistics
-from .optimization import lr_lambda, parameter_groups
+from .optimization import parameter_groups
 from .sampling import SpeciesBalancedBatchSampler, filter_min_images
 from .tracking import flat_for_tracker, resolve_tracker
 
@@ -92,7 +94,7 @@ class Trainer:
     def _build_model(self) -> None:
         config = self.config
         if config.init_from:
-            embedder = WildReIDModel.from_pretrained(config.init_from)
+            embedder = load_wildreid_model(config.init_from)
             model_config = copy.deepcopy(embedder.config)
             model_config.update({
                 "num_identities": len(self.identities.names), "num_subcenters": config.num_subcenters,
@@ -105,14 +107,15 @@ class Trainer:
             self.head_from_prototypes = True
         else:
             model_config = WildReIDConfig(
-                backbone=config.backbone, backbone_pretrained=config.backbone_pretrained,
-                image_size=config.image_size, embedding_dim=config.embedding_dim,
+                backbone=config.backbone, image_size=config.image_size, embedding_dim=config.embedding_dim,
                 num_identities=len(self.identities.names), num_subcenters=config.num_subcenters,
                 arcface_scale=config.arcface_scale, margin_min=config.margin_min, margin_max=config.margin_max,
             )
-            model = WildReIDForMetricLearning(model_config)
+            model = (WildReIDForMetricLearning.with_imagenet_backbone(model_config) if config.backbone_pretrained
+                     else WildReIDForMetricLearning(model_config))
             self.head_from_prototypes = False
         model.config.training_species = self.species
+        model.config.name_identities(self.identities.names)
         model.config.training_datasets = list(config.datasets)
         model.set_margins_from_counts(self.identities.counts)
         self.model = model
@@ -158,14 +161,16 @@ class Trainer:
         batches_per_epoch = len(self.loader) // config.gradient_accumulation_steps
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches_per_epoch))
         warmup = min(config.warmup_steps, max(1, self.total_steps // 5))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(warmup, self.total_steps, config.min_lr_ratio))
+        # Linear warm-up, then cosine decay to min_lr_ratio of each group's learning rate.
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(self.optimizer, warmup, self.total_steps,
+                                                                min_lr_rate=config.min_lr_ratio)
         self.scheduler = accelerator.prepare(scheduler)
-        self.progress = TrainingProgress()
-        accelerator.register_for_checkpointing(self.progress)
+        self.progress = TrainingProgress()  # saved as JSON by _save_checkpoint, never pickled (see checkpoints.py)
         accelerator.register_save_state_pre_hook(contiguous_weights)
         if config.resume_from_checkpoint:
             checkpoint = find_checkpoint(self.output_dir, config.resume_from_checkpoint)
+            refuse_pickled_objects(checkpoint)
+            self.progress = TrainingProgress.load(checkpoint)
             accelerator.load_state(str(checkpoint))
             self.print(f"resumed from {checkpoint} at step {self.progress.step}")
 
@@ -316,7 +321,7 @@ class Trainer:
         accelerator.save_state(str(directory))
         if accelerator.is_main_process:
             # Written last: a checkpoint without it was interrupted mid-save and is never resumed from.
-            (directory / "wildreid_progress.json").write_text(json.dumps(progress.state_dict()))
+            progress.save(directory)
             kept = sorted((int(m.group(1)), p) for p in directory.parent.iterdir()
                           if (m := CHECKPOINT_PATTERN.match(p.name)))
             for _, old in kept[: max(0, len(kept) - self.config.save_total_limit)]:
@@ -344,7 +349,7 @@ class Trainer:
 
     def _write_json(self, name: str, values: dict) -> None:
         if self.accelerator.is_main_process:
-            (self.output_dir / name).write_text(json.dumps(values, indent=2))
+            (self.output_dir / name).write_text(json.dumps({**values, **code_version()}, indent=2))
 
     def _replica_fingerprints(self, model) -> list[list[float]]:
         """Per-process (sum, sum of squares) of all weights: distributed replicas must agree exactly."""

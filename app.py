@@ -1,0 +1,26 @@
+"""The review app on a Hugging Face Space (or anywhere): the same app as `wildreid app`, configured by
+environment variables instead of flags.
+
+    WILDREID_GALLERY   gallery folder (required), e.g. a folder of the Space's repository
+    WILDREID_MODEL     model folder or Hub id (default: the model the gallery was built with)
+    WILDREID_METHOD    auto | global | fusion (default auto)
+    WILDREID_TOP_K     candidates shown (default 5)
+    WILDREID_REVIEW_DIR  audit log and stored query photos (default <gallery>.review)
+
+Spaces set GRADIO_SERVER_NAME=0.0.0.0; elsewhere the app binds to 127.0.0.1.
+"""
+import os
+
+from wildreid.identification.review import open_session
+from wildreid.identification.review.ui import launch
+
+if __name__ == "__main__":
+    gallery = os.environ.get("WILDREID_GALLERY")
+    if not gallery:
+        raise SystemExit("set WILDREID_GALLERY to the gallery folder (see the docstring of app.py)")
+    session = open_session(gallery, os.environ.get("WILDREID_MODEL") or None,
+                           method=os.environ.get("WILDREID_METHOD", "auto"),
+                           top_k=int(os.environ.get("WILDREID_TOP_K", "5")),
+                           review_dir=os.environ.get("WILDREID_REVIEW_DIR") or None)
+    launch(session, host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+           port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))

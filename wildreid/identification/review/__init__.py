@@ -1,0 +1,47 @@
+"""The review app: a reviewer sees the top-k candidate individuals for a query with the evidence for each
+match, and decides "same as X", "new individual" or "skip" (`wildreid app --gallery DIR`).
+
+- `session`: proposals, decisions, undo, gallery updates (no browser needed; what the tests drive)
+- `scoring`: global and fusion ranking of individuals for one query
+- `audit`: the JSONL audit log and the gallery's content revision
+- `drawing`: side-by-side and correspondence pictures
+- `ui`: the Gradio interface over a session
+"""
+from __future__ import annotations
+
+import os
+
+from .session import ReviewSession
+
+
+def load_model_embedder(model: str, runtime: str = "torch"):
+    """(embed, model tag) for a model folder or Hub id (runtime "onnx": an ONNX export folder): embed maps
+    PIL crops to (N, D) embeddings on CPU through the model's own image processor."""
+    import torch
+
+    from wildreid.embedding.embedders import load_embedder
+    from ..workflows import model_tag
+
+    embedder = load_embedder(model, device="cpu", runtime=runtime)
+
+    @torch.inference_mode()
+    def embed(crops):
+        pixels = torch.stack([embedder.processor.resize(crop) for crop in crops])
+        return embedder.model(pixel_values=embedder.processor.normalize(pixels)).embeddings.float().numpy()
+
+    return embed, model_tag(embedder)
+
+
+def open_session(gallery_dir: str | os.PathLike, model: str | None = None, runtime: str = "torch",
+                 **kwargs) -> ReviewSession:
+    """A session on a gallery folder, embedding with `model` (default: the model the gallery was built with,
+    refused if its weights or preprocessing differ from the gallery's)."""
+    from ..gallery import Gallery
+    from ..store import resolve_model_reference
+
+    recorded = Gallery.load(gallery_dir).model_tag.model_name_or_path  # a local model is relative to the gallery
+    embed, tag = load_model_embedder(model or resolve_model_reference(recorded, gallery_dir), runtime)
+    return ReviewSession(gallery_dir, embed, tag, **kwargs)
+
+
+__all__ = ["ReviewSession", "load_model_embedder", "open_session"]

@@ -1,0 +1,379 @@
+"""Review decisions without a browser: propose candidates for a query, record "same as X", "new
+individual" or "skip", undo the last decision.
+
+A decision that names an individual adds the query photos to the gallery (embedding, metadata, local
+features when the gallery keeps a keypoint cache), saves the gallery, and appends one audit line
+(`wildreid.identification.review.audit`). Uploaded photos are copied, content-addressed, into the review folder
+(`<gallery>.review/images/` by default) so the gallery's `path` column points at files it owns; the
+audit log is `<gallery>.review/audit.jsonl`. Photos arrive as bytes, are size-checked and decoded by
+the shared loader (`modeling_wildreid.image_processing_wildreid.load_image`); nothing a user types is
+used as a path.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from wildreid.embedding.images import load_crop
+from wildreid.matching import Calibrator, LocalFeatureCache, LocalFeatureExtractor, LocalFeatures, LocalMatcher
+from wildreid.matching.correspondences import verified_correspondences
+
+from ..gallery import Gallery
+from ..model_tag import ModelTag
+
+from .audit import AuditLog, gallery_revision, sha256_bytes, utc_now
+from .drawing import draw_correspondences, side_by_side
+from .scoring import METHODS, Ranking, fit_fusion_on_gallery, rank_fusion, rank_global
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+NAME_PATTERN = re.compile(r"^[\w][\w .'-]{0,63}$")  # letters/digits first; no slashes, no control characters
+Embed = Callable[[list[Image.Image]], np.ndarray]
+
+
+@dataclass
+class QueryPhoto:
+    name: str  # the uploaded file's base name, for display and the audit log
+    data: bytes
+    sha256: str
+    bbox: list[float] | None
+    crop: Image.Image
+
+
+@dataclass
+class Candidate:
+    identity: str
+    probability: float | None
+    score: float
+    method: str
+    image_id: str  # the individual's best-matching gallery image
+    photo: int  # the query photo that matched it best
+    global_score: float
+    local_inliers: int | None
+    verified_matches: int  # correspondences drawn in `explanation`
+    pair: np.ndarray  # query | gallery image
+    explanation: np.ndarray  # the same pair with verified correspondences and their density
+    note: str = ""  # why a picture is missing, if it is
+
+    def summary(self) -> dict[str, Any]:
+        return {"identity": self.identity, "probability": self.probability, "score": self.score,
+                "method": self.method, "image_id": self.image_id, "global_score": self.global_score,
+                "local_inliers": self.local_inliers, "verified_matches": self.verified_matches}
+
+
+@dataclass
+class Proposal:
+    id: str
+    photos: list[QueryPhoto]
+    species: str | None
+    embeddings: np.ndarray
+    features: list[LocalFeatures]
+    ranking: Ranking
+    candidates: list[Candidate]
+    decided: bool = False
+
+
+@dataclass
+class _Decision:
+    record: dict[str, Any]
+    proposal: Proposal
+    added_image_ids: list[str] = field(default_factory=list)
+
+
+class ReviewSession:
+    """One gallery under review. Thread-safe: the app serves several browser tabs.
+
+    embed: PIL crops -> (N, D) L2-normalised embeddings of the model `model_tag` names.
+    method: "global", "fusion", or "auto" (the gallery's recorded per-species choice, else global).
+    threshold: overrides the gallery's calibrated new-individual cosine threshold (global method).
+    """
+
+    def __init__(self, gallery_dir: str | os.PathLike, embed: Embed, model_tag: ModelTag, *,
+                 review_dir: str | os.PathLike | None = None, method: str = "auto", top_k: int = 5,
+                 threshold: float | None = None, new_probability: float = 0.5,
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, fusion_calibration_images: int = 200):
+        if method not in (*METHODS, "auto"):
+            raise ValueError(f"unknown method {method!r}; choose one of {(*METHODS, 'auto')}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.gallery_dir = Path(gallery_dir)
+        self.gallery = Gallery.load(self.gallery_dir)
+        self.gallery.model_tag.require_same(model_tag, "the review app's embeddings")
+        self.model_tag = model_tag
+        self.embed = embed
+        self.review_dir = Path(review_dir) if review_dir else self.gallery_dir.with_name(self.gallery_dir.name + ".review")
+        self.audit = AuditLog(self.review_dir / "audit.jsonl")
+        self.method, self.top_k, self.threshold = method, int(top_k), threshold
+        self.new_probability, self.max_upload_bytes = float(new_probability), int(max_upload_bytes)
+        self.local_cache: LocalFeatureCache | None = None
+        if self.gallery.local_features_config is not None:
+            self.local_cache = Gallery.load_local_features(self.gallery_dir, self.gallery.local_features_config)
+        self.extractor = LocalFeatureExtractor(**(self.gallery.local_features_config or {}))
+        self.matcher = LocalMatcher(method=self.extractor.method)
+        self.fusion = None
+        if method == "fusion" or (method == "auto" and "fusion" in self._recorded_methods().values()):
+            if self.local_cache is None:
+                raise ValueError(f"{self.gallery_dir}: the fusion method needs the gallery's keypoint cache; "
+                                 "build it with `wildreid index --local-features`")
+            self.fusion = fit_fusion_on_gallery(
+                self.gallery.embeddings, self.gallery.metadata["identity"].to_numpy(str),
+                self.local_cache.get_many(self.gallery.metadata["image_id"]), self.matcher,
+                max_images=fusion_calibration_images)
+        self.revision = gallery_revision(self.gallery_dir)
+        self._lock = threading.RLock()
+        self._proposals: dict[str, Proposal] = {}
+        self._undo_stack: list[_Decision] = []
+        self._crop_cache: dict[str, Image.Image] = {}
+
+    # ------------------------------------------------------------------------------ browsing
+
+    @property
+    def species(self) -> list[str]:
+        return sorted(self.gallery.metadata["species"].dropna().unique().tolist())
+
+    def individuals(self, search: str = "") -> list[dict[str, Any]]:
+        """Individuals whose name contains `search` (case-insensitive): identity, species, image count
+        and the image id of a thumbnail, sorted by identity."""
+        metadata = self.gallery.metadata
+        needle = search.strip().lower()
+        found = []
+        for identity, group in metadata.groupby("identity", sort=True):
+            if needle and needle not in str(identity).lower():
+                continue
+            found.append({"identity": str(identity), "species": group["species"].iloc[0],
+                          "images": int(len(group)), "thumbnail": str(group["image_id"].iloc[0])})
+        return found
+
+    def gallery_crop(self, image_id: str) -> Image.Image:
+        """The annotated crop of a gallery image (path and box from the gallery's own metadata)."""
+        with self._lock:
+            if image_id not in self._crop_cache:
+                row = self.gallery.metadata.index[self.gallery.metadata["image_id"] == image_id]
+                if len(row) == 0:
+                    raise KeyError(f"no gallery image {image_id!r}")
+                path = self.gallery.metadata.at[row[0], "path"]
+                if not path:
+                    raise ValueError(f"gallery image {image_id!r} has no stored path")
+                extra = json.loads(self.gallery.metadata.at[row[0], "extra"] or "{}")
+                self._crop_cache[image_id] = load_crop(path, extra.get("bbox"), float(extra.get("theta") or 0.0))
+            return self._crop_cache[image_id]
+
+    # ----------------------------------------------------------------------------- proposing
+
+    def read_photos(self, files: Sequence[str | os.PathLike], bboxes: Sequence[Sequence[float] | None] | None = None,
+                    names: Sequence[str] | None = None) -> list[QueryPhoto]:
+        """Size-check, hash and decode uploaded files (paths the upload handler wrote, never typed)."""
+        if not files:
+            raise ValueError("upload at least one photo")
+        if bboxes is not None and len(bboxes) != len(files):
+            raise ValueError(f"{len(bboxes)} boxes for {len(files)} photos; give one box per photo or none")
+        from modeling_wildreid.image_processing_wildreid import crop_to_annotation, load_image
+
+        photos = []
+        for i, file in enumerate(files):
+            name = names[i] if names else Path(file).name
+            size = os.path.getsize(file)
+            if size > self.max_upload_bytes:
+                raise ValueError(f"{name}: {size:,} bytes exceeds the upload limit of {self.max_upload_bytes:,}")
+            data = Path(file).read_bytes()
+            bbox = None if bboxes is None or bboxes[i] is None else [float(v) for v in bboxes[i]]
+            crop = crop_to_annotation(load_image({"bytes": data, "path": name}), bbox=bbox, name=name)
+            photos.append(QueryPhoto(name, data, sha256_bytes(data), bbox, crop))
+        return photos
+
+    def propose(self, photos: list[QueryPhoto], species: str | None = None) -> Proposal:
+        """Rank the gallery's individuals (of `species`, or all) for the photos of one animal."""
+        if species is not None and species not in self.species:
+            raise ValueError(f"species {species!r} is not in this gallery; it holds {self.species}")
+        embeddings = np.asarray(self.embed([photo.crop for photo in photos]), dtype=np.float32)
+        features = [self.extractor.extract(photo.crop) for photo in photos]
+        with self._lock:
+            metadata = self.gallery.metadata
+            rows = np.flatnonzero(metadata["species"].to_numpy() == species) if species else np.arange(len(metadata))
+            if len(rows) == 0:
+                raise ValueError("the gallery holds no images" + (f" of {species}" if species else ""))
+            ranking = self._rank(embeddings, features, rows, self._method_for(species))
+            candidates = [self._candidate(photos, features, ranked, ranking.method) for ranked in ranking.candidates]
+            proposal = Proposal(uuid.uuid4().hex[:12], photos, species, embeddings, features, ranking, candidates)
+            self._proposals = {**dict(list(self._proposals.items())[-31:]), proposal.id: proposal}  # bounded
+            return proposal
+
+    def proposal(self, proposal_id: str) -> Proposal:
+        with self._lock:
+            if proposal_id not in self._proposals:
+                raise ValueError("this query is no longer open; upload it again")
+            return self._proposals[proposal_id]
+
+    def _recorded_methods(self) -> dict[str, str]:
+        """The gallery's per-species method choice, `calibration["method_choice"] = {species: {"method": ...}}`
+        (written where the choice is made on validation data); empty when it records none."""
+        choices = (self.gallery.calibration or {}).get("method_choice") or {}
+        return {str(name): str(choice.get("method")) for name, choice in choices.items() if isinstance(choice, dict)}
+
+    def _method_for(self, species: str | None) -> str:
+        """The method asked for; with "auto", the gallery's choice for the species (the only species when
+        all are searched and there is one), else global."""
+        if self.method != "auto":
+            return self.method
+        if species is None and len(self.species) == 1:
+            species = self.species[0]
+        chosen = self._recorded_methods().get(species or "")
+        return chosen if chosen in METHODS else "global"
+
+    def _rank(self, embeddings: np.ndarray, features: list[LocalFeatures], rows: np.ndarray, method: str) -> Ranking:
+        identities = self.gallery.metadata["identity"].to_numpy(str)
+        if method == "fusion":
+            image_ids = self.gallery.metadata["image_id"]
+            return rank_fusion(embeddings, features, self.gallery.embeddings, identities, rows, self.top_k,
+                               fusion=self.fusion, matcher=self.matcher,
+                               feature_of_row=lambda row: self.local_cache[image_ids.iat[row]],
+                               new_probability=self.new_probability)
+        calibration = self.gallery.calibration or {}
+        calibrator = Calibrator.from_dict(calibration["score_calibrator"]) if calibration.get("score_calibrator") else None
+        threshold = self.threshold if self.threshold is not None else calibration.get("new_individual_threshold")
+        return rank_global(embeddings, self.gallery.embeddings, identities, rows, self.top_k,
+                           calibrator=calibrator, threshold=threshold)
+
+    def _candidate(self, photos: list[QueryPhoto], features: list[LocalFeatures], ranked, method: str) -> Candidate:
+        image_id = str(self.gallery.metadata.at[ranked.row, "image_id"])
+        query_crop = photos[ranked.photo].crop
+        base = dict(identity=ranked.identity, probability=ranked.probability, score=ranked.score, method=method,
+                    image_id=image_id, photo=ranked.photo, global_score=ranked.global_score,
+                    local_inliers=ranked.local_inliers)
+        try:
+            reference = self.gallery_crop(image_id)
+        except (OSError, ValueError, KeyError) as error:  # a gallery file moved or unreadable: say so, go on
+            blank = np.asarray(query_crop.convert("RGB").resize((256, 256)))
+            return Candidate(**base, verified_matches=0, pair=blank, explanation=blank,
+                             note=f"gallery image unavailable ({error})")
+        if self.local_cache is not None and image_id in self.local_cache:
+            reference_features = self.local_cache[image_id]
+        else:
+            reference_features = self.extractor.extract(reference)
+        matches = verified_correspondences(self.matcher, features[ranked.photo], reference_features)
+        explanation = draw_correspondences(query_crop, reference, matches, max_side=self.extractor.max_side,
+                                           upscale=self.extractor.upscale)
+        return Candidate(**base, verified_matches=matches.num_inliers, pair=side_by_side(query_crop, reference),
+                         explanation=explanation)
+
+    # ----------------------------------------------------------------------------- deciding
+
+    def decide(self, proposal_id: str, decision: str, *, identity: str | None = None,
+               name: str | None = None) -> dict[str, Any]:
+        """Record "same" (as `identity`), "new" (individual called `name`) or "skip"; returns the audit record."""
+        if decision not in ("same", "new", "skip"):
+            raise ValueError(f"unknown decision {decision!r}; use same, new or skip")
+        with self._lock:
+            proposal = self.proposal(proposal_id)
+            if proposal.decided:
+                raise ValueError("this query was already decided; undo first to change the decision")
+            if decision == "same":
+                if identity not in set(self.gallery.metadata["identity"]):
+                    raise ValueError(f"{identity!r} is not an individual of this gallery")
+            elif decision == "new":
+                identity = self._new_identity(name, proposal.species)
+            added = [] if decision == "skip" else self._add(proposal, identity)
+            revision_before, self.revision = self.revision, gallery_revision(self.gallery_dir)
+            record = self.audit.append({
+                "id": uuid.uuid4().hex[:12], "time": utc_now(), "decision": decision,
+                "identity": identity if decision != "skip" else None,
+                "query": [{"file": p.name, "sha256": p.sha256, "bbox": p.bbox} for p in proposal.photos],
+                "species": proposal.species, "method": proposal.ranking.method,
+                "candidates": [c.summary() for c in proposal.candidates],
+                "suggested_new": proposal.ranking.suggest_new, "threshold": proposal.ranking.threshold,
+                "threshold_unit": proposal.ranking.threshold_unit, "model": self.model_tag.to_dict(),
+                "gallery_revision": revision_before, "gallery_revision_after": self.revision,
+                "added_image_ids": added,
+            })
+            proposal.decided = True
+            self._undo_stack.append(_Decision(record, proposal, added))
+            return record
+
+    def undo(self) -> dict[str, Any]:
+        """Revert this session's last decision (its images leave the gallery); returns the audit record."""
+        with self._lock:
+            if not self._undo_stack:
+                raise ValueError("nothing to undo in this session")
+            last = self._undo_stack.pop()
+            if last.added_image_ids:
+                self._remove(last.added_image_ids)
+            revision_before, self.revision = self.revision, gallery_revision(self.gallery_dir)
+            last.proposal.decided = False
+            self._proposals[last.proposal.id] = last.proposal  # decide it again without re-uploading
+            return self.audit.append({
+                "id": uuid.uuid4().hex[:12], "time": utc_now(), "decision": "undo", "undoes": last.record["id"],
+                "undone_decision": last.record["decision"], "identity": last.record["identity"],
+                "query": last.record["query"], "removed_image_ids": last.added_image_ids,
+                "model": self.model_tag.to_dict(), "gallery_revision": revision_before,
+                "gallery_revision_after": self.revision,
+            })
+
+    def _new_identity(self, name: str | None, species: str | None) -> str:
+        name = (name or "").strip()
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"name {name!r} must be 1-64 letters, digits, spaces or . ' - _ (starting with a "
+                             "letter or digit)")
+        if species is None:
+            if len(self.species) != 1:
+                raise ValueError(f"choose the species of the new individual (this gallery holds {self.species})")
+            species = self.species[0]
+        identity = f"{species}/{name}"
+        if identity in set(self.gallery.metadata["identity"]):
+            raise ValueError(f"{identity} already exists; choose it as 'same as' or pick another name")
+        return identity
+
+    def _add(self, proposal: Proposal, identity: str) -> list[str]:
+        image_ids = [f"review-{photo.sha256[:20]}" for photo in proposal.photos]
+        present = sorted(set(image_ids) & set(self.gallery.metadata["image_id"]))
+        if len(set(image_ids)) != len(image_ids) or present:
+            raise ValueError(f"these photos are already in the gallery ({present or 'the same photo twice'})")
+        species = identity.split("/", 1)[0] if "/" in identity else proposal.species
+        paths = [self._store_photo(photo) for photo in proposal.photos]
+        rows = [{"image_id": image_id, "identity": identity, "species": species, "path": str(path),
+                 "source": "review", "original_name": photo.name, "bbox": photo.bbox}
+                for image_id, photo, path in zip(image_ids, proposal.photos, paths)]
+        self.gallery.add(proposal.embeddings, rows, self.model_tag)
+        if self.local_cache is not None:
+            for image_id, features in zip(image_ids, proposal.features):
+                self.local_cache[image_id] = features
+        self._save()
+        return image_ids
+
+    def _remove(self, image_ids: list[str]) -> None:
+        keep = ~self.gallery.metadata["image_id"].isin(image_ids).to_numpy()
+        old = self.gallery
+        rebuilt = Gallery(old.model_tag, approximate_threshold=old.approximate_threshold)
+        rebuilt.add(old.embeddings[keep], old.metadata[keep].reset_index(drop=True), old.model_tag)
+        rebuilt.calibration, rebuilt.created = old.calibration, old.created
+        rebuilt.local_features_config = old.local_features_config
+        if self.local_cache is not None:
+            cache = LocalFeatureCache(self.local_cache.config)
+            for image_id in rebuilt.metadata["image_id"]:
+                cache[image_id] = self.local_cache[image_id]
+            self.local_cache = cache
+        self.gallery = rebuilt
+        self._save()
+
+    def _store_photo(self, photo: QueryPhoto) -> Path:
+        """Content-addressed copy of an uploaded photo: the suffix comes from the decoded format."""
+        with Image.open(io.BytesIO(photo.data)) as image:
+            suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}.get(image.format, "")
+        path = (self.review_dir / "images" / f"{photo.sha256}{suffix}").resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_bytes(photo.data)
+            os.replace(temporary, path)
+        return path
+
+    def _save(self) -> None:
+        self.gallery.save(self.gallery_dir, local_features=self.local_cache, overwrite=True)

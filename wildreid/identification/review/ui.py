@@ -1,0 +1,217 @@
+"""The Gradio interface over a `ReviewSession`: upload a query, see the candidates with their evidence,
+decide; browse the gallery. Only layout and event wiring live here; every decision goes through the
+session, so it behaves the same with or without a browser."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from PIL import Image
+
+from .session import Proposal, ReviewSession
+
+logger = logging.getLogger(__name__)
+ALL_SPECIES = "all species"
+THUMBNAIL_SIDE = 128
+
+
+def parse_boxes(text: str, num_photos: int) -> list[list[float] | None] | None:
+    """'x, y, w, h' per photo, separated by ';' (blank: whole images)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    boxes = []
+    for part in text.split(";"):
+        values = [v for v in part.replace(",", " ").split()]
+        try:
+            box = [float(v) for v in values]
+        except ValueError:
+            raise ValueError(f"box {part.strip()!r}: give four numbers x, y, w, h") from None
+        if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+            raise ValueError(f"box {part.strip()!r}: give four numbers x, y, w, h with w, h > 0")
+        boxes.append(box)
+    if len(boxes) != num_photos:
+        raise ValueError(f"{len(boxes)} boxes for {num_photos} photos; give one box per photo (separated by ';')")
+    return boxes
+
+
+def _format_probability(value: float | None) -> str:
+    return "not calibrated" if value is None else f"{value:.2f}"
+
+
+def describe_suggestion(proposal: Proposal) -> str:
+    ranking = proposal.ranking
+    if not ranking.candidates:
+        return "No candidates."
+    best = ranking.candidates[0]
+    if ranking.suggest_new is None:
+        return (f"Best match **{best.identity}** ({ranking.threshold_unit} {best.score:.3f}). No new-individual "
+                "threshold is known: run `wildreid calibrate` on this gallery.")
+    if ranking.suggest_new:
+        return (f"Suggestion: **new individual**: the best {ranking.threshold_unit} {best.score:.3f} "
+                f"({best.identity}) is below the threshold {ranking.threshold:.3f}.")
+    return (f"Suggestion: **{best.identity}**: {ranking.threshold_unit} {best.score:.3f} is at or above the "
+            f"new-individual threshold {ranking.threshold:.3f}.")
+
+
+def describe_candidate(rank: int, candidate) -> str:
+    parts = [f"P(same) {_format_probability(candidate.probability)}", f"method: {candidate.method}",
+             f"cosine {candidate.global_score:.3f}", f"{candidate.verified_matches} verified local matches"]
+    text = (f"**{rank}. {candidate.identity}**: " + " · ".join(parts)
+            + f"  \nbest gallery image `{candidate.image_id}`, matched by query photo {candidate.photo + 1}")
+    return text + (f"  \n{candidate.note}" if candidate.note else "")
+
+
+def build_app(session: ReviewSession):
+    """The Blocks app; call `.launch(...)` on it (see `launch`)."""
+    import gradio as gr
+
+    k = session.top_k
+
+    def gallery_summary() -> str:
+        metadata = session.gallery.metadata
+        return (f"Gallery `{session.gallery_dir.name}`: {len(metadata)} images of {metadata['identity'].nunique()} "
+                f"individuals ({', '.join(session.species) or 'no species'}); revision `{session.revision}`")
+
+    def hidden_slots() -> list:
+        updates = []
+        for _ in range(k):
+            updates += [gr.update(visible=False), gr.update(value=""), gr.update(value=None), gr.update(value=None),
+                        gr.update(value="Same as", interactive=False)]
+        return updates
+
+    def show(proposal: Proposal, status: str) -> list:
+        updates = [proposal.id, status, describe_suggestion(proposal)]
+        for i in range(k):
+            if i < len(proposal.candidates):
+                candidate = proposal.candidates[i]
+                updates += [gr.update(visible=True), describe_candidate(i + 1, candidate), candidate.pair,
+                            candidate.explanation, gr.update(value=f"Same as {candidate.identity}", interactive=True)]
+            else:
+                updates += [gr.update(visible=False), "", None, None, gr.update(value="Same as", interactive=False)]
+        return updates
+
+    def find(files, box_text, species):
+        try:
+            paths = [f if isinstance(f, str) else f.name for f in (files or [])]
+            photos = session.read_photos(paths, parse_boxes(box_text, len(paths)))
+            proposal = session.propose(photos, None if species in (None, ALL_SPECIES) else species)
+        except ValueError as error:
+            return [None, f"Error: {error}", ""] + hidden_slots()
+        shown = len(proposal.candidates)
+        return show(proposal, f"{shown} candidates for {len(photos)} photo(s) by the {proposal.ranking.method} method.")
+
+    def after_decision(text: str):
+        return text, gallery_summary()
+
+    def same_as(index: int):
+        def handler(proposal_id):
+            try:
+                proposal = session.proposal(proposal_id or "")
+                identity = proposal.candidates[index].identity
+                record = session.decide(proposal.id, "same", identity=identity)
+            except (ValueError, IndexError) as error:
+                return after_decision(f"Error: {error}")
+            return after_decision(f"Decision recorded: same as **{identity}**; added "
+                                  f"{len(record['added_image_ids'])} image(s) to the gallery.")
+        return handler
+
+    def new_individual(proposal_id, name):
+        try:
+            record = session.decide(proposal_id or "", "new", name=name)
+        except ValueError as error:
+            return after_decision(f"Error: {error}")
+        return after_decision(f"Decision recorded: new individual **{record['identity']}**; added "
+                              f"{len(record['added_image_ids'])} image(s) to the gallery.")
+
+    def skip(proposal_id):
+        try:
+            session.decide(proposal_id or "", "skip")
+        except ValueError as error:
+            return after_decision(f"Error: {error}")
+        return after_decision("Decision recorded: skipped (the gallery is unchanged).")
+
+    def undo():
+        try:
+            record = session.undo()
+        except ValueError as error:
+            return after_decision(f"Error: {error}")
+        return after_decision(f"Undone: {record['undone_decision']}"
+                              + (f" {record['identity']}" if record["identity"] else "")
+                              + f"; removed {len(record['removed_image_ids'])} image(s) from the gallery.")
+
+    def browse(search):
+        items = []
+        found = session.individuals(search or "")
+        for individual in found:
+            try:
+                thumbnail = session.gallery_crop(individual["thumbnail"]).copy()
+                thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+            except (OSError, ValueError, KeyError):  # a moved file: show the individual without its picture
+                thumbnail = Image.new("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE), (200, 200, 200))
+            items.append((thumbnail, f"{individual['identity']} ({individual['images']} images)"))
+        return f"{len(found)} individuals" + (f" matching '{search.strip()}'" if (search or "").strip() else ""), items
+
+    with gr.Blocks(title="wildreid review", analytics_enabled=False) as app:
+        gr.Markdown("# wildreid review\nUpload photos of one animal, compare it with the top candidates, decide.")
+        summary = gr.Markdown(gallery_summary(), elem_id="gallery-summary")
+        proposal_state = gr.State(None)
+        with gr.Tab("Review"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    files = gr.File(file_count="multiple", file_types=["image"], label="Query photos (one animal)",
+                                    elem_id="query-files")
+                    box = gr.Textbox(label="Box x, y, w, h (optional; one per photo, separated by ;)",
+                                     elem_id="query-box")
+                    species = gr.Dropdown([ALL_SPECIES, *session.species], value=ALL_SPECIES, label="Species",
+                                          elem_id="species")
+                    find_button = gr.Button("Find candidates", variant="primary", elem_id="find")
+                    status = gr.Markdown("", elem_id="status")
+                with gr.Column(scale=3):
+                    suggestion = gr.Markdown("", elem_id="suggestion")
+                    with gr.Row():
+                        name = gr.Textbox(label="Name of a new individual", elem_id="new-name", scale=2)
+                        new_button = gr.Button("New individual", elem_id="decide-new")
+                        skip_button = gr.Button("Skip", elem_id="skip")
+                        undo_button = gr.Button("Undo last decision", elem_id="undo")
+                    slots = []
+                    for i in range(k):
+                        with gr.Group(visible=False, elem_id=f"candidate-{i}") as group:
+                            text = gr.Markdown("", elem_id=f"candidate-{i}-text")
+                            with gr.Row():
+                                pair = gr.Image(label="query | best gallery image", type="numpy", interactive=False,
+                                                elem_id=f"candidate-{i}-pair")
+                                match = gr.Image(label="verified local correspondences", type="numpy",
+                                                 interactive=False, elem_id=f"candidate-{i}-match")
+                            same = gr.Button("Same as", interactive=False, elem_id=f"same-{i}")
+                        slots.append((group, text, pair, match, same))
+        with gr.Tab("Gallery") as gallery_tab:
+            with gr.Row():
+                search = gr.Textbox(label="Search individuals by name", elem_id="gallery-search", scale=3)
+                search_button = gr.Button("Search", elem_id="gallery-search-button")
+            found = gr.Markdown("", elem_id="gallery-count")
+            thumbnails = gr.Gallery(label="Individuals", columns=6, fit_columns=False, height=480, object_fit="contain",
+                                    elem_id="gallery-browser")
+
+        slot_outputs = [component for slot in slots for component in slot]
+        find_button.click(find, [files, box, species], [proposal_state, status, suggestion, *slot_outputs])
+        for i, (_, _, _, _, same) in enumerate(slots):
+            same.click(same_as(i), [proposal_state], [status, summary])
+        new_button.click(new_individual, [proposal_state, name], [status, summary])
+        skip_button.click(skip, [proposal_state], [status, summary])
+        undo_button.click(undo, [], [status, summary])
+        search_button.click(browse, [search], [found, thumbnails])
+        search.submit(browse, [search], [found, thumbnails])
+        gallery_tab.select(browse, [search], [found, thumbnails])  # decisions change it: refresh on every visit
+    return app
+
+
+def launch(session: ReviewSession, *, host: str = "127.0.0.1", port: int = 7860, max_upload_bytes: int | None = None,
+           **kwargs: Any):
+    """Serve the app (blocking). Binds to 127.0.0.1 unless told otherwise; uploads over the limit are
+    refused by the server before the session sees them."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    app = build_app(session)
+    limit = max_upload_bytes or session.max_upload_bytes
+    return app.launch(server_name=host, server_port=port, max_file_size=limit, share=False, **kwargs)
