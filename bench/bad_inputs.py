@@ -315,7 +315,7 @@ def main() -> int:
                 outcome = case(cases)
             except Exception as error:  # a broken case is reported as unhandled, the others still run
                 outcome = Outcome(False, f"case crashed: {type(error).__name__}: {error}")
-            rows.append({"issue_item": item, "case": name, "handled": outcome.handled, "outcome": outcome.text,
+            rows.append({"issue_item": item, "case": name, "handled": bool(outcome.handled), "outcome": outcome.text,
                          "seconds": round(time.monotonic() - start, 1)})
             print(f"[{item}] {name:<46} -> {'handled' if outcome.handled else 'NOT HANDLED'}: {outcome.text}", flush=True)
     handled = sum(row["handled"] for row in rows)

@@ -156,3 +156,17 @@ def test_model_reference_is_relative_to_the_gallery(tmp_path, monkeypatch):
     assert resolved == str((tmp_path / "runs" / "base").resolve())
     assert store.model_reference("org/hub-model", tmp_path / "g") == "org/hub-model"
     assert store.resolve_model_reference("org/hub-model", tmp_path / "g") == "org/hub-model"
+
+
+def test_saving_a_stale_copy_over_a_newer_revision_is_refused(tmp_path):
+    folder = tmp_path / "gallery"
+    gallery_of(TAG_A, seed=0).save(folder)
+    first, second = Gallery.load(folder), Gallery.load(folder)
+    first.add(l2_normalize(np.ones((1, DIM))), [{"image_id": "a", "identity": "zebra/a"}], TAG_A)
+    first.save(folder, overwrite=True)
+    first.save(folder, overwrite=True)  # its own revision: fine
+    second.add(l2_normalize(np.ones((1, DIM))), [{"image_id": "b", "identity": "zebra/b"}], TAG_A)
+    with pytest.raises(GalleryBusyError, match="was saved by another process since it was loaded"):
+        second.save(folder, overwrite=True)
+    assert "a" in set(Gallery.load(folder).metadata["image_id"])
+    gallery_of(TAG_B, seed=1).save(folder, overwrite=True)  # a new gallery replaces whatever is there

@@ -46,6 +46,7 @@ class Gallery:
         self._codes: np.ndarray | None = None  # identity code of each gallery row
         self._identity_names: np.ndarray | None = None  # identity name of each code
         self._score_calibrator: Calibrator | None = None
+        self._loaded_revision: tuple[Path, str | None] | None = None  # (folder, revision) this copy was read from
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -245,6 +246,7 @@ class Gallery:
         directory = Path(directory)
         with store.writer_lock(directory):
             store.check_new_folder(directory, overwrite)
+            self._refuse_stale_overwrite(directory)
             kept = None
             if local_features is not None:
                 missing = [image_id for image_id in self.metadata["image_id"] if image_id not in local_features]
@@ -263,7 +265,8 @@ class Gallery:
                 search={"approximate_threshold": self.approximate_threshold},
                 local_features=None if self.local_features_config is None else {"config": self.local_features_config},
             )
-            store.write_revision(directory, config, self.embeddings, self.metadata, local_features, kept)
+            revision = store.write_revision(directory, config, self.embeddings, self.metadata, local_features, kept)
+            self._loaded_revision = (directory.resolve(), revision)
         return directory
 
     @classmethod
@@ -283,7 +286,19 @@ class Gallery:
         gallery.updated = config.get("updated", gallery.updated)
         gallery.calibration = config.get("calibration")
         gallery.local_features_config = (config.get("local_features") or {}).get("config")
+        gallery._loaded_revision = (directory.resolve(), config.get("revision"))
         return gallery
+
+    def _refuse_stale_overwrite(self, directory: Path) -> None:
+        """Saving over the folder this copy came from, after another process saved a newer revision there,
+        would silently drop that process's changes."""
+        if self._loaded_revision is None or self._loaded_revision[0] != directory.resolve():
+            return
+        current = store.read_config(directory).get("revision") if (directory / store.CONFIG_FILE).exists() else None
+        if current != self._loaded_revision[1]:
+            raise store.GalleryBusyError(
+                f"gallery {directory} was saved by another process since it was loaded (revision {current}, loaded "
+                f"{self._loaded_revision[1]}); load it again, or use Gallery.add_and_save to add entries")
 
     @classmethod
     def add_and_save(cls, directory: str | os.PathLike, embeddings: np.ndarray,

@@ -44,7 +44,7 @@ METADATA_COLUMNS = ("image_id", "identity", "species", "path", "extra")
 
 
 class GalleryBusyError(RuntimeError):
-    """Another process is writing this gallery."""
+    """Another process is writing this gallery, or wrote it since this copy was loaded."""
 
 
 @contextlib.contextmanager
@@ -73,10 +73,11 @@ def check_new_folder(directory: Path, overwrite: bool) -> None:
 
 
 def write_revision(directory: Path, config: dict[str, Any], embeddings: np.ndarray, metadata: pd.DataFrame,
-                   local_features: LocalFeatureCache | None = None, kept_local_features: dict | None = None) -> None:
+                   local_features: LocalFeatureCache | None = None, kept_local_features: dict | None = None) -> str:
     """Write a new revision and switch `directory` to it (see the module docstring); call under `writer_lock`.
 
     kept_local_features: the current manifest's entry of a keypoint cache to carry over unchanged.
+    Returns the new revision's name.
     """
     from safetensors.numpy import save_file
 
@@ -100,6 +101,7 @@ def write_revision(directory: Path, config: dict[str, Any], embeddings: np.ndarr
     os.replace(manifest, directory / CONFIG_FILE)  # the switch
     _fsync(directory)
     _remove_unreferenced(directory, {entry["name"] for entry in files.values()})
+    return revision
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
