@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--image_size", type=int, help="input size for imagenet:/timm: baselines")
     parser.add_argument("--split_seed", type=int, default=0, help="open-set without --gallery: split seed")
+    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                        help="onnx: --model is a folder written by `wildreid export --format onnx`")
     parser.add_argument("--num_threads", type=int,
                         help="torch CPU threads (default: $WILDREID_NUM_THREADS, else the cores this process may use)")
     args = parser.parse_args(argv)

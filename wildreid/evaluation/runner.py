@@ -47,6 +47,7 @@ class EvaluationRequest:
     batch_size: int = 64
     num_workers: int = 2
     image_size: int | None = None  # baselines only: wildreid models keep their own
+    runtime: str = "torch"  # or "onnx": --model is a `wildreid export --format onnx` folder
     split_seed: int = 0  # open-set without --gallery: seed of the derived gallery/query split
     plots: bool = False
     command: str | None = None
@@ -98,7 +99,8 @@ def run_evaluation(request: EvaluationRequest) -> dict:
     request.validate()
     started = time.perf_counter()
     queries = _load(request.datasets, request.data_dir, "--datasets")
-    embedder = load_embedder(request.model, image_size=request.image_size) if request.model else None
+    embedder = (load_embedder(request.model, image_size=request.image_size, runtime=request.runtime)
+                if request.model else None)
     seen = embedder.training_species if embedder else []
     failures = []
     timings = {}
