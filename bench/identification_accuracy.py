@@ -65,35 +65,61 @@ def model_stamp(model: str) -> str:
     return f"{model}@{weights.stat().st_mtime_ns}" if weights.is_file() else model
 
 
-def local_features(spec: str, cache: Path, extractor: LocalFeatureExtractor, workers: int):
-    path = cache / f"local-{cache_key(spec, json.dumps(extractor.config, sort_keys=True))}.npz"
-    dataset = load_specs([spec])
+def _cached(path: Path, dataset, compute) -> dict:
+    """Per-image results keyed by `image_id` in one .npz per species and setting (no pickle): a set that
+    shares images with an earlier one (lion:train and the closed-set split's parts) only computes the rest."""
+    stored = {}
     if path.is_file():
-        data = np.load(path, allow_pickle=False)
-        bounds = data["offsets"]
-        features = [LocalFeatures(data["keypoints"][a:b], data["descriptors"][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-        rows = data["rows"]
-        return dataset, LocalSet(features, rows, np.asarray(dataset["identity"], dtype=object)[rows],
-                                 np.asarray(dataset["species"], dtype=object)[rows], [])
-    tick = time.perf_counter()
-    local = extract_local_set(dataset, extractor, num_workers=workers, progress=False)
-    offsets = np.concatenate([[0], np.cumsum([len(f) for f in local.features])])
-    np.savez(path, rows=local.rows, offsets=offsets,
-             keypoints=np.concatenate([f.keypoints for f in local.features]),
-             descriptors=np.concatenate([f.descriptors for f in local.features]))
-    print(f"  local features of {spec}: {len(local.features)} images, {time.perf_counter() - tick:.0f} s", flush=True)
-    return dataset, local
+        with np.load(path, allow_pickle=False) as data:
+            bounds = data["offsets"]
+            arrays = {key: data[key] for key in data.files if key not in ("image_ids", "offsets")}
+            stored = {image_id: {key: value[a:b] for key, value in arrays.items()}
+                      for image_id, a, b in zip(data["image_ids"].tolist(), bounds[:-1], bounds[1:])}
+    image_ids = list(dataset["image_id"])
+    missing = [row for row, image_id in enumerate(image_ids) if image_id not in stored]
+    if missing:
+        tick = time.perf_counter()
+        stored.update(compute(dataset.select(missing), [image_ids[row] for row in missing]))
+        print(f"  {path.name}: {len(missing)} new images, {time.perf_counter() - tick:.0f} s", flush=True)
+        keys = sorted(stored)
+        first = next(iter(stored.values()))
+        np.savez(path, image_ids=np.array(keys), offsets=np.concatenate([[0], np.cumsum([len(stored[k][next(iter(first))])
+                                                                                        for k in keys])]),
+                 **{name: np.concatenate([stored[k][name] for k in keys]) for name in first})
+    return stored
+
+
+def local_features(spec: str, cache: Path, extractor: LocalFeatureExtractor, workers: int):
+    dataset = load_specs([spec])
+    species = "-".join(sorted(set(dataset["species"])))
+    path = cache / f"local-{species}-{cache_key(json.dumps(extractor.config, sort_keys=True))}.npz"
+
+    def compute(part, image_ids):
+        extracted = extract_local_set(part, extractor, num_workers=workers, progress=False)
+        return {image_ids[row]: {"keypoints": f.keypoints, "descriptors": f.descriptors}
+                for row, f in zip(extracted.rows, extracted.features)}
+
+    stored = _cached(path, dataset, compute)
+    image_ids = list(dataset["image_id"])
+    rows = np.array([row for row, image_id in enumerate(image_ids) if image_id in stored], dtype=np.int64)
+    features = [LocalFeatures(**stored[image_ids[row]]) for row in rows]
+    return dataset, LocalSet(features, rows, np.asarray(dataset["identity"], dtype=object)[rows],
+                             np.asarray(dataset["species"], dtype=object)[rows], [])
 
 
 def embeddings(model: str, spec: str, dataset, cache: Path):
-    path = cache / f"embed-{cache_key(model_stamp(model), spec)}.npz"
-    if path.is_file():
-        data = np.load(path, allow_pickle=False)
-        return Embeddings(data["vectors"], data["indices"])
-    embedder = load_embedder(model)
-    embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=32, num_workers=0, progress=False)
-    np.savez(path, vectors=embedded.vectors, indices=embedded.indices)
-    return embedded
+    species = "-".join(sorted(set(dataset["species"])))
+    path = cache / f"embed-{species}-{cache_key(model_stamp(model))}.npz"
+
+    def compute(part, image_ids):
+        embedder = load_embedder(model)
+        embedded = embed_dataset(embedder.model, part, embedder.processor, batch_size=32, num_workers=0, progress=False)
+        return {image_ids[row]: {"vector": vector[None]} for row, vector in zip(embedded.indices, embedded.vectors)}
+
+    stored = _cached(path, dataset, compute)
+    rows = np.array([row for row, image_id in enumerate(dataset["image_id"]) if image_id in stored], dtype=np.int64)
+    vectors = np.concatenate([stored[image_id]["vector"] for image_id in np.asarray(dataset["image_id"])[rows]])
+    return Embeddings(vectors, rows)
 
 
 def measure(scores: np.ndarray, queries, gallery) -> dict:
