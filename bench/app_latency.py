@@ -98,10 +98,11 @@ def browser_latency(gallery: Path, method: str, queries: list[Path], top_k: int)
             driver.get(f"http://127.0.0.1:{port}/")
             upload = WebDriverWait(driver, 60).until(
                 lambda d: d.find_element(By.CSS_SELECTOR, "#query-files input[type=file]"))
+            find = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "#find"))  # page ready
             start = time.perf_counter()
             upload.send_keys(str(query))
             WebDriverWait(driver, 60).until(lambda d: query.stem in d.find_element(By.CSS_SELECTOR, "#query-files").text)
-            driver.find_element(By.CSS_SELECTOR, "#find").click()
+            find.click()
             try:
                 WebDriverWait(driver, 120, poll_frequency=0.02).until(lambda d: d.execute_script(shown))
             except TimeoutException:
