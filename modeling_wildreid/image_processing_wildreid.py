@@ -4,8 +4,8 @@ The pipeline for every image is::
 
     load_image      decode, apply EXIF orientation, convert any mode to 8-bit RGB
     crop_to_annotation   cut out the animal: axis-aligned box, or a box rotated by ``theta`` about its centre
-    resize          squash the crop to ``image_size`` x ``image_size`` (antialiased bilinear, PIL)
-    normalize       uint8 -> float, (x / 255 - mean) / std
+    resize          squash the crop to ``size["height"]`` x ``size["width"]`` (antialiased bilinear, PIL)
+    normalize       uint8 -> float, (x / 255 - mean) / std (``do_rescale``, ``do_normalize``)
 
 Resize policy: the crop is *squashed* to a square, aspect ratio not preserved, as MiewID does; a model
 trained on squashed crops must be fed squashed crops. Training inserts its augmentations between
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature, get_size_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -226,14 +226,22 @@ class WildReIDImageProcessor(BaseImageProcessor):
     r"""Turns raw images (+ optional annotation boxes) into the ``pixel_values`` a wildreid model expects.
 
     Args:
-        image_size (`int`, *optional*, defaults to 440):
-            Side of the square model input; crops are squashed to it (see the module docstring).
-        image_mean (`list[float]`, *optional*, defaults to ImageNet mean):
-            Per-channel mean subtracted after scaling pixels to [0, 1]; must match the backbone's pretraining.
-        image_std (`list[float]`, *optional*, defaults to ImageNet std):
-            Per-channel standard deviation pixels are divided by.
+        size (`dict[str, int]`, *optional*, defaults to `{"height": 440, "width": 440}`):
+            Model input size; crops are squashed to it (see the module docstring). An int means a square.
+            Configs saved before this argument existed name it `image_size` (an int); they still load.
+        do_resize (`bool`, *optional*, defaults to `True`):
+            Squash each crop to `size`; without it every crop must already have one common size.
         resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BILINEAR`):
             PIL resampling filter of the resize (antialiased when shrinking).
+        do_rescale (`bool`, *optional*, defaults to `True`):
+            Scale uint8 pixels by `rescale_factor` (1/255: to [0, 1]).
+        rescale_factor (`float`, *optional*, defaults to 1/255):
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Subtract `image_mean` and divide by `image_std` after rescaling.
+        image_mean (`list[float]`, *optional*, defaults to ImageNet mean):
+            Per-channel mean; must match the backbone's pretraining.
+        image_std (`list[float]`, *optional*, defaults to ImageNet std):
+            Per-channel standard deviation pixels are divided by.
         fast_downscale (`bool`, *optional*, defaults to `True`):
             Decode large JPEGs at reduced scale (DCT draft) and let PIL pre-shrink by whole factors before
             the filtered resize: several times faster on camera photos, at the price of pixels that differ
@@ -248,45 +256,65 @@ class WildReIDImageProcessor(BaseImageProcessor):
 
     def __init__(
         self,
-        image_size: int = 440,
+        size: dict[str, int] | int | None = None,
+        do_resize: bool = True,
+        resample: int = Image.Resampling.BILINEAR,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
         image_mean: Sequence[float] = IMAGENET_MEAN,
         image_std: Sequence[float] = IMAGENET_STD,
-        resample: int = Image.Resampling.BILINEAR,
         fast_downscale: bool = True,
         **kwargs,
     ):
+        legacy_size = kwargs.pop("image_size", None)
         super().__init__(**kwargs)
-        self.image_size = int(image_size)
+        self.size = get_size_dict(size if size is not None else legacy_size or 440)
+        self.do_resize = bool(do_resize)
+        self.resample = int(resample)
+        self.do_rescale = bool(do_rescale)
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = bool(do_normalize)
         self.image_mean = [float(v) for v in image_mean]
         self.image_std = [float(v) for v in image_std]
-        self.resample = int(resample)
         self.fast_downscale = bool(fast_downscale)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square input (wildreid models are square)."""
+        if self.size["height"] != self.size["width"]:
+            raise ValueError(f"input size {self.size} is not square")
+        return self.size["height"]
 
     @classmethod
     def from_config(cls, config) -> "WildReIDImageProcessor":
         """The processor matching a :class:`WildReIDConfig` (size, mean and std travel with the weights)."""
-        return cls(image_size=config.image_size, image_mean=config.image_mean, image_std=config.image_std,
-                   fast_downscale=getattr(config, "fast_downscale", True))
+        return cls(size={"height": config.image_size, "width": config.image_size}, image_mean=config.image_mean,
+                   image_std=config.image_std, fast_downscale=getattr(config, "fast_downscale", True))
 
     def crop(self, image: Any, bbox: Sequence[float] | None = None, theta: float = 0.0) -> Image.Image:
         """Load any image input and cut out the annotated animal (RGB PIL image)."""
-        # Without a box the whole image is squashed to image_size, so JPEG draft decoding is safe.
-        draft = self.image_size if bbox is None and self.fast_downscale else None
-        pil = load_image(image, draft_size=draft)
+        # Without a box the whole image is squashed to `size`, so JPEG draft decoding is safe.
+        resized_whole = bbox is None and self.fast_downscale and self.do_resize
+        pil = load_image(image, draft_size=max(self.size["height"], self.size["width"]) if resized_whole else None)
         return crop_to_annotation(pil, bbox, theta, name=_describe(image))
 
     def resize(self, image: Image.Image) -> torch.Tensor:
-        """Squash a crop to ``image_size`` x ``image_size``; returns a uint8 tensor (3, H, W)."""
-        size = (self.image_size, self.image_size)
-        if image.size != size:
+        """Squash a crop to `size` (when `do_resize`); returns a uint8 tensor (3, H, W)."""
+        size = (self.size["width"], self.size["height"])
+        if self.do_resize and image.size != size:
             image = image.resize(size, resample=self.resample, reducing_gap=3.0 if self.fast_downscale else None)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 (..., 3, H, W) -> float32 normalised with the config's mean and std (works on any device)."""
+        """uint8 (..., 3, H, W) -> float32, rescaled and normalised as the flags say (works on any device)."""
+        # Dividing by 1 / factor keeps the default bit-identical to the historical `x / 255`.
+        values = pixels.float() / (1 / self.rescale_factor) if self.do_rescale else pixels.float()
+        if not self.do_normalize:
+            return values
         mean = torch.tensor(self.image_mean, device=pixels.device).view(3, 1, 1)
         std = torch.tensor(self.image_std, device=pixels.device).view(3, 1, 1)
-        return (pixels.float() / 255.0 - mean) / std
+        return (values - mean) / std
 
     def to_uint8(self, image: Any, bbox: Sequence[float] | None = None, theta: float = 0.0) -> torch.Tensor:
         """Crop + resize: the geometric half of preprocessing, where training inserts augmentation."""
@@ -310,7 +338,10 @@ class WildReIDImageProcessor(BaseImageProcessor):
         thetas = [0.0] * len(images) if thetas is None else list(thetas)
         if not (len(bboxes) == len(thetas) == len(images)):
             raise ValueError(f"got {len(images)} images, {len(bboxes)} bboxes and {len(thetas)} thetas; they must match")
-        pixels = torch.stack([self.to_uint8(i, b, t) for i, b, t in zip(images, bboxes, thetas)])
+        crops = [self.to_uint8(i, b, t) for i, b, t in zip(images, bboxes, thetas)]
+        if len({tuple(crop.shape) for crop in crops}) > 1:
+            raise ValueError(f"do_resize=False needs crops of one size, got {sorted({tuple(c.shape[1:]) for c in crops})}")
+        pixels = torch.stack(crops)
         pixel_values = self.normalize(pixels)
         if return_tensors in (None, "np"):
             pixel_values = pixel_values.numpy()

@@ -34,7 +34,7 @@ def gallery(tmp_path_factory):
 def test_index_writes_a_tagged_gallery_with_local_features(gallery):
     loaded = Gallery.load(gallery / "gallery")
     assert len(loaded) == 20 and len(loaded.identities) == 5  # 5 train individuals x 4 photos
-    assert loaded.model_tag.model_name_or_path == str(gallery / "model")
+    assert loaded.model_tag.model_name_or_path == "../model"  # relative to the gallery: identify works from anywhere
     assert loaded.model_tag.revision.startswith("sha256:")
     assert len(Gallery.load_local_features(gallery / "gallery")) == 20
 

@@ -116,8 +116,10 @@ def test_save_load_round_trip(tmp_path):
     queries = l2_normalize(centres[:5])
     before = gallery.identify(queries, TAG_A, top_k=3)
     folder = gallery.save(tmp_path / "gallery")
-    assert sorted(p.name for p in folder.iterdir()) == ["embeddings.safetensors", "gallery.json", "metadata.parquet"]
     config = json.loads((folder / "gallery.json").read_text())
+    revision = config["revision"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".gallery.lock", f"embeddings.{revision}.safetensors", "gallery.json", f"metadata.{revision}.parquet"]
     assert config["model"]["model_name_or_path"] == "wildreid/model-a" and config["counts"]["individuals"] == 10
     loaded = Gallery.load(folder)
     assert loaded.model_tag == TAG_A and len(loaded) == 30 and loaded.identities == gallery.identities
@@ -135,8 +137,9 @@ def test_save_load_round_trip(tmp_path):
 def test_load_reports_the_broken_file(tmp_path):
     gallery, _ = make_gallery(num_ids=3, per_id=2)
     folder = gallery.save(tmp_path / "g")
-    (folder / "embeddings.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="embeddings.safetensors"):
+    embeddings = folder / json.loads((folder / "gallery.json").read_text())["files"]["embeddings"]["name"]
+    embeddings.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=f"{embeddings.name}: checksum differs"):
         Gallery.load(folder)
     (folder / "gallery.json").write_text("{}")
     with pytest.raises(ValueError, match="gallery.json: not a wildreid-gallery"):
@@ -244,3 +247,15 @@ def test_identify_images_reports_and_skips_corrupt_files(tmp_path):
     assert [r.query for r in results] == [str(good), str(good)]
     assert all(r.candidates[0].identity == "green" for r in results)
     assert [f.file for f in failures] == [str(corrupt), str(tmp_path / "gone.jpg")]
+
+
+def test_preprocessing_signature_is_stable_across_processor_versions():
+    """Galleries indexed before the processor had `size` and `do_*` flags still match the same preprocessing."""
+    from modeling_wildreid import WildReIDImageProcessor
+
+    before = {"image_size": 64, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2,
+              "fast_downscale": True}
+    processor = WildReIDImageProcessor(size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    assert preprocessing_signature(processor.to_dict()) == preprocessing_signature(before)
+    unnormalised = WildReIDImageProcessor(size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_normalize=False)
+    assert preprocessing_signature(unnormalised.to_dict()) != preprocessing_signature(before)

@@ -159,6 +159,31 @@ def test_processor_save_load_round_trip(tmp_path):
     assert reloaded.to_dict() == processor.to_dict()
 
 
+def test_processor_size_dict_and_flags_like_transformers(tmp_path):
+    import json
+
+    processor = WildReIDImageProcessor(size={"height": 24, "width": 40}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    assert processor(gradient_rgb())["pixel_values"].shape == (1, 3, 24, 40)
+    raw = WildReIDImageProcessor(size=16, do_normalize=False)(gradient_rgb())["pixel_values"]
+    uint8 = WildReIDImageProcessor(size=16).to_uint8(gradient_rgb())
+    assert torch.equal(raw[0], uint8.float() / 255)
+    unscaled = WildReIDImageProcessor(size=16, do_rescale=False, do_normalize=False)(gradient_rgb())["pixel_values"]
+    assert torch.equal(unscaled[0], uint8.float())
+    as_is = WildReIDImageProcessor(do_resize=False)
+    assert as_is([gradient_rgb(30, 20), gradient_rgb(30, 20)])["pixel_values"].shape == (2, 3, 20, 30)
+    with pytest.raises(ValueError, match="one size"):
+        as_is([gradient_rgb(30, 20), gradient_rgb(20, 30)])
+    # A preprocessor_config.json written before `size` and the do_* flags still loads, to the same pixels.
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "WildReIDImageProcessor", "image_size": 32, "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.25, 0.25, 0.25], "resample": 2, "fast_downscale": True}))
+    old = WildReIDImageProcessor.from_pretrained(tmp_path)
+    assert old.size == {"height": 32, "width": 32} and old.image_size == 32 and old.do_normalize
+    new = WildReIDImageProcessor(size=32, image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    assert torch.equal(old(gradient_rgb())["pixel_values"], new(gradient_rgb())["pixel_values"])
+    assert "image_size" not in new.to_dict() and new.to_dict()["size"] == {"height": 32, "width": 32}
+
+
 def test_exact_downscale_matches_one_full_resolution_resize(tmp_path):
     path = tmp_path / "camera.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(path, quality=90)

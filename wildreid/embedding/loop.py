@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from modeling_wildreid import WildReIDImageProcessor, WildReIDModel
 
 from .data import ReIDImageDataset, collate
+from ..threads import worker_count
 from .images import LoadFailure
 
 logger = logging.getLogger(__name__)
@@ -59,14 +60,14 @@ def embed_dataset(
     world-th row, and rows come back with their indices, gathered once and sorted.
     """
     processor = processor or WildReIDImageProcessor.from_config(model.config)
-    device = next(model.parameters()).device
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # ONNX embedders hold none
     autocast, memory_format = inference_settings(device)
     rows = np.arange(len(dataset))
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     my_rows = rows[rank::world]
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(ReIDImageDataset(dataset, processor), my_rows.tolist()),
-        batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+        batch_size=batch_size, num_workers=worker_count(num_workers), collate_fn=collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     was_training = model.training

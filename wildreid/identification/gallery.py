@@ -46,6 +46,7 @@ class Gallery:
         self._codes: np.ndarray | None = None  # identity code of each gallery row
         self._identity_names: np.ndarray | None = None  # identity name of each code
         self._score_calibrator: Calibrator | None = None
+        self._loaded_revision: tuple[Path, str | None] | None = None  # (folder, revision) this copy was read from
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -237,23 +238,35 @@ class Gallery:
 
     def save(self, directory: str | os.PathLike, *, local_features: LocalFeatureCache | None = None,
              overwrite: bool = False) -> Path:
-        """Write the gallery folder (and the local-feature cache when given)."""
+        """Write the gallery folder as a new revision, switched in atomically under the writer lock (see
+        `wildreid.identification.store`). Without `local_features`, a keypoint cache already in the folder
+        is kept."""
         if self.model_tag is None:
             raise ValueError("cannot save a gallery without a model tag (add images first)")
-        directory = store.prepare_folder(directory, overwrite)
-        if local_features is not None:
-            store.write_local_features(directory, local_features, self.metadata["image_id"])
-            self.local_features_config = dict(local_features.config)
-        store.write_arrays(directory, self.embeddings, self.metadata)
-        store.write_config(directory, store.RECORD.tag(
-            model=self.model_tag.to_dict(),
-            counts={"images": len(self), "individuals": int(self.metadata["identity"].nunique()),
-                    "species": sorted(self.metadata["species"].dropna().unique().tolist())},
-            created=self.created, updated=self.updated, calibration=self.calibration,
-            search={"approximate_threshold": self.approximate_threshold},
-            local_features=None if self.local_features_config is None else
-            {"file": store.LOCAL_FEATURES_FILE, "config": self.local_features_config},
-        ))
+        directory = Path(directory)
+        with store.writer_lock(directory):
+            store.check_new_folder(directory, overwrite)
+            self._refuse_stale_overwrite(directory)
+            kept = None
+            if local_features is not None:
+                missing = [image_id for image_id in self.metadata["image_id"] if image_id not in local_features]
+                if missing:
+                    raise ValueError(f"local-feature cache lacks {len(missing)} gallery images, e.g. {missing[:3]}")
+                self.local_features_config = dict(local_features.config)
+            elif self.local_features_config is not None and (directory / store.CONFIG_FILE).exists():
+                kept = store.file_entry(store.read_config(directory), "local_features")
+            if local_features is None and kept is None:
+                self.local_features_config = None
+            config = store.RECORD.tag(
+                model=self.model_tag.to_dict(),
+                counts={"images": len(self), "individuals": int(self.metadata["identity"].nunique()),
+                        "species": sorted(self.metadata["species"].dropna().unique().tolist())},
+                created=self.created, updated=self.updated, calibration=self.calibration,
+                search={"approximate_threshold": self.approximate_threshold},
+                local_features=None if self.local_features_config is None else {"config": self.local_features_config},
+            )
+            revision = store.write_revision(directory, config, self.embeddings, self.metadata, local_features, kept)
+            self._loaded_revision = (directory.resolve(), revision)
         return directory
 
     @classmethod
@@ -266,12 +279,42 @@ class Gallery:
             raise ValueError(f"{directory / store.CONFIG_FILE}: bad model tag ({error})") from error
         gallery = cls(tag, approximate_threshold=config.get("search", {}).get("approximate_threshold",
                                                                                DEFAULT_APPROXIMATE_THRESHOLD))
-        gallery.embeddings = store.read_embeddings(directory, tag.embedding_dim)
-        gallery.metadata = store.read_metadata(directory, len(gallery.embeddings))
+        gallery.embeddings = store.read_embeddings(store.checked_file(directory, config, "embeddings"),
+                                                   tag.embedding_dim)
+        gallery.metadata = store.read_metadata(store.checked_file(directory, config, "metadata"), len(gallery.embeddings))
         gallery.created = config.get("created", gallery.created)
         gallery.updated = config.get("updated", gallery.updated)
         gallery.calibration = config.get("calibration")
         gallery.local_features_config = (config.get("local_features") or {}).get("config")
+        gallery._loaded_revision = (directory.resolve(), config.get("revision"))
+        return gallery
+
+    def _refuse_stale_overwrite(self, directory: Path) -> None:
+        """Saving over the folder this copy came from, after another process saved a newer revision there,
+        would silently drop that process's changes."""
+        if self._loaded_revision is None or self._loaded_revision[0] != directory.resolve():
+            return
+        current = store.read_config(directory).get("revision") if (directory / store.CONFIG_FILE).exists() else None
+        if current != self._loaded_revision[1]:
+            raise store.GalleryBusyError(
+                f"gallery {directory} was saved by another process since it was loaded (revision {current}, loaded "
+                f"{self._loaded_revision[1]}); load it again, or use Gallery.add_and_save to add entries")
+
+    @classmethod
+    def add_and_save(cls, directory: str | os.PathLike, embeddings: np.ndarray,
+                     metadata: pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Sequence],
+                     model_tag: ModelTag) -> "Gallery":
+        """Add entries to the gallery saved in `directory` and save it, as one step under its writer lock:
+        concurrent callers are refused (`GalleryBusyError`) instead of losing each other's entries, and a
+        crash leaves the gallery as it was or with every entry added. Returns the saved gallery.
+
+        `embeddings`, `metadata` and `model_tag` are as for :meth:`add` (the tag must match the gallery's).
+        A keypoint cache in the folder is kept as it is: it does not cover the added entries.
+        """
+        with store.writer_lock(directory, create=False):
+            gallery = cls.load(directory)
+            gallery.add(embeddings, metadata, model_tag)
+            gallery.save(directory, overwrite=True)
         return gallery
 
     @staticmethod

@@ -83,7 +83,16 @@ def weights_content_hash(state_dict: Mapping[str, Any]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+# Processor flags left out of the signature at these values, and a square `size` written as the `image_size` it
+# replaced, so galleries indexed before the processor had them still match the same preprocessing.
+_FLAGS_BEFORE_SIGNATURE_V1 = {"do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True}
+
+
 def preprocessing_signature(settings: Mapping[str, Any]) -> str:
     """Short stable hash of image-processor settings (e.g. `processor.to_dict()`)."""
+    settings = {key: value for key, value in settings.items() if _FLAGS_BEFORE_SIGNATURE_V1.get(key, ...) != value}
+    size = settings.pop("size", None)
+    if size is not None:
+        settings.update({"image_size": size["height"]} if size["height"] == size["width"] else {"size": size})
     text = json.dumps(settings, sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]

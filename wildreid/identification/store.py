@@ -1,97 +1,210 @@
 """A gallery on disk: one folder of
 
-    embeddings.safetensors   (N, D) float32, L2-normalised, tensor "embeddings"
-    metadata.parquet         image_id, identity, species, path, extra (JSON text), one row per embedding
-    gallery.json             model tag, counts, times, new-individual calibration, search settings
-    local_features.npz       optional keypoint cache (see wildreid.matching.descriptor_cache), same image ids
+    gallery.json                       the manifest: model tag, counts, times, new-individual calibration,
+                                       search settings, and the name and SHA-256 of each file below
+    embeddings.<revision>.safetensors  (N, D) float32, L2-normalised, tensor "embeddings"
+    metadata.<revision>.parquet        image_id, identity, species, path, extra (JSON text), one row per embedding
+    local_features.<revision>.npz      optional keypoint cache (see wildreid.matching.descriptor_cache), same image ids
+    .gallery.lock                      held by the one process allowed to write the gallery
 
-Every file is written to a temporary sibling and renamed, so an interrupted save never leaves half a file.
+A save writes a new revision's files under new names beside the current ones, then switches to them by
+replacing `gallery.json` in one atomic rename, then deletes the old revision's files: a save killed at any
+point leaves the old or the new gallery, never a mix. Loading checks every file against the manifest's
+checksum. A writer holds `.gallery.lock` from before its work starts to after the switch; a second writer
+fails at once with `GalleryBusyError`. Folders written before revisions existed (fixed file names, no
+checksums) still load.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from ..matching.descriptor_cache import LocalFeatureCache
 from ..records import RecordFormat, json_default
 from .search import check_embeddings
 
 RECORD = RecordFormat("wildreid-gallery", 1)
-EMBEDDINGS_FILE = "embeddings.safetensors"
-METADATA_FILE = "metadata.parquet"
 CONFIG_FILE = "gallery.json"
-LOCAL_FEATURES_FILE = "local_features.npz"
+LOCK_FILE = ".gallery.lock"
+# role -> (stem, suffix): files are named <stem>.<revision><suffix>; <stem><suffix> in folders without revisions.
+FILES = {"embeddings": ("embeddings", ".safetensors"), "metadata": ("metadata", ".parquet"),
+         "local_features": ("local_features", ".npz")}
+EMBEDDINGS_FILE, METADATA_FILE, LOCAL_FEATURES_FILE = ("".join(FILES[role]) for role in FILES)
 METADATA_COLUMNS = ("image_id", "identity", "species", "path", "extra")
 
 
-def prepare_folder(directory: str | os.PathLike, overwrite: bool) -> Path:
+class GalleryBusyError(RuntimeError):
+    """Another process is writing this gallery, or wrote it since this copy was loaded."""
+
+
+@contextlib.contextmanager
+def writer_lock(directory: str | os.PathLike, create: bool = True) -> Iterator[Path]:
+    """Hold the gallery's writer lock (re-entrant within one process); `GalleryBusyError` at once when
+    another process holds it. Creates the folder, unless `create` is False (then it must be a gallery)."""
     directory = Path(directory)
+    if not create and not (directory / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{directory}: not a gallery folder (no {CONFIG_FILE})")
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory / LOCK_FILE), timeout=0, is_singleton=True)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise GalleryBusyError(f"gallery {directory} is being written by another process (lock {directory / LOCK_FILE}"
+                               " is held); wait for it to finish") from None
+    try:
+        yield directory
+    finally:
+        lock.release()
+
+
+def check_new_folder(directory: Path, overwrite: bool) -> None:
     if (directory / CONFIG_FILE).exists() and not overwrite:
         raise FileExistsError(f"{directory / CONFIG_FILE} exists; pass overwrite=True to replace the gallery")
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
 
 
-def write_local_features(directory: Path, local_features: LocalFeatureCache, image_ids: Sequence[str]) -> None:
-    missing = [image_id for image_id in image_ids if image_id not in local_features]
-    if missing:
-        raise ValueError(f"local-feature cache lacks {len(missing)} gallery images, e.g. {missing[:3]}")
-    _replace_atomically(directory / LOCAL_FEATURES_FILE, lambda path: local_features.save(path))
+def write_revision(directory: Path, config: dict[str, Any], embeddings: np.ndarray, metadata: pd.DataFrame,
+                   local_features: LocalFeatureCache | None = None, kept_local_features: dict | None = None) -> str:
+    """Write a new revision and switch `directory` to it (see the module docstring); call under `writer_lock`.
 
-
-def write_arrays(directory: Path, embeddings: np.ndarray, metadata: pd.DataFrame) -> None:
+    kept_local_features: the current manifest's entry of a keypoint cache to carry over unchanged.
+    Returns the new revision's name.
+    """
     from safetensors.numpy import save_file
 
-    _replace_atomically(directory / EMBEDDINGS_FILE, lambda path: save_file(
-        {"embeddings": embeddings}, str(path), metadata={"format": RECORD.name}))
-    _replace_atomically(directory / METADATA_FILE, lambda path: metadata.to_parquet(path, index=False))
-
-
-def write_config(directory: Path, config: dict[str, Any]) -> None:
-    _replace_atomically(directory / CONFIG_FILE, lambda path: RECORD.save(path, config))
+    revision = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    writers = {"embeddings": lambda path: save_file({"embeddings": embeddings}, str(path),
+                                                    metadata={"format": RECORD.name}),
+               "metadata": lambda path: metadata.to_parquet(path, index=False)}
+    if local_features is not None:
+        writers["local_features"] = local_features.save
+    files = {}
+    for role, write in writers.items():
+        stem, suffix = FILES[role]
+        path = directory / f"{stem}.{revision}{suffix}"
+        write(path)
+        files[role] = {"name": path.name, "sha256": _sha256(path, fsync=True)}
+    if local_features is None and kept_local_features is not None:
+        files["local_features"] = kept_local_features
+    manifest = directory / f"{CONFIG_FILE}.{revision}.tmp"
+    RECORD.save(manifest, {**config, "revision": revision, "files": files}, default=json_default)
+    _fsync(manifest)
+    os.replace(manifest, directory / CONFIG_FILE)  # the switch
+    _fsync(directory)
+    _remove_unreferenced(directory, {entry["name"] for entry in files.values()})
+    return revision
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return RECORD.load(Path(directory) / CONFIG_FILE)
 
 
-def read_embeddings(directory: Path, dim: int) -> np.ndarray:
+def file_entry(config: Mapping[str, Any], role: str) -> dict | None:
+    """The manifest entry {name, sha256} of a file, or None (no such file, or a folder without revisions)."""
+    return (config.get("files") or {}).get(role)
+
+
+def checked_file(directory: Path, config: Mapping[str, Any], role: str) -> Path:
+    """Path of one of the gallery's files, its checksum verified when the manifest has one."""
+    entry = file_entry(config, role)
+    if entry is None:
+        return directory / "".join(FILES[role])
+    path = directory / entry["name"]
+    if not path.is_file():
+        raise ValueError(f"{path}: missing, but {directory / CONFIG_FILE} lists it")
+    if _sha256(path) != entry["sha256"]:
+        raise ValueError(f"{path}: checksum differs from {directory / CONFIG_FILE}; the file was changed after "
+                         "the gallery was saved")
+    return path
+
+
+def read_embeddings(path: Path, dim: int) -> np.ndarray:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     try:
-        tensors = load_file(str(directory / EMBEDDINGS_FILE))
+        tensors = load_file(str(path))
     except (OSError, SafetensorError) as error:
-        raise ValueError(f"{directory / EMBEDDINGS_FILE}: cannot read embeddings ({error})") from error
+        raise ValueError(f"{path}: cannot read embeddings ({error})") from error
     if "embeddings" not in tensors:
-        raise ValueError(f"{directory / EMBEDDINGS_FILE}: no tensor named 'embeddings'")
+        raise ValueError(f"{path}: no tensor named 'embeddings'")
     try:
         return check_embeddings(tensors["embeddings"], dim)
     except ValueError as error:
-        raise ValueError(f"{directory / EMBEDDINGS_FILE}: {error}") from error
+        raise ValueError(f"{path}: {error}") from error
 
 
-def read_metadata(directory: Path, num_embeddings: int) -> pd.DataFrame:
+def read_metadata(path: Path, num_embeddings: int) -> pd.DataFrame:
     try:
-        metadata = pd.read_parquet(directory / METADATA_FILE)
+        metadata = pd.read_parquet(path)
     except (OSError, ValueError) as error:
-        raise ValueError(f"{directory / METADATA_FILE}: cannot read metadata ({error})") from error
+        raise ValueError(f"{path}: cannot read metadata ({error})") from error
     if missing := [c for c in METADATA_COLUMNS if c not in metadata.columns]:
-        raise ValueError(f"{directory / METADATA_FILE}: missing columns {missing}")
+        raise ValueError(f"{path}: missing columns {missing}")
     if len(metadata) != num_embeddings:
-        raise ValueError(f"{directory}: {num_embeddings} embeddings but {len(metadata)} metadata rows")
+        raise ValueError(f"{path.parent}: {num_embeddings} embeddings but {len(metadata)} metadata rows")
     return metadata[list(METADATA_COLUMNS)].astype(object).where(metadata.notna(), None)
 
 
 def read_local_features(directory: str | os.PathLike, expected_config: Mapping[str, Any] | None = None
                         ) -> LocalFeatureCache:
-    return LocalFeatureCache.load(Path(directory) / LOCAL_FEATURES_FILE, expected_config=expected_config)
+    directory = Path(directory)
+    path = checked_file(directory, read_config(directory), "local_features")
+    return LocalFeatureCache.load(path, expected_config=expected_config)
+
+
+def model_reference(model: str, gallery_dir: str | os.PathLike) -> str:
+    """How a gallery records its model: a local folder relative to the gallery ("./..." or "../..."), so
+    the pair can move together and `identify` works from any directory; a Hub id as given."""
+    local = Path(model).expanduser()
+    if not local.is_dir():
+        return model
+    relative = os.path.relpath(local.resolve(), Path(gallery_dir).resolve())
+    return relative if relative.startswith("..") else f"./{relative}"
+
+
+def resolve_model_reference(reference: str, gallery_dir: str | os.PathLike) -> str:
+    """The model a gallery records, as a path usable from the current directory (or the Hub id)."""
+    if reference.startswith(("./", "../")):
+        return str((Path(gallery_dir) / reference).resolve())
+    return reference
+
+
+def _sha256(path: Path, fsync: bool = False) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+        if fsync:
+            os.fsync(handle.fileno())
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _remove_unreferenced(directory: Path, referenced: set[str]) -> None:
+    """Delete files of earlier or interrupted revisions (and pre-revision fixed names)."""
+    for path in directory.iterdir():
+        is_gallery_file = any(path.name.startswith(stem + ".") and path.name.endswith(suffix)
+                              for stem, suffix in FILES.values())
+        is_manifest_temp = path.name.startswith(CONFIG_FILE + ".") and path.name.endswith(".tmp")
+        if path.is_file() and (is_gallery_file or is_manifest_temp) and path.name not in referenced:
+            path.unlink()
 
 
 def empty_metadata() -> pd.DataFrame:
@@ -128,13 +241,6 @@ def optional_text(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
         return None
     return str(value)
-
-
-def _replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write to a temporary sibling, then rename, so an interrupted save never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
 
 
 def now() -> str:

@@ -7,18 +7,13 @@ one worker need the usual `if __name__ == "__main__":` guard.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import cv2
 from tqdm.auto import tqdm
 
-
-def default_num_workers() -> int:
-    """CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
+from .. import threads
 
 WORKER_STATE: dict[str, Any] = {}
 
@@ -38,8 +33,9 @@ def limit_threads() -> None:
 
 
 def worker_count(num_workers: int | None, num_tasks: int) -> int:
-    """None: every core; 0 or 1: in this process (as torch's DataLoader reads num_workers=0)."""
-    return min(default_num_workers() if num_workers is None else max(1, num_workers), max(1, num_tasks))
+    """None: every available core; 0 or 1: in this process (as torch's DataLoader reads num_workers=0).
+    Never more processes than cores: each is single-threaded and CPU-bound."""
+    return min(max(1, threads.worker_count(num_workers)), max(1, num_tasks))
 
 
 def parallel_map(function, tasks: list, *, num_workers: int | None, progress: bool, description: str) -> list:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
 
+from ..embedding.embedders import check_model_reference
+from ..outputs import check_output_folder
 from .augment import AugmentationConfig
 
 
@@ -22,7 +25,8 @@ class TrainingConfig:
     min_images_per_identity: int = 3  # identities with fewer training images are dropped (MiewID: 3)
     identities_per_batch: int = 8  # P of the P x K sampler
     images_per_identity: int = 4  # K of the P x K sampler
-    num_workers: int = 2  # data-loader processes per training process
+    num_workers: int = 2  # data-loader processes per training process (capped at the available cores)
+    num_threads: int | None = None  # torch CPU threads (default: $WILDREID_NUM_THREADS, else the available cores)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     # model
     backbone: str = "tf_efficientnet_lite0"
@@ -40,6 +44,8 @@ class TrainingConfig:
     neck_calibration_images: int = 1024  # images whose pooled features set the neck statistics before training
     init_from: str | None = None  # trained embedder (folder or Hub id) to adapt to the new data
     freeze_backbone_steps: int = 0  # steps training only neck + head before fine-tuning everything
+    head_init: str = "auto"  # identity head starts at: prototypes (each identity's mean starting embedding),
+    # random, or auto (prototypes with init_from, else random)
     # optimisation
     epochs: float | None = None
     max_steps: int | None = None  # wins over epochs when both are set
@@ -92,15 +98,48 @@ class TrainingConfig:
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.backbone_norm not in ("auto", "frozen", "batch"):
             raise ValueError(f"backbone_norm must be auto, frozen or batch, got {self.backbone_norm!r}")
+        if self.head_init not in ("auto", "prototypes", "random"):
+            raise ValueError(f"head_init must be auto, prototypes or random, got {self.head_init!r}")
         if self.neck_norm not in ("running", "batch"):
             raise ValueError(f"neck_norm must be running or batch, got {self.neck_norm!r}")
-        if self.gradient_accumulation_steps < 1:
-            raise ValueError("gradient_accumulation_steps must be >= 1")
+        self._validate_numbers()
+        check_output_folder(self.output_dir, "--output_dir")
+        if self.init_from:
+            check_model_reference(self.init_from)
+
+    def _validate_numbers(self) -> None:
+        """Every numeric option within its meaningful range, named with its flag, before any work starts."""
+        at_least = {"min_images_per_identity": 1, "identities_per_batch": 1, "images_per_identity": 1, "num_workers": 0,
+                    "image_size": 32, "num_subcenters": 1, "neck_calibration_images": 1, "freeze_backbone_steps": 0,
+                    "warmup_steps": 0, "gradient_accumulation_steps": 1, "eval_steps": 0, "eval_batch_size": 1,
+                    "save_steps": 1, "save_total_limit": 1, "seed": 0, "max_steps": 1, "embedding_dim": 1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"--{name} must be an integer >= {low}, got {value!r}")
+        positive = ("learning_rate", "backbone_learning_rate", "arcface_scale", "max_grad_norm", "epochs")
+        for name in (*positive, "weight_decay", "min_lr_ratio", "margin_min", "margin_max"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"--{name} must be a finite number, got {value!r}")
+            if value < 0 or (value == 0 and name in positive):
+                raise ValueError(f"--{name} must be {'> 0' if name in positive else '>= 0'}, got {value!r}")
+        if self.image_size > 4096:
+            raise ValueError(f"--image_size must be <= 4096 pixels, got {self.image_size}")
+        if self.min_lr_ratio > 1:
+            raise ValueError(f"--min_lr_ratio must be between 0 and 1, got {self.min_lr_ratio}")
+        if not self.margin_min <= self.margin_max < math.pi / 2:
+            raise ValueError(f"need 0 <= margin_min <= margin_max < pi/2 radians, got {self.margin_min} and {self.margin_max}")
 
 
 def load_config_file(path: str | os.PathLike) -> dict:
-    with open(path) as handle:
-        values = yaml.safe_load(handle) or {}
+    try:
+        with open(path) as handle:
+            values = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of training options at the top level")
     return values

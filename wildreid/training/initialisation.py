@@ -10,6 +10,7 @@ from datasets import Dataset
 from modeling_wildreid import WildReIDImageProcessor, WildReIDModel
 
 from ..embedding.data import ReIDImageDataset, collate
+from ..threads import worker_count
 
 
 @torch.no_grad()
@@ -24,7 +25,7 @@ def pooled_features(embedder: WildReIDModel, dataset: Dataset, processor: WildRe
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(ReIDImageDataset(dataset, processor), rows[rank::world].tolist()),
-        batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+        batch_size=batch_size, num_workers=worker_count(num_workers), collate_fn=collate,
     )
     device = next(embedder.parameters()).device
     was_training = embedder.training

@@ -23,16 +23,17 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from hub_datasets.specs import load_specs
-from modeling_wildreid import WildReIDConfig, WildReIDForMetricLearning, WildReIDImageProcessor, WildReIDModel
+from modeling_wildreid import WildReIDConfig, WildReIDForMetricLearning, WildReIDImageProcessor
 
 from ..cards import training_card, write_model_card
-from ..embedding import ReIDImageDataset, collate, embed_dataset
+from ..embedding import ReIDImageDataset, collate, embed_dataset, load_wildreid_model
 from ..embedding.data import ignore_stop_signals
 from ..evaluation.protocols import leave_one_out_by_species
 from ..provenance import code_version
+from ..threads import configure_threads, worker_count
 from .augment import build_augmentation
 from .checkpoints import (CHECKPOINT_PATTERN, StopSignal, TrainingProgress, contiguous_weights, find_checkpoint,
-                          latest_checkpoint_or_none)
+                          latest_checkpoint_or_none, refuse_pickled_objects)
 from .config import TrainingConfig
 from .hub import push_output_to_hub
 from .initialisation import calibrate_neck_statistics, pooled_features, prototype_head_weights
@@ -93,7 +94,7 @@ class Trainer:
     def _build_model(self) -> None:
         config = self.config
         if config.init_from:
-            embedder = WildReIDModel.from_pretrained(config.init_from)
+            embedder = load_wildreid_model(config.init_from)
             model_config = copy.deepcopy(embedder.config)
             model_config.update({
                 "num_identities": len(self.identities.names), "num_subcenters": config.num_subcenters,
@@ -103,7 +104,6 @@ class Trainer:
                 self.print(f"init_from model uses {model_config.image_size}px inputs; image_size={config.image_size} ignored")
             model = WildReIDForMetricLearning(model_config)
             model.wildreid.load_state_dict(embedder.state_dict())
-            self.head_from_prototypes = True
         else:
             model_config = WildReIDConfig(
                 backbone=config.backbone, image_size=config.image_size, embedding_dim=config.embedding_dim,
@@ -112,7 +112,8 @@ class Trainer:
             )
             model = (WildReIDForMetricLearning.with_imagenet_backbone(model_config) if config.backbone_pretrained
                      else WildReIDForMetricLearning(model_config))
-            self.head_from_prototypes = False
+        self.head_from_prototypes = config.head_init == "prototypes" or (
+            config.head_init == "auto" and config.init_from is not None)
         model.config.training_species = self.species
         model.config.name_identities(self.identities.names)
         model.config.training_datasets = list(config.datasets)
@@ -131,11 +132,12 @@ class Trainer:
         )
         dataset = ReIDImageDataset(self.train_data, self.processor, self.train_labels,
                                    augment=build_augmentation(config.augmentation))
+        workers = worker_count(config.num_workers)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=self.sampler, num_workers=config.num_workers, collate_fn=collate,
+            dataset, batch_sampler=self.sampler, num_workers=workers, collate_fn=collate,
             worker_init_fn=ignore_stop_signals,
-            pin_memory=torch.cuda.is_available(), persistent_workers=config.num_workers > 0,
-            prefetch_factor=4 if config.num_workers > 0 else None,
+            pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
         )
         if not config.resume_from_checkpoint:  # (a resumed run restores neck and head from its checkpoint)
             # Prototypes need every training image; the neck statistics then come from that same pass.
@@ -163,11 +165,12 @@ class Trainer:
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(self.optimizer, warmup, self.total_steps,
                                                                 min_lr_rate=config.min_lr_ratio)
         self.scheduler = accelerator.prepare(scheduler)
-        self.progress = TrainingProgress()
-        accelerator.register_for_checkpointing(self.progress)
+        self.progress = TrainingProgress()  # saved as JSON by _save_checkpoint, never pickled (see checkpoints.py)
         accelerator.register_save_state_pre_hook(contiguous_weights)
         if config.resume_from_checkpoint:
             checkpoint = find_checkpoint(self.output_dir, config.resume_from_checkpoint)
+            refuse_pickled_objects(checkpoint)
+            self.progress = TrainingProgress.load(checkpoint)
             accelerator.load_state(str(checkpoint))
             self.print(f"resumed from {checkpoint} at step {self.progress.step}")
 
@@ -318,7 +321,7 @@ class Trainer:
         accelerator.save_state(str(directory))
         if accelerator.is_main_process:
             # Written last: a checkpoint without it was interrupted mid-save and is never resumed from.
-            (directory / "wildreid_progress.json").write_text(json.dumps(progress.state_dict()))
+            progress.save(directory)
             kept = sorted((int(m.group(1)), p) for p in directory.parent.iterdir()
                           if (m := CHECKPOINT_PATTERN.match(p.name)))
             for _, old in kept[: max(0, len(kept) - self.config.save_total_limit)]:
@@ -385,4 +388,5 @@ def _all_finite(model: torch.nn.Module) -> bool:
 
 
 def train(config: TrainingConfig) -> dict:
+    configure_threads(config.num_threads)
     return Trainer(config).run()
