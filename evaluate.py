@@ -7,8 +7,10 @@ Protocols: leave-one-out (each image queries all others of its set, MiewID's pro
 (--datasets queried against --gallery, MegaDescriptor's), open-set (some query individuals absent from
 the gallery; the "new individual" threshold is fitted on validation data, never on the test queries).
 Models: a wildreid folder or Hub id, `imagenet:tf_efficientnet_lite0` (no training), `timm:<name>`.
-Methods: global embeddings (default), local SIFT matching (--method local, no model needed), or their
-WildFusion-style fusion (--method fusion, calibrated on --val_datasets).
+Methods: global embeddings (default); local SIFT retrieval (--method local: one-vs-many LNBNN voting and
+spatial verification, no model needed; --method local-pairwise matches every pair); fusion of both over the
+union of their shortlists (--method fusion); auto, the per-species best of those by validation mAP. Fusion
+and auto are fitted on --val_datasets (a training split; closed-set defaults to the --gallery).
 
 This file shares its name with the Hugging Face `evaluate` library; wildreid never imports the library
 by plain name (see wildreid.evaluation.hf_evaluate), so running it from the repository root is safe.
@@ -28,10 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="wildreid model folder or Hub id, imagenet:<lite name>, or timm:<name>")
     parser.add_argument("--datasets", nargs="+", required=True, help="dataset specs to evaluate (queries)")
     parser.add_argument("--protocol", default="leave-one-out", choices=["leave-one-out", "closed-set", "open-set"])
-    parser.add_argument("--method", default="global", choices=["global", "local", "fusion"],
-                        help="global: model embeddings; local: SIFT matching (no --model); fusion: both, "
-                             "calibrated on --val_datasets")
-    parser.add_argument("--shortlist", type=int, default=100, help="fusion: global candidates re-ranked per query")
+    parser.add_argument("--method", default="global", choices=["global", "local", "local-pairwise", "fusion", "auto"],
+                        help="global: model embeddings; local: one-vs-many SIFT retrieval (no --model); local-pairwise: "
+                             "SIFT matching of every pair; fusion: global and local shortlists united, calibrated on "
+                             "--val_datasets; auto: per species the best of global/local/fusion on --val_datasets")
+    parser.add_argument("--shortlist", type=int, default=20,
+                        help="local/fusion/auto: candidates per query from each shortlist that get verified")
     parser.add_argument("--gallery", nargs="+", default=[], help="gallery specs (closed-set, open-set)")
     parser.add_argument("--val_datasets", nargs="+", default=[],
                         help="open-set: validation queries for the threshold; fusion: calibration set")
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--image_size", type=int, help="input size for imagenet:/timm: baselines")
     parser.add_argument("--split_seed", type=int, default=0, help="open-set without --gallery: split seed")
+    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                        help="onnx: --model is a folder written by `wildreid export --format onnx`")
     parser.add_argument("--num_threads", type=int,
                         help="torch CPU threads (default: $WILDREID_NUM_THREADS, else the cores this process may use)")
     args = parser.parse_args(argv)

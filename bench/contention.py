@@ -100,11 +100,6 @@ def run_child(setting: str, busy: bool, args: argparse.Namespace) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def git_commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
-    return result.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def main() -> None:
@@ -144,7 +139,9 @@ def main() -> None:
             new, old = results[f"new/{load}"], results[f"old/{load}"]
             print(f"  {load}: old/new training step time x{old['train_step_s'] / new['train_step_s']:.2f}, "
                   f"new/old embedding speed x{new['embed_img_per_s'] / old['embed_img_per_s']:.2f}")
-    report = {"benchmark": "contention", "git_commit": git_commit(), "backbone": args.backbone,
+    from wildreid.provenance import code_version  # here, not at the top: importing wildreid sets the wait policy
+
+    report = {"benchmark": "contention", **code_version(), "backbone": args.backbone,
               "image_size": args.image_size, "steps": args.steps, "cpus": os.cpu_count(),
               "machine": platform.processor() or platform.machine(), "load_average_before": load_before,
               "results": results, "ratios": ratios, "command": "python bench/contention.py " + " ".join(sys.argv[1:])}

@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py                      # CPU: tf_efficientnet_lite0, 224 px, 8 x 2 images
     python bench/train_throughput.py --recipe gpu         # efficientnetv2_rw_m, 440 px, 16 x 4, bf16, channels_last
+    python bench/train_throughput.py --recipe gpu --backbone tf_efficientnet_lite0 --image-size 64 --output r.json
 
 Three figures, same backbone, input size, batch and precision:
   bare timm step     timm `forward_features` + average pool + cosine classifier + cross-entropy + AdamW,
@@ -16,6 +17,7 @@ keeps up. JPEGs are generated synthetic coats written to a temporary folder (`--
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -67,10 +69,20 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, help="data-loader processes (default: the recipe's)")
     parser.add_argument("--photo-size", type=int, default=512, help="side of the generated JPEGs")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--backbone", help="override the recipe's backbone (e.g. a tiny one for a dry run)")
+    parser.add_argument("--image-size", type=int, help="override the recipe's input size")
+    parser.add_argument("--identities-per-batch", type=int, help="override the recipe's P (of P x K)")
+    parser.add_argument("--images-per-identity", type=int, help="override the recipe's K (of P x K)")
+    parser.add_argument("--output", help="also write the figures to this JSON file")
     args = parser.parse_args()
     recipe = dict(RECIPES[args.recipe])
     if args.num_workers is not None:
         recipe["num_workers"] = args.num_workers
+    if args.backbone:
+        recipe["backbone"] = args.backbone
+    for key in ("image_size", "identities_per_batch", "images_per_identity"):
+        if getattr(args, key):
+            recipe[key] = getattr(args, key)
     batch = recipe["identities_per_batch"] * recipe["images_per_identity"]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,6 +146,13 @@ def main() -> None:
     print(f"  wildreid step            {step_speed:8.1f} img/s   ratio to bare {step_speed / bare_speed:.3f} (target >= 0.95)")
     print(f"  wildreid end-to-end      {end_to_end:8.1f} img/s   ratio to bare {end_to_end / bare_speed:.3f}"
           f"   (JPEG {args.photo_size}px -> decode, crop, resize, augment)")
+    if args.output:
+        Path(args.output).write_text(json.dumps({
+            "recipe": args.recipe, **recipe, "batch": batch, "compile": args.compile, "device": device_name,
+            "bare_timm_images_per_second": bare_speed, "wildreid_step_images_per_second": step_speed,
+            "wildreid_end_to_end_images_per_second": end_to_end, "step_ratio_to_bare": step_speed / bare_speed,
+            "end_to_end_ratio_to_bare": end_to_end / bare_speed,
+        }, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -156,8 +156,13 @@ def test_local_needs_no_model_and_fusion_is_calibrated_on_validation(model_dir, 
     assert local["method"] == "local" and local["model"] == "local features (SIFT)"
     stripes = local["species"]["synthetic-stripes"]
     assert stripes["n_queries"] == len(load_spec(f"{data}:train")) and 0 <= stripes["top1"] <= 1
-    with pytest.raises(ValueError, match="calibrates its scores on --val_datasets"):
+    with pytest.raises(ValueError, match="fitted on --val_datasets, a training split"):
         run_evaluation(request(model_dir, tmp_path, method="fusion"))
-    fused = run_evaluation(request(model_dir, tmp_path, method="fusion", datasets=[f"{data}:train"],
-                                   val_datasets=[f"{SYNTH[:-1]},max_identities=4]:train"], shortlist=5))
-    assert fused["method"] == "fusion" and fused["species"]["synthetic-stripes"]["n_queries"] == stripes["n_queries"]
+    for method in ("fusion", "auto"):
+        fused = run_evaluation(request(model_dir, tmp_path, method=method, datasets=[f"{data}:train"],
+                                       val_datasets=[f"{SYNTH[:-1]},max_identities=4]:train"], shortlist=5))
+        result = fused["species"]["synthetic-stripes"]
+        assert fused["method"] == method and result["n_queries"] == stripes["n_queries"]
+        # What was fitted, and on how many validation queries, is in the results.
+        assert result["fit"]["validation_queries"] > 0 and result["fit"]["combiner"] in ("mean", "logistic")
+    assert result["chosen"] in ("global", "local", "fusion") and result["fit"]["choice"] == result["chosen"]

@@ -4,7 +4,8 @@
 - a wildreid model folder or Hub id (`outputs/run`, `org/wildreid-msv`),
 - `imagenet:<timm lite name>`: an untrained wildreid embedder on ImageNet weights (the no-training baseline),
 - `timm:<name>`: any timm model's pooled features with its own pretrained preprocessing, e.g.
-  `timm:hf-hub:BVRA/MegaDescriptor-L-384` (needs the network; fails clearly offline).
+  `timm:hf-hub:BVRA/MegaDescriptor-L-384` (needs the network; fails clearly offline),
+- with `runtime="onnx"`: a folder written by `wildreid export --format onnx`, run by ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling_wildreid import WildReIDConfig, WildReIDImageProcessor, WildReIDModel, WildReIDModelOutput
+
+from .onnx_runtime import RUNTIMES, OnnxEmbedder, is_onnx_export
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name; anything else can only be a local path
 
@@ -104,8 +107,22 @@ def load_wildreid_model(spec: str) -> WildReIDModel:
         raise ValueError(f"cannot load model {local}: {type(error).__name__}: {error}") from None
 
 
-def load_embedder(spec: str, *, device: torch.device | str | None = None, image_size: int | None = None) -> LoadedEmbedder:
-    """Resolve a model spec (see module docstring) to an embedder in eval mode on `device`."""
+def load_embedder(spec: str, *, device: torch.device | str | None = None, image_size: int | None = None,
+                  runtime: str = "torch") -> LoadedEmbedder:
+    """Resolve a model spec (see module docstring) to an embedder in eval mode on `device`.
+
+    runtime "onnx": `spec` is a folder written by `wildreid export --format onnx`, run by ONNX Runtime."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx":
+        if not is_onnx_export(spec):
+            raise ValueError(f"--runtime onnx needs a folder written by `wildreid export --format onnx`; {spec} has "
+                             "no model.onnx")
+        onnx_model = OnnxEmbedder(spec)
+        _check_image_size(spec, onnx_model.config.image_size, image_size)
+        return LoadedEmbedder(onnx_model, onnx_model.processor, spec, list(onnx_model.config.training_species or []))
+    if is_onnx_export(spec):
+        raise ValueError(f"{spec} is an ONNX export (model.onnx, no torch weights): pass --runtime onnx")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if spec.startswith("imagenet:"):
         backbone = spec.split(":", 1)[1]
@@ -117,8 +134,12 @@ def load_embedder(spec: str, *, device: torch.device | str | None = None, image_
     else:
         model = load_wildreid_model(spec)
         species = list(model.config.training_species or [])
-        if image_size and image_size != model.config.image_size:
-            raise ValueError(f"{spec} was trained at {model.config.image_size}px; evaluating at {image_size}px "
-                             "would change its preprocessing. Leave image_size unset.")
+        _check_image_size(spec, model.config.image_size, image_size)
     processor = WildReIDImageProcessor.from_config(model.config)
     return LoadedEmbedder(model.to(device).eval(), processor, spec, species)
+
+
+def _check_image_size(spec: str, trained: int, requested: int | None) -> None:
+    if requested and requested != trained:
+        raise ValueError(f"{spec} was trained at {trained}px; evaluating at {requested}px "
+                         "would change its preprocessing. Leave image_size unset.")

@@ -60,7 +60,7 @@ def embed_dataset(
     world-th row, and rows come back with their indices, gathered once and sorted.
     """
     processor = processor or WildReIDImageProcessor.from_config(model.config)
-    device = next(model.parameters()).device
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # ONNX embedders hold none
     autocast, memory_format = inference_settings(device)
     rows = np.arange(len(dataset))
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)

@@ -19,14 +19,16 @@ from hub_datasets.splits import open_set_split
 
 from ..cards.render import render_results_table
 from ..embedding import Embeddings, LoadedEmbedder, embed_dataset, load_embedder, undecoded
-from ..matching import LocalFeatureExtractor, LocalMatcher
+from ..matching import LocalFeatureExtractor
+from ..matching.methods import METHOD_NAMES
 from ..provenance import code_version
 from .plots import figure_paths, plot_cmc_curves, plot_match_grid
-from .matching import LocalSet, extract_local_set, fusion_by_species, local_by_species
+from .matching import LocalSet, extract_local_set
+from .method_protocols import evaluate_method, image_set
 from .protocols import PROTOCOLS, closed_set_by_species, leave_one_out_by_species, open_set_by_species
 
 logger = logging.getLogger(__name__)
-METHODS = ("global", "local", "fusion")
+METHODS = METHOD_NAMES
 
 
 @dataclass
@@ -36,8 +38,8 @@ class EvaluationRequest:
     datasets: list[str]
     model: str | None = None
     protocol: str = "leave-one-out"
-    method: str = "global"  # global (embeddings), local (SIFT matching), fusion (global shortlist re-ranked)
-    shortlist: int = 100  # fusion: global candidates per query that get local matching
+    method: str = "global"  # global, local (one-vs-many SIFT), local-pairwise, fusion (union of shortlists), auto
+    shortlist: int = 20  # local / fusion / auto: candidates per query from each shortlist that get verified
     gallery: list[str] = field(default_factory=list)  # closed/open-set gallery specs
     val_datasets: list[str] = field(default_factory=list)  # open-set: validation queries for the threshold
     output: str | None = None
@@ -45,6 +47,7 @@ class EvaluationRequest:
     batch_size: int = 64
     num_workers: int = 2
     image_size: int | None = None  # baselines only: wildreid models keep their own
+    runtime: str = "torch"  # or "onnx": --model is a `wildreid export --format onnx` folder
     split_seed: int = 0  # open-set without --gallery: seed of the derived gallery/query split
     plots: bool = False
     command: str | None = None
@@ -56,12 +59,13 @@ class EvaluationRequest:
             raise ValueError("no datasets to evaluate: pass --datasets")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.model is None and self.method != "local":
+        if self.model is None and self.method not in ("local", "local-pairwise"):
             raise ValueError(f"--model is required for --method {self.method} (only local matching needs none)")
         if self.method != "global" and self.protocol == "open-set":
             raise ValueError("open-set evaluation supports --method global only")
-        if self.method == "fusion" and not self.val_datasets:
-            raise ValueError("--method fusion calibrates its scores on --val_datasets (e.g. lion:train for lion:val)")
+        if self.method in ("fusion", "auto") and not self.val_datasets and self.protocol != "closed-set":
+            raise ValueError(f"--method {self.method} is fitted on --val_datasets, a training split "
+                             "(e.g. lion:train for lion:val); closed-set defaults to the --gallery")
         if self.protocol == "closed-set" and not self.gallery:
             raise ValueError("closed-set needs --gallery (e.g. --datasets lion:val --gallery lion:train)")
         if self.protocol == "open-set" and bool(self.gallery) != bool(self.val_datasets):
@@ -95,7 +99,8 @@ def run_evaluation(request: EvaluationRequest) -> dict:
     request.validate()
     started = time.perf_counter()
     queries = _load(request.datasets, request.data_dir, "--datasets")
-    embedder = load_embedder(request.model, image_size=request.image_size) if request.model else None
+    embedder = (load_embedder(request.model, image_size=request.image_size, runtime=request.runtime)
+                if request.model else None)
     seen = embedder.training_species if embedder else []
     failures = []
     timings = {}
@@ -158,8 +163,11 @@ def run_evaluation(request: EvaluationRequest) -> dict:
 
 def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: LoadedEmbedder | None, embed, seen,
                   timings: dict, failures: list) -> dict:
-    """--method local / fusion: SIFT on every crop, then per-species scoring (see `matching`)."""
-    extractor, matcher = LocalFeatureExtractor(), LocalMatcher()
+    """Every method but plain global: SIFT on every crop (and embeddings where the method uses them), then
+    `method_protocols.evaluate_method` per species. Fusion and auto are fitted on --val_datasets, or in
+    closed-set on the --gallery (leave-one-out within it): training splits, never the test queries."""
+    extractor = LocalFeatureExtractor()
+    uses_embeddings = request.method in ("fusion", "auto")
 
     def local(dataset: Dataset, desc: str) -> LocalSet:
         tick = time.perf_counter()
@@ -168,22 +176,19 @@ def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: Loaded
         failures.extend({"set": desc, **f} for f in extracted.failures)
         return extracted
 
+    def images(dataset: Dataset, desc: str):
+        return image_set(dataset, embed(dataset, desc) if uses_embeddings else None, local(dataset, desc), extractor.config)
+
     gallery_set = _load(request.gallery, request.data_dir, "--gallery") if request.protocol == "closed-set" else None
+    query_images = images(queries, "queries")
+    gallery_images = None if gallery_set is None else images(gallery_set, "gallery")
+    validation = None
+    if uses_embeddings:
+        validation = images(_load(request.val_datasets, request.data_dir, "--val_datasets"), "validation") \
+            if request.val_datasets else gallery_images
     tick = time.perf_counter()
-    if request.method == "local":
-        results = local_by_species(local(queries, "queries"), matcher,
-                                   None if gallery_set is None else local(gallery_set, "gallery"),
-                                   num_workers=request.num_workers, training_species=seen)
-    else:
-        val_set = _load(request.val_datasets, request.data_dir, "--val_datasets")
-        results = fusion_by_species(
-            queries, embed(queries, "queries"), local(queries, "queries"), val_set=val_set,
-            val_embedded=embed(val_set, "validation"), val_local=local(val_set, "validation"), matcher=matcher,
-            shortlist=request.shortlist, gallery_set=gallery_set,
-            gallery_embedded=None if gallery_set is None else embed(gallery_set, "gallery"),
-            gallery=None if gallery_set is None else local(gallery_set, "gallery"), num_workers=request.num_workers,
-            training_species=seen,
-        )
+    results = evaluate_method(request.method, query_images, gallery_images, validation=validation,
+                              shortlist=request.shortlist, num_workers=request.num_workers, training_species=seen)
     timings["matching and scoring"] = {"seconds": round(time.perf_counter() - tick, 2)}
     return results
 

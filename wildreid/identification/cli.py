@@ -4,6 +4,9 @@
     wildreid calibrate --gallery galleries/lion --datasets lion:val
     wildreid identify --gallery galleries/lion --images photo1.jpg photo2.jpg --output matches.json
     wildreid identify --gallery galleries/lion --datasets csv:/data/new_photos.csv --output matches.csv
+    wildreid export --format onnx --model outputs/cpu_real --output outputs/cpu_real-onnx-int8 --quantize int8 \
+        --calibration_datasets lion:train
+    wildreid index --runtime onnx --model outputs/cpu_real-onnx-int8 --datasets lion:train --output galleries/lion-int8
     wildreid app --gallery galleries/lion [--model M] [--host 127.0.0.1] [--port 7860]
 
 `identify` uses the gallery's own model unless --model is given, and refuses a model whose weights or
@@ -19,6 +22,8 @@ import sys
 
 from ..outputs import check_output_file, check_output_folder
 from ..threads import configure_threads
+from ..embedding.onnx_runtime import RUNTIMES
+from .onnx_export import add_export_command, run_export
 from .store import GalleryBusyError
 from .workflows import build_gallery, calibrate_gallery, identify
 from .results import write_results
@@ -30,6 +35,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num_workers", type=int, default=2, help="image-loading processes (at most the cores)")
     parser.add_argument("--num_threads", type=int,
                         help="torch CPU threads (default: $WILDREID_NUM_THREADS, else the cores this process may use)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                        help="onnx: --model is a folder written by `wildreid export --format onnx`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--threshold", type=float, help="override the calibrated new-individual threshold (cosine)")
     app.add_argument("--review_dir", help="audit log and stored query photos (default: <gallery>.review)")
     app.add_argument("--max_upload_mb", type=float, default=20.0, help="largest accepted photo")
+    app.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                     help="onnx: --model (or the gallery's model) is a `wildreid export --format onnx` folder")
+    add_export_command(commands)
     return parser
 
 
@@ -86,8 +96,8 @@ def _run_app(args: argparse.Namespace) -> int:
         raise ValueError(f"the app needs gradio ({error}); install it with: pip install 'wildreid[app]'") from None
     from .review import open_session
 
-    session = open_session(args.gallery, args.model, review_dir=args.review_dir, method=args.method,
-                           top_k=args.top_k, threshold=args.threshold,
+    session = open_session(args.gallery, args.model, runtime=args.runtime, review_dir=args.review_dir,
+                           method=args.method, top_k=args.top_k, threshold=args.threshold,
                            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     launch(session, host=args.host, port=args.port)
     return 0
@@ -105,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads(getattr(args, "num_threads", None))
         if args.command == "app":
             return _run_app(args)
-        data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
+        if args.command == "export":
+            print(run_export(args))
+            return 0
+        data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers,
+                    runtime=args.runtime)
         if args.command == "identify" and args.output:  # output paths are checked before any work
             check_output_file(args.output, "--output")
         if args.command == "index":

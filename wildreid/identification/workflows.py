@@ -16,6 +16,7 @@ from datasets import Dataset
 from hub_datasets.specs import load_specs
 
 from ..embedding import LoadedEmbedder, LoadFailure, embed_dataset, load_embedder, undecoded
+from ..embedding.onnx_runtime import OnnxEmbedder
 from ..matching import LocalFeatureCache, LocalFeatureExtractor
 from . import store
 from .gallery import Gallery
@@ -26,10 +27,14 @@ logger = logging.getLogger(__name__)
 
 def model_tag(embedder: LoadedEmbedder, name: str | None = None) -> ModelTag:
     """The embedding space of a model: its name (default: as loaded), a hash of its exact weights, width
-    and preprocessing."""
-    state = embedder.model.state_dict()
+    and preprocessing. An ONNX export carries its source weights' hash (fp32 shares the torch model's tag,
+    int8 does not)."""
+    if isinstance(embedder.model, OnnxEmbedder):
+        revision = embedder.model.revision
+    else:
+        revision = weights_content_hash(embedder.model.state_dict())
     return ModelTag(
-        model_name_or_path=name or embedder.name, revision=weights_content_hash(state),
+        model_name_or_path=name or embedder.name, revision=revision,
         embedding_dim=int(embedder.model.embedding_dim), image_size=int(embedder.processor.image_size),
         preprocessing=preprocessing_signature(embedder.processor.to_dict()),
     )
@@ -59,7 +64,7 @@ def _accelerator():
 
 def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *, data_dir: str | None = None,
                   local_features: bool = False, batch_size: int = 64, num_workers: int = 2,
-                  overwrite: bool = False) -> tuple[Gallery, list]:
+                  overwrite: bool = False, runtime: str = "torch") -> tuple[Gallery, list]:
     """Embed every image of the dataset specs into a new gallery folder; returns it and the skipped images.
 
     The folder's writer lock is taken before anything is embedded, so a second `index` into the same folder
@@ -70,12 +75,12 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
         if main_process:
             store.check_new_folder(Path(output), overwrite)
         return _build_gallery(model, datasets, output, accelerator, data_dir=data_dir, local_features=local_features,
-                              batch_size=batch_size, num_workers=num_workers)
+                              batch_size=batch_size, num_workers=num_workers, runtime=runtime)
 
 
 def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, accelerator, *, data_dir: str | None,
-                   local_features: bool, batch_size: int, num_workers: int) -> tuple[Gallery, list]:
-    embedder = load_embedder(model, device=accelerator.device if accelerator else None)
+                   local_features: bool, batch_size: int, num_workers: int, runtime: str) -> tuple[Gallery, list]:
+    embedder = load_embedder(model, device=accelerator.device if accelerator else None, runtime=runtime)
     dataset = load_specs(datasets, data_dir=data_dir)
     embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                              num_workers=num_workers, accelerator=accelerator, desc="indexing")
@@ -99,20 +104,23 @@ def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, a
     return gallery, embedded.failures
 
 
-def _gallery_and_model(gallery_dir: str | os.PathLike, model: str | None) -> tuple[Gallery, LoadedEmbedder, ModelTag]:
+def _gallery_and_model(gallery_dir: str | os.PathLike, model: str | None,
+                       runtime: str) -> tuple[Gallery, LoadedEmbedder, ModelTag]:
     gallery = Gallery.load(gallery_dir)
-    embedder = load_embedder(model or store.resolve_model_reference(gallery.model_tag.model_name_or_path, gallery_dir))
+    embedder = load_embedder(model or store.resolve_model_reference(gallery.model_tag.model_name_or_path, gallery_dir),
+                             runtime=runtime)
     tag = model_tag(embedder)
     gallery.model_tag.require_same(tag, f"embeddings of {embedder.name}")
     return gallery, embedder, tag
 
 
 def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, model: str | None = None,
-                      data_dir: str | None = None, batch_size: int = 64, num_workers: int = 2) -> float:
+                      data_dir: str | None = None, batch_size: int = 64, num_workers: int = 2,
+                      runtime: str = "torch") -> float:
     """Fit the gallery's "new individual" threshold and score calibration on labelled validation images
     (known individuals, and ideally some absent from the gallery); saves it in the gallery."""
     with store.writer_lock(gallery_dir, create=False):  # load, calibrate and save as one step
-        gallery, embedder, tag = _gallery_and_model(gallery_dir, model)
+        gallery, embedder, tag = _gallery_and_model(gallery_dir, model, runtime)
         dataset = load_specs(datasets, data_dir=data_dir)
         embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                                  num_workers=num_workers, desc="calibrating")
@@ -126,14 +134,14 @@ def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, mo
 
 def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None, datasets: list[str] | None = None,
              model: str | None = None, top_k: int = 5, threshold: float | None = None, data_dir: str | None = None,
-             batch_size: int = 32, num_workers: int = 2) -> tuple[list, list[LoadFailure]]:
+             batch_size: int = 32, num_workers: int = 2, runtime: str = "torch") -> tuple[list, list[LoadFailure]]:
     """Top-k individuals (and the "new individual" decision) for query image files or dataset specs.
     Unreadable queries are returned as failures, never fatal."""
     if bool(images) == bool(datasets):
         raise ValueError("give query --images or --datasets (one of them)")
-    gallery, embedder, tag = _gallery_and_model(gallery_dir, model)
+    gallery, embedder, tag = _gallery_and_model(gallery_dir, model, runtime)
     if images:
-        device = next(embedder.model.parameters()).device
+        device = next((p.device for p in embedder.model.parameters()), torch.device("cpu"))  # ONNX: none
 
         @torch.inference_mode()
         def embed(crops):

@@ -44,6 +44,8 @@ class TrainingConfig:
     neck_calibration_images: int = 1024  # images whose pooled features set the neck statistics before training
     init_from: str | None = None  # trained embedder (folder or Hub id) to adapt to the new data
     freeze_backbone_steps: int = 0  # steps training only neck + head before fine-tuning everything
+    head_init: str = "auto"  # identity head starts at: prototypes (each identity's mean starting embedding),
+    # random, or auto (prototypes with init_from, else random)
     # optimisation
     epochs: float | None = None
     max_steps: int | None = None  # wins over epochs when both are set
@@ -96,6 +98,8 @@ class TrainingConfig:
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.backbone_norm not in ("auto", "frozen", "batch"):
             raise ValueError(f"backbone_norm must be auto, frozen or batch, got {self.backbone_norm!r}")
+        if self.head_init not in ("auto", "prototypes", "random"):
+            raise ValueError(f"head_init must be auto, prototypes or random, got {self.head_init!r}")
         if self.neck_norm not in ("running", "batch"):
             raise ValueError(f"neck_norm must be running or batch, got {self.neck_norm!r}")
         self._validate_numbers()

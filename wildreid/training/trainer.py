@@ -104,7 +104,6 @@ class Trainer:
                 self.print(f"init_from model uses {model_config.image_size}px inputs; image_size={config.image_size} ignored")
             model = WildReIDForMetricLearning(model_config)
             model.wildreid.load_state_dict(embedder.state_dict())
-            self.head_from_prototypes = True
         else:
             model_config = WildReIDConfig(
                 backbone=config.backbone, image_size=config.image_size, embedding_dim=config.embedding_dim,
@@ -113,7 +112,8 @@ class Trainer:
             )
             model = (WildReIDForMetricLearning.with_imagenet_backbone(model_config) if config.backbone_pretrained
                      else WildReIDForMetricLearning(model_config))
-            self.head_from_prototypes = False
+        self.head_from_prototypes = config.head_init == "prototypes" or (
+            config.head_init == "auto" and config.init_from is not None)
         model.config.training_species = self.species
         model.config.name_identities(self.identities.names)
         model.config.training_datasets = list(config.datasets)

@@ -14,15 +14,15 @@ import os
 from .session import ReviewSession
 
 
-def load_model_embedder(model: str):
-    """(embed, model tag) for a model folder or Hub id: embed maps PIL crops to (N, D) embeddings on CPU
-    through the model's own image processor."""
+def load_model_embedder(model: str, runtime: str = "torch"):
+    """(embed, model tag) for a model folder or Hub id (runtime "onnx": an ONNX export folder): embed maps
+    PIL crops to (N, D) embeddings on CPU through the model's own image processor."""
     import torch
 
     from wildreid.embedding.embedders import load_embedder
     from ..workflows import model_tag
 
-    embedder = load_embedder(model, device="cpu")
+    embedder = load_embedder(model, device="cpu", runtime=runtime)
 
     @torch.inference_mode()
     def embed(crops):
@@ -32,14 +32,15 @@ def load_model_embedder(model: str):
     return embed, model_tag(embedder)
 
 
-def open_session(gallery_dir: str | os.PathLike, model: str | None = None, **kwargs) -> ReviewSession:
+def open_session(gallery_dir: str | os.PathLike, model: str | None = None, runtime: str = "torch",
+                 **kwargs) -> ReviewSession:
     """A session on a gallery folder, embedding with `model` (default: the model the gallery was built with,
     refused if its weights or preprocessing differ from the gallery's)."""
     from ..gallery import Gallery
     from ..store import resolve_model_reference
 
     recorded = Gallery.load(gallery_dir).model_tag.model_name_or_path  # a local model is relative to the gallery
-    embed, tag = load_model_embedder(model or resolve_model_reference(recorded, gallery_dir))
+    embed, tag = load_model_embedder(model or resolve_model_reference(recorded, gallery_dir), runtime)
     return ReviewSession(gallery_dir, embed, tag, **kwargs)
 
 

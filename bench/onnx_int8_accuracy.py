@@ -1,0 +1,94 @@
+"""Does int8 cost accuracy? Leave-one-out top-1 / mAP of an ONNX fp32 export vs its int8 export, from one run.
+
+    python bench/onnx_int8_accuracy.py [--model outputs/cpu_real] [--output bench/results/onnx_int8_accuracy.json]
+
+Model: a trained wildreid folder, or by default EfficientNet-Lite0 on ImageNet weights at 224 px (the
+no-training baseline; `--model imagenet`). Both exports come from the same weights; int8 is calibrated on
+--calibration_images crops drawn from the training splits (never the evaluated sets). Sets: lion:val,
+nyala:test, dog[max_identities=100]:test, pig:test, each queried leave-one-out inside itself, as evaluate.py
+does. Target: int8 top-1 within 1 percentage point of fp32 on every set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
+
+from wildreid.threads import configure_threads  # noqa: E402  (before torch: OpenMP wait policy)
+from wildreid.provenance import code_version  # noqa: E402
+
+SETS = ["lion:val", "nyala:test", "dog[max_identities=100]:test", "pig:test"]
+CALIBRATION = ["lion:train", "nyala:train", "dog[max_identities=100]:train", "pig:train"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="imagenet", help="wildreid model folder, or imagenet (lite0, 224 px)")
+    parser.add_argument("--calibration_images", type=int, default=128)
+    parser.add_argument("--data_dir", help="default $WILDREID_DATA")
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "onnx_int8_accuracy.json"))
+    args = parser.parse_args()
+    threads = configure_threads()
+    load_before = os.getloadavg()
+
+    import torch
+
+    from hub_datasets.specs import load_specs
+    from modeling_wildreid import WildReIDConfig, WildReIDImageProcessor, WildReIDModel
+    from wildreid.embedding import embed_dataset, load_embedder
+    from wildreid.evaluation.protocols import leave_one_out_by_species
+    from wildreid.identification.onnx_export import calibration_batches, export_onnx
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = args.model
+        if source == "imagenet":
+            torch.manual_seed(0)
+            source = str(Path(tmp) / "lite0-imagenet")
+            WildReIDModel.with_imagenet_backbone(
+                WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=224)).save_pretrained(source)
+        processor = WildReIDImageProcessor.from_config(WildReIDConfig.from_pretrained(source))
+        calibration_set = load_specs(CALIBRATION, data_dir=args.data_dir)
+        tick = time.perf_counter()
+        export_onnx(source, Path(tmp) / "fp32")
+        export_onnx(source, Path(tmp) / "int8", quantize="int8",
+                    calibration=calibration_batches(calibration_set, processor, images=args.calibration_images))
+        export_seconds = time.perf_counter() - tick
+        embedders = {name: load_embedder(str(Path(tmp) / name), runtime="onnx") for name in ("fp32", "int8")}
+        for spec in SETS:
+            dataset = load_specs([spec], data_dir=args.data_dir)
+            row = {"set": spec, "images": len(dataset)}
+            for name, embedder in embedders.items():
+                tick = time.perf_counter()
+                embedded = embed_dataset(embedder.model, dataset, embedder.processor, num_workers=args.num_workers,
+                                         desc=f"{spec} {name}")
+                row[f"{name}_embed_seconds"] = round(time.perf_counter() - tick, 1)
+                metrics = leave_one_out_by_species(dataset, embedded)["mean"]
+                row[name] = {"top1": metrics["top1"], "map": metrics["map"]}
+            row["top1_delta_pp"] = 100 * (row["int8"]["top1"] - row["fp32"]["top1"])
+            rows.append(row)
+            print(f"{spec:32s} fp32 top-1 {100 * row['fp32']['top1']:5.1f} mAP {100 * row['fp32']['map']:5.1f} | "
+                  f"int8 top-1 {100 * row['int8']['top1']:5.1f} mAP {100 * row['int8']['map']:5.1f} | "
+                  f"top-1 delta {row['top1_delta_pp']:+.1f} pp (target within 1)", flush=True)
+    worst = max(abs(r["top1_delta_pp"]) for r in rows)
+    print(f"largest |top-1 delta|: {worst:.1f} pp ({'meets' if worst <= 1.0 else 'MISSES'} the 1 pp target)")
+    report = {"benchmark": "onnx_int8_accuracy", **code_version(), "model": args.model,
+              "calibration": {"specs": CALIBRATION, "images": args.calibration_images},
+              "threads": threads, "load_average_before": load_before, "export_seconds": round(export_seconds, 1),
+              "results": rows, "largest_abs_top1_delta_pp": worst,
+              "command": "python bench/onnx_int8_accuracy.py " + " ".join(sys.argv[1:])}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

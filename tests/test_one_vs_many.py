@@ -1,0 +1,159 @@
+"""One-vs-many local retrieval (LNBNN), union fusion and auto: behaviour on synthetic descriptors."""
+import numpy as np
+import pytest
+
+from wildreid.matching import LocalFeatures, LocalMatcher
+from wildreid.matching.methods import AutoMethod, ImageSet, build_method
+from wildreid.matching.one_vs_many import DescriptorIndex, OneVsManyMatcher, shortlist_by_score
+from wildreid.matching.selection import leave_one_out_figures
+from wildreid.matching.union_fusion import UnionFusion, union_candidates
+
+EXTRACTOR = {"method": "sift", "max_keypoints": 512, "max_side": 512, "upscale": True}
+
+
+def _descriptors(rng, n):
+    return rng.integers(0, 256, size=(n, 128)).astype(np.uint8)
+
+
+def _jitter(rng, descriptors, amount=3):
+    noisy = descriptors.astype(int) + rng.integers(-amount, amount + 1, size=descriptors.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def _features(rng, descriptors):
+    return LocalFeatures(rng.uniform(0, 500, size=(len(descriptors), 2)).astype(np.float32), descriptors)
+
+
+def test_lnbnn_ranks_a_distinctive_shared_patch_above_common_texture():
+    rng = np.random.default_rng(0)
+    texture = _descriptors(rng, 40)  # e.g. grass: in every image, so every neighbour is as close as the crowd
+    patch = _descriptors(rng, 8)  # the individual's own mark: in the query and in image 3 only
+    gallery = []
+    for image in range(6):
+        parts = [_jitter(rng, texture), _jitter(rng, texture)] if image == 1 else [_jitter(rng, texture)]
+        if image == 3:
+            parts.append(_jitter(rng, patch))
+        parts.append(_descriptors(rng, 20))
+        gallery.append(_features(rng, np.concatenate(parts)))
+    query = _features(rng, np.concatenate([_jitter(rng, texture), _jitter(rng, patch), _descriptors(rng, 20)]))
+    matcher = OneVsManyMatcher(k=3, shortlist=0)
+    votes = matcher.votes([query], matcher.build_index(gallery, EXTRACTOR), progress=False)[0]
+    assert np.argmax(votes) == 3
+    # The texture matches of image 1 (twice as many) add next to nothing: its votes stay well below image 3's.
+    assert votes[3] > 3 * votes[1]
+
+
+def test_leave_one_out_voting_never_votes_for_the_query_itself():
+    rng = np.random.default_rng(1)
+    images = [_features(rng, _descriptors(rng, 30)) for _ in range(4)]
+    matcher = OneVsManyMatcher(k=2, shortlist=0)
+    votes = matcher.votes(images, matcher.build_index(images, EXTRACTOR), leave_one_out=True, progress=False)
+    assert np.all(np.diag(votes) == 0)
+
+
+def test_approximate_index_reports_recall_and_round_trips(tmp_path):
+    rng = np.random.default_rng(2)
+    images = [_features(rng, _descriptors(rng, 200)) for _ in range(20)]
+    index = DescriptorIndex.build(images, EXTRACTOR, exact_limit=1000, nprobe=64)
+    assert index.config["index"].startswith("ivf")
+    recall = index.recall(index.index.reconstruct_n(0, 100), k=5)
+    assert 0.5 <= recall <= 1.0
+    index.save(tmp_path)
+    loaded = DescriptorIndex.load(tmp_path, expected_extractor=EXTRACTOR)
+    assert len(loaded) == len(index) and loaded.num_images == 20
+    with pytest.raises(ValueError, match="max_keypoints.*256|256.*max_keypoints"):
+        DescriptorIndex.load(tmp_path, expected_extractor={**EXTRACTOR, "max_keypoints": 256})
+
+
+def test_union_shortlist_holds_both_inputs_top1():
+    global_top = np.array([[4, 1, 2], [0, 3, -1]])
+    local_top = np.array([[7, 1, -1], [5, 0, 3]])
+    union = union_candidates(global_top, local_top)
+    for row, (g, l) in enumerate(zip(global_top, local_top)):
+        assert g[0] in union[row] and l[0] in union[row]
+        assert set(union[row][union[row] >= 0]) == set(g[g >= 0]) | set(l[l >= 0])
+
+
+def test_shortlist_skips_unscored_entries():
+    scores = np.array([[0.3, -np.inf, 0.9, 0.1]])
+    assert shortlist_by_score(scores, 3).tolist() == [[2, 0, 3]]
+    assert shortlist_by_score(np.full((1, 3), -np.inf), 2).tolist() == [[-1, -1]]
+
+
+def _synthetic_set(rng, n_identities=6, per_identity=3, blank=()):
+    """Embeddings that separate identities a little and descriptors that separate them a lot."""
+    centres = rng.normal(size=(n_identities, 16))
+    marks = [_descriptors(rng, 30) for _ in range(n_identities)]
+    identities, vectors, local = [], [], []
+    for identity in range(n_identities):
+        for _ in range(per_identity):
+            identities.append(f"sp/{identity}")
+            vector = centres[identity] + 1.5 * rng.normal(size=16)
+            vectors.append(vector / np.linalg.norm(vector))
+            local.append(_features(rng, np.concatenate([_jitter(rng, marks[identity]), _descriptors(rng, 20)])))
+    for i in blank:
+        local[i] = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
+    return ImageSet(np.array(identities, dtype=object), np.array(["sp"] * len(identities), dtype=object),
+                    np.array(vectors, dtype=np.float32), local, EXTRACTOR)
+
+
+def _fusion():
+    # Random keypoint positions never fit a homography: count ratio-test matches instead.
+    return UnionFusion(shortlist=4, retrieval=OneVsManyMatcher(k=3, shortlist=4, verifier=LocalMatcher(geometry="none")),
+                       num_workers=0)
+
+
+def test_union_fusion_scores_every_candidate_both_ways_and_beats_global():
+    rng = np.random.default_rng(3)
+    validation, test = _synthetic_set(rng), _synthetic_set(rng)
+    fusion = _fusion()
+    figures = fusion.fit(validation)
+    assert figures["combiner"] in ("mean", "logistic")
+    parts = fusion.components(test, None)
+    mask = parts.mask(parts.union)
+    assert np.all(np.isfinite(parts.inliers[mask]))  # every candidate verified, none imputed
+    fused = leave_one_out_figures(fusion.scores(test), test.identities)
+    assert fused["top1"] >= leave_one_out_figures(parts.cosine, test.identities)["top1"]
+
+
+def test_auto_never_sees_test_labels_and_records_its_choice():
+    rng = np.random.default_rng(4)
+    validation, test = _synthetic_set(rng), _synthetic_set(rng)
+    auto = AutoMethod(_fusion())
+    figures = auto.fit(validation)
+    assert auto.choice in ("global", "local", "fusion") and figures["choice"] == auto.choice
+    assert set(figures["validation"]) == {"global", "local", "fusion"}
+    scores = auto.scores(test)
+    hidden = ImageSet(np.array(["?"] * len(test), dtype=object), test.species, test.embeddings, test.local, EXTRACTOR)
+    np.testing.assert_array_equal(auto.scores(hidden), scores)
+
+
+def test_auto_before_fit_refuses():
+    with pytest.raises(RuntimeError, match="before fit"):
+        AutoMethod(_fusion()).scores(_synthetic_set(np.random.default_rng(5)))
+
+
+@pytest.mark.parametrize("method", ["fusion", "auto"])
+def test_query_without_keypoints_gets_the_global_answer(method):
+    rng = np.random.default_rng(6)
+    validation, test = _synthetic_set(rng), _synthetic_set(rng, blank=(0,))
+    scorer = build_method(method, shortlist=4, num_workers=0)
+    scorer.fusion = _fusion()
+    scorer.fit(validation)
+    if method == "auto":
+        scorer.choice = "local"  # the case where a blind query would otherwise get a row of ties
+    scores = scorer.scores(test)
+    cosine = test.embeddings[0] @ test.embeddings.T
+    ranked = np.argsort(-scores[0], kind="stable")[:3]
+    assert ranked.tolist() == np.argsort(-np.where(np.arange(len(test)) == 0, -np.inf, cosine), kind="stable")[:3].tolist()
+
+
+def test_validation_figures_match_the_evaluation_metrics():
+    from wildreid.evaluation.metrics import retrieval_metrics_from_similarity
+
+    rng = np.random.default_rng(7)
+    labels = np.repeat(np.arange(8), 3).astype(object)
+    scores = rng.normal(size=(24, 24))
+    ours = leave_one_out_figures(scores, labels)
+    reference = retrieval_metrics_from_similarity(scores, labels, leave_one_out=True)
+    assert ours["top1"] == pytest.approx(reference["top1"]) and ours["map"] == pytest.approx(reference["map"])

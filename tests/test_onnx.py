@@ -1,0 +1,150 @@
+"""ONNX export and the ONNX Runtime embedder: parity with torch, model tags, and clear refusals."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("onnxruntime")
+
+from hub_datasets.synthetic import generate_rows  # noqa: E402
+from modeling_wildreid import WildReIDConfig, WildReIDImageProcessor, WildReIDModel  # noqa: E402
+from wildreid.embedding.onnx_runtime import OnnxEmbedder  # noqa: E402
+from wildreid.identification.onnx_export import export_onnx  # noqa: E402
+
+
+def _photos(count: int, size: int = 96) -> list[Image.Image]:
+    rows = generate_rows(n_species=1, n_identities=count, images_per_identity=1, image_size=size, seed=3)
+    return [Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB") for row in rows]
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).numpy()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(0)
+    model = WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64, training_species=["zebra"]))
+    model.save_pretrained(root / "model")
+    export_onnx(str(root / "model"), root / "fp32")
+    return root
+
+
+def test_fp32_export_matches_torch_at_any_batch_size(exported):
+    model = WildReIDModel.from_pretrained(exported / "model").eval()
+    onnx_model = OnnxEmbedder(exported / "fp32")
+    pixels = WildReIDImageProcessor.from_config(model.config)(_photos(5))["pixel_values"]
+    with torch.inference_mode():
+        reference = model(pixel_values=pixels)
+    for batch in (pixels[:1], pixels):  # exported with batch 2: the batch axis must be dynamic
+        output = onnx_model(pixel_values=batch)
+        assert _cosines(output.embeddings, reference.embeddings[: len(batch)]).min() >= 0.9999
+    assert onnx_model.embedding_dim == model.embedding_dim
+    assert onnx_model.config.training_species == ["zebra"]
+    assert onnx_model.processor.to_dict() == WildReIDImageProcessor.from_config(model.config).to_dict()
+
+
+def test_fp32_shares_the_torch_weights_revision_and_int8_does_not(exported):
+    from wildreid.identification import weights_content_hash
+
+    model = WildReIDModel.from_pretrained(exported / "model")
+    fp32 = OnnxEmbedder(exported / "fp32")
+    assert fp32.revision == weights_content_hash(model.state_dict())
+    processor = WildReIDImageProcessor.from_config(model.config)
+    calibration = [processor(_photos(4))["pixel_values"].numpy()]
+    export_onnx(str(exported / "model"), exported / "int8", quantize="int8", calibration=calibration)
+    int8 = OnnxEmbedder(exported / "int8")
+    assert int8.quantization == "int8" and int8.revision != fp32.revision
+    assert int8.revision.startswith(fp32.revision)
+    pixels = processor(_photos(3))["pixel_values"]
+    assert int8(pixel_values=pixels).embeddings.shape == (3, model.embedding_dim)
+
+
+def test_exporting_a_folder_that_is_not_a_wildreid_model_fails_clearly(tmp_path):
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="not a wildreid model.*model_type 'bert'"):
+        export_onnx(str(tmp_path / "bert"), tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a wildreid model folder: it has no config.json"):
+        export_onnx(str(tmp_path / "empty"), tmp_path / "out")
+
+
+def test_exporting_needs_calibration_for_int8_and_refuses_to_overwrite(exported, tmp_path):
+    with pytest.raises(ValueError, match="calibration images"):
+        export_onnx(str(exported / "model"), tmp_path / "q", quantize="int8")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_onnx(str(exported / "model"), exported / "fp32")
+
+
+def test_loading_an_onnx_folder_without_its_processor_config_fails_clearly(exported, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(exported / "fp32", broken)
+    (broken / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks preprocessor_config.json, the image processor config"):
+        OnnxEmbedder(broken)
+
+
+@pytest.mark.real_data
+def test_fp32_onnx_matches_torch_on_real_lion_photos(shared_data, tmp_path):
+    torch.manual_seed(0)
+    model = WildReIDModel.with_imagenet_backbone(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=224))
+    model.save_pretrained(tmp_path / "model")
+    export_onnx(str(tmp_path / "model"), tmp_path / "onnx")
+    paths = sorted((shared_data / "lion" / "val").rglob("*.*"))[:8]
+    assert paths, f"no lion val images under {shared_data / 'lion' / 'val'}"
+    pixels = WildReIDImageProcessor.from_config(model.config)([str(p) for p in paths])["pixel_values"]
+    with torch.inference_mode():
+        reference = model.eval()(pixel_values=pixels).embeddings
+    assert _cosines(OnnxEmbedder(tmp_path / "onnx")(pixel_values=pixels).embeddings, reference).min() >= 0.9999
+
+
+DATA = "synthetic[n_species=1,n_identities=6,images_per_identity=4,image_size=96,seed=11]"
+
+
+def test_cli_export_index_identify_and_evaluate_with_onnx_runtime(exported, tmp_path, capsys):
+    from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
+    from wildreid.identification.cli import main
+
+    model, onnx_dir = str(exported / "model"), str(tmp_path / "cli-fp32")
+    assert main(["export", "--format", "onnx", "--model", model, "--output", onnx_dir]) == 0
+    assert main(["index", "--runtime", "onnx", "--model", onnx_dir, "--datasets", f"{DATA}:train",
+                 "--output", str(tmp_path / "gallery"), "--num_workers", "0"]) == 0
+    # fp32 ONNX and torch embed into the same space: the torch model may query the ONNX-built gallery.
+    assert main(["identify", "--gallery", str(tmp_path / "gallery"), "--model", model, "--datasets", f"{DATA}:test",
+                 "--output", str(tmp_path / "torch.json"), "--num_workers", "0"]) == 0
+    assert main(["identify", "--gallery", str(tmp_path / "gallery"), "--runtime", "onnx", "--datasets", f"{DATA}:test",
+                 "--output", str(tmp_path / "onnx.json"), "--num_workers", "0"]) == 0
+    by_torch, by_onnx = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("torch", "onnx"))
+    assert [r["candidates"][0]["identity"] for r in by_torch["results"]] == \
+        [r["candidates"][0]["identity"] for r in by_onnx["results"]]
+    # int8 embeddings differ: the fp32 gallery refuses them, naming both models.
+    int8_dir = str(tmp_path / "cli-int8")
+    assert main(["export", "--format", "onnx", "--model", model, "--output", int8_dir, "--quantize", "int8",
+                 "--calibration_datasets", f"{DATA}:train", "--calibration_images", "8"]) == 0
+    capsys.readouterr()
+    assert main(["identify", "--gallery", str(tmp_path / "gallery"), "--runtime", "onnx", "--model", int8_dir,
+                 "--datasets", f"{DATA}:test", "--num_workers", "0"]) == 2
+    assert "+onnx-int8" in capsys.readouterr().err
+    # A torch run pointed at an ONNX folder, and the reverse, say what to do.
+    assert main(["identify", "--gallery", str(tmp_path / "gallery"), "--model", onnx_dir,
+                 "--datasets", f"{DATA}:test"]) == 2
+    assert "pass --runtime onnx" in capsys.readouterr().err
+    assert main(["index", "--runtime", "onnx", "--model", model, "--datasets", f"{DATA}:train",
+                 "--output", str(tmp_path / "g2")]) == 2
+    assert "wildreid export --format onnx" in capsys.readouterr().err
+
+    results = {runtime: run_evaluation(EvaluationRequest(datasets=[f"{DATA}:test"], model=path, runtime=runtime,
+                                                         num_workers=0))
+               for runtime, path in (("torch", model), ("onnx", onnx_dir))}
+    torch_mean, onnx_mean = results["torch"]["mean"], results["onnx"]["mean"]
+    assert torch_mean and {k: pytest.approx(v, abs=1e-4) for k, v in torch_mean.items()
+                           if isinstance(v, float)} == {k: v for k, v in onnx_mean.items() if isinstance(v, float)}

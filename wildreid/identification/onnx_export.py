@@ -1,0 +1,183 @@
+"""Export a wildreid model to ONNX for ONNX Runtime (`wildreid export --format onnx`), optionally int8.
+
+The exported folder:
+    model.onnx                 input `pixel_values` (B, 3, S, S) float32, normalised; outputs `embeddings`
+                               (B, D, L2-normalised) and `pooler_output` (B, D); the batch axis is dynamic
+    config.json                the source model's config (image size, mean/std, training species, width)
+    preprocessor_config.json   the image processor: ONNX models get exactly the torch model's preprocessing
+    onnx_export.json           source model, the SHA-256 of its weights, quantization, opset, versions
+
+Exporter: torch's TorchScript-based `torch.onnx.export(dynamo=False)`. The model is a timm backbone plus
+three small layers, traced in one piece with static control flow, so the classic exporter fits it
+cleanly; optimum's exporter needs a model-type config class per architecture (a custom model type
+means writing one) and the dynamo exporter needs onnxscript, an extra dependency for no gain here.
+
+int8: ONNX Runtime static quantization (QDQ, per-channel weights, activation ranges calibrated on
+`calibration` images), since dynamic quantization leaves convolution activations in float and gains
+little on CNNs. The model tag of an export derives from the source weights: fp32 shares the torch
+model's tag (galleries accept both), int8 gets a distinct one (its embeddings differ).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..embedding.onnx_runtime import CONFIG_FILE, EXPORT_INFO_FILE, ONNX_FILE
+
+QUANTIZATIONS = ("int8",)
+OPSET = 17
+
+
+class _EmbeddingGraph(nn.Module):
+    """The traced function: pixel_values -> (embeddings, pooler_output)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.model(pixel_values=pixel_values)
+        return output.embeddings, output.pooler_output
+
+
+def require_wildreid_model(model_name_or_path: str) -> None:
+    """Raise a clear ValueError unless the folder (or Hub id) holds a wildreid model."""
+    from transformers import PreTrainedConfig
+
+    path = Path(model_name_or_path)
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise ValueError(f"{path} is not a wildreid model folder: it has no {CONFIG_FILE}")
+        if (path / ONNX_FILE).is_file() and not any(path.glob("*.safetensors")):
+            raise ValueError(f"{path} is already an ONNX export; export from the original wildreid model folder")
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(model_name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read a model config from {model_name_or_path}: {error}") from None
+    if config.get("model_type") != "wildreid":
+        raise ValueError(f"{model_name_or_path} is not a wildreid model (its config.json has model_type "
+                         f"{config.get('model_type')!r}, expected 'wildreid'); convert MiewID checkpoints first "
+                         "with python -m modeling_wildreid.convert_miewid")
+
+
+def export_onnx(model_name_or_path: str, output_dir: str | os.PathLike, *, quantize: str | None = None,
+                calibration: Iterable[np.ndarray] | None = None, overwrite: bool = False) -> Path:
+    """Export a wildreid model folder or Hub id to an ONNX folder (see the module docstring).
+
+    calibration: batches of normalised pixel_values (B, 3, S, S) float32 for int8; required with quantize.
+    """
+    from modeling_wildreid import WildReIDImageProcessor, WildReIDModel
+
+    from .model_tag import weights_content_hash
+
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if quantize is not None and calibration is None:
+        raise ValueError("int8 quantization needs calibration images (--calibration_datasets)")
+    require_wildreid_model(model_name_or_path)
+    output = Path(output_dir)
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace its export")
+    output.mkdir(parents=True, exist_ok=True)
+
+    model = WildReIDModel.from_pretrained(model_name_or_path).eval()
+    processor = WildReIDImageProcessor.from_config(model.config)
+    size = model.config.image_size
+    graph = _EmbeddingGraph(model).eval()
+    example = torch.zeros(2, 3, size, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = Path(tmp) / ONNX_FILE if quantize else output / ONNX_FILE
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of dynamo, which needs onnxscript (see above).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                graph, (example,), str(float_path), input_names=["pixel_values"],
+                output_names=["embeddings", "pooler_output"], opset_version=OPSET, dynamo=False,
+                dynamic_axes={name: {0: "batch"} for name in ("pixel_values", "embeddings", "pooler_output")},
+            )
+        if quantize:
+            _quantize_int8(float_path, output / ONNX_FILE, calibration)
+    model.config.save_pretrained(output)
+    processor.save_pretrained(output)
+    info = {
+        "format": "wildreid-onnx", "source": str(model_name_or_path),
+        "source_revision": weights_content_hash(model.state_dict()), "quantization": quantize,
+        "opset": OPSET, "exporter": "torch.onnx.export (TorchScript)", "torch": torch.__version__,
+    }
+    (output / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return output
+
+
+def _quantize_int8(float_path: Path, output_path: Path, calibration: Iterable[np.ndarray]) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, batches: Iterable[np.ndarray]):
+            self.batches = iter(batches)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"pixel_values": np.ascontiguousarray(batch, dtype=np.float32)}
+
+    prepared = float_path.with_name("prepared.onnx")
+    quant_pre_process(str(float_path), str(prepared))
+    # Every quantizable op: convolutions only lost more top-1 (bench/results/onnx_int8_accuracy_conv_only.json).
+    quantize_static(str(prepared), str(output_path), Reader(calibration), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def calibration_batches(dataset, processor, *, images: int = 64, batch_size: int = 16,
+                        seed: int = 0) -> Iterator[np.ndarray]:
+    """Normalised pixel batches of up to `images` rows of a schema dataset, drawn with a fixed seed."""
+    from ..embedding.data import ReIDImageDataset, collate
+
+    rows = np.random.default_rng(seed).permutation(len(dataset))[:images].tolist()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ReIDImageDataset(dataset, processor), rows),
+                                         batch_size=batch_size, collate_fn=collate)
+    for batch in loader:
+        if "pixel_values" in batch:
+            yield processor.normalize(batch["pixel_values"]).numpy()
+
+
+def add_export_command(commands) -> None:
+    """`wildreid export`: the sub-command's flags."""
+    export = commands.add_parser("export", help="export a model for ONNX Runtime (optionally int8)")
+    export.add_argument("--model", required=True, help="wildreid model folder or Hub id")
+    export.add_argument("--format", required=True, choices=["onnx"])
+    export.add_argument("--output", required=True, help="folder to write (model.onnx + configs)")
+    export.add_argument("--quantize", choices=QUANTIZATIONS, help="int8: static quantization, needs calibration images")
+    export.add_argument("--calibration_datasets", nargs="+", default=[],
+                        help="int8: dataset specs whose images set the activation ranges (training images, e.g. lion:train)")
+    export.add_argument("--calibration_images", type=int, default=128, help="int8: images drawn from them")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    export.add_argument("--data_dir", help="raw data of the built-in species (default $WILDREID_DATA, ../shared/data)")
+    export.add_argument("--num_threads", type=int, help="torch CPU threads")
+
+
+def run_export(args) -> str:
+    """Run `wildreid export` from parsed flags; returns the line to print."""
+    calibration = None
+    if args.quantize:
+        if not args.calibration_datasets:
+            raise ValueError("--quantize int8 needs --calibration_datasets (e.g. the training specs)")
+        if args.calibration_images < 1:
+            raise ValueError(f"--calibration_images must be >= 1, got {args.calibration_images}")
+        from hub_datasets.specs import load_specs
+        from modeling_wildreid import WildReIDConfig, WildReIDImageProcessor
+
+        require_wildreid_model(args.model)
+        processor = WildReIDImageProcessor.from_config(WildReIDConfig.from_pretrained(args.model))
+        dataset = load_specs(args.calibration_datasets, data_dir=args.data_dir)
+        calibration = calibration_batches(dataset, processor, images=args.calibration_images)
+    folder = export_onnx(args.model, args.output, quantize=args.quantize, calibration=calibration,
+                         overwrite=args.overwrite)
+    return f"exported {args.model} -> {folder / ONNX_FILE} ({args.quantize or 'fp32'})"
