@@ -128,27 +128,49 @@ def measure(scores: np.ndarray, queries, gallery) -> dict:
     return {"top1": metrics["top1"], "map": metrics["map"], "n_queries": metrics["n_queries"]}
 
 
+def global_rows(name: str, record: dict, models: list[str], cache: Path) -> None:
+    """Top-1 / mAP of each model's embeddings (cosine) on the set, into `record["methods"]`."""
+    query_spec, gallery_spec, _ = SETS[name]
+    for model in models:
+        label = "ImageNet lite0" if model == IMAGENET else "trained model"
+        parts = []
+        for spec in (query_spec, gallery_spec):
+            if spec:
+                dataset = load_specs([spec])
+                parts.append(image_set(dataset, embeddings(model, spec, dataset, cache), None))
+        queries, gallery = parts[0], parts[1] if gallery_spec else None
+        if gallery is not None:
+            queries = queries.part(np.isin(queries.identities, list(set(gallery.identities))))
+        tick = time.perf_counter()
+        scores = GlobalMethod().scores(queries, gallery)
+        record["methods"][label] = {**measure(scores, queries, gallery), "seconds": round(time.perf_counter() - tick, 2),
+                                    **({"model": model} if model != IMAGENET else {}),
+                                    **({"note": "saw these individuals in training"} if gallery and model != IMAGENET else {})}
+        print(f"  {name:13s} {label:22s} top-1 {100 * record['methods'][label]['top1']:5.1f}  "
+              f"mAP {100 * record['methods'][label]['map']:5.1f}", flush=True)
+
+
 def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> dict:
     query_spec, gallery_spec, validation_spec = SETS[name]
     closed = gallery_spec is not None
-    fusion_model = IMAGENET if closed or not args.model else args.model
-    models = [IMAGENET] + ([args.model] if args.model else [])
+    # Fusion and auto calibrate on the training split: a model trained on it scores those pairs too well, and
+    # fusion would learn to over-trust it. So their global input is ImageNet unless asked otherwise.
+    fusion_model = args.model if args.fusion_model == "trained" and args.model and not closed else IMAGENET
     datasets, locals_, embedded = {}, {}, {}
     for spec in dict.fromkeys(s for s in (query_spec, gallery_spec, validation_spec) if s):
         datasets[spec], locals_[spec] = local_features(spec, cache, extractor, args.workers)
-        for model in models:
-            embedded[model, spec] = embeddings(model, spec, datasets[spec], cache)
+        embedded[spec] = embeddings(fusion_model, spec, datasets[spec], cache)
 
-    def images(spec: str, model: str):
-        return image_set(datasets[spec], embedded[model, spec], locals_[spec], extractor.config)
+    def images(spec: str):
+        return image_set(datasets[spec], embedded[spec], locals_[spec], extractor.config)
 
     record: dict = {"queries": query_spec, "gallery": gallery_spec, "validation": validation_spec,
                     "fusion_global_model": fusion_model, "methods": {}}
-    queries = images(query_spec, fusion_model)
-    gallery = images(gallery_spec, fusion_model) if closed else None
+    queries = images(query_spec)
+    gallery = images(gallery_spec) if closed else None
     if closed:  # closed set: only queries whose individual is in the gallery
         queries = queries.part(np.isin(queries.identities, list(set(gallery.identities))))
-    validation = images(validation_spec, fusion_model)
+    validation = images(validation_spec)
     record["n_queries"], record["n_gallery"] = len(queries), len(gallery) if closed else len(queries)
 
     def timed(label: str, method, *, fit: bool = False) -> np.ndarray:
@@ -166,19 +188,7 @@ def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> d
               f"{entry['seconds']:7.1f} s", flush=True)
         return scores
 
-    for model in models:
-        label = "ImageNet lite0" if model == IMAGENET else "trained model"
-        model_queries = images(query_spec, model)
-        model_gallery = images(gallery_spec, model) if closed else None
-        if closed:
-            model_queries = model_queries.part(np.isin(model_queries.identities, list(set(model_gallery.identities))))
-        tick = time.perf_counter()
-        scores = GlobalMethod().scores(model_queries, model_gallery)
-        record["methods"][label] = {**measure(scores, model_queries, model_gallery),
-                                    "seconds": round(time.perf_counter() - tick, 2),
-                                    **({"note": "saw these individuals in training"} if closed and model != IMAGENET else {})}
-        print(f"  {name:13s} {label:22s} top-1 {100 * record['methods'][label]['top1']:5.1f}  "
-              f"mAP {100 * record['methods'][label]['map']:5.1f}", flush=True)
+    global_rows(name, record, [IMAGENET] + ([args.model] if args.model else []), cache)
     one_vs_many = timed("one-vs-many local", OneVsManyLocalMethod(OneVsManyMatcher(shortlist=args.shortlist),
                                                                  num_workers=args.workers))
     if not args.skip_pairwise:
@@ -300,6 +310,10 @@ def main() -> None:
                         help="pairwise SIFT on a seeded sample of this many queries where a set has more (0: all)")
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/wildreid/bench"))
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--fusion-model", choices=("imagenet", "trained"), default="imagenet",
+                        help="global input of fusion and auto (trained: --model, on the leave-one-out sets only)")
+    parser.add_argument("--global-only", action="store_true",
+                        help="only (re)compute the global rows (e.g. a new --model) of sets already in --output")
     parser.add_argument("--tables-only", action="store_true", help="only rebuild the tables of --output from its sets")
     args = parser.parse_args()
     output = Path(args.output)
@@ -317,7 +331,11 @@ def main() -> None:
     for name in args.sets:
         print(f"[{name}]", flush=True)
         # Sets of earlier runs stay in the file (each records its own commit), so sets can be run separately.
-        previous[name] = {**run_set(name, args, cache, extractor), **version}
+        if args.global_only:
+            global_rows(name, previous[name], [IMAGENET] + ([args.model] if args.model else []), cache)
+            previous[name]["global_rows_version"] = version
+        else:
+            previous[name] = {**run_set(name, args, cache, extractor), **version}
         write_results(output, previous, command, time.perf_counter() - started)
     print_table(previous)
     print(f"wrote {output} ({time.perf_counter() - started:.0f} s)")
