@@ -254,7 +254,7 @@ class Gallery:
                     raise ValueError(f"local-feature cache lacks {len(missing)} gallery images, e.g. {missing[:3]}")
                 self.local_features_config = dict(local_features.config)
             elif self.local_features_config is not None and (directory / store.CONFIG_FILE).exists():
-                kept = store.file_entry(store.read_config(directory), "local_features")
+                kept = store.current_entry(directory, "local_features")
             if local_features is None and kept is None:
                 self.local_features_config = None
             config = store.RECORD.tag(
