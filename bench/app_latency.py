@@ -63,16 +63,18 @@ def _free_port() -> int:
 
 def browser_latency(gallery: Path, method: str, queries: list[Path], top_k: int) -> tuple[dict, float]:
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = _free_port()
     started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "wildreid.identification.cli", "app", "--gallery", str(gallery), "--port",
-                               str(port), "--method", method, "--top_k", str(top_k), "--review_dir",
-                               str(gallery.parent / "review")], cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    log = gallery.parent / f"app_{method}.log"
+    with open(log, "w") as handle:
+        server = subprocess.Popen([sys.executable, "-m", "wildreid.identification.cli", "app", "--gallery", str(gallery),
+                                   "--port", str(port), "--method", method, "--top_k", str(top_k), "--review_dir",
+                                   str(gallery.parent / "review")], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1700"):
@@ -96,11 +98,17 @@ def browser_latency(gallery: Path, method: str, queries: list[Path], top_k: int)
             driver.get(f"http://127.0.0.1:{port}/")
             upload = WebDriverWait(driver, 60).until(
                 lambda d: d.find_element(By.CSS_SELECTOR, "#query-files input[type=file]"))
+            find = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "#find"))  # page ready
             start = time.perf_counter()
             upload.send_keys(str(query))
             WebDriverWait(driver, 60).until(lambda d: query.stem in d.find_element(By.CSS_SELECTOR, "#query-files").text)
-            driver.find_element(By.CSS_SELECTOR, "#find").click()
-            WebDriverWait(driver, 120, poll_frequency=0.02).until(lambda d: d.execute_script(shown))
+            find.click()
+            try:
+                WebDriverWait(driver, 120, poll_frequency=0.02).until(lambda d: d.execute_script(shown))
+            except TimeoutException:
+                status = driver.find_element(By.CSS_SELECTOR, "#status").text
+                raise RuntimeError(f"{query}: candidates not shown after 120 s; status {status!r}; "
+                                   f"app log: {log.read_text()[-3000:]}") from None
             times.append(time.perf_counter() - start)
         return summary(times[1:]), startup
     finally:

@@ -89,10 +89,17 @@ def test_a_folder_written_before_revisions_still_loads(tmp_path):
     save_file({"embeddings": gallery.embeddings}, str(folder / "embeddings.safetensors"))
     gallery.metadata.to_parquet(folder / "metadata.parquet", index=False)
     (folder / "gallery.json").write_text(json.dumps(store.RECORD.tag(model=TAG_A.to_dict())))
-    assert_is(Gallery.load(folder), gallery)
-    gallery.save(folder, overwrite=True)  # rewritten as a revision; the fixed-name files go
+    from wildreid.matching import LocalFeatureCache
+
+    LocalFeatureCache.from_features([], [], {"method": "sift"}).save(folder / "local_features.npz")
+    (folder / "gallery.json").write_text(json.dumps(store.RECORD.tag(
+        model=TAG_A.to_dict(), local_features={"file": "local_features.npz", "config": {"method": "sift"}})))
+    loaded = Gallery.load(folder)
+    assert_is(loaded, gallery)
+    loaded.save(folder, overwrite=True)  # rewritten as a revision: the fixed-name arrays go, the cache stays
     assert not (folder / "embeddings.safetensors").exists()
     assert_is(Gallery.load(folder), gallery)
+    assert len(Gallery.load_local_features(folder)) == 0
 
 
 def hold_lock_in_another_process(folder):

@@ -119,7 +119,7 @@ def _query(driver, url: str, photo: Path) -> None:
     wait = WebDriverWait(driver, 90)
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#query-files input[type=file]"))).send_keys(str(photo))
     _wait_for_text(driver, "#query-files", photo.stem)  # uploaded to the server (the name may wrap at the dot)
-    driver.find_element(By.CSS_SELECTOR, "#find").click()
+    wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#find"))).click()
     _wait_for_text(driver, "#status", "candidates for 1 photo")
 
 
@@ -131,14 +131,16 @@ def _screenshot(driver, name: str, tmp_path: Path) -> None:
 
 def test_upload_shows_k_candidates_with_match_pictures_and_same_as_updates_disk(app, browser, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     before = Gallery.load(app["gallery"])
     _query(browser, app["url"], app["images"][4])  # a photo of zebra/001
     for i in range(TOP_K):
         assert browser.find_element(By.CSS_SELECTOR, f"#candidate-{i}").is_displayed()
-        for picture in ("pair", "match"):
-            image = browser.find_element(By.CSS_SELECTOR, f"#candidate-{i}-{picture} img")
-            assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 256
+        for picture in ("pair", "match"):  # both pictures arrive: query | gallery image, at least 256 px wide
+            WebDriverWait(browser, 60).until(lambda d: d.execute_script(
+                "const image = document.querySelector(arguments[0]);"
+                "return image && image.complete && image.naturalWidth", f"#candidate-{i}-{picture} img") > 256)
     assert _text(browser, "#candidate-0-text").startswith("1. zebra/001")
     assert "verified local matches" in _text(browser, "#candidate-0-text")
     assert "Suggestion" in _text(browser, "#suggestion")

@@ -171,3 +171,28 @@ def test_typed_boxes_crop_each_photo_and_bad_boxes_are_refused(session, built):
                                 ("0, 0, -5, 10", 1, "w, h > 0"), ("0, 0, 5, 5", 2, "one box per photo")]:
         with pytest.raises(ValueError, match=reason):
             parse_boxes(text, count)
+
+
+def test_a_gallery_changed_by_another_writer_is_not_overwritten(session, built, embedder, monkeypatch):
+    other = ReviewSession(session.gallery_dir, *embedder, top_k=3, review_dir=session.review_dir)
+    first = other.propose(other.read_photos([built["images"][0]]))
+    other.decide(first.id, "same", identity="zebra/000")
+    saved = Gallery.load(session.gallery_dir).metadata["image_id"].tolist()
+
+    proposal = session.propose(session.read_photos([built["images"][3]]))
+    with pytest.raises(ValueError, match="changed by another process"):
+        session.decide(proposal.id, "same", identity="zebra/001")
+    assert Gallery.load(session.gallery_dir).metadata["image_id"].tolist() == saved
+
+    # A save that fails half-way leaves disk untouched and the session showing what is on disk.
+    fresh = ReviewSession(session.gallery_dir, *embedder, top_k=3, review_dir=session.review_dir)
+    def failing_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Gallery, "save", failing_save)
+    proposal = fresh.propose(fresh.read_photos([built["images"][3]]))
+    with pytest.raises(OSError, match="disk full"):
+        fresh.decide(proposal.id, "same", identity="zebra/001")
+    assert fresh.gallery.metadata["image_id"].tolist() == saved == Gallery.load(session.gallery_dir).metadata[
+        "image_id"].tolist()
+    assert len(fresh.local_cache) == len(saved)

@@ -55,6 +55,9 @@ class OnnxEmbedder(nn.Module):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = num_threads or default_num_threads()
         options.inter_op_num_threads = 1
+        # ONNX Runtime's own thread pool spins between ops by default, the same collapse on a busy CPU as
+        # OpenMP's active wait (see wildreid.threads): let idle threads sleep.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = onnxruntime.get_available_providers()
         chosen = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), options, providers=chosen)

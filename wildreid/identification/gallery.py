@@ -256,8 +256,8 @@ class Gallery:
                 self.local_features_config = dict(local_features.config)
                 write_index = descriptor_index_writer(local_features, list(self.metadata["image_id"]))
             elif self.local_features_config is not None and (directory / store.CONFIG_FILE).exists():
-                kept = store.file_entry(store.read_config(directory), "local_features")
-                kept_index = store.file_entry(store.read_config(directory), "descriptor_index") if kept else None
+                kept = store.current_entry(directory, "local_features")
+                kept_index = store.current_entry(directory, "descriptor_index") if kept else None
             if local_features is None and kept is None:
                 self.local_features_config = None
             config = store.RECORD.tag(

@@ -122,6 +122,16 @@ def file_entry(config: Mapping[str, Any], role: str) -> dict | None:
     return (config.get("files") or {}).get(role)
 
 
+def current_entry(directory: Path, role: str) -> dict | None:
+    """The entry of a file in the folder's current gallery, also for a folder without revisions (its
+    fixed-name file, checksummed now), or None when there is no such file."""
+    config = read_config(directory)
+    if "files" in config:
+        return file_entry(config, role)
+    legacy = directory / "".join(FILES[role])
+    return {"name": legacy.name, "sha256": _sha256(legacy)} if legacy.is_file() else None
+
+
 def checked_file(directory: Path, config: Mapping[str, Any], role: str) -> Path:
     """Path of one of the gallery's files, its checksum verified when the manifest has one."""
     entry = file_entry(config, role)

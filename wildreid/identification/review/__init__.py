@@ -2,6 +2,7 @@
 match, and decides "same as X", "new individual" or "skip" (`wildreid app --gallery DIR`).
 
 - `session`: proposals, decisions, undo, gallery updates (no browser needed; what the tests drive)
+- `uploads`: query photos: size limit, SHA-256, safe decoding, content-addressed copies
 - `scoring`: global and fusion ranking of individuals for one query
 - `audit`: the JSONL audit log and the gallery's content revision
 - `drawing`: side-by-side and correspondence pictures

@@ -9,19 +9,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-# The files whose bytes define a gallery's state (see wildreid.gallery); missing ones are skipped.
-REVISION_FILES = ("gallery.json", "embeddings.safetensors", "metadata.parquet", "local_features.npz")
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+# Files of galleries saved before revisions existed (fixed names): their bytes define the state.
+UNVERSIONED_FILES = ("gallery.json", "embeddings.safetensors", "metadata.parquet", "local_features.npz")
 
 
 def gallery_revision(directory: str | os.PathLike) -> str:
-    """"sha256:<16 hex>" over the gallery's files: equal revisions mean byte-identical galleries."""
+    """The revision a gallery folder is at: the store's revision id from its manifest (each save writes a
+    new one, see `wildreid.identification.store`); for folders saved before revisions existed,
+    "sha256:<16 hex>" over their files. Equal revisions mean the same gallery."""
+    directory = Path(directory)
+    try:
+        revision = json.loads((directory / "gallery.json").read_text()).get("revision")
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{directory / 'gallery.json'}: not a readable gallery manifest ({error})") from None
+    if revision:
+        return str(revision)
     digest = hashlib.sha256()
-    for name in REVISION_FILES:
-        path = Path(directory) / name
+    for name in UNVERSIONED_FILES:
+        path = directory / name
         if path.is_file():
             digest.update(name.encode())
             with open(path, "rb") as handle:

@@ -2,16 +2,15 @@
 individual" or "skip", undo the last decision.
 
 A decision that names an individual adds the query photos to the gallery (embedding, metadata, local
-features when the gallery keeps a keypoint cache), saves the gallery, and appends one audit line
-(`wildreid.identification.review.audit`). Uploaded photos are copied, content-addressed, into the review folder
-(`<gallery>.review/images/` by default) so the gallery's `path` column points at files it owns; the
-audit log is `<gallery>.review/audit.jsonl`. Photos arrive as bytes, are size-checked and decoded by
-the shared loader (`modeling_wildreid.image_processing_wildreid.load_image`); nothing a user types is
-used as a path.
+features when the gallery keeps a keypoint cache) and saves it as one atomic revision under the gallery's
+writer lock (`wildreid.identification.store`), then appends one audit line
+(`wildreid.identification.review.audit`). Uploaded photos are copied, content-addressed, into the review
+folder (`<gallery>.review/images/` by default) so the gallery's `path` column points at files it owns; the
+audit log is `<gallery>.review/audit.jsonl`. Photos are read by `uploads`; nothing a user types is used
+as a path.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -30,23 +29,15 @@ from wildreid.matching.correspondences import verified_correspondences
 
 from ..gallery import Gallery
 from ..model_tag import ModelTag
+from ..store import GalleryBusyError, writer_lock
 
-from .audit import AuditLog, gallery_revision, sha256_bytes, utc_now
+from .audit import AuditLog, gallery_revision, utc_now
 from .drawing import draw_correspondences, side_by_side
 from .scoring import METHODS, Ranking, fit_fusion_on_gallery, rank_fusion, rank_global
+from .uploads import DEFAULT_MAX_UPLOAD_BYTES, QueryPhoto, read_photos, store_photo
 
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 NAME_PATTERN = re.compile(r"^[\w][\w .'-]{0,63}$")  # letters/digits first; no slashes, no control characters
 Embed = Callable[[list[Image.Image]], np.ndarray]
-
-
-@dataclass
-class QueryPhoto:
-    name: str  # the uploaded file's base name, for display and the audit log
-    data: bytes
-    sha256: str
-    bbox: list[float] | None
-    crop: Image.Image
 
 
 @dataclass
@@ -106,7 +97,7 @@ class ReviewSession:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.gallery_dir = Path(gallery_dir)
-        self.gallery = Gallery.load(self.gallery_dir)
+        self._load_gallery()
         self.gallery.model_tag.require_same(model_tag, "the review app's embeddings")
         self.model_tag = model_tag
         self.embed = embed
@@ -114,9 +105,6 @@ class ReviewSession:
         self.audit = AuditLog(self.review_dir / "audit.jsonl")
         self.method, self.top_k, self.threshold = method, int(top_k), threshold
         self.new_probability, self.max_upload_bytes = float(new_probability), int(max_upload_bytes)
-        self.local_cache: LocalFeatureCache | None = None
-        if self.gallery.local_features_config is not None:
-            self.local_cache = Gallery.load_local_features(self.gallery_dir, self.gallery.local_features_config)
         self.extractor = LocalFeatureExtractor(**(self.gallery.local_features_config or {}))
         self.matcher = LocalMatcher(method=self.extractor.method)
         self.fusion = None
@@ -128,11 +116,9 @@ class ReviewSession:
                 self.gallery.embeddings, self.gallery.metadata["identity"].to_numpy(str),
                 self.local_cache.get_many(self.gallery.metadata["image_id"]), self.matcher,
                 max_images=fusion_calibration_images)
-        self.revision = gallery_revision(self.gallery_dir)
         self._lock = threading.RLock()
         self._proposals: dict[str, Proposal] = {}
         self._undo_stack: list[_Decision] = []
-        self._crop_cache: dict[str, Image.Image] = {}
 
     # ------------------------------------------------------------------------------ browsing
 
@@ -171,24 +157,8 @@ class ReviewSession:
 
     def read_photos(self, files: Sequence[str | os.PathLike], bboxes: Sequence[Sequence[float] | None] | None = None,
                     names: Sequence[str] | None = None) -> list[QueryPhoto]:
-        """Size-check, hash and decode uploaded files (paths the upload handler wrote, never typed)."""
-        if not files:
-            raise ValueError("upload at least one photo")
-        if bboxes is not None and len(bboxes) != len(files):
-            raise ValueError(f"{len(bboxes)} boxes for {len(files)} photos; give one box per photo or none")
-        from modeling_wildreid.image_processing_wildreid import crop_to_annotation, load_image
-
-        photos = []
-        for i, file in enumerate(files):
-            name = names[i] if names else Path(file).name
-            size = os.path.getsize(file)
-            if size > self.max_upload_bytes:
-                raise ValueError(f"{name}: {size:,} bytes exceeds the upload limit of {self.max_upload_bytes:,}")
-            data = Path(file).read_bytes()
-            bbox = None if bboxes is None or bboxes[i] is None else [float(v) for v in bboxes[i]]
-            crop = crop_to_annotation(load_image({"bytes": data, "path": name}), bbox=bbox, name=name)
-            photos.append(QueryPhoto(name, data, sha256_bytes(data), bbox, crop))
-        return photos
+        """Uploaded files as query photos (see `uploads.read_photos`), within this app's size limit."""
+        return read_photos(files, bboxes, names, max_bytes=self.max_upload_bytes)
 
     def propose(self, photos: list[QueryPhoto], species: str | None = None) -> Proposal:
         """Rank the gallery's individuals (of `species`, or all) for the photos of one animal."""
@@ -281,8 +251,8 @@ class ReviewSession:
                     raise ValueError(f"{identity!r} is not an individual of this gallery")
             elif decision == "new":
                 identity = self._new_identity(name, proposal.species)
+            revision_before = self.revision
             added = [] if decision == "skip" else self._add(proposal, identity)
-            revision_before, self.revision = self.revision, gallery_revision(self.gallery_dir)
             record = self.audit.append({
                 "id": uuid.uuid4().hex[:12], "time": utc_now(), "decision": decision,
                 "identity": identity if decision != "skip" else None,
@@ -304,9 +274,9 @@ class ReviewSession:
             if not self._undo_stack:
                 raise ValueError("nothing to undo in this session")
             last = self._undo_stack.pop()
+            revision_before = self.revision
             if last.added_image_ids:
                 self._remove(last.added_image_ids)
-            revision_before, self.revision = self.revision, gallery_revision(self.gallery_dir)
             last.proposal.decided = False
             self._proposals[last.proposal.id] = last.proposal  # decide it again without re-uploading
             return self.audit.append({
@@ -337,43 +307,64 @@ class ReviewSession:
         if len(set(image_ids)) != len(image_ids) or present:
             raise ValueError(f"these photos are already in the gallery ({present or 'the same photo twice'})")
         species = identity.split("/", 1)[0] if "/" in identity else proposal.species
-        paths = [self._store_photo(photo) for photo in proposal.photos]
+        paths = [store_photo(photo, self.review_dir / "images") for photo in proposal.photos]
         rows = [{"image_id": image_id, "identity": identity, "species": species, "path": str(path),
                  "source": "review", "original_name": photo.name, "bbox": photo.bbox}
                 for image_id, photo, path in zip(image_ids, proposal.photos, paths)]
-        self.gallery.add(proposal.embeddings, rows, self.model_tag)
-        if self.local_cache is not None:
-            for image_id, features in zip(image_ids, proposal.features):
-                self.local_cache[image_id] = features
-        self._save()
+
+        def add():
+            self.gallery.add(proposal.embeddings, rows, self.model_tag)
+            if self.local_cache is not None:
+                for image_id, features in zip(image_ids, proposal.features):
+                    self.local_cache[image_id] = features
+
+        self._write(add)
         return image_ids
 
     def _remove(self, image_ids: list[str]) -> None:
-        keep = ~self.gallery.metadata["image_id"].isin(image_ids).to_numpy()
-        old = self.gallery
-        rebuilt = Gallery(old.model_tag, approximate_threshold=old.approximate_threshold)
-        rebuilt.add(old.embeddings[keep], old.metadata[keep].reset_index(drop=True), old.model_tag)
-        rebuilt.calibration, rebuilt.created = old.calibration, old.created
-        rebuilt.local_features_config = old.local_features_config
-        if self.local_cache is not None:
-            cache = LocalFeatureCache(self.local_cache.config)
-            for image_id in rebuilt.metadata["image_id"]:
-                cache[image_id] = self.local_cache[image_id]
-            self.local_cache = cache
-        self.gallery = rebuilt
-        self._save()
+        """The gallery without `image_ids`: rebuilt through `Gallery.add`, which re-checks every row."""
 
-    def _store_photo(self, photo: QueryPhoto) -> Path:
-        """Content-addressed copy of an uploaded photo: the suffix comes from the decoded format."""
-        with Image.open(io.BytesIO(photo.data)) as image:
-            suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}.get(image.format, "")
-        path = (self.review_dir / "images" / f"{photo.sha256}{suffix}").resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            temporary = path.with_name(path.name + ".tmp")
-            temporary.write_bytes(photo.data)
-            os.replace(temporary, path)
-        return path
+        def remove():
+            keep = ~self.gallery.metadata["image_id"].isin(image_ids).to_numpy()
+            old = self.gallery
+            rebuilt = Gallery(old.model_tag, approximate_threshold=old.approximate_threshold)
+            rebuilt.add(old.embeddings[keep], old.metadata[keep].reset_index(drop=True), old.model_tag)
+            rebuilt.calibration, rebuilt.created = old.calibration, old.created
+            rebuilt.local_features_config = old.local_features_config
+            if self.local_cache is not None:
+                self.local_cache = LocalFeatureCache.from_features(
+                    rebuilt.metadata["image_id"], self.local_cache.get_many(rebuilt.metadata["image_id"]),
+                    self.local_cache.config)
+            self.gallery = rebuilt
 
-    def _save(self) -> None:
-        self.gallery.save(self.gallery_dir, local_features=self.local_cache, overwrite=True)
+        self._write(remove)
+
+    def _load_gallery(self) -> None:
+        self.gallery = Gallery.load(self.gallery_dir)
+        self.local_cache: LocalFeatureCache | None = None
+        if self.gallery.local_features_config is not None:
+            self.local_cache = Gallery.load_local_features(self.gallery_dir, self.gallery.local_features_config)
+        self.revision = gallery_revision(self.gallery_dir)
+        self._crop_cache: dict[str, Image.Image] = {}
+
+    def _write(self, change: Callable[[], None]) -> None:
+        """Apply `change` to the gallery in memory and save it as one atomic revision, under the gallery's
+        writer lock. Refused when the gallery on disk is no longer the revision this session loaded (another
+        writer saved since: saving would drop its entries). After any failure the session reloads the
+        gallery from disk, so what it shows is what is saved."""
+        try:
+            with writer_lock(self.gallery_dir, create=False):
+                on_disk = gallery_revision(self.gallery_dir)
+                if on_disk != self.revision:
+                    raise GalleryBusyError(f"the gallery {self.gallery_dir} was changed by another process (revision "
+                                           f"{on_disk}; this app loaded {self.revision}); nothing was saved: reload "
+                                           "the page after restarting the app")
+                try:
+                    change()
+                    self.gallery.save(self.gallery_dir, local_features=self.local_cache, overwrite=True)
+                    self.revision = gallery_revision(self.gallery_dir)
+                except BaseException:
+                    self._load_gallery()
+                    raise
+        except GalleryBusyError as error:  # a clear message for the reviewer, as every other refusal
+            raise ValueError(str(error)) from None
