@@ -131,3 +131,18 @@ def test_fusion_before_calibration_fails_clearly(galleries, capsys):
     assert main(["identify", "--gallery", str(galleries / "local"), "--datasets", f"{DATA}:test", "--method", "fusion",
                  "--num_workers", "0"]) == 2
     assert "wildreid calibrate --method fusion" in capsys.readouterr().err
+
+
+def test_identify_by_method_with_the_onnx_runtime(galleries, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx_dir = tmp_path / "onnx"
+    assert main(["export", "--format", "onnx", "--model", str(galleries / "model"), "--output", str(onnx_dir)]) == 0
+    answers = {}
+    for runtime, model in (("torch", galleries / "model"), ("onnx", onnx_dir)):
+        output = tmp_path / f"{runtime}.json"
+        assert main(["identify", "--gallery", str(galleries / "local"), "--runtime", runtime, "--model", str(model),
+                     "--datasets", f"{DATA}:test", "--method", "local", "--output", str(output),
+                     "--num_workers", "0"]) == 0
+        answers[runtime] = [(r["method"], r["candidates"][0]["identity"])
+                            for r in json.loads(output.read_text())["results"]]
+    assert answers["onnx"] == answers["torch"] and {method for method, _ in answers["onnx"]} == {"local"}

@@ -7,6 +7,8 @@ validation mAP (`wildreid.matching.methods.AutoMethod`); the choice, its validat
 fusion are recorded in `gallery.calibration["method_choice"][species]`. `wildreid identify --method` then
 scores each query against the gallery images of its species with that method, local votes coming from the
 gallery's saved descriptor index (`local_retrieval`), and ranks individuals by their best image's score.
+The index holds every species, as HotSpotter's does: a query's votes are counted for its species' images
+only, each descriptor's LNBNN normaliser still comes from the whole gallery.
 
 The new-individual decision stays on the best cosine: the calibrated threshold is a cosine threshold.
 """
