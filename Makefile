@@ -42,6 +42,6 @@ IDENTIFY_DIR := outputs/identify_demo
 identify-demo: $(VENV)/.installed
 	$(PYTHON) train.py --datasets "$(IDENTIFY_DATA):train" --val_datasets --image_size 96 --max_steps 60 --warmup_steps 10 \
 		--identities_per_batch 4 --images_per_identity 4 --num_workers 0 --output_dir $(IDENTIFY_DIR)/model
-	$(VENV)/bin/wildreid index --model $(IDENTIFY_DIR)/model --datasets "$(IDENTIFY_DATA):train" --output $(IDENTIFY_DIR)/gallery --overwrite
+	$(VENV)/bin/wildreid index --model $(IDENTIFY_DIR)/model --datasets "$(IDENTIFY_DATA):train" --output $(IDENTIFY_DIR)/gallery --local-features --overwrite
 	$(VENV)/bin/wildreid calibrate --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):train"
 	$(VENV)/bin/wildreid identify --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):test" --top_k 3

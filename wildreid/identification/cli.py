@@ -1,8 +1,8 @@
 """`wildreid` command line: galleries of known individuals and "which one is this, or a new one?".
 
     wildreid index --model outputs/cpu_real --datasets lion:train --output galleries/lion [--local-features]
-    wildreid calibrate --gallery galleries/lion --datasets lion:val
-    wildreid identify --gallery galleries/lion --images photo1.jpg photo2.jpg --output matches.json
+    wildreid calibrate --gallery galleries/lion --datasets lion:train --method auto
+    wildreid identify --gallery galleries/lion --images photo1.jpg photo2.jpg --output matches.json [--method fusion]
     wildreid identify --gallery galleries/lion --datasets csv:/data/new_photos.csv --output matches.csv
     wildreid export --format onnx --model outputs/cpu_real --output outputs/cpu_real-onnx-int8 --quantize int8 \
         --calibration_datasets lion:train
@@ -25,6 +25,7 @@ from ..threads import configure_threads
 from ..embedding.onnx_runtime import RUNTIMES
 from .onnx_export import add_export_command, run_export
 from .store import GalleryBusyError
+from .gallery_methods import REQUESTABLE
 from .workflows import build_gallery, calibrate_gallery, identify
 from .results import write_results
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--gallery", required=True)
     calibrate.add_argument("--datasets", nargs="+", required=True, help="validation specs (known and new individuals)")
     calibrate.add_argument("--model", help="default: the model the gallery was built with")
+    calibrate.add_argument("--method", choices=REQUESTABLE,
+                           help="scoring method to fit per species on the labelled images (auto: the best by validation "
+                                "mAP; default auto when the gallery has keypoints, else global)")
     _add_data_options(calibrate)
 
     query = commands.add_parser("identify", help="rank known individuals for query images")
@@ -64,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--images", nargs="+", help="query image files")
     inputs.add_argument("--datasets", nargs="+", help="query dataset specs")
     query.add_argument("--model", help="default: the model the gallery was built with")
+    query.add_argument("--method", choices=REQUESTABLE, default="auto",
+                       help="auto: the gallery's per-species choice from calibrate, else global; local and fusion "
+                            "need `index --local-features` (fusion also `calibrate`)")
     query.add_argument("--top_k", type=int, default=5)
     query.add_argument("--threshold", type=float, help="override the calibrated new-individual threshold")
     query.add_argument("--output", help="results file (.json or .csv); printed when omitted")
@@ -129,11 +136,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gallery {args.output}: {len(gallery)} images of {len(gallery.identities)} individuals"
                   + (f"; skipped {len(skipped)} unreadable (e.g. {skipped[0].file}: {skipped[0].reason})" if skipped else ""))
         elif args.command == "calibrate":
-            threshold = calibrate_gallery(args.gallery, args.datasets, model=args.model, **data)
+            threshold, choices = calibrate_gallery(args.gallery, args.datasets, model=args.model, method=args.method,
+                                                   **data)
             print(f"gallery {args.gallery}: new-individual threshold {threshold:.4f} (cosine)")
+            for species, choice in choices.items():
+                figures = ", ".join(f"{name} top-1 {100 * f['top1']:.1f} mAP {100 * f['map']:.1f}"
+                                    for name, f in choice["validation"].items())
+                print(f"  {species}: method {choice['method']} (validation, {choice['validation_queries']} "
+                      f"images leave-one-out: {figures})")
         else:
             results, failures = identify(args.gallery, images=args.images, datasets=args.datasets, model=args.model,
-                                         top_k=args.top_k, threshold=args.threshold, **data)
+                                         method=args.method, top_k=args.top_k, threshold=args.threshold, **data)
             for failure in failures:
                 print(f"skipped {failure.file}: {failure.reason}", file=sys.stderr)
             if args.output:
@@ -143,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                 for result in results:
                     best = result.candidates[0] if result.candidates else None
                     verdict = "NEW individual" if result.is_new else (best.identity if best else "-")
-                    print(f"{result.query}: {verdict}  (top score {result.top_score:.3f}; "
-                          + ", ".join(f"{c.identity} {c.score:.3f}" for c in result.candidates) + ")")
+                    print(f"{result.query}: {verdict}  ({result.method}; top score {result.top_score:.3f}; "
+                          + ", ".join(f"{c.identity} {c.score:.3f}" for c in result.candidates) + ")"
+                          + (f" [{result.note}]" if result.note else ""))
     except (ValueError, OSError, GalleryBusyError) as error:  # FileNotFoundError / FileExistsError are OSErrors
         print(f"error: {error}", file=sys.stderr)
         return 2

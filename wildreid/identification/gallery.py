@@ -19,6 +19,7 @@ from ..embedding.images import LoadFailure, describe_source, iter_crops
 from ..matching.calibration import Calibrator
 from ..matching.descriptor_cache import LocalFeatureCache
 from . import store
+from .local_retrieval import descriptor_index_writer
 from .model_tag import ModelTag
 from .results import CandidateIndividual, IdentificationResult
 from .search import DEFAULT_APPROXIMATE_THRESHOLD, EmbeddingIndex, build_index, check_embeddings
@@ -239,22 +240,24 @@ class Gallery:
     def save(self, directory: str | os.PathLike, *, local_features: LocalFeatureCache | None = None,
              overwrite: bool = False) -> Path:
         """Write the gallery folder as a new revision, switched in atomically under the writer lock (see
-        `wildreid.identification.store`). Without `local_features`, a keypoint cache already in the folder
-        is kept."""
+        `wildreid.identification.store`). With `local_features` (SIFT), its descriptor index for one-vs-many
+        retrieval is written too; without, a keypoint cache and index already in the folder are kept."""
         if self.model_tag is None:
             raise ValueError("cannot save a gallery without a model tag (add images first)")
         directory = Path(directory)
         with store.writer_lock(directory):
             store.check_new_folder(directory, overwrite)
             self._refuse_stale_overwrite(directory)
-            kept = None
+            kept = kept_index = write_index = None
             if local_features is not None:
                 missing = [image_id for image_id in self.metadata["image_id"] if image_id not in local_features]
                 if missing:
                     raise ValueError(f"local-feature cache lacks {len(missing)} gallery images, e.g. {missing[:3]}")
                 self.local_features_config = dict(local_features.config)
+                write_index = descriptor_index_writer(local_features, list(self.metadata["image_id"]))
             elif self.local_features_config is not None and (directory / store.CONFIG_FILE).exists():
                 kept = store.current_entry(directory, "local_features")
+                kept_index = store.current_entry(directory, "descriptor_index") if kept else None
             if local_features is None and kept is None:
                 self.local_features_config = None
             config = store.RECORD.tag(
@@ -265,7 +268,8 @@ class Gallery:
                 search={"approximate_threshold": self.approximate_threshold},
                 local_features=None if self.local_features_config is None else {"config": self.local_features_config},
             )
-            revision = store.write_revision(directory, config, self.embeddings, self.metadata, local_features, kept)
+            revision = store.write_revision(directory, config, self.embeddings, self.metadata, local_features, kept,
+                                            write_index, kept_index)
             self._loaded_revision = (directory.resolve(), revision)
         return directory
 

@@ -15,7 +15,7 @@ from ..records import json_default
 @dataclass
 class CandidateIndividual:
     identity: str
-    score: float  # max cosine over the individual's gallery images
+    score: float  # best score over the individual's gallery images (cosine for the global method)
     probability: float | None  # calibrated P(same individual); None before calibration
     image_id: str  # the best-matching gallery image
     path: str | None
@@ -29,6 +29,8 @@ class IdentificationResult:
     top_score: float
     is_new: bool | None  # None when no threshold is known
     threshold: float | None
+    method: str = "global"  # the scoring method that ranked the candidates (`wildreid identify --method`)
+    note: str | None = None  # why the method differs from the one asked for (e.g. a query without keypoints)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,7 +46,7 @@ def write_results_json(results: Iterable[IdentificationResult], path: str | os.P
 
 
 CSV_COLUMNS = ("query", "rank", "identity", "score", "probability", "image_id", "path", "species",
-               "top_score", "is_new", "threshold", "error")
+               "top_score", "is_new", "threshold", "error", "method", "note")
 
 
 def write_results_csv(results: Iterable[IdentificationResult], path: str | os.PathLike,
@@ -58,7 +60,8 @@ def write_results_csv(results: Iterable[IdentificationResult], path: str | os.Pa
             for rank, candidate in enumerate(result.candidates, start=1):
                 writer.writerow({"query": result.query, "rank": rank, **asdict(candidate),
                                  "top_score": result.top_score, "is_new": result.is_new,
-                                 "threshold": result.threshold, "error": ""})
+                                 "threshold": result.threshold, "error": "", "method": result.method,
+                                 "note": result.note or ""})
         for failure in failures:
             writer.writerow({"query": failure.file, "error": failure.reason})
     return path

@@ -5,6 +5,8 @@
     embeddings.<revision>.safetensors  (N, D) float32, L2-normalised, tensor "embeddings"
     metadata.<revision>.parquet        image_id, identity, species, path, extra (JSON text), one row per embedding
     local_features.<revision>.npz      optional keypoint cache (see wildreid.matching.descriptor_cache), same image ids
+    descriptor_index.<revision>.npz    optional, with the keypoint cache: its RootSIFT descriptors in one faiss index
+                                       (`DescriptorIndex.to_npz`), for one-vs-many local retrieval
     .gallery.lock                      held by the one process allowed to write the gallery
 
 A save writes a new revision's files under new names beside the current ones, then switches to them by
@@ -23,7 +25,7 @@ import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,8 +40,8 @@ CONFIG_FILE = "gallery.json"
 LOCK_FILE = ".gallery.lock"
 # role -> (stem, suffix): files are named <stem>.<revision><suffix>; <stem><suffix> in folders without revisions.
 FILES = {"embeddings": ("embeddings", ".safetensors"), "metadata": ("metadata", ".parquet"),
-         "local_features": ("local_features", ".npz")}
-EMBEDDINGS_FILE, METADATA_FILE, LOCAL_FEATURES_FILE = ("".join(FILES[role]) for role in FILES)
+         "local_features": ("local_features", ".npz"), "descriptor_index": ("descriptor_index", ".npz")}
+EMBEDDINGS_FILE, METADATA_FILE, LOCAL_FEATURES_FILE, DESCRIPTOR_INDEX_FILE = ("".join(FILES[role]) for role in FILES)
 METADATA_COLUMNS = ("image_id", "identity", "species", "path", "extra")
 
 
@@ -73,10 +75,13 @@ def check_new_folder(directory: Path, overwrite: bool) -> None:
 
 
 def write_revision(directory: Path, config: dict[str, Any], embeddings: np.ndarray, metadata: pd.DataFrame,
-                   local_features: LocalFeatureCache | None = None, kept_local_features: dict | None = None) -> str:
+                   local_features: LocalFeatureCache | None = None, kept_local_features: dict | None = None,
+                   descriptor_index: Callable[[Path], Any] | None = None,
+                   kept_descriptor_index: dict | None = None) -> str:
     """Write a new revision and switch `directory` to it (see the module docstring); call under `writer_lock`.
 
-    kept_local_features: the current manifest's entry of a keypoint cache to carry over unchanged.
+    kept_local_features / kept_descriptor_index: the current manifest's entries of a keypoint cache and its
+    descriptor index to carry over unchanged. descriptor_index: writes the descriptor index to a path.
     Returns the new revision's name.
     """
     from safetensors.numpy import save_file
@@ -87,6 +92,8 @@ def write_revision(directory: Path, config: dict[str, Any], embeddings: np.ndarr
                "metadata": lambda path: metadata.to_parquet(path, index=False)}
     if local_features is not None:
         writers["local_features"] = local_features.save
+    if descriptor_index is not None:
+        writers["descriptor_index"] = descriptor_index
     files = {}
     for role, write in writers.items():
         stem, suffix = FILES[role]
@@ -95,6 +102,8 @@ def write_revision(directory: Path, config: dict[str, Any], embeddings: np.ndarr
         files[role] = {"name": path.name, "sha256": _sha256(path, fsync=True)}
     if local_features is None and kept_local_features is not None:
         files["local_features"] = kept_local_features
+    if descriptor_index is None and kept_descriptor_index is not None:
+        files["descriptor_index"] = kept_descriptor_index
     manifest = directory / f"{CONFIG_FILE}.{revision}.tmp"
     RECORD.save(manifest, {**config, "revision": revision, "files": files}, default=json_default)
     _fsync(manifest)

@@ -16,10 +16,13 @@ from datasets import Dataset
 from hub_datasets.specs import load_specs
 
 from ..embedding import LoadedEmbedder, LoadFailure, embed_dataset, load_embedder, undecoded
+from ..embedding.images import describe_source, iter_crops
 from ..embedding.onnx_runtime import OnnxEmbedder
 from ..matching import LocalFeatureCache, LocalFeatureExtractor
+from ..matching.keypoints import DESCRIPTOR_BYTES, LocalFeatures
 from . import store
 from .gallery import Gallery
+from .gallery_methods import GalleryScorer, fit_method_choice, needs_local
 from .model_tag import ModelTag, preprocessing_signature, weights_content_hash
 
 logger = logging.getLogger(__name__)
@@ -114,13 +117,31 @@ def _gallery_and_model(gallery_dir: str | os.PathLike, model: str | None,
     return gallery, embedder, tag
 
 
+def _local_features(dataset: Dataset, rows: np.ndarray, config: dict) -> list[LocalFeatures]:
+    """Keypoints of the dataset's `rows` with a gallery's extractor settings; an image whose keypoints
+    cannot be computed gets none (it is then answered with the global method, which says so)."""
+    extractor = LocalFeatureExtractor(**config)
+    raw = undecoded(dataset).select(rows.tolist())
+    features, failures = extractor.extract_paths(list(raw["image"]), list(raw["bbox"]), [t or 0.0 for t in raw["theta"]])
+    for failure in failures:
+        logger.warning("no keypoints for %s: %s", failure.file, failure.reason)
+    empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES[extractor.method]), np.uint8))
+    return [empty if item is None else item for item in features]
+
+
 def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, model: str | None = None,
-                      data_dir: str | None = None, batch_size: int = 64, num_workers: int = 2,
-                      runtime: str = "torch") -> float:
+                      method: str | None = None, data_dir: str | None = None, batch_size: int = 64,
+                      num_workers: int = 2, runtime: str = "torch") -> tuple[float, dict]:
     """Fit the gallery's "new individual" threshold and score calibration on labelled validation images
-    (known individuals, and ideally some absent from the gallery); saves it in the gallery."""
+    (known individuals, and ideally some absent from the gallery) and, per species, the scoring method
+    (`gallery_methods.fit_method_choice`; default "auto" when the gallery has keypoints, else "global");
+    saves both in the gallery. Returns the threshold and the per-species method choice."""
     with store.writer_lock(gallery_dir, create=False):  # load, calibrate and save as one step
         gallery, embedder, tag = _gallery_and_model(gallery_dir, model, runtime)
+        method = method or ("auto" if gallery.local_features_config else "global")
+        if needs_local(method) and gallery.local_features_config is None:
+            raise ValueError(f"{gallery_dir}: --method {method} needs the gallery's keypoints; rebuild it with "
+                             "`wildreid index --local-features`, or use --method global")
         dataset = load_specs(datasets, data_dir=data_dir)
         embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                                  num_workers=num_workers, desc="calibrating")
@@ -128,18 +149,31 @@ def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, mo
         image_ids = np.asarray(dataset["image_id"], dtype=object)[embedded.indices]
         threshold = gallery.calibrate_new_individual_threshold(embedded.vectors, identities, tag,
                                                                query_image_ids=list(image_ids))
+        features = (_local_features(dataset, embedded.indices, gallery.local_features_config)
+                    if needs_local(method) else None)
+        choices = fit_method_choice(method, embedded.vectors, identities,
+                                    np.asarray(dataset["species"], dtype=object)[embedded.indices], features,
+                                    gallery.local_features_config)
+        gallery.calibration["method_choice"] = choices
         gallery.save(gallery_dir, overwrite=True)
-    return threshold
+    return threshold, choices
 
 
 def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None, datasets: list[str] | None = None,
-             model: str | None = None, top_k: int = 5, threshold: float | None = None, data_dir: str | None = None,
-             batch_size: int = 32, num_workers: int = 2, runtime: str = "torch") -> tuple[list, list[LoadFailure]]:
+             model: str | None = None, method: str = "auto", top_k: int = 5, threshold: float | None = None,
+             data_dir: str | None = None, batch_size: int = 32, num_workers: int = 2,
+             runtime: str = "torch") -> tuple[list, list[LoadFailure]]:
     """Top-k individuals (and the "new individual" decision) for query image files or dataset specs.
-    Unreadable queries are returned as failures, never fatal."""
+    Unreadable queries are returned as failures, never fatal.
+
+    method: "auto" (the gallery's per-species choice from `calibrate`, else global), "global", "local" or
+    "fusion". Where no query can need keypoints, the whole gallery is searched by cosine (faiss); otherwise
+    each query meets the gallery images of its species (`gallery_methods.GalleryScorer`)."""
     if bool(images) == bool(datasets):
         raise ValueError("give query --images or --datasets (one of them)")
     gallery, embedder, tag = _gallery_and_model(gallery_dir, model, runtime)
+    scorer = GalleryScorer(gallery, gallery_dir, method)
+    extractor = LocalFeatureExtractor(**gallery.local_features_config) if scorer.uses_local else None
     if images:
         device = next((p.device for p in embedder.model.parameters()), torch.device("cpu"))  # ONNX: none
 
@@ -148,10 +182,37 @@ def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None,
             pixels = torch.stack([embedder.processor.resize(crop) for crop in crops]).to(device)
             return embedder.model(pixel_values=embedder.processor.normalize(pixels)).embeddings.float().cpu().numpy()
 
-        return gallery.identify_images(images, embed, tag, top_k, batch_size=batch_size, threshold=threshold)
+        if extractor is None:
+            return gallery.identify_images(images, embed, tag, top_k, batch_size=batch_size, threshold=threshold)
+        return _identify_images_by_method(scorer, extractor, images, embed, top_k, batch_size, threshold)
     dataset = load_specs(datasets, data_dir=data_dir)
     embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                              num_workers=num_workers, desc="identifying")
     query_ids = list(np.asarray(dataset["image_id"], dtype=object)[embedded.indices])
-    results = gallery.identify(embedded.vectors, tag, top_k, query_ids=query_ids, threshold=threshold)
-    return results, embedded.failures
+    if extractor is None:
+        return gallery.identify(embedded.vectors, tag, top_k, query_ids=query_ids, threshold=threshold), embedded.failures
+    features = _local_features(dataset, embedded.indices, gallery.local_features_config)
+    species = list(np.asarray(dataset["species"], dtype=object)[embedded.indices])
+    return scorer.identify(embedded.vectors, features, species, query_ids, top_k, threshold), embedded.failures
+
+
+def _identify_images_by_method(scorer: GalleryScorer, extractor: LocalFeatureExtractor, images: list[str], embed,
+                               top_k: int, batch_size: int, threshold: float | None) -> tuple[list, list[LoadFailure]]:
+    """Image files of unknown species, batch by batch: embedded, keypoints extracted, scored by `scorer`."""
+    failures: list[LoadFailure] = []
+    results, batch = [], []
+
+    def flush():
+        crops = [crop for _, crop in batch]
+        ids = [describe_source(images[i]) for i, _ in batch]
+        results.extend(scorer.identify(np.asarray(embed(crops)), [extractor.extract(crop) for crop in crops],
+                                       [None] * len(crops), ids, top_k, threshold))
+        batch.clear()
+
+    for item in iter_crops(images, failures=failures):
+        batch.append(item)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return results, failures

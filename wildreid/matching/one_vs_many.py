@@ -128,15 +128,57 @@ class DescriptorIndex:
             raise ValueError(f"{meta_path}: cannot read the descriptor index description ({error})") from error
         if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_FORMAT_VERSION:
             raise ValueError(f"{meta_path}: not a {INDEX_FORMAT} v{INDEX_FORMAT_VERSION} index")
-        if expected_extractor is not None and meta.get("extractor") != dict(expected_extractor):
-            raise ValueError(f"{directory}: descriptor index was built with local features {meta.get('extractor')}, "
-                             f"but this matcher extracts {dict(expected_extractor)}; rebuild the index")
+        _check_extractor(directory, meta.get("extractor"), expected_extractor)
         index = faiss.read_index(str(directory / INDEX_FILE))
         owners = np.load(directory / OWNERS_FILE, allow_pickle=False)
         if len(owners) != index.ntotal:
             raise ValueError(f"{directory}: {len(owners)} descriptor owners for {index.ntotal} indexed descriptors")
         config = {key: meta[key] for key in ("extractor", "descriptor", "index")}
         return cls(index, owners, meta["num_images"], config)
+
+    def to_npz(self, path: str | os.PathLike, image_ids: Sequence[str]) -> Path:
+        """One `.npz` of plain arrays (a gallery's `descriptor_index` file): the faiss index serialized
+        (`faiss.serialize_index`), `owners`, the indexed images' ids and the JSON config."""
+        if len(image_ids) != self.num_images:
+            raise ValueError(f"{len(image_ids)} image ids for a descriptor index of {self.num_images} images")
+        path = Path(path)
+        meta = {"format": INDEX_FORMAT, "version": INDEX_FORMAT_VERSION, "num_images": self.num_images, **self.config}
+        with open(path, "wb") as handle:  # a file handle stops numpy from appending ".npz"
+            np.savez(handle, index=faiss.serialize_index(self.index), owners=self.owners,
+                     image_ids=np.array([str(i) for i in image_ids], dtype=str) if len(image_ids) else
+                     np.zeros(0, dtype="<U1"), config=np.array(json.dumps(meta, sort_keys=True)))
+        return path
+
+    @classmethod
+    def from_npz(cls, path: str | os.PathLike, expected_extractor: dict[str, Any] | None = None
+                 ) -> tuple["DescriptorIndex", list[str]]:
+        """The index and its images' ids from `to_npz`'s file; refused, with both configs named, when it was
+        built with other extractor settings than `expected_extractor`. Pickled objects are never loaded."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+            meta = json.loads(str(arrays["config"]))
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"{path}: not a readable descriptor index ({error})") from error
+        if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_FORMAT_VERSION:
+            raise ValueError(f"{path}: not a {INDEX_FORMAT} v{INDEX_FORMAT_VERSION} index")
+        _check_extractor(path, meta.get("extractor"), expected_extractor)
+        if missing := {"index", "owners", "image_ids"} - set(arrays):
+            raise ValueError(f"{path}: descriptor index lacks arrays {sorted(missing)}")
+        index = faiss.deserialize_index(arrays["index"])
+        owners, image_ids = arrays["owners"].astype(np.int32), [str(i) for i in arrays["image_ids"]]
+        if len(owners) != index.ntotal or len(image_ids) != meta["num_images"]:
+            raise ValueError(f"{path}: {len(owners)} owners for {index.ntotal} descriptors, {len(image_ids)} image ids "
+                             f"for {meta['num_images']} images")
+        config = {key: meta[key] for key in ("extractor", "descriptor", "index")}
+        return cls(index, owners, meta["num_images"], config), image_ids
+
+
+def _check_extractor(source: Path, built_with: Any, expected: dict[str, Any] | None) -> None:
+    if expected is not None and built_with != dict(expected):
+        raise ValueError(f"{source}: descriptor index was built with local features {built_with}, "
+                         f"but this matcher extracts {dict(expected)}; rebuild the index")
 
 
 @dataclass

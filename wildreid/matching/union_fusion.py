@@ -83,12 +83,15 @@ class UnionFusion:
 
     # ---- the shared computation -----------------------------------------------------------------------
 
-    def components(self, queries: "ImageSet", gallery: "ImageSet | None") -> Components:
+    def components(self, queries: "ImageSet", gallery: "ImageSet | None", votes: np.ndarray | None = None) -> Components:
+        """votes: the queries' (Q, G) LNBNN votes for the gallery's images when a saved descriptor index gave
+        them (a gallery's); else an index of the gallery is built here."""
         reference = queries if gallery is None else gallery
         leave_one_out = gallery is None
         cosine = (queries.embeddings @ reference.embeddings.T).astype(np.float32)
-        index = self.retrieval.build_index(reference.local, reference.extractor_config)
-        votes = self.retrieval.votes(queries.local, index, leave_one_out=leave_one_out, progress=False)
+        if votes is None:
+            index = self.retrieval.build_index(reference.local, reference.extractor_config)
+            votes = self.retrieval.votes(queries.local, index, leave_one_out=leave_one_out, progress=False)
         share = (votes / np.maximum(votes.max(axis=1, keepdims=True), 1e-12)).astype(np.float32)
         if leave_one_out:
             np.fill_diagonal(cosine, -np.inf)
@@ -158,10 +161,11 @@ class UnionFusion:
         fused[~np.isfinite(parts.cosine)] = -np.inf
         return fused.astype(np.float32)
 
-    def scores(self, queries: "ImageSet", gallery: "ImageSet | None" = None) -> np.ndarray:
+    def scores(self, queries: "ImageSet", gallery: "ImageSet | None" = None, votes: np.ndarray | None = None
+               ) -> np.ndarray:
         if self.combiner is None or not self.global_calibrator.is_fitted:
             raise RuntimeError("UnionFusion.scores called before fit")
-        return self._fused(self.components(queries, gallery))
+        return self._fused(self.components(queries, gallery, votes))
 
     def scores_of(self, method: str, queries: "ImageSet", gallery: "ImageSet | None" = None) -> np.ndarray:
         """Scores of `method` ("global", "local" or "fusion"), computing only what it needs."""

@@ -1,0 +1,148 @@
+"""`wildreid index --local-features | calibrate --method | identify --method` on generated images: the saved
+descriptor index, the per-species method choice and queries answered with global, local, fusion and auto."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wildreid.identification import Gallery
+from wildreid.identification.cli import main
+from wildreid.identification.local_retrieval import load_descriptor_index
+from wildreid.matching.one_vs_many import DescriptorIndex
+
+from test_cli import save_model
+
+DATA = "synthetic[n_species=2,n_identities=6,images_per_identity=4,image_size=96,seed=5]"
+
+
+@pytest.fixture(scope="module")
+def galleries(tmp_path_factory):
+    root = tmp_path_factory.mktemp("methods")
+    model = save_model(root / "model", seed=0)
+    common = ["--model", str(model), "--datasets", f"{DATA}:train", "--num_workers", "0"]
+    assert main(["index", *common, "--output", str(root / "local"), "--local-features"]) == 0
+    assert main(["index", *common, "--output", str(root / "plain")]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def calibrated(galleries, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("calibrated") / "gallery"
+    shutil.copytree(galleries / "local", folder)
+    shutil.copytree(galleries / "model", folder.parent / "model")  # the gallery names its model relatively
+    assert main(["calibrate", "--gallery", str(folder), "--datasets", f"{DATA}:train", "--method", "auto",
+                 "--num_workers", "0"]) == 0
+    return folder
+
+
+def test_index_saves_the_descriptor_index_in_the_revision(galleries):
+    folder = galleries / "local"
+    manifest = json.loads((folder / "gallery.json").read_text())
+    entry = manifest["files"]["descriptor_index"]
+    assert entry["name"].startswith("descriptor_index.") and len(entry["sha256"]) == 64
+    gallery = Gallery.load(folder)
+    index, image_ids = DescriptorIndex.from_npz(folder / entry["name"], gallery.local_features_config)
+    assert image_ids == list(gallery.metadata["image_id"]) and index.num_images == len(gallery)
+    assert len(index) == sum(len(f) for f in Gallery.load_local_features(folder).get_many(image_ids))
+
+
+def test_a_descriptor_index_of_other_extractor_settings_is_refused_naming_both(galleries):
+    folder = galleries / "local"
+    gallery = Gallery.load(folder)
+    other = {**gallery.local_features_config, "max_keypoints": 7}
+    path = folder / json.loads((folder / "gallery.json").read_text())["files"]["descriptor_index"]["name"]
+    with pytest.raises(ValueError) as error:
+        DescriptorIndex.from_npz(path, other)
+    assert "'max_keypoints': 512" in str(error.value) and "'max_keypoints': 7" in str(error.value)  # both named
+    with pytest.raises(ValueError, match="max_keypoints': 7"):
+        load_descriptor_index(folder, list(gallery.metadata["image_id"]), other)
+
+
+def test_a_folder_without_the_index_builds_it_in_memory(galleries, tmp_path):
+    folder = tmp_path / "old"
+    shutil.copytree(galleries / "local", folder)
+    manifest = json.loads((folder / "gallery.json").read_text())
+    (folder / manifest["files"].pop("descriptor_index")["name"]).unlink()
+    (folder / "gallery.json").write_text(json.dumps(manifest))
+    gallery = Gallery.load(folder)
+    index, features = load_descriptor_index(folder, list(gallery.metadata["image_id"]), gallery.local_features_config)
+    assert index.num_images == len(features) == len(gallery)
+
+
+def test_calibrate_auto_records_a_choice_per_species(calibrated, capsys):
+    choices = Gallery.load(calibrated).calibration["method_choice"]
+    assert sorted(choices) == ["synthetic-spots", "synthetic-stripes"]
+    for choice in choices.values():
+        assert choice["method"] in ("global", "local", "fusion") and choice["requested"] == "auto"
+        figures = choice["validation"]
+        assert set(figures) == {"global", "local", "fusion"}
+        assert choice["method"] == max(("global", "local", "fusion"), key=lambda m: (figures[m]["map"],
+                                                                                  -("global", "local", "fusion").index(m)))
+        assert choice["fusion"]["combiner"] in ("mean", "logistic")
+
+
+@pytest.mark.parametrize("method", ["fusion", "local", "auto"])
+def test_identify_answers_with_the_method_and_says_which(calibrated, tmp_path, method):
+    output = tmp_path / "matches.json"
+    assert main(["identify", "--gallery", str(calibrated), "--datasets", f"{DATA}:test", "--method", method,
+                 "--output", str(output), "--num_workers", "0", "--top_k", "3"]) == 0
+    results = json.loads(output.read_text())["results"]
+    choices = Gallery.load(calibrated).calibration["method_choice"]
+    assert results
+    for result in results:
+        species = result["query"].split("/")[0]
+        expected = choices[species]["method"] if method == "auto" else method
+        assert result["method"] == expected and result["note"] is None
+        assert len(result["candidates"]) == 3
+        assert {c["species"] for c in result["candidates"]} == {species}  # its species' images only
+        scores = [c["score"] for c in result["candidates"]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_a_query_without_keypoints_gets_the_global_answer_and_says_so(galleries, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(blank)
+    output = tmp_path / "matches.json"
+    assert main(["identify", "--gallery", str(galleries / "local"), "--images", str(blank), "--method", "local",
+                 "--output", str(output)]) == 0
+    result = json.loads(output.read_text())["results"][0]
+    assert result["method"] == "global" and "no keypoints" in result["note"]
+    global_output = tmp_path / "global.json"
+    assert main(["identify", "--gallery", str(galleries / "local"), "--images", str(blank), "--method", "global",
+                 "--output", str(global_output)]) == 0
+    expected = json.loads(global_output.read_text())["results"][0]["candidates"]
+    assert [c["identity"] for c in result["candidates"]] == [c["identity"] for c in expected]
+
+
+def test_local_methods_without_keypoints_fail_clearly(galleries, capsys):
+    folder = str(galleries / "plain")
+    for command in (["identify", "--gallery", folder, "--datasets", f"{DATA}:test", "--method", "local"],
+                    ["identify", "--gallery", folder, "--datasets", f"{DATA}:test", "--method", "fusion"],
+                    ["calibrate", "--gallery", folder, "--datasets", f"{DATA}:train", "--method", "auto"]):
+        assert main([*command, "--num_workers", "0"]) == 2
+        assert "--local-features" in capsys.readouterr().err
+
+
+def test_fusion_before_calibration_fails_clearly(galleries, capsys):
+    assert main(["identify", "--gallery", str(galleries / "local"), "--datasets", f"{DATA}:test", "--method", "fusion",
+                 "--num_workers", "0"]) == 2
+    assert "wildreid calibrate --method fusion" in capsys.readouterr().err
+
+
+def test_identify_by_method_with_the_onnx_runtime(galleries, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx_dir = tmp_path / "onnx"
+    assert main(["export", "--format", "onnx", "--model", str(galleries / "model"), "--output", str(onnx_dir)]) == 0
+    answers = {}
+    for runtime, model in (("torch", galleries / "model"), ("onnx", onnx_dir)):
+        output = tmp_path / f"{runtime}.json"
+        assert main(["identify", "--gallery", str(galleries / "local"), "--runtime", runtime, "--model", str(model),
+                     "--datasets", f"{DATA}:test", "--method", "local", "--output", str(output),
+                     "--num_workers", "0"]) == 0
+        answers[runtime] = [(r["method"], r["candidates"][0]["identity"])
+                            for r in json.loads(output.read_text())["results"]]
+    assert answers["onnx"] == answers["torch"] and {method for method, _ in answers["onnx"]} == {"local"}
