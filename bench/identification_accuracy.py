@@ -338,7 +338,7 @@ def main() -> None:
             previous[name]["global_rows_version"] = version
         else:
             previous[name] = {**run_set(name, args, cache, extractor), **version}
-        write_results(output, previous, command, time.perf_counter() - started)
+        write_results(output, previous, command, None if args.global_only else time.perf_counter() - started)
     print_table(previous)
     print(f"wrote {output} ({time.perf_counter() - started:.0f} s)")
 
