@@ -57,7 +57,11 @@ def resolve_inside(root: Path, relative: str, where: str) -> Path:
 
 
 def max_image_pixels() -> int:
-    """The pixel limit: `$WILDREID_MAX_IMAGE_PIXELS` when set, else `MAX_IMAGE_PIXELS`."""
+    """The pixel limit: `$WILDREID_MAX_IMAGE_PIXELS` when set, else `MAX_IMAGE_PIXELS`.
+
+    The same rule as `modeling_wildreid.image_processing_wildreid.max_image_pixels`, kept separate on purpose:
+    hub_datasets never imports the model package, and the model package must load as Hub remote code
+    without hub_datasets."""
     text = os.environ.get(MAX_IMAGE_PIXELS_ENV)
     if not text:
         return MAX_IMAGE_PIXELS

@@ -68,6 +68,24 @@ def iter_crops(
         yield index, crop
 
 
+def batched_crops(
+    sources: Sequence[Any],
+    batch_size: int,
+    bboxes: Sequence[Sequence[float] | None] | None = None,
+    thetas: Sequence[float] | None = None,
+    failures: list[LoadFailure] | None = None,
+) -> Iterator[list[tuple[int, Image.Image]]]:
+    """`iter_crops` in lists of `batch_size` `(index, crop)` pairs (the last list may be shorter)."""
+    batch: list[tuple[int, Image.Image]] = []
+    for item in iter_crops(sources, bboxes, thetas, failures=failures):
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def check_annotation_lengths(sources: Sequence[Any], bboxes: Sequence | None, thetas: Sequence | None) -> None:
     """One box and one angle per image, when given."""
     for name, values in (("bboxes", bboxes), ("thetas", thetas)):

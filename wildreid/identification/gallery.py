@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..embedding.images import LoadFailure, describe_source, iter_crops
+from ..embedding.images import LoadFailure, batched_crops, describe_source
 from ..matching.calibration import Calibrator
 from ..matching.descriptor_cache import LocalFeatureCache
 from . import store
@@ -168,21 +168,12 @@ class Gallery:
         self.model_tag.require_same(model_tag, "the queries")  # before any image is loaded
         failures: list[LoadFailure] = []
         results: list[IdentificationResult] = []
-        batch: list[tuple[int, Any]] = []
-
-        def flush():
-            embeddings = np.asarray(embed([crop for _, crop in batch]))
-            ids = [describe_source(sources[i]) for i, _ in batch]
-            results.extend(self.identify(embeddings, model_tag, top_k, query_ids=ids, threshold=threshold))
-            batch.clear()
-
-        for item in tqdm(iter_crops(sources, bboxes, thetas, failures=failures), total=len(sources),
-                         desc="identifying", unit="image", disable=not progress):
-            batch.append(item)
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
+        with tqdm(total=len(sources), desc="identifying", unit="image", disable=not progress) as bar:
+            for batch in batched_crops(sources, batch_size, bboxes, thetas, failures=failures):
+                embeddings = np.asarray(embed([crop for _, crop in batch]))
+                ids = [describe_source(sources[i]) for i, _ in batch]
+                results.extend(self.identify(embeddings, model_tag, top_k, query_ids=ids, threshold=threshold))
+                bar.update(len(batch))
         return results, failures
 
     # ---------------------------------------------------------------------------- calibration

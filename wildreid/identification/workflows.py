@@ -16,7 +16,7 @@ from datasets import Dataset
 from hub_datasets.specs import load_specs
 
 from ..embedding import LoadedEmbedder, LoadFailure, embed_dataset, load_embedder, undecoded
-from ..embedding.images import describe_source, iter_crops
+from ..embedding.images import batched_crops, describe_source
 from ..embedding.onnx_runtime import OnnxEmbedder
 from ..matching import LocalFeatureCache, LocalFeatureExtractor
 from ..matching.keypoints import DESCRIPTOR_BYTES, LocalFeatures
@@ -200,19 +200,10 @@ def _identify_images_by_method(scorer: GalleryScorer, extractor: LocalFeatureExt
                                top_k: int, batch_size: int, threshold: float | None) -> tuple[list, list[LoadFailure]]:
     """Image files of unknown species, batch by batch: embedded, keypoints extracted, scored by `scorer`."""
     failures: list[LoadFailure] = []
-    results, batch = [], []
-
-    def flush():
+    results = []
+    for batch in batched_crops(images, batch_size, failures=failures):
         crops = [crop for _, crop in batch]
         ids = [describe_source(images[i]) for i, _ in batch]
         results.extend(scorer.identify(np.asarray(embed(crops)), [extractor.extract(crop) for crop in crops],
                                        [None] * len(crops), ids, top_k, threshold))
-        batch.clear()
-
-    for item in iter_crops(images, failures=failures):
-        batch.append(item)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
     return results, failures

@@ -15,6 +15,7 @@ global / local / fusion has the best validation mAP).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,15 +61,18 @@ class ImageSet:
             raise ValueError(f"method {method!r} needs local features")
 
 
-class ScoringMethod:
+class ScoringMethod(ABC):
+    """The interface every method implements (see the module docstring); `needs` names the inputs it uses."""
+
     name = ""
     needs: tuple[str, ...] = ()
 
     def fit(self, validation: ImageSet) -> dict[str, Any]:
-        return {}
+        return {}  # methods without anything to learn
 
+    @abstractmethod
     def scores(self, queries: ImageSet, gallery: ImageSet | None = None) -> np.ndarray:
-        raise NotImplementedError
+        """(Q, G) scores, higher = more likely the same individual; `gallery=None`: leave-one-out, diagonal -inf."""
 
     def check(self, *sets: ImageSet | None) -> None:
         for image_set in sets:
