@@ -285,3 +285,45 @@ def test_neck_statistics_follow_training_batches_but_not_embedding_passes():
     # Normalised with the running statistics, not the batch's: one sample alone gets the same output.
     with torch.no_grad():
         torch.testing.assert_close(norm(features[:1]), output[:1])
+
+
+def test_weight_interpolation_lerps_floats_keeps_counters_and_names_mismatches():
+    from wildreid.training.weight_interpolation import interpolate_state
+
+    start = {"w": torch.zeros(3), "bn.num_batches_tracked": torch.tensor(0)}
+    tuned = {"w": torch.tensor([2.0, 4.0, -2.0]), "bn.num_batches_tracked": torch.tensor(7)}
+    mixed = interpolate_state(start, tuned, 0.25)
+    torch.testing.assert_close(mixed["w"], torch.tensor([0.5, 1.0, -0.5]))
+    assert mixed["bn.num_batches_tracked"].item() == 7
+    with pytest.raises(ValueError, match="extra"):
+        interpolate_state(start, {**tuned, "extra": torch.ones(1)}, 0.5)
+    with pytest.raises(ValueError, match="w: starting shape"):
+        interpolate_state(start, {**tuned, "w": torch.ones(4)}, 0.5)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        tiny_config(Path("/tmp"), weight_interpolation=[1.5]).validate()
+
+
+def test_weight_interpolation_saves_the_best_validated_mix(tmp_path):
+    from wildreid.training.weight_interpolation import START_WEIGHTS, interpolate_state
+
+    summary = train(tiny_config(tmp_path, max_steps=6, weight_interpolation=[0.5]))
+    out = tmp_path / "run"
+    tried = [entry for entry in summary["history"] if entry.get("phase") == "weight interpolation"]
+    assert [entry["alpha"] for entry in tried] == [0.5]
+    finetuned_map = next(e for e in summary["history"] if e["step"] == 6 and "phase" not in e)["mean"]["map"]
+    checkpoint = load_file(out / "checkpoints" / "checkpoint-6" / "model.safetensors")  # the step-6 weights
+    finetuned = {k.removeprefix("wildreid."): v for k, v in checkpoint.items() if k.startswith("wildreid.")}
+    start, saved = load_file(out / START_WEIGHTS), load_file(out / "model.safetensors")
+    assert saved.keys() == start.keys() == finetuned.keys()
+    assert any(not torch.equal(finetuned[k], start[k]) for k in start)  # training moved the weights
+    results = json.loads((out / "validation_results.json").read_text())
+    if tried[0]["mean"]["map"] > finetuned_map:  # the mix won: it is what was saved, and said so
+        expected = interpolate_state(start, finetuned, 0.5)
+        assert summary["weight_interpolation"] == results["weight_interpolation"] == 0.5
+        assert WildReIDModel.from_pretrained(out).config.weight_interpolation == 0.5
+        assert results["mean"]["map"] == tried[0]["mean"]["map"]
+    else:  # the fine-tuned weights won: saved unmixed
+        expected = finetuned
+        assert summary["weight_interpolation"] is None and "weight_interpolation" not in results
+    for key in saved:
+        torch.testing.assert_close(saved[key], expected[key], msg=key)

@@ -46,6 +46,8 @@ class TrainingConfig:
     freeze_backbone_steps: int = 0  # steps training only neck + head before fine-tuning everything
     head_init: str = "auto"  # identity head starts at: prototypes (each identity's mean starting embedding),
     # random, or auto (prototypes with init_from, else random)
+    weight_interpolation: list[float] = field(default_factory=list)  # WiSE-FT: after training, mixes
+    # start + alpha x (fine-tuned - start) for each alpha are validated; the best by mAP (unmixed included) is saved
     # optimisation
     epochs: float | None = None
     max_steps: int | None = None  # wins over epochs when both are set
@@ -103,6 +105,10 @@ class TrainingConfig:
         if self.neck_norm not in ("running", "batch"):
             raise ValueError(f"neck_norm must be running or batch, got {self.neck_norm!r}")
         self._validate_numbers()
+        if any(isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1 for a in self.weight_interpolation):
+            raise ValueError(f"--weight_interpolation takes ratios strictly between 0 and 1, got {self.weight_interpolation}")
+        if self.weight_interpolation and not self.val_datasets:
+            raise ValueError("--weight_interpolation chooses its mix on validation: set val_datasets")
         check_output_folder(self.output_dir, "--output_dir")
         if self.init_from:
             check_model_reference(self.init_from)

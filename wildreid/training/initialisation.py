@@ -74,3 +74,21 @@ def prototype_head_weights(embeddings: np.ndarray, labels: np.ndarray, num_ident
     weights = torch.from_numpy(prototypes).repeat_interleave(num_subcenters, dim=0)
     jitter = torch.randn(weights.shape, generator=torch.Generator().manual_seed(seed)) * 0.01
     return torch.nn.functional.normalize(weights + jitter, dim=1)
+
+
+@torch.no_grad()
+def init_head_from_prototypes(model, pooled: torch.Tensor, labels: np.ndarray, seed: int) -> None:
+    """Start each identity's sub-centres at its mean embedding under the starting backbone and the neck
+    as calibrated on this data (the saved neck's statistics belong to the old species: under them the new
+    species' embeddings all point one way and so would the prototypes). `labels`: each pooled row's identity."""
+    neck = model.wildreid.neck
+    was_training = neck.training
+    neck.eval()
+    device = next(neck.parameters()).device
+    embeddings = torch.cat([torch.nn.functional.normalize(neck(chunk.to(device)), dim=-1).cpu()
+                            for chunk in pooled.split(4096)])
+    neck.train(was_training)
+    head = model.head
+    # The head compares against the un-normalised neck output, whose direction the embedding shares.
+    head.weight.data.copy_(prototype_head_weights(embeddings.numpy(), labels, head.num_identities,
+                                                  head.num_subcenters, seed))

@@ -36,7 +36,8 @@ from .checkpoints import (CHECKPOINT_PATTERN, StopSignal, TrainingProgress, cont
                           latest_checkpoint_or_none, refuse_pickled_objects)
 from .config import TrainingConfig
 from .hub import push_output_to_hub
-from .initialisation import calibrate_neck_statistics, pooled_features, prototype_head_weights
+from .initialisation import calibrate_neck_statistics, init_head_from_prototypes, pooled_features
+from .weight_interpolation import choose_interpolation, load_start_weights, save_start_weights
 from .normalisation import set_train_modes, track_neck_statistics
 from .optimization import parameter_groups
 from .sampling import SpeciesBalancedBatchSampler, filter_min_images
@@ -149,7 +150,9 @@ class Trainer:
                                               accelerator=accelerator)
             calibrate_neck_statistics(self.model.wildreid.neck.norm, pooled)
             if self.head_from_prototypes:
-                self._init_head_from_prototypes(pooled, indices)
+                init_head_from_prototypes(self.model, pooled, np.asarray(self.train_labels)[indices], config.seed)
+            if config.weight_interpolation and accelerator.is_main_process:
+                save_start_weights(self.model.wildreid, self.output_dir)
         if config.neck_norm == "running":
             track_neck_statistics(self.model.wildreid.neck.norm)
         model = self.model
@@ -268,6 +271,8 @@ class Trainer:
         bar.close()
         if self.val_data is None:
             self._save_embedder(model, self.output_dir)
+        elif config.weight_interpolation:
+            history += self._interpolate_with_start(model, progress)
         # The first window includes loader start-up; report the steady state when there is one.
         steady = speeds[1:] or speeds
         summary = self._finish(history, progress, model, float(np.median(steady)) if steady else None)
@@ -275,24 +280,6 @@ class Trainer:
         return summary
 
     # ---- pieces ------------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def _init_head_from_prototypes(self, pooled: torch.Tensor, indices: np.ndarray) -> None:
-        """Start each identity's sub-centres at its mean embedding under the starting backbone and the neck
-        as calibrated on this data (the saved neck's statistics belong to the old species: under them the new
-        species' embeddings all point one way and so would the prototypes)."""
-        neck = self.model.wildreid.neck
-        was_training = neck.training
-        neck.eval()
-        device = next(neck.parameters()).device
-        embeddings = torch.cat([torch.nn.functional.normalize(neck(chunk.to(device)), dim=-1).cpu()
-                                for chunk in pooled.split(4096)])
-        neck.train(was_training)
-        labels = np.asarray(self.train_labels)[indices]
-        head = self.model.head
-        # The head compares against the un-normalised neck output, whose direction the embedding shares.
-        head.weight.data.copy_(prototype_head_weights(embeddings.numpy(), labels, head.num_identities,
-                                                      head.num_subcenters, self.config.seed))
 
     def validate(self, model, step: int, label: str = "validation") -> dict:
         embedder = self.accelerator.unwrap_model(model)
@@ -306,6 +293,26 @@ class Trainer:
         self.accelerator.log({f"val/{name}/{key}": m[key] for name, m in results["species"].items()
                               for key in ("top1", "map")} | {"val/mean_map": results["mean"]["map"]}, step=step)
         return results
+
+    def _interpolate_with_start(self, model, progress: TrainingProgress) -> list[dict]:
+        """WiSE-FT: the best validated weights mixed with the start; a mix with better validation mAP is saved."""
+        self.accelerator.wait_for_everyone()
+        embedder = self.accelerator.unwrap_model(model)
+        embedder = getattr(embedder, "_orig_mod", embedder).wildreid
+        best = load_wildreid_model(str(self.output_dir)).state_dict()
+        embedder.load_state_dict(best)
+        alpha, metrics, tried = choose_interpolation(
+            embedder, load_start_weights(self.output_dir), self.config.weight_interpolation,
+            lambda a: self.validate(model, progress.step, label=f"weights {a:g} x fine-tuned + {1 - a:g} x start"),
+            progress.best_map)
+        embedder.config.weight_interpolation = alpha  # in config.json: which mix the saved weights are
+        if alpha is not None:
+            progress.best_map = metrics["mean"]["map"]
+            self._save_embedder(model, self.output_dir)
+            self._write_json(VALIDATION_RESULTS, {**metrics, "model": str(self.output_dir), "step": progress.best_step,
+                                                  "protocol": f"leave-one-out on {', '.join(self.config.val_datasets)}",
+                                                  "weight_interpolation": alpha})
+        return [{"step": progress.step, "phase": "weight interpolation", **entry} for entry in tried]
 
     def _non_finite_message(self, progress: TrainingProgress, what: str) -> str:
         last = latest_checkpoint_or_none(self.output_dir)
@@ -364,6 +371,7 @@ class Trainer:
         summary = {
             "replica_fingerprints": fingerprints,
             "best_step": progress.best_step, "best_mean_map": progress.best_map if progress.best_map >= 0 else None,
+            "weight_interpolation": getattr(self.model.wildreid.config, "weight_interpolation", None),
             "total_steps": progress.step, "training_species": self.species,
             "training_identities": len(self.identities.names), "training_images": len(self.train_data),
             "num_processes": self.accelerator.num_processes, "images_per_second": images_per_second,
