@@ -68,6 +68,39 @@ def test_fp32_shares_the_torch_weights_revision_and_int8_does_not(exported):
     assert int8(pixel_values=pixels).embeddings.shape == (3, model.embedding_dim)
 
 
+def test_int8_export_pads_with_constants_and_stays_close_to_fp32(exported):
+    """TF-style "same" padding computed at run time gets quantized with the network (wrong pad amounts,
+    shifted feature maps, cosine 0.92 to fp32 on real photos): exports pad with constants instead."""
+    import onnx
+
+    model = WildReIDModel.from_pretrained(exported / "model")
+    processor = WildReIDImageProcessor.from_config(model.config)
+    photos = processor(_photos(8))["pixel_values"]
+    export_onnx(str(exported / "model"), exported / "int8-pads", quantize="int8", calibration=[photos.numpy()])
+    graph = onnx.load(str(exported / "int8-pads" / "model.onnx")).graph
+    constants = {tensor.name for tensor in graph.initializer}
+    constants |= {name for node in graph.node if node.op_type == "Constant" for name in node.output}
+    # (constant pads are usually folded into the convolutions; none may be computed from shapes)
+    assert all(node.input[1] in constants for node in graph.node if node.op_type == "Pad")
+    assert not [node.name for node in graph.node if node.op_type == "Shape" and "conv" in node.name.lower()]
+    fp32 = OnnxEmbedder(exported / "fp32")(pixel_values=photos).embeddings
+    int8 = OnnxEmbedder(exported / "int8-pads")(pixel_values=photos).embeddings
+    assert _cosines(int8, fp32).min() >= 0.98
+
+
+def test_static_same_padding_keeps_the_torch_outputs():
+    from wildreid.identification.onnx_export import static_same_padding
+
+    torch.manual_seed(0)
+    model = WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64)).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        before = model(pixel_values=pixels).embeddings
+    assert static_same_padding(model, 64) > 0
+    with torch.inference_mode():
+        torch.testing.assert_close(model(pixel_values=pixels).embeddings, before)
+
+
 def test_exporting_a_folder_that_is_not_a_wildreid_model_fails_clearly(tmp_path):
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))

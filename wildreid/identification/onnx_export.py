@@ -48,6 +48,32 @@ class _EmbeddingGraph(nn.Module):
         return output.embeddings, output.pooler_output
 
 
+def static_same_padding(model: nn.Module, image_size: int) -> int:
+    """Replace timm's TF-style "same" convolutions, which compute their padding from the input's shape at run
+    time, by ones padded with constants for `image_size` inputs; returns how many were replaced.
+
+    Traced, the run-time padding becomes a chain of float Shape/Sub/Mul/Add/Concat ops feeding each Pad, and
+    static int8 quantization quantizes that chain too: the pad amounts come out wrong, every feature map is
+    shifted by a pixel or shrinks, and the embeddings lose their meaning (cosine 0.92 to fp32 on real images).
+    Constant pads leave nothing to quantize but the network (and save the fp32 graph those ops as well)."""
+    from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
+
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if type(module) is not Conv2dSame:
+            continue
+        static = Conv2dSameExport(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                                  dilation=module.dilation, groups=module.groups, bias=module.bias is not None)
+        static.load_state_dict(module.state_dict())
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, static)
+        replaced += 1
+    if replaced:
+        with torch.no_grad():  # the first forward fixes each layer's padding for this input size
+            model(pixel_values=torch.zeros(1, 3, image_size, image_size))
+    return replaced
+
+
 def require_wildreid_model(model_name_or_path: str) -> None:
     """Raise a clear ValueError unless the folder (or Hub id) holds a wildreid model."""
     from transformers import PreTrainedConfig
@@ -91,6 +117,8 @@ def export_onnx(model_name_or_path: str, output_dir: str | os.PathLike, *, quant
     model = WildReIDModel.from_pretrained(model_name_or_path).eval()
     processor = WildReIDImageProcessor.from_config(model.config)
     size = model.config.image_size
+    source_revision = weights_content_hash(model.state_dict())
+    static_same_padding(model, size)
     graph = _EmbeddingGraph(model).eval()
     example = torch.zeros(2, 3, size, size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +137,7 @@ def export_onnx(model_name_or_path: str, output_dir: str | os.PathLike, *, quant
     processor.save_pretrained(output)
     info = {
         "format": "wildreid-onnx", "source": str(model_name_or_path),
-        "source_revision": weights_content_hash(model.state_dict()), "quantization": quantize,
+        "source_revision": source_revision, "quantization": quantize,
         "opset": OPSET, "exporter": "torch.onnx.export (TorchScript)", "torch": torch.__version__,
     }
     (output / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
