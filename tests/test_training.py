@@ -82,6 +82,8 @@ def test_config_yaml_then_flags(tmp_path):
     assert config.learning_rate == TINY["learning_rate"] and config.backbone_pretrained is True  # YAML, default
     cleared = config_from_args(yaml_args(tmp_path) + ["--val_datasets", "--no_backbone_pretrained", "--seed", "3"])
     assert cleared.val_datasets == [] and cleared.backbone_pretrained is False and cleared.seed == 3
+    mixes = config_from_args(yaml_args(tmp_path, weight_interpolation=[0.5]) + ["--weight_interpolation", "0.25", "0.75"])
+    assert mixes.weight_interpolation == [0.25, 0.75]
     with pytest.raises(ValueError, match="unknown training config keys: \\['max_stepz'\\]"):
         config_from_args(yaml_args(tmp_path, max_stepz=3))
     with pytest.raises(ValueError, match="unknown training config keys: \\['max_stepz'\\]"):

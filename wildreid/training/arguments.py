@@ -40,8 +40,8 @@ class TrainingArgumentParser(HfArgumentParser):
         if field.name == "augmentation":
             parser.add_argument(flag, nargs="+", metavar="KEY=VALUE", default=None,
                                 help=f"augmentation overrides, keys: {', '.join(f.name for f in fields(AugmentationConfig))}")
-        elif field.type == list[str]:
-            parser.add_argument(flag, nargs="*", default=field.default_factory())
+        elif field.type in (list[str], list[float]):
+            parser.add_argument(flag, nargs="*", type=field.type.__args__[0], default=field.default_factory())
         elif isinstance(field.type, types.UnionType) and len(kinds) == 1 and kinds[0] is not bool:
             parser.add_argument(flag, type=_none_or(kinds[0]), default=field.default)
         else:
