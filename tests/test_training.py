@@ -329,3 +329,19 @@ def test_weight_interpolation_saves_the_best_validated_mix(tmp_path):
         assert summary["weight_interpolation"] is None and "weight_interpolation" not in results
     for key in saved:
         torch.testing.assert_close(saved[key], expected[key], msg=key)
+
+
+def test_frozen_backbone_stages_keep_their_weights_and_the_rest_trains(tmp_path):
+    from wildreid.training.normalisation import early_stage_parameters
+
+    trainer = Trainer(tiny_config(tmp_path, max_steps=3, frozen_backbone_stages=2, val_datasets=[]))
+    before = {k: v.clone() for k, v in trainer.model.wildreid.backbone.state_dict().items()}
+    trainer.run()
+    after = trainer.model.wildreid.backbone.state_dict()
+    frozen = early_stage_parameters(trainer.model.wildreid.backbone, 2)
+    assert frozen and all(name.startswith(("conv_stem", "bn1", "blocks.0.")) for name in frozen)
+    assert all(torch.equal(after[name], before[name]) for name in frozen)
+    later = [name for name in after if name.startswith("blocks.3.") and name.endswith("conv_pw.weight")]
+    assert later and any(not torch.equal(after[name], before[name]) for name in later)
+    with pytest.raises(ValueError, match="has 8 stages"):
+        early_stage_parameters(trainer.model.wildreid.backbone, 8)

@@ -44,6 +44,8 @@ class TrainingConfig:
     neck_calibration_images: int = 1024  # images whose pooled features set the neck statistics before training
     init_from: str | None = None  # trained embedder (folder or Hub id) to adapt to the new data
     freeze_backbone_steps: int = 0  # steps training only neck + head before fine-tuning everything
+    frozen_backbone_stages: int = 0  # the backbone's first N stages (stem = 1, then block stages, as timm groups
+    # them) keep their pretrained weights throughout: steps skip their backward pass, generic features stay
     head_init: str = "auto"  # identity head starts at: prototypes (each identity's mean starting embedding),
     # random, or auto (prototypes with init_from, else random)
     weight_interpolation: list[float] = field(default_factory=list)  # WiSE-FT: after training, mixes
@@ -117,6 +119,7 @@ class TrainingConfig:
         """Every numeric option within its meaningful range, named with its flag, before any work starts."""
         at_least = {"min_images_per_identity": 1, "identities_per_batch": 1, "images_per_identity": 1, "num_workers": 0,
                     "image_size": 32, "num_subcenters": 1, "neck_calibration_images": 1, "freeze_backbone_steps": 0,
+                    "frozen_backbone_stages": 0,
                     "warmup_steps": 0, "gradient_accumulation_steps": 1, "eval_steps": 0, "eval_batch_size": 1,
                     "save_steps": 1, "save_total_limit": 1, "seed": 0, "max_steps": 1, "embedding_dim": 1}
         for name, low in at_least.items():

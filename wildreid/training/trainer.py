@@ -70,8 +70,9 @@ class Trainer:
             log_with=resolve_tracker(config.log_with),
             project_dir=str(self.output_dir),
             step_scheduler_with_optimizer=False,
-            # Few-shot freezing leaves the backbone without gradients for a while: DDP must allow that.
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.freeze_backbone_steps > 0)],
+            # Frozen steps or stages leave backbone weights without gradients: DDP must allow that.
+            kwargs_handlers=[DistributedDataParallelKwargs(
+                find_unused_parameters=config.freeze_backbone_steps > 0 or config.frozen_backbone_stages > 0)],
         )
         set_seed(config.seed)
         self.print = self.accelerator.print
@@ -229,7 +230,8 @@ class Trainer:
             epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
             for batch in epoch_loader:
                 frozen = progress.step < config.freeze_backbone_steps
-                set_train_modes(accelerator.unwrap_model(model), frozen, self.backbone_norm, config.neck_norm)
+                set_train_modes(accelerator.unwrap_model(model), frozen, self.backbone_norm, config.neck_norm,
+                                config.frozen_backbone_stages)
                 for failure in batch["failures"]:
                     logger.warning("training skips %s: %s", failure.file, failure.reason)
                 loss = self.train_step(batch)
@@ -321,7 +323,7 @@ class Trainer:
 
     def _save_checkpoint(self, model, progress: TrainingProgress) -> None:
         accelerator = self.accelerator
-        if not _all_finite(accelerator.unwrap_model(model)):
+        if not all(torch.isfinite(p).all() for p in accelerator.unwrap_model(model).parameters()):
             raise NonFiniteLossError(self._non_finite_message(progress, "weights became non-finite"))
         directory = self.output_dir / "checkpoints" / f"checkpoint-{progress.step}"
         accelerator.wait_for_everyone()
@@ -389,10 +391,6 @@ class Trainer:
                 self.print(f"pushed to {url}")
         self.accelerator.wait_for_everyone()
         return summary
-
-
-def _all_finite(model: torch.nn.Module) -> bool:
-    return all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def train(config: TrainingConfig) -> dict:
