@@ -37,11 +37,11 @@ from .checkpoints import (CHECKPOINT_PATTERN, StopSignal, TrainingProgress, cont
 from .config import TrainingConfig
 from .hub import push_output_to_hub
 from .initialisation import calibrate_neck_statistics, init_head_from_prototypes, pooled_features
-from .weight_interpolation import choose_interpolation, load_start_weights, save_start_weights
 from .normalisation import set_train_modes, track_neck_statistics
 from .optimization import parameter_groups
 from .sampling import SpeciesBalancedBatchSampler, filter_min_images
 from .tracking import flat_for_tracker, resolve_tracker
+from .weight_interpolation import choose_interpolation, load_start_weights, save_start_weights
 
 logger = logging.getLogger(__name__)
 
