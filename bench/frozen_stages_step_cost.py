@@ -10,7 +10,6 @@ the absolute seconds of all settings alike, since they alternate inside each rep
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
 
+from bench_common import write_report  # noqa: E402
 from wildreid.threads import configure_threads  # noqa: E402  (before torch: OpenMP wait policy)
 
 
@@ -36,7 +36,6 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from train_throughput import write_jpeg_folder
 
-    from wildreid.provenance import code_version
     from wildreid.training import Trainer, TrainingConfig
     from wildreid.training.normalisation import set_train_modes
 
@@ -51,7 +50,8 @@ def main() -> None:
                 warmup_steps=5, log_with="none", neck_calibration_images=32, frozen_backbone_stages=stages))
             trainer.setup()
             batch = next(iter(trainer.loader))
-            set_train_modes(trainer.model, False, trainer.backbone_norm, trainer.config.neck_norm, stages)
+            set_train_modes(trainer.model, False, trainer.backbone_norm, trainer.config.neck_norm,
+                            trainer.frozen_parameters)
             trainer.train_step(batch)  # warm-up
             runs[stages] = (trainer, batch)
         for _ in range(args.repeats):
@@ -65,13 +65,9 @@ def main() -> None:
     for stages, seconds in medians.items():
         ratio = f" (x{seconds / base:.2f} of unfrozen)" if base else ""
         print(f"frozen stages {stages}: {seconds:.2f} s per step{ratio}")
-    report = {"benchmark": "frozen_stages_step_cost", **code_version(), "threads": threads,
-              "median_step_seconds": {str(k): v for k, v in medians.items()},
-              "ratio_to_unfrozen": {str(k): v / base for k, v in medians.items()} if base else None,
-              "command": "python bench/frozen_stages_step_cost.py " + " ".join(sys.argv[1:])}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, "frozen_stages_step_cost", {
+        "threads": threads, "median_step_seconds": {str(k): v for k, v in medians.items()},
+        "ratio_to_unfrozen": {str(k): v / base for k, v in medians.items()} if base else None})
 
 
 if __name__ == "__main__":

@@ -345,3 +345,5 @@ def test_frozen_backbone_stages_keep_their_weights_and_the_rest_trains(tmp_path)
     assert later and any(not torch.equal(after[name], before[name]) for name in later)
     with pytest.raises(ValueError, match="has 8 stages"):
         early_stage_parameters(trainer.model.wildreid.backbone, 8)
+    with pytest.raises(ValueError, match="has 8 stages"):  # refused when the trainer is built, before any data pass
+        Trainer(tiny_config(tmp_path / "too_many", frozen_backbone_stages=8, val_datasets=[]))

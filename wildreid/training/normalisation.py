@@ -9,9 +9,9 @@ from modeling_wildreid import WildReIDForMetricLearning
 
 
 def set_train_modes(model: WildReIDForMetricLearning, frozen_backbone: bool, backbone_norm: str, neck_norm: str,
-                    frozen_stages: int = 0) -> None:
-    """Training mode, except: a frozen backbone (weights and BatchNorm statistics); the backbone's first
-    `frozen_stages` stages (the same, and no backward pass through them: cheaper steps); with
+                    frozen_parameters: frozenset[str] = frozenset()) -> None:
+    """Training mode, except: a frozen backbone (weights and BatchNorm statistics); the backbone parameters
+    named in `frozen_parameters` (`early_stage_parameters`: the same, and no backward pass through them); with
     backbone_norm="frozen", the backbone's BatchNorm statistics (their scale and shift still learn); with
     neck_norm="running", the neck's normalisation. Validation's embedding pass resets modes, so this runs
     every step (it costs microseconds).
@@ -27,13 +27,12 @@ def set_train_modes(model: WildReIDForMetricLearning, frozen_backbone: bool, bac
     backbone = model.wildreid.backbone
     backbone.requires_grad_(not frozen_backbone)
     backbone.train(not frozen_backbone)
-    if frozen_stages and not frozen_backbone:
-        frozen = early_stage_parameters(backbone, frozen_stages)
+    if frozen_parameters and not frozen_backbone:
         for name, parameter in backbone.named_parameters():
-            if name in frozen:
+            if name in frozen_parameters:
                 parameter.requires_grad_(False)
         for name, module in backbone.named_modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and f"{name}.weight" in frozen:
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and f"{name}.weight" in frozen_parameters:
                 module.eval()
     if backbone_norm == "frozen":
         for module in backbone.modules():
@@ -43,16 +42,18 @@ def set_train_modes(model: WildReIDForMetricLearning, frozen_backbone: bool, bac
         model.wildreid.neck.norm.eval()
 
 
-def early_stage_parameters(backbone: torch.nn.Module, stages: int) -> set[str]:
+def early_stage_parameters(backbone: torch.nn.Module, stages: int) -> frozenset[str]:
     """Names of the parameters of the backbone's first `stages` stages, by timm's own coarse grouping (the
     one its layer-wise learning-rate decay uses): the stem is the first stage, then block stage by stage."""
     from timm.models._manipulate import group_parameters
 
+    if stages == 0:
+        return frozenset()
     groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
     if stages >= len(groups):
         raise ValueError(f"--frozen_backbone_stages {stages}: the backbone has {len(groups)} stages (stem "
                          f"included); freeze fewer, or the whole backbone with --freeze_backbone_steps")
-    return {name for group in sorted(groups)[:stages] for name in groups[group]}
+    return frozenset(name for group in sorted(groups)[:stages] for name in groups[group])
 
 
 def track_neck_statistics(norm: torch.nn.BatchNorm1d) -> torch.utils.hooks.RemovableHandle:

@@ -37,7 +37,7 @@ from .checkpoints import (CHECKPOINT_PATTERN, StopSignal, TrainingProgress, cont
 from .config import TrainingConfig
 from .hub import push_output_to_hub
 from .initialisation import calibrate_neck_statistics, init_head_from_prototypes, pooled_features
-from .normalisation import set_train_modes, track_neck_statistics
+from .normalisation import early_stage_parameters, set_train_modes, track_neck_statistics
 from .optimization import parameter_groups
 from .sampling import SpeciesBalancedBatchSampler, filter_min_images
 from .tracking import flat_for_tracker, resolve_tracker
@@ -120,6 +120,7 @@ class Trainer:
         model.config.name_identities(self.identities.names)
         model.config.training_datasets = list(config.datasets)
         model.set_margins_from_counts(self.identities.counts)
+        self.frozen_parameters = early_stage_parameters(model.wildreid.backbone, config.frozen_backbone_stages)
         self.model = model
         self.processor = WildReIDImageProcessor.from_config(model.config)
 
@@ -231,7 +232,7 @@ class Trainer:
             for batch in epoch_loader:
                 frozen = progress.step < config.freeze_backbone_steps
                 set_train_modes(accelerator.unwrap_model(model), frozen, self.backbone_norm, config.neck_norm,
-                                config.frozen_backbone_stages)
+                                self.frozen_parameters)
                 for failure in batch["failures"]:
                     logger.warning("training skips %s: %s", failure.file, failure.reason)
                 loss = self.train_step(batch)
