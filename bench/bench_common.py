@@ -9,3 +9,20 @@ def limit_threads() -> None:
     spinning OpenMP threads made steps 35-50x slower. Must run before torch / faiss load; env overrides win."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def write_report(output: str | os.PathLike, benchmark: str, fields: dict) -> None:
+    """Write a benchmark's JSON: its name, the commit that produced it, `fields`, and the command that reruns it.
+    (wildreid is imported here, not at the top: importing it sets the thread defaults a script may still change.)"""
+    import json
+    import sys
+    from pathlib import Path
+
+    from wildreid.provenance import code_version
+
+    report = {"benchmark": benchmark, **code_version(), **fields,
+              "command": f"python bench/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])}
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -28,6 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
+
+from bench_common import write_report  # noqa: E402  (imports wildreid only when it writes: the wait policy stays unset)
+
 SPIN = "while True: pass"
 SETTINGS = ("new", "old", "new-1")
 
@@ -139,15 +142,10 @@ def main() -> None:
             new, old = results[f"new/{load}"], results[f"old/{load}"]
             print(f"  {load}: old/new training step time x{old['train_step_s'] / new['train_step_s']:.2f}, "
                   f"new/old embedding speed x{new['embed_img_per_s'] / old['embed_img_per_s']:.2f}")
-    from wildreid.provenance import code_version  # here, not at the top: importing wildreid sets the wait policy
-
-    report = {"benchmark": "contention", **code_version(), "backbone": args.backbone,
-              "image_size": args.image_size, "steps": args.steps, "cpus": os.cpu_count(),
-              "machine": platform.processor() or platform.machine(), "load_average_before": load_before,
-              "results": results, "ratios": ratios, "command": "python bench/contention.py " + " ".join(sys.argv[1:])}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, "contention", {
+        "backbone": args.backbone, "image_size": args.image_size, "steps": args.steps, "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(), "load_average_before": load_before,
+        "results": results, "ratios": ratios})
 
 
 if __name__ == "__main__":

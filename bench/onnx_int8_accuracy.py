@@ -11,7 +11,6 @@ does. Target: int8 top-1 within 1 percentage point of fp32 on every set.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
 
+from bench_common import write_report  # noqa: E402
 from wildreid.threads import configure_threads  # noqa: E402  (before torch: OpenMP wait policy)
-from wildreid.provenance import code_version  # noqa: E402
 
 SETS = ["lion:val", "nyala:test", "dog[max_identities=100]:test", "pig:test"]
 CALIBRATION = ["lion:train", "nyala:train", "dog[max_identities=100]:train", "pig:train"]
@@ -80,14 +79,10 @@ def main() -> None:
                   f"top-1 delta {row['top1_delta_pp']:+.1f} pp (target within 1)", flush=True)
     worst = max(abs(r["top1_delta_pp"]) for r in rows)
     print(f"largest |top-1 delta|: {worst:.1f} pp ({'meets' if worst <= 1.0 else 'MISSES'} the 1 pp target)")
-    report = {"benchmark": "onnx_int8_accuracy", **code_version(), "model": args.model,
-              "calibration": {"specs": CALIBRATION, "images": args.calibration_images},
-              "threads": threads, "load_average_before": load_before, "export_seconds": round(export_seconds, 1),
-              "results": rows, "largest_abs_top1_delta_pp": worst,
-              "command": "python bench/onnx_int8_accuracy.py " + " ".join(sys.argv[1:])}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, "onnx_int8_accuracy", {
+        "model": args.model, "calibration": {"specs": CALIBRATION, "images": args.calibration_images},
+        "threads": threads, "load_average_before": load_before, "export_seconds": round(export_seconds, 1),
+        "results": rows, "largest_abs_top1_delta_pp": worst})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ medians. Threads: wildreid's defaults for both torch and ONNX Runtime (`wildreid
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
 
+from bench_common import write_report  # noqa: E402
 from wildreid.threads import configure_threads  # noqa: E402  (before torch: OpenMP wait policy)
-from wildreid.provenance import code_version  # noqa: E402
 
 MODELS = [("tf_efficientnet_lite0", 224, True), ("tf_efficientnetv2_s", 384, False)]
 BATCH_SIZES = (1, 16)
@@ -87,13 +86,10 @@ def main() -> None:
                       f"ORT fp32 {speed['onnx_fp32']:6.1f} (x{row['ratio_to_torch']['onnx_fp32']:.2f}, target >= 1.5) | "
                       f"ORT int8 {speed['onnx_int8']:6.1f} (x{row['ratio_to_torch']['onnx_int8']:.2f}, target >= 2.5)",
                       flush=True)
-    report = {"benchmark": "onnx_speed", **code_version(), "threads": threads, "cpus": os.cpu_count(),
-              "load_average_before": load_before, "images": args.images, "repeats": args.repeats,
-              "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__, "results": results,
-              "command": "python bench/onnx_speed.py " + " ".join(sys.argv[1:])}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, "onnx_speed", {
+        "threads": threads, "cpus": os.cpu_count(), "load_average_before": load_before, "images": args.images,
+        "repeats": args.repeats, "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
+        "results": results})
 
 
 if __name__ == "__main__":
