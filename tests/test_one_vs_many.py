@@ -65,6 +65,24 @@ def test_approximate_index_reports_recall_and_round_trips(tmp_path):
         DescriptorIndex.load(tmp_path, expected_extractor={**EXTRACTOR, "max_keypoints": 256})
 
 
+def test_adding_images_to_an_index_votes_as_building_it_with_them():
+    rng = np.random.default_rng(3)
+    images = [_features(rng, _descriptors(rng, 30)) for _ in range(5)] + [_features(rng, _descriptors(rng, 0))]
+    queries = [_features(rng, _jitter(rng, image.descriptors)) for image in images[:5]]
+    matcher = OneVsManyMatcher(k=2, shortlist=0)
+    for exact_limit in (10_000, 50):  # exact, and an inverted file (its centroids trained on the first images)
+        grown = DescriptorIndex.build(images[:3], EXTRACTOR, exact_limit=exact_limit, nprobe=64)
+        assert grown.config["index"].startswith("exact" if exact_limit > 50 else "ivf")
+        grown.add(images[3:])
+        built = DescriptorIndex.build(images, EXTRACTOR, exact_limit=10_000)
+        assert grown.num_images == 6 and len(grown) == len(built)
+        np.testing.assert_array_equal(grown.owners, built.owners)
+        votes = matcher.votes(queries, grown, progress=False)
+        np.testing.assert_array_equal(votes.argmax(axis=1), np.arange(5))  # each query finds its own image
+        if exact_limit > 50:
+            np.testing.assert_allclose(votes, matcher.votes(queries, built, progress=False), rtol=1e-5)
+
+
 def test_union_shortlist_holds_both_inputs_top1():
     global_top = np.array([[4, 1, 2], [0, 3, -1]])
     local_top = np.array([[7, 1, -1], [5, 0, 3]])

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..embedding.images import LoadFailure, batched_crops, describe_source
 from ..matching.calibration import Calibrator
 from ..matching.descriptor_cache import LocalFeatureCache
+from ..matching.one_vs_many import DescriptorIndex
 from . import store
 from .local_retrieval import descriptor_index_writer
 from .model_tag import ModelTag
@@ -229,12 +230,15 @@ class Gallery:
     # ------------------------------------------------------------------------------ persistence
 
     def save(self, directory: str | os.PathLike, *, local_features: LocalFeatureCache | None = None,
-             overwrite: bool = False) -> Path:
+             descriptor_index: DescriptorIndex | None = None, overwrite: bool = False) -> Path:
         """Write the gallery folder as a new revision, switched in atomically under the writer lock (see
         `wildreid.identification.store`). With `local_features` (SIFT), its descriptor index for one-vs-many
-        retrieval is written too; without, a keypoint cache and index already in the folder are kept."""
+        retrieval is written too: `descriptor_index` when given (it must cover the gallery's images in order),
+        else built from them; without, a keypoint cache and index already in the folder are kept."""
         if self.model_tag is None:
             raise ValueError("cannot save a gallery without a model tag (add images first)")
+        if descriptor_index is not None and local_features is None:
+            raise ValueError("a descriptor index is saved with the keypoint cache it indexes: pass local_features")
         directory = Path(directory)
         with store.writer_lock(directory):
             store.check_new_folder(directory, overwrite)
@@ -245,7 +249,8 @@ class Gallery:
                 if missing:
                     raise ValueError(f"local-feature cache lacks {len(missing)} gallery images, e.g. {missing[:3]}")
                 self.local_features_config = dict(local_features.config)
-                write_index = descriptor_index_writer(local_features, list(self.metadata["image_id"]))
+                write_index = descriptor_index_writer(local_features, list(self.metadata["image_id"]),
+                                                      descriptor_index)
             elif self.local_features_config is not None and (directory / store.CONFIG_FILE).exists():
                 kept = store.current_entry(directory, "local_features")
                 kept_index = store.current_entry(directory, "descriptor_index") if kept else None

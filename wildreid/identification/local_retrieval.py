@@ -3,7 +3,10 @@
 `wildreid index --local-features` writes it beside the keypoint cache, in the same revision (file role
 `descriptor_index`). Reading it refuses an index built with other extractor settings, naming both; a
 folder saved without one (older galleries, or an index that no longer covers the gallery's images after
-`Gallery.add_and_save`) gets one built in memory from the keypoint cache.
+`Gallery.add_and_save`) gets one built in memory from the keypoint cache. Every save of a gallery with its
+keypoint cache writes the index in the same revision, so an interrupted save leaves the old index or the
+new one, never a mix (`store.write_revision`); the review app extends the index by a decision's photos
+(`DescriptorIndex.add`) and saves it that way.
 """
 from __future__ import annotations
 
@@ -20,19 +23,24 @@ from . import store
 logger = logging.getLogger(__name__)
 
 
-def descriptor_index_writer(cache: LocalFeatureCache, image_ids: Sequence[str]) -> Callable[[Path], Path] | None:
+def descriptor_index_writer(cache: LocalFeatureCache, image_ids: Sequence[str], index: DescriptorIndex | None = None
+                            ) -> Callable[[Path], Path] | None:
     """A writer of the descriptor index of `image_ids` (in gallery order) for `store.write_revision`; None for
-    non-SIFT features, which one-vs-many retrieval does not index."""
+    non-SIFT features, which one-vs-many retrieval does not index. `index`: that index when the caller keeps
+    it up to date (the review app extends it per decision), else it is built from `cache`."""
     if cache.config.get("method", "sift") != "sift":
         return None
-    index = DescriptorIndex.build(cache.get_many(image_ids), cache.config)
+    if index is None:
+        index = DescriptorIndex.build(cache.get_many(image_ids), cache.config)
     return lambda path: index.to_npz(path, image_ids)
 
 
 def load_descriptor_index(directory: str | os.PathLike, image_ids: Sequence[str],
-                          extractor_config: Mapping[str, Any] | None) -> tuple[DescriptorIndex, list[LocalFeatures]]:
+                          extractor_config: Mapping[str, Any] | None, cache: LocalFeatureCache | None = None
+                          ) -> tuple[DescriptorIndex, list[LocalFeatures]]:
     """The descriptor index over the gallery images `image_ids` (in that order) and their keypoints.
 
+    cache: the gallery's keypoint cache when the caller has read it already (else it is read here).
     Raises ValueError when the gallery has no keypoint cache, or when the cache or index was made with other
     extractor settings than `extractor_config` (the gallery's)."""
     directory = Path(directory)
@@ -41,7 +49,11 @@ def load_descriptor_index(directory: str | os.PathLike, image_ids: Sequence[str]
             not (directory / store.LOCAL_FEATURES_FILE).is_file():
         raise ValueError(f"{directory}: the local and fusion methods need the gallery's keypoints; rebuild it with "
                          "`wildreid index --local-features`, or use --method global")
-    cache = store.read_local_features(directory, extractor_config)
+    if cache is None:
+        cache = store.read_local_features(directory, extractor_config)
+    elif cache.config != dict(extractor_config):
+        raise ValueError(f"{directory}: the keypoint cache was made with {cache.config}, but the gallery records "
+                         f"{dict(extractor_config)}")
     missing = [image_id for image_id in image_ids if image_id not in cache]
     if missing:
         raise ValueError(f"{directory}: the keypoint cache lacks {len(missing)} gallery images (added after it was "

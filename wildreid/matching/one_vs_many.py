@@ -59,12 +59,7 @@ class DescriptorIndex:
         method = extractor_config.get("method", "sift")
         if method != "sift":
             raise ValueError(f"one-vs-many retrieval indexes SIFT descriptors (RootSIFT); got method {method!r}")
-        for i, item in enumerate(features):
-            if item.descriptors.shape[1:] != (DESCRIPTOR_BYTES["sift"],):
-                raise ValueError(f"features[{i}] have descriptors of shape {item.descriptors.shape}, expected (N, 128)")
-        owners = np.repeat(np.arange(len(features), dtype=np.int32), [len(f) for f in features])
-        vectors = root_sift(np.concatenate([f.descriptors for f in features])) if len(owners) else \
-            np.zeros((0, 128), np.float32)
+        vectors, owners = _indexed_vectors(features, first_owner=0)
         dim = vectors.shape[1]
         if len(vectors) <= exact_limit:
             index, kind = faiss.IndexFlatL2(dim), "exact"
@@ -82,6 +77,15 @@ class DescriptorIndex:
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
+
+    def add(self, features: Sequence[LocalFeatures]) -> None:
+        """Index more images after the indexed ones, in place (the review app adds a decision's photos this
+        way instead of rebuilding). An inverted file keeps its trained centroids and an exact index stays
+        exact past `exact_limit`; `build` (`wildreid index`) chooses again."""
+        vectors, owners = _indexed_vectors(features, first_owner=self.num_images)
+        self.index.add(vectors)
+        self.owners = np.concatenate([self.owners, owners])
+        self.num_images += len(features)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances, owners) of each vector's k nearest descriptors; L2 distances (not squared), owner -1
@@ -173,6 +177,17 @@ class DescriptorIndex:
                              f"for {meta['num_images']} images")
         config = {key: meta[key] for key in ("extractor", "descriptor", "index")}
         return cls(index, owners, meta["num_images"], config), image_ids
+
+
+def _indexed_vectors(features: Sequence[LocalFeatures], first_owner: int) -> tuple[np.ndarray, np.ndarray]:
+    """(RootSIFT vectors, owner image of each) of `features`, their images numbered from `first_owner`."""
+    for i, item in enumerate(features):
+        if item.descriptors.shape[1:] != (DESCRIPTOR_BYTES["sift"],):
+            raise ValueError(f"features[{i}] have descriptors of shape {item.descriptors.shape}, expected (N, 128)")
+    owners = np.repeat(np.arange(first_owner, first_owner + len(features), dtype=np.int32), [len(f) for f in features])
+    vectors = root_sift(np.concatenate([f.descriptors for f in features])) if len(owners) else \
+        np.zeros((0, 128), np.float32)
+    return vectors, owners
 
 
 def _check_extractor(source: Path, built_with: Any, expected: dict[str, Any] | None) -> None:
