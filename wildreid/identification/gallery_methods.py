@@ -11,19 +11,23 @@ The index holds every species, as HotSpotter's does: a query's votes are counted
 only, each descriptor's LNBNN normaliser still comes from the whole gallery.
 
 The new-individual decision stays on the best cosine: the calibrated threshold is a cosine threshold.
+The review app ranks with the same scorer (`identify_photos`: the photos of one animal, each gallery image
+scoring its best over them), so a reviewer sees what `wildreid identify` answers.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..matching.descriptor_cache import LocalFeatureCache
 from ..matching.keypoints import LocalFeatures
 from ..matching.local_matcher import LocalMatcher
 from ..matching.methods import AUTO_CHOICES, AutoMethod, ImageSet
-from ..matching.one_vs_many import OneVsManyMatcher
+from ..matching.one_vs_many import DescriptorIndex, OneVsManyMatcher
 from ..matching.selection import leave_one_out_figures
 from ..matching.union_fusion import UnionFusion
 from . import store
@@ -77,28 +81,52 @@ def fit_method_choice(method: str, embeddings: np.ndarray, identities: Sequence[
     return choices
 
 
+@dataclass
+class PhotoScores:
+    """The photos of one animal scored against the gallery images of its species (`identify_photos`)."""
+
+    rows: np.ndarray  # (R,) the gallery rows scored
+    scores: np.ndarray  # (P, R) the method's scores; -inf for photos left out (no keypoints)
+    cosine: np.ndarray  # (P, R)
+    method: str  # the method that gave `scores`
+    note: str | None  # why it differs from the one asked for, or why photos were left out
+
+    def best_over_photos(self) -> tuple[np.ndarray, np.ndarray]:
+        """(R,) each row's best score over the photos, and the photo that gave it."""
+        photo = self.scores.argmax(axis=0)
+        return self.scores[photo, np.arange(self.scores.shape[1])], photo
+
+
 class GalleryScorer:
     """Answers queries with the gallery's per-species methods (see the module docstring).
 
     requested: "auto" (the gallery's recorded choice per species, else global), "global", "local" or
         "fusion" (needs `wildreid calibrate --method fusion|auto` first: the combination is fitted there).
+    keypoints / descriptor_index: the gallery's keypoint cache and its descriptor index (every gallery
+        image, in order) when the caller holds them already (the review app); else read from `directory`
+        when first needed.
     """
 
-    def __init__(self, gallery: Gallery, directory: str | os.PathLike, requested: str = "auto"):
+    def __init__(self, gallery: Gallery, directory: str | os.PathLike, requested: str = "auto", *,
+                 keypoints: LocalFeatureCache | None = None, descriptor_index: DescriptorIndex | None = None):
         if requested not in REQUESTABLE:
             raise ValueError(f"unknown method {requested!r}; choose one of {REQUESTABLE}")
         self.gallery, self.directory, self.requested = gallery, Path(directory), requested
         self.choices = (gallery.calibration or {}).get("method_choice") or {}
-        self._local: tuple[Any, list[LocalFeatures]] | None = None
+        self._keypoints, self._given_index = keypoints, descriptor_index
+        self._local: tuple[DescriptorIndex, list[LocalFeatures]] | None = None
         if requested in ("local", "fusion"):
             self._local_index()  # fail before any query is embedded
+
+    @property
+    def species_names(self) -> list[str]:
+        return self.gallery.metadata["species"].dropna().unique().tolist()
 
     def method_for(self, species: str | None) -> str:
         if self.requested != "auto":
             return self.requested
-        species_names = self.gallery.metadata["species"].dropna().unique().tolist()
-        if species is None and len(species_names) == 1:
-            species = species_names[0]
+        if species is None and len(self.species_names) == 1:
+            species = self.species_names[0]
         return str((self.choices.get(species or "") or {}).get("method", "global"))
 
     @property
@@ -108,49 +136,112 @@ class GalleryScorer:
             return True
         return self.requested == "auto" and any(c.get("method") != "global" for c in self.choices.values())
 
-    def _local_index(self):
+    def descriptor_index(self) -> DescriptorIndex | None:
+        """The gallery's descriptor index (read or built when first needed); None when the gallery keeps no
+        SIFT keypoints (one-vs-many retrieval indexes SIFT only)."""
+        config = self.gallery.local_features_config
+        if config is None or config.get("method", "sift") != "sift":
+            return None
+        return self._local_index()[0]
+
+    def _local_index(self) -> tuple[DescriptorIndex, list[LocalFeatures]]:
         if self._local is None:
-            self._local = load_descriptor_index(self.directory, list(self.gallery.metadata["image_id"]),
-                                                self.gallery.local_features_config)
+            image_ids = list(self.gallery.metadata["image_id"])
+            if self._given_index is not None and self._keypoints is not None:
+                if self._given_index.num_images != len(image_ids):
+                    raise ValueError(f"the descriptor index holds {self._given_index.num_images} images, the gallery "
+                                     f"{len(image_ids)}")
+                self._local = (self._given_index, self._keypoints.get_many(image_ids))
+            else:
+                self._local = load_descriptor_index(self.directory, image_ids, self.gallery.local_features_config,
+                                                    self._keypoints)
         return self._local
 
+    def require_fusion(self, species: Sequence[str]) -> None:
+        """Raise, naming the gallery and the command to run, unless a fusion is recorded for every species."""
+        missing = [name for name in species if "fusion" not in (self.choices.get(name) or {})]
+        if missing:
+            raise ValueError(f"{self.directory}: no fusion fitted for species {missing}; run `wildreid calibrate "
+                             f"--method fusion --gallery {self.directory} --datasets <labelled images of them>` (or "
+                             "--method auto) first, or use --method local or global")
+
     def _fusion(self, species: str | None) -> UnionFusion:
-        if species is None:
-            names = self.gallery.metadata["species"].dropna().unique().tolist()
-            species = names[0] if len(names) == 1 else None
-        record = self.choices.get(species or "") or {}
-        if "fusion" not in record:
-            raise ValueError(f"{self.directory}: no fusion fitted for species {species!r}; run `wildreid calibrate "
-                             "--method fusion` (or auto) with labelled images of it first")
-        return UnionFusion.from_dict(record["fusion"])
+        if species is None and len(self.species_names) > 1:
+            raise ValueError(f"{self.directory}: fusion is fitted per species; give the query's species, one of "
+                             f"the gallery's {sorted(self.species_names)}")
+        species = species if species is not None else next(iter(self.species_names), "")
+        self.require_fusion([species])
+        return UnionFusion.from_dict(self.choices[species]["fusion"])
+
+    def _threshold(self, threshold: float | None) -> float | None:
+        return threshold if threshold is not None else (self.gallery.calibration or {}).get("new_individual_threshold")
+
+    def _rows(self, species: str | None) -> tuple[str | None, np.ndarray]:
+        """(species, gallery rows) a query of `species` meets: its species' images, or all images (species
+        None) when its species is unknown or absent from the gallery."""
+        gallery_species = self.gallery.metadata["species"].to_numpy(dtype=object)
+        if species and species in set(gallery_species):
+            return species, np.flatnonzero(gallery_species == species)
+        return None, np.arange(len(self.gallery))
+
+    def _scores(self, species: str | None, rows: np.ndarray, embeddings: np.ndarray,
+                features: Sequence[LocalFeatures] | None) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+        """(method, scores, cosine, queries without keypoints) of queries against gallery `rows`."""
+        method = self.method_for(species)
+        cosine = (embeddings @ self.gallery.embeddings[rows].T).astype(np.float32)
+        if method == "global":
+            return method, cosine, cosine, np.zeros(len(embeddings), dtype=bool)
+        scores = self._local_scores(method, species, embeddings, list(features), rows)
+        return method, scores, cosine, np.array([len(f) == 0 for f in features], dtype=bool)
 
     def identify(self, embeddings: np.ndarray, features: Sequence[LocalFeatures] | None,
                  species: Sequence[str | None], query_ids: Sequence[str], top_k: int = 5,
                  threshold: float | None = None) -> list[IdentificationResult]:
         """Top-k individuals per query, each query against the gallery images of its species (all images
         when its species is unknown or absent from the gallery)."""
-        gallery = self.gallery
-        threshold = threshold if threshold is not None else (gallery.calibration or {}).get("new_individual_threshold")
-        gallery_species = gallery.metadata["species"].to_numpy(dtype=object)
+        threshold = self._threshold(threshold)
         results: list[IdentificationResult | None] = [None] * len(embeddings)
-        keys = ["" if s is None else str(s) for s in species]
+        keys = np.asarray(["" if s is None else str(s) for s in species], dtype=object)
         for key in sorted(set(keys)):
-            queries = np.flatnonzero(np.asarray(keys, dtype=object) == key)
-            name = key if key and key in set(gallery_species) else None
-            rows = np.flatnonzero(gallery_species == name) if name else np.arange(len(gallery))
-            method = self.method_for(name)
-            cosine = (embeddings[queries] @ gallery.embeddings[rows].T).astype(np.float32)
-            scores = cosine if method == "global" else self._local_scores(method, name, embeddings[queries],
-                                                                          [features[q] for q in queries], rows)
-            blind = np.zeros(len(queries), dtype=bool)
-            if method != "global":
-                blind = np.array([len(features[q]) == 0 for q in queries], dtype=bool)
-                scores[blind] = cosine[blind]
+            queries = np.flatnonzero(keys == key)
+            name, rows = self._rows(key)
+            method, scores, cosine, blind = self._scores(
+                name, rows, embeddings[queries], None if features is None else [features[q] for q in queries])
+            scores[blind] = cosine[blind]
             for i, q in enumerate(queries):
                 used = "global" if blind[i] else method
                 results[q] = self._result(query_ids[q], scores[i], cosine[i], rows, top_k, used, threshold,
                                           NO_KEYPOINTS_NOTE if blind[i] else None)
         return results
+
+    def score_photos(self, embeddings: np.ndarray, features: Sequence[LocalFeatures] | None,
+                     species: str | None) -> PhotoScores:
+        """The photos of ONE animal against the gallery images of `species` (all images when None), by its
+        method. A photo without keypoints has no local evidence: under local or fusion it is left out when
+        another photo has keypoints; when none has, the global method answers (`NO_KEYPOINTS_NOTE`), as
+        `identify` answers such a query."""
+        name, rows = self._rows(species)
+        method, scores, cosine, blind = self._scores(name, rows, embeddings, features)
+        if blind.all() and len(blind):
+            return PhotoScores(rows, cosine, cosine, "global", NO_KEYPOINTS_NOTE)
+        note = None
+        if blind.any():
+            scores[blind] = -np.inf
+            note = (f"query photo(s) {', '.join(str(p + 1) for p in np.flatnonzero(blind))} have no keypoints: "
+                    "ranked by the other photos")
+        return PhotoScores(rows, scores, cosine, method, note)
+
+    def identify_photos(self, embeddings: np.ndarray, features: Sequence[LocalFeatures] | None,
+                        species: str | None, query_id: str = "query", top_k: int = 5,
+                        threshold: float | None = None) -> tuple[IdentificationResult, PhotoScores]:
+        """`identify` for the photos of ONE animal (the review app's query): each gallery image scores its best
+        over the photos, an individual its best image; "new" when the best cosine of any photo is below the
+        threshold. With one photo, the same answer as `identify`."""
+        scored = self.score_photos(embeddings, features, species)
+        best, _ = scored.best_over_photos()
+        result = self._result(query_id, best, scored.cosine.max(axis=0), scored.rows, top_k, scored.method,
+                              self._threshold(threshold), scored.note)
+        return result, scored
 
     def _local_scores(self, method: str, species: str | None, embeddings: np.ndarray,
                       features: list[LocalFeatures], rows: np.ndarray) -> np.ndarray:
