@@ -3,7 +3,7 @@ environment variables instead of flags.
 
     WILDREID_GALLERY   gallery folder (required), e.g. a folder of the Space's repository
     WILDREID_MODEL     model folder or Hub id (default: the model the gallery was built with)
-    WILDREID_METHOD    auto | global | fusion (default auto)
+    WILDREID_METHOD    auto | global | local | fusion (default auto; as for `wildreid identify`)
     WILDREID_TOP_K     candidates shown (default 5)
     WILDREID_REVIEW_DIR  audit log and stored query photos (default <gallery>.review)
 

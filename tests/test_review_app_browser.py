@@ -142,7 +142,9 @@ def test_upload_shows_k_candidates_with_match_pictures_and_same_as_updates_disk(
                 "const image = document.querySelector(arguments[0]);"
                 "return image && image.complete && image.naturalWidth", f"#candidate-{i}-{picture} img") > 256)
     assert _text(browser, "#candidate-0-text").startswith("1. zebra/001")
-    assert "verified local matches" in _text(browser, "#candidate-0-text")
+    # The app's default, auto, ranks by the demo gallery's recorded choice, as `wildreid identify` would.
+    for shown in ("method: fusion", "fused score", "cosine", "verified local matches"):
+        assert shown in _text(browser, "#candidate-0-text")
     assert "Suggestion" in _text(browser, "#suggestion")
     _screenshot(browser, "review_app_candidates.png", tmp_path)
 

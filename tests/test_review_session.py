@@ -30,14 +30,16 @@ def embedder(built):
 
 @pytest.fixture
 def session(built, embedder, tmp_path):
-    """A fresh copy of the gallery per test, so decisions do not leak between tests."""
+    """A fresh copy of the gallery per test, so decisions do not leak between tests; method auto, which on
+    the demo gallery is its recorded choice, fusion."""
     gallery = tmp_path / "gallery"
     shutil.copytree(built["gallery"], gallery)
     return ReviewSession(gallery, *embedder, top_k=3)
 
 
-def test_gallery_photo_finds_its_individual_with_verified_matches(session, built):
+def test_gallery_photo_finds_its_individual_with_verified_matches(session, built, embedder):
     photo = built["images"][4]  # individual 001's second photo
+    session = ReviewSession(session.gallery_dir, *embedder, top_k=3, method="global")
     proposal = session.propose(session.read_photos([photo]))
     assert [c.method for c in proposal.candidates] == ["global"] * 3
     assert len({c.identity for c in proposal.candidates}) == 3
@@ -122,28 +124,26 @@ def test_bad_input_is_refused_with_the_reason(session, built, tmp_path):
     assert session.audit.records() == []  # refused decisions leave no trace
 
 
-def test_fusion_ranks_with_local_matches(built, embedder, tmp_path):
-    shutil.copytree(built["gallery"], tmp_path / "gallery")
-    session = ReviewSession(tmp_path / "gallery", *embedder, method="fusion", top_k=3)
-    proposal = session.propose(session.read_photos([built["images"][7]]))
-    best = proposal.candidates[0]
-    assert best.method == "fusion" and best.identity == "zebra/002"
-    assert best.local_inliers == best.verified_matches > 0
-    assert 0.0 <= best.probability <= 1.0 and proposal.ranking.threshold_unit == "fused probability"
-
-
 def test_auto_uses_the_gallerys_per_species_choice(built, embedder, tmp_path):
     shutil.copytree(built["gallery"], tmp_path / "gallery")
     photos = [built["images"][7]]
-    plain = ReviewSession(tmp_path / "gallery", *embedder)
-    assert plain.propose(plain.read_photos(photos)).ranking.method == "global"
-    gallery = Gallery.load(tmp_path / "gallery")
-    gallery.calibration["method_choice"] = {"zebra": {"method": "fusion", "validation_map": 0.5}}
-    gallery.save(tmp_path / "gallery", local_features=Gallery.load_local_features(tmp_path / "gallery"),
-                 overwrite=True)
-    session = ReviewSession(tmp_path / "gallery", *embedder)
+
+    def recorded(choice: dict | None) -> ReviewSession:
+        gallery = Gallery.load(tmp_path / "gallery")
+        gallery.calibration["method_choice"] = choice
+        gallery.save(tmp_path / "gallery", local_features=Gallery.load_local_features(tmp_path / "gallery"),
+                     overwrite=True)
+        return ReviewSession(tmp_path / "gallery", *embedder)
+
+    fitted = Gallery.load(built["gallery"]).calibration["method_choice"]
+    assert fitted["zebra"]["method"] == "fusion"  # what the demo gallery's fit chose
+    session = recorded(fitted)
     assert session.propose(session.read_photos(photos)).ranking.method == "fusion"
     assert session.propose(session.read_photos(photos), species="zebra").candidates[0].method == "fusion"
+    session = recorded({"zebra": {**fitted["zebra"], "method": "local"}})
+    assert session.propose(session.read_photos(photos)).ranking.method == "local"
+    session = recorded(None)  # no recorded choice: global
+    assert session.propose(session.read_photos(photos)).ranking.method == "global"
 
 
 def test_correspondences_count_equals_the_matchers_inliers(built):

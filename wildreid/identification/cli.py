@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--model", help="default: the model the gallery was built with")
     app.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     app.add_argument("--port", type=int, default=7860)
-    app.add_argument("--method", choices=("auto", "global", "fusion"), default="auto",
-                     help="auto: the gallery's per-species choice where it records one, else global")
+    app.add_argument("--method", choices=REQUESTABLE, default="auto",
+                     help="as for identify: auto (the gallery's per-species choice from calibrate, else global), "
+                          "global, local or fusion (fusion needs `calibrate --method fusion|auto` first)")
     app.add_argument("--top_k", type=int, default=5)
     app.add_argument("--threshold", type=float, help="override the calibrated new-individual threshold (cosine)")
     app.add_argument("--review_dir", help="audit log and stored query photos (default: <gallery>.review)")

@@ -3,7 +3,7 @@ match, and decides "same as X", "new individual" or "skip" (`wildreid app --gall
 
 - `session`: proposals, decisions, undo, gallery updates (no browser needed; what the tests drive)
 - `uploads`: query photos: size limit, SHA-256, safe decoding, content-addressed copies
-- `scoring`: global and fusion ranking of individuals for one query
+- `scoring`: ranking of individuals for one query by the gallery's methods, as `wildreid identify` ranks
 - `audit`: the JSONL audit log and the gallery's content revision
 - `drawing`: side-by-side and correspondence pictures
 - `ui`: the Gradio interface over a session

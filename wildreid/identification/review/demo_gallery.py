@@ -1,9 +1,10 @@
 """A generated gallery to try the review app on (and to test and benchmark it): synthetic coat patterns
 written as JPEG files (one folder per individual), an untrained EfficientNet-Lite0 model, embeddings, a
-SIFT keypoint cache and a calibrated new-individual threshold, built in this process.
+SIFT keypoint cache and descriptor index, a calibrated new-individual threshold and a per-species method
+choice (with its fitted fusion), built in this process.
 
-    python -m wildreid.identification.review.demo_gallery OUT [--individuals 6 --images 3]
-    wildreid app --gallery OUT/gallery
+    python -m wildreid.identification.review.demo_gallery OUT [--individuals 6 --images 3 --method auto]
+    wildreid app --gallery OUT/gallery [--method auto|global|local|fusion]
 
 Demo data only: an untrained model's candidates show the app working, not accuracy.
 """
@@ -18,6 +19,7 @@ from wildreid.embedding.images import load_crop
 from wildreid.matching import LocalFeatureCache, LocalFeatureExtractor
 
 from ..gallery import Gallery
+from ..gallery_methods import REQUESTABLE, fit_method_choice
 from . import load_model_embedder
 
 
@@ -37,11 +39,13 @@ def write_images(root: Path, n_identities: int, images_per_identity: int, image_
 
 def build_demo_gallery(root: Path, n_identities: int = 6, images_per_identity: int = 3, seed: int = 5,
                        species: str = "zebra", image_size: int = 128, model_image_size: int = 64,
-                       held_out_per_identity: int = 0, batch_size: int = 64) -> dict:
+                       held_out_per_identity: int = 0, batch_size: int = 64, method: str = "auto") -> dict:
     """Images, a model and a calibrated gallery with a keypoint cache under `root`; returns their paths.
 
     held_out_per_identity: the last photos of each individual stay out of the gallery ("queries"):
         unseen photos of known individuals.
+    method: the method choice recorded as `wildreid calibrate --method` records it, fitted on the gallery's
+        own labelled images, each leaving itself out (a demo has no other labelled images).
     """
     import numpy as np
     import torch
@@ -63,8 +67,11 @@ def build_demo_gallery(root: Path, n_identities: int = 6, images_per_identity: i
     gallery.add(embeddings, {"image_id": ids, "identity": identities, "species": [species] * len(ids),
                              "path": [str(path) for path, _ in images]}, tag)
     extractor = LocalFeatureExtractor()
-    cache = LocalFeatureCache.from_features(ids, [extractor.extract(crop) for crop in crops], extractor.config)
+    features = [extractor.extract(crop) for crop in crops]
+    cache = LocalFeatureCache.from_features(ids, features, extractor.config)
     gallery.calibrate_new_individual_threshold(embeddings, identities, tag, query_image_ids=ids)
+    gallery.calibration["method_choice"] = fit_method_choice(method, embeddings, identities, [species] * len(ids),
+                                                             features, extractor.config)
     gallery.save(root / "gallery", local_features=cache)
     return {"images": [path for path, _ in images], "queries": queries, "model": model, "gallery": root / "gallery"}
 
@@ -74,6 +81,7 @@ if __name__ == "__main__":
     parser.add_argument("output", type=Path)
     parser.add_argument("--individuals", type=int, default=6)
     parser.add_argument("--images", type=int, default=3, help="photos per individual")
+    parser.add_argument("--method", choices=REQUESTABLE, default="auto", help="method choice to fit and record")
     args = parser.parse_args()
-    built = build_demo_gallery(args.output, args.individuals, args.images)
+    built = build_demo_gallery(args.output, args.individuals, args.images, method=args.method)
     print(f"gallery {built['gallery']}: try `wildreid app --gallery {built['gallery']}`")

@@ -1,9 +1,11 @@
 """Review decisions without a browser: propose candidates for a query, record "same as X", "new
 individual" or "skip", undo the last decision.
 
-A decision that names an individual adds the query photos to the gallery (embedding, metadata, local
-features when the gallery keeps a keypoint cache) and saves it as one atomic revision under the gallery's
-writer lock (`wildreid.identification.store`), then appends one audit line
+Candidates are ranked by the gallery's methods exactly as `wildreid identify` ranks them (`scoring`,
+`GalleryScorer`). A decision that names an individual adds the query photos to the gallery (embedding,
+metadata, and, when the gallery keeps a keypoint cache, their keypoints and descriptors in the descriptor
+index, so the local and fusion methods find them at once) and saves it as one atomic revision under the
+gallery's writer lock (`wildreid.identification.store`), then appends one audit line
 (`wildreid.identification.review.audit`). Uploaded photos are copied, content-addressed, into the review
 folder (`<gallery>.review/images/` by default) so the gallery's `path` column points at files it owns; the
 audit log is `<gallery>.review/audit.jsonl`. Photos are read by `uploads`; nothing a user types is used
@@ -24,16 +26,18 @@ import numpy as np
 from PIL import Image
 
 from wildreid.embedding.images import load_crop
-from wildreid.matching import Calibrator, LocalFeatureCache, LocalFeatureExtractor, LocalFeatures, LocalMatcher
+from wildreid.matching import LocalFeatureCache, LocalFeatureExtractor, LocalFeatures, LocalMatcher
 from wildreid.matching.correspondences import verified_correspondences
+from wildreid.matching.one_vs_many import DescriptorIndex
 
 from ..gallery import Gallery
+from ..gallery_methods import GalleryScorer
 from ..model_tag import ModelTag
 from ..store import GalleryBusyError, writer_lock
 
 from .audit import AuditLog, gallery_revision, utc_now
 from .drawing import draw_correspondences, side_by_side
-from .scoring import METHODS, Ranking, fit_fusion_on_gallery, rank_fusion, rank_global
+from .scoring import THRESHOLD_UNIT, Ranking, rank
 from .uploads import DEFAULT_MAX_UPLOAD_BYTES, QueryPhoto, read_photos, store_photo
 
 NAME_PATTERN = re.compile(r"^[\w][\w .'-]{0,63}$")  # letters/digits first; no slashes, no control characters
@@ -48,9 +52,8 @@ class Candidate:
     method: str
     image_id: str  # the individual's best-matching gallery image
     photo: int  # the query photo that matched it best
-    global_score: float
-    local_inliers: int | None
-    verified_matches: int  # correspondences drawn in `explanation`
+    global_score: float  # cosine of `photo` and `image_id`
+    verified_matches: int  # verified correspondences of `photo` and `image_id`, drawn in `explanation`
     pair: np.ndarray  # query | gallery image
     explanation: np.ndarray  # the same pair with verified correspondences and their density
     note: str = ""  # why a picture is missing, if it is
@@ -58,7 +61,7 @@ class Candidate:
     def summary(self) -> dict[str, Any]:
         return {"identity": self.identity, "probability": self.probability, "score": self.score,
                 "method": self.method, "image_id": self.image_id, "global_score": self.global_score,
-                "local_inliers": self.local_inliers, "verified_matches": self.verified_matches}
+                "verified_matches": self.verified_matches}
 
 
 @dataclass
@@ -84,38 +87,31 @@ class ReviewSession:
     """One gallery under review. Thread-safe: the app serves several browser tabs.
 
     embed: PIL crops -> (N, D) L2-normalised embeddings of the model `model_tag` names.
-    method: "global", "fusion", or "auto" (the gallery's recorded per-species choice, else global).
-    threshold: overrides the gallery's calibrated new-individual cosine threshold (global method).
+    method: "auto" (the gallery's recorded per-species choice, else global), "global", "local" or "fusion",
+        as for `wildreid identify` (`GalleryScorer`). Fusion uses the fit `wildreid calibrate --method
+        fusion|auto` recorded for each species, and the app refuses to start without one for every species
+        of the gallery rather than fit its own at start-up: a fit of its own would rank differently from
+        `identify` on the same gallery, and would cost start-up time on every launch.
+    threshold: overrides the gallery's calibrated new-individual cosine threshold.
     """
 
     def __init__(self, gallery_dir: str | os.PathLike, embed: Embed, model_tag: ModelTag, *,
                  review_dir: str | os.PathLike | None = None, method: str = "auto", top_k: int = 5,
-                 threshold: float | None = None, new_probability: float = 0.5,
-                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, fusion_calibration_images: int = 200):
-        if method not in (*METHODS, "auto"):
-            raise ValueError(f"unknown method {method!r}; choose one of {(*METHODS, 'auto')}")
+                 threshold: float | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES):
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        self.gallery_dir = Path(gallery_dir)
-        self._load_gallery()
+        self.gallery_dir, self.method = Path(gallery_dir), method
+        self._load_gallery()  # refuses an unknown method, and local or fusion on a gallery without keypoints
+        if method == "fusion":
+            self.scorer.require_fusion(self.species)
         self.gallery.model_tag.require_same(model_tag, "the review app's embeddings")
         self.model_tag = model_tag
         self.embed = embed
         self.review_dir = Path(review_dir) if review_dir else self.gallery_dir.with_name(self.gallery_dir.name + ".review")
         self.audit = AuditLog(self.review_dir / "audit.jsonl")
-        self.method, self.top_k, self.threshold = method, int(top_k), threshold
-        self.new_probability, self.max_upload_bytes = float(new_probability), int(max_upload_bytes)
+        self.top_k, self.threshold, self.max_upload_bytes = int(top_k), threshold, int(max_upload_bytes)
         self.extractor = LocalFeatureExtractor(**(self.gallery.local_features_config or {}))
         self.matcher = LocalMatcher(method=self.extractor.method)
-        self.fusion = None
-        if method == "fusion" or (method == "auto" and "fusion" in self._recorded_methods().values()):
-            if self.local_cache is None:
-                raise ValueError(f"{self.gallery_dir}: the fusion method needs the gallery's keypoint cache; "
-                                 "build it with `wildreid index --local-features`")
-            self.fusion = fit_fusion_on_gallery(
-                self.gallery.embeddings, self.gallery.metadata["identity"].to_numpy(str),
-                self.local_cache.get_many(self.gallery.metadata["image_id"]), self.matcher,
-                max_images=fusion_calibration_images)
         self._lock = threading.RLock()
         self._proposals: dict[str, Proposal] = {}
         self._undo_stack: list[_Decision] = []
@@ -167,11 +163,9 @@ class ReviewSession:
         embeddings = np.asarray(self.embed([photo.crop for photo in photos]), dtype=np.float32)
         features = [self.extractor.extract(photo.crop) for photo in photos]
         with self._lock:
-            metadata = self.gallery.metadata
-            rows = np.flatnonzero(metadata["species"].to_numpy() == species) if species else np.arange(len(metadata))
-            if len(rows) == 0:
-                raise ValueError("the gallery holds no images" + (f" of {species}" if species else ""))
-            ranking = self._rank(embeddings, features, rows, self._method_for(species))
+            if len(self.gallery) == 0:
+                raise ValueError("the gallery holds no images")
+            ranking = rank(self.scorer, embeddings, features, species, self.top_k, self.threshold)
             candidates = [self._candidate(photos, features, ranked, ranking.method) for ranked in ranking.candidates]
             proposal = Proposal(uuid.uuid4().hex[:12], photos, species, embeddings, features, ranking, candidates)
             self._proposals = {**dict(list(self._proposals.items())[-31:]), proposal.id: proposal}  # bounded
@@ -183,42 +177,11 @@ class ReviewSession:
                 raise ValueError("this query is no longer open; upload it again")
             return self._proposals[proposal_id]
 
-    def _recorded_methods(self) -> dict[str, str]:
-        """The gallery's per-species method choice, `calibration["method_choice"] = {species: {"method": ...}}`
-        (written where the choice is made on validation data); empty when it records none."""
-        choices = (self.gallery.calibration or {}).get("method_choice") or {}
-        return {str(name): str(choice.get("method")) for name, choice in choices.items() if isinstance(choice, dict)}
-
-    def _method_for(self, species: str | None) -> str:
-        """The method asked for; with "auto", the gallery's choice for the species (the only species when
-        all are searched and there is one), else global."""
-        if self.method != "auto":
-            return self.method
-        if species is None and len(self.species) == 1:
-            species = self.species[0]
-        chosen = self._recorded_methods().get(species or "")
-        return chosen if chosen in METHODS else "global"
-
-    def _rank(self, embeddings: np.ndarray, features: list[LocalFeatures], rows: np.ndarray, method: str) -> Ranking:
-        identities = self.gallery.metadata["identity"].to_numpy(str)
-        if method == "fusion":
-            image_ids = self.gallery.metadata["image_id"]
-            return rank_fusion(embeddings, features, self.gallery.embeddings, identities, rows, self.top_k,
-                               fusion=self.fusion, matcher=self.matcher,
-                               feature_of_row=lambda row: self.local_cache[image_ids.iat[row]],
-                               new_probability=self.new_probability)
-        calibration = self.gallery.calibration or {}
-        calibrator = Calibrator.from_dict(calibration["score_calibrator"]) if calibration.get("score_calibrator") else None
-        threshold = self.threshold if self.threshold is not None else calibration.get("new_individual_threshold")
-        return rank_global(embeddings, self.gallery.embeddings, identities, rows, self.top_k,
-                           calibrator=calibrator, threshold=threshold)
-
     def _candidate(self, photos: list[QueryPhoto], features: list[LocalFeatures], ranked, method: str) -> Candidate:
         image_id = str(self.gallery.metadata.at[ranked.row, "image_id"])
         query_crop = photos[ranked.photo].crop
         base = dict(identity=ranked.identity, probability=ranked.probability, score=ranked.score, method=method,
-                    image_id=image_id, photo=ranked.photo, global_score=ranked.global_score,
-                    local_inliers=ranked.local_inliers)
+                    image_id=image_id, photo=ranked.photo, global_score=ranked.global_score)
         try:
             reference = self.gallery_crop(image_id)
         except (OSError, ValueError, KeyError) as error:  # a gallery file moved or unreadable: say so, go on
@@ -260,7 +223,7 @@ class ReviewSession:
                 "species": proposal.species, "method": proposal.ranking.method,
                 "candidates": [c.summary() for c in proposal.candidates],
                 "suggested_new": proposal.ranking.suggest_new, "threshold": proposal.ranking.threshold,
-                "threshold_unit": proposal.ranking.threshold_unit, "model": self.model_tag.to_dict(),
+                "threshold_unit": THRESHOLD_UNIT, "note": proposal.ranking.note, "model": self.model_tag.to_dict(),
                 "gallery_revision": revision_before, "gallery_revision_after": self.revision,
                 "added_image_ids": added,
             })
@@ -312,19 +275,26 @@ class ReviewSession:
                  "source": "review", "original_name": photo.name, "bbox": photo.bbox}
                 for image_id, photo, path in zip(image_ids, proposal.photos, paths)]
 
-        def add():
+        def add() -> DescriptorIndex | None:
+            # Extended in place, before the rows are added (it covers the gallery as loaded); the scorer that
+            # holds it is replaced once the gallery is saved, or reloaded from disk if saving fails.
+            index = self.scorer.descriptor_index()
+            if index is not None:
+                index.add(proposal.features)
             self.gallery.add(proposal.embeddings, rows, self.model_tag)
             if self.local_cache is not None:
                 for image_id, features in zip(image_ids, proposal.features):
                     self.local_cache[image_id] = features
+            return index
 
         self._write(add)
         return image_ids
 
     def _remove(self, image_ids: list[str]) -> None:
-        """The gallery without `image_ids`: rebuilt through `Gallery.add`, which re-checks every row."""
+        """The gallery without `image_ids`: rebuilt through `Gallery.add`, which re-checks every row; its
+        descriptor index is rebuilt by the save (an undo is rare, and a rebuild cannot drift)."""
 
-        def remove():
+        def remove() -> None:
             keep = ~self.gallery.metadata["image_id"].isin(image_ids).to_numpy()
             old = self.gallery
             rebuilt = Gallery(old.model_tag, approximate_threshold=old.approximate_threshold)
@@ -344,14 +314,16 @@ class ReviewSession:
         self.local_cache: LocalFeatureCache | None = None
         if self.gallery.local_features_config is not None:
             self.local_cache = Gallery.load_local_features(self.gallery_dir, self.gallery.local_features_config)
+        self.scorer = GalleryScorer(self.gallery, self.gallery_dir, self.method, keypoints=self.local_cache)
         self.revision = gallery_revision(self.gallery_dir)
         self._crop_cache: dict[str, Image.Image] = {}
 
-    def _write(self, change: Callable[[], None]) -> None:
+    def _write(self, change: Callable[[], DescriptorIndex | None]) -> None:
         """Apply `change` to the gallery in memory and save it as one atomic revision, under the gallery's
-        writer lock. Refused when the gallery on disk is no longer the revision this session loaded (another
-        writer saved since: saving would drop its entries). After any failure the session reloads the
-        gallery from disk, so what it shows is what is saved."""
+        writer lock; `change` returns the changed gallery's descriptor index when it has it (else the save
+        builds it from the keypoint cache), saved in the same revision. Refused when the gallery on disk is no
+        longer the revision this session loaded (another writer saved since: saving would drop its entries).
+        After any failure the session reloads the gallery from disk, so what it shows is what is saved."""
         try:
             with writer_lock(self.gallery_dir, create=False):
                 on_disk = gallery_revision(self.gallery_dir)
@@ -360,9 +332,12 @@ class ReviewSession:
                                            f"{on_disk}; this app loaded {self.revision}); nothing was saved: reload "
                                            "the page after restarting the app")
                 try:
-                    change()
-                    self.gallery.save(self.gallery_dir, local_features=self.local_cache, overwrite=True)
+                    index = change()
+                    self.gallery.save(self.gallery_dir, local_features=self.local_cache, descriptor_index=index,
+                                      overwrite=True)
                     self.revision = gallery_revision(self.gallery_dir)
+                    self.scorer = GalleryScorer(self.gallery, self.gallery_dir, self.method,
+                                                keypoints=self.local_cache, descriptor_index=index)
                 except BaseException:
                     self._load_gallery()
                     raise

@@ -14,6 +14,7 @@ from .session import Proposal, ReviewSession
 logger = logging.getLogger(__name__)
 ALL_SPECIES = "all species"
 THUMBNAIL_SIDE = 128
+SCORE_NAMES = {"local": "local score", "fusion": "fused score"}  # global's score is the cosine, shown anyway
 
 
 def parse_boxes(text: str, num_photos: int) -> list[list[float] | None] | None:
@@ -41,23 +42,28 @@ def _format_probability(value: float | None) -> str:
 
 
 def describe_suggestion(proposal: Proposal) -> str:
+    """The new-individual suggestion: the best cosine against the gallery's calibrated cosine threshold,
+    whatever the method ranked by (as `wildreid identify` decides)."""
     ranking = proposal.ranking
     if not ranking.candidates:
         return "No candidates."
     best = ranking.candidates[0]
+    note = f"  \n{ranking.note}" if ranking.note else ""
     if ranking.suggest_new is None:
-        return (f"Best match **{best.identity}** ({ranking.threshold_unit} {best.score:.3f}). No new-individual "
-                "threshold is known: run `wildreid calibrate` on this gallery.")
+        return (f"Best match **{best.identity}** (by {ranking.method}). No new-individual threshold is known: run "
+                "`wildreid calibrate` on this gallery." + note)
     if ranking.suggest_new:
-        return (f"Suggestion: **new individual**: the best {ranking.threshold_unit} {best.score:.3f} "
-                f"({best.identity}) is below the threshold {ranking.threshold:.3f}.")
-    return (f"Suggestion: **{best.identity}**: {ranking.threshold_unit} {best.score:.3f} is at or above the "
-            f"new-individual threshold {ranking.threshold:.3f}.")
+        return (f"Suggestion: **new individual**: the best cosine with any gallery image searched, "
+                f"{ranking.best_cosine:.3f}, is below the threshold {ranking.threshold:.3f}." + note)
+    return (f"Suggestion: **{best.identity}** (by {ranking.method}): the best cosine, {ranking.best_cosine:.3f}, is "
+            f"at or above the new-individual threshold {ranking.threshold:.3f}." + note)
 
 
 def describe_candidate(rank: int, candidate) -> str:
-    parts = [f"P(same) {_format_probability(candidate.probability)}", f"method: {candidate.method}",
-             f"cosine {candidate.global_score:.3f}", f"{candidate.verified_matches} verified local matches"]
+    parts = [f"P(same) {_format_probability(candidate.probability)}", f"method: {candidate.method}"]
+    if candidate.method in SCORE_NAMES:
+        parts.append(f"{SCORE_NAMES[candidate.method]} {candidate.score:.3f}")
+    parts += [f"cosine {candidate.global_score:.3f}", f"{candidate.verified_matches} verified local matches"]
     text = (f"**{rank}. {candidate.identity}**: " + " · ".join(parts)
             + f"  \nbest gallery image `{candidate.image_id}`, matched by query photo {candidate.photo + 1}")
     return text + (f"  \n{candidate.note}" if candidate.note else "")
