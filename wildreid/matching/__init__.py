@@ -2,9 +2,8 @@
 pairwise local matching, score calibration and global + local fusion."""
 from .calibration import Calibrator, similarity_pairs
 from .descriptor_cache import LocalFeatureCache
-from .fusion import FusionMatcher, top_candidates
 from .keypoints import LocalFeatureExtractor, LocalFeatures
 from .local_matcher import LocalMatcher
 
-__all__ = ["Calibrator", "FusionMatcher", "LocalFeatureCache", "LocalFeatureExtractor", "LocalFeatures",
-           "LocalMatcher", "similarity_pairs", "top_candidates"]
+__all__ = ["Calibrator", "LocalFeatureCache", "LocalFeatureExtractor", "LocalFeatures", "LocalMatcher",
+           "similarity_pairs"]
