@@ -1,6 +1,6 @@
 """Review app latency: from uploading a query photo to its candidates shown, on a generated gallery of
 1,000 images (200 individuals x 5 photos), CPU only, measured after start-up. Targets: < 2 s with the
-global method, < 5 s with fusion (global shortlist re-scored by SIFT matches).
+global method, < 5 s with fusion (the gallery's union fusion, fitted when the demo gallery is built).
 
 Two timings per query, median and max over the queries:
 - `browser`: headless Chromium drives the real `wildreid app`: file chosen -> uploaded -> "Find candidates"
