@@ -158,3 +158,10 @@ def test_a_photo_without_keypoints_gets_the_global_answer_and_says_so(built, emb
     alone = fusion.propose(fusion.read_photos([photo]))
     assert mixed.ranking.method == "fusion" and "photo(s) 1 have no keypoints" in mixed.ranking.note
     assert [(c.identity, c.photo) for c in mixed.candidates] == [(c.identity, 1) for c in alone.candidates]
+
+
+def test_demo_gallery_fits_its_method_choice_on_at_most_method_fit_images(tmp_path):
+    built = build_demo_gallery(tmp_path, n_identities=4, images_per_identity=3, method_fit_images=6)
+    gallery = Gallery.load(built["gallery"])
+    assert len(gallery) == 12
+    assert gallery.calibration["method_choice"]["zebra"]["validation_queries"] == 6

@@ -39,13 +39,16 @@ def write_images(root: Path, n_identities: int, images_per_identity: int, image_
 
 def build_demo_gallery(root: Path, n_identities: int = 6, images_per_identity: int = 3, seed: int = 5,
                        species: str = "zebra", image_size: int = 128, model_image_size: int = 64,
-                       held_out_per_identity: int = 0, batch_size: int = 64, method: str = "auto") -> dict:
+                       held_out_per_identity: int = 0, batch_size: int = 64, method: str = "auto",
+                       method_fit_images: int = 200) -> dict:
     """Images, a model and a calibrated gallery with a keypoint cache under `root`; returns their paths.
 
     held_out_per_identity: the last photos of each individual stay out of the gallery ("queries"):
         unseen photos of known individuals.
     method: the method choice recorded as `wildreid calibrate --method` records it, fitted on the gallery's
-        own labelled images, each leaving itself out (a demo has no other labelled images).
+        own labelled images, each leaving itself out (a demo has no other labelled images); on the images of
+        the first individuals, up to `method_fit_images` (the leave-one-out fit grows with the square of the
+        images, and a bigger demo gallery would take minutes to build for no better choice).
     """
     import numpy as np
     import torch
@@ -70,8 +73,10 @@ def build_demo_gallery(root: Path, n_identities: int = 6, images_per_identity: i
     features = [extractor.extract(crop) for crop in crops]
     cache = LocalFeatureCache.from_features(ids, features, extractor.config)
     gallery.calibrate_new_individual_threshold(embeddings, identities, tag, query_image_ids=ids)
-    gallery.calibration["method_choice"] = fit_method_choice(method, embeddings, identities, [species] * len(ids),
-                                                             features, extractor.config)
+    fit = np.flatnonzero(np.isin(identities, sorted(set(identities))[: max(2, method_fit_images // images_per_identity)]))
+    gallery.calibration["method_choice"] = fit_method_choice(method, embeddings[fit], [identities[i] for i in fit],
+                                                             [species] * len(fit), [features[i] for i in fit],
+                                                             extractor.config)
     gallery.save(root / "gallery", local_features=cache)
     return {"images": [path for path, _ in images], "queries": queries, "model": model, "gallery": root / "gallery"}
 
