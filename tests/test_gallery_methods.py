@@ -11,6 +11,7 @@ from PIL import Image
 
 from wildreid.identification import Gallery
 from wildreid.identification.cli import main
+from wildreid.identification.gallery_methods import fit_method_choice
 from wildreid.identification.local_retrieval import load_descriptor_index
 from wildreid.matching.one_vs_many import DescriptorIndex
 
@@ -146,3 +147,15 @@ def test_identify_by_method_with_the_onnx_runtime(galleries, tmp_path):
         answers[runtime] = [(r["method"], r["candidates"][0]["identity"])
                             for r in json.loads(output.read_text())["results"]]
     assert answers["onnx"] == answers["torch"] and {method for method, _ in answers["onnx"]} == {"local"}
+
+
+def test_the_method_choice_is_fitted_on_at_most_max_images_whole_individuals_per_species():
+    rng = np.random.default_rng(0)
+    identities = [f"a/{i // 4}" for i in range(20)] + [f"b/{i // 2}" for i in range(6)]  # 5 x 4 images, 3 x 2
+    species = ["a"] * 20 + ["b"] * 6
+    embeddings = rng.normal(size=(26, 8)).astype(np.float32)
+    capped = fit_method_choice("global", embeddings, identities, species, None, None, max_images=10)
+    assert capped["a"]["validation_queries"] == 8  # two whole individuals; a third would make 12
+    assert capped["b"]["validation_queries"] == 6  # under the cap: all
+    assert fit_method_choice("global", embeddings, identities, species, None, None,
+                             max_images=None)["a"]["validation_queries"] == 20

@@ -25,7 +25,7 @@ from ..threads import configure_threads
 from ..embedding.onnx_runtime import RUNTIMES
 from .onnx_export import add_export_command, run_export
 from .store import GalleryBusyError
-from .gallery_methods import REQUESTABLE
+from .gallery_methods import MAX_FIT_IMAGES, REQUESTABLE
 from .workflows import build_gallery, calibrate_gallery, identify
 from .results import write_results
 
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--method", choices=REQUESTABLE,
                            help="scoring method to fit per species on the labelled images (auto: the best by validation "
                                 "mAP; default auto when the gallery has keypoints, else global)")
+    calibrate.add_argument("--max_fit_images", type=int, default=MAX_FIT_IMAGES,
+                           help="images per species the method is fitted on, whole individuals in a seeded order "
+                                "(the fit grows with their square; 0: all)")
     _add_data_options(calibrate)
 
     query = commands.add_parser("identify", help="rank known individuals for query images")
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag, low in (("batch_size", 1), ("num_workers", 0), ("top_k", 1)):
+    for flag, low in (("batch_size", 1), ("num_workers", 0), ("top_k", 1), ("max_fit_images", 0)):
         value = getattr(args, flag, None)
         if value is not None and value < low:
             parser.error(f"--{flag} must be >= {low}, got {value}")
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"; skipped {len(skipped)} unreadable (e.g. {skipped[0].file}: {skipped[0].reason})" if skipped else ""))
         elif args.command == "calibrate":
             threshold, choices = calibrate_gallery(args.gallery, args.datasets, model=args.model, method=args.method,
-                                                   **data)
+                                                   max_fit_images=args.max_fit_images or None, **data)
             print(f"gallery {args.gallery}: new-individual threshold {threshold:.4f} (cosine)")
             for species, choice in choices.items():
                 figures = ", ".join(f"{name} top-1 {100 * f['top1']:.1f} mAP {100 * f['map']:.1f}"

@@ -36,6 +36,9 @@ from .local_retrieval import load_descriptor_index
 from .results import CandidateIndividual, IdentificationResult
 
 REQUESTABLE = ("auto", *AUTO_CHOICES)
+# Images per species the method choice is fitted on: the leave-one-out fit grows with the square of the images
+# (about 15 min for dog's 480 on 2 CPU cores), and a few hundred images choose as well as thousands.
+MAX_FIT_IMAGES = 500
 NO_KEYPOINTS_NOTE = "no keypoints in the query: answered with the global method"
 
 
@@ -45,10 +48,13 @@ def needs_local(method: str) -> bool:
 
 def fit_method_choice(method: str, embeddings: np.ndarray, identities: Sequence[Any], species: Sequence[Any],
                       features: Sequence[LocalFeatures] | None, extractor_config: dict[str, Any] | None, *,
-                      shortlist: int = 20, num_workers: int | None = None) -> dict[str, dict[str, Any]]:
+                      shortlist: int = 20, num_workers: int | None = None, max_images: int | None = MAX_FIT_IMAGES,
+                      seed: int = 0) -> dict[str, dict[str, Any]]:
     """{species: {"method", "requested", "validation": {global/local/fusion: {"top1", "map"}}, "fusion", ...}}
     fitted leave-one-out on labelled calibration images; species without two images of one individual are
-    left out (nothing to validate on), and a method other than global with no such species is refused."""
+    left out (nothing to validate on), and a method other than global with no such species is refused.
+    A species with more than `max_images` images is fitted on whole individuals drawn in a seeded order up to
+    that many images (None: all)."""
     if method not in REQUESTABLE:
         raise ValueError(f"unknown method {method!r}; choose one of {REQUESTABLE}")
     if needs_local(method) and features is None:
@@ -58,7 +64,7 @@ def fit_method_choice(method: str, embeddings: np.ndarray, identities: Sequence[
     species = np.asarray(["" if s is None else str(s) for s in species], dtype=object)
     choices = {}
     for name in sorted(set(species)):
-        mask = species == name
+        mask = _whole_individuals(identities, species == name, max_images, seed)
         if len(set(identities[mask])) == mask.sum():
             continue
         images = ImageSet(identities[mask], species[mask], embeddings[mask],
@@ -95,6 +101,16 @@ class PhotoScores:
         """(R,) each row's best score over the photos, and the photo that gave it."""
         photo = self.scores.argmax(axis=0)
         return self.scores[photo, np.arange(self.scores.shape[1])], photo
+
+
+def _whole_individuals(identities: np.ndarray, mask: np.ndarray, max_images: int | None, seed: int) -> np.ndarray:
+    """`mask` narrowed to whole individuals, in a seeded order, while they fit in `max_images` images."""
+    if max_images is None or mask.sum() <= max_images:
+        return mask
+    names, counts = np.unique(identities[mask], return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    kept = names[order][np.cumsum(counts[order]) <= max_images]
+    return mask & np.isin(identities, kept)
 
 
 class GalleryScorer:

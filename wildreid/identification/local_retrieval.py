@@ -32,6 +32,8 @@ def descriptor_index_writer(cache: LocalFeatureCache, image_ids: Sequence[str], 
         return None
     if index is None:
         index = DescriptorIndex.build(cache.get_many(image_ids), cache.config)
+    elif index.num_images != len(image_ids):
+        raise ValueError(f"the descriptor index holds {index.num_images} images, the gallery {len(image_ids)}")
     return lambda path: index.to_npz(path, image_ids)
 
 

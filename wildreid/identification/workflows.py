@@ -22,7 +22,7 @@ from ..matching import LocalFeatureCache, LocalFeatureExtractor
 from ..matching.keypoints import DESCRIPTOR_BYTES, LocalFeatures
 from . import store
 from .gallery import Gallery
-from .gallery_methods import GalleryScorer, fit_method_choice, needs_local
+from .gallery_methods import MAX_FIT_IMAGES, GalleryScorer, fit_method_choice, needs_local
 from .model_tag import ModelTag, preprocessing_signature, weights_content_hash
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,8 @@ def _local_features(dataset: Dataset, rows: np.ndarray, config: dict) -> list[Lo
 
 def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, model: str | None = None,
                       method: str | None = None, data_dir: str | None = None, batch_size: int = 64,
-                      num_workers: int = 2, runtime: str = "torch") -> tuple[float, dict]:
+                      num_workers: int = 2, runtime: str = "torch", max_fit_images: int | None = MAX_FIT_IMAGES
+                      ) -> tuple[float, dict]:
     """Fit the gallery's "new individual" threshold and score calibration on labelled validation images
     (known individuals, and ideally some absent from the gallery) and, per species, the scoring method
     (`gallery_methods.fit_method_choice`; default "auto" when the gallery has keypoints, else "global");
@@ -153,7 +154,7 @@ def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, mo
                     if needs_local(method) else None)
         choices = fit_method_choice(method, embedded.vectors, identities,
                                     np.asarray(dataset["species"], dtype=object)[embedded.indices], features,
-                                    gallery.local_features_config)
+                                    gallery.local_features_config, max_images=max_fit_images)
         gallery.calibration["method_choice"] = choices
         gallery.save(gallery_dir, overwrite=True)
     return threshold, choices

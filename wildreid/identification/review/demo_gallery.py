@@ -46,9 +46,8 @@ def build_demo_gallery(root: Path, n_identities: int = 6, images_per_identity: i
     held_out_per_identity: the last photos of each individual stay out of the gallery ("queries"):
         unseen photos of known individuals.
     method: the method choice recorded as `wildreid calibrate --method` records it, fitted on the gallery's
-        own labelled images, each leaving itself out (a demo has no other labelled images); on the images of
-        the first individuals, up to `method_fit_images` (the leave-one-out fit grows with the square of the
-        images, and a bigger demo gallery would take minutes to build for no better choice).
+        own labelled images, each leaving itself out (a demo has no other labelled images), on at most
+        `method_fit_images` of them (whole individuals; `fit_method_choice`'s `max_images`).
     """
     import numpy as np
     import torch
@@ -73,10 +72,8 @@ def build_demo_gallery(root: Path, n_identities: int = 6, images_per_identity: i
     features = [extractor.extract(crop) for crop in crops]
     cache = LocalFeatureCache.from_features(ids, features, extractor.config)
     gallery.calibrate_new_individual_threshold(embeddings, identities, tag, query_image_ids=ids)
-    fit = np.flatnonzero(np.isin(identities, sorted(set(identities))[: max(2, method_fit_images // images_per_identity)]))
-    gallery.calibration["method_choice"] = fit_method_choice(method, embeddings[fit], [identities[i] for i in fit],
-                                                             [species] * len(fit), [features[i] for i in fit],
-                                                             extractor.config)
+    gallery.calibration["method_choice"] = fit_method_choice(method, embeddings, identities, [species] * len(ids),
+                                                             features, extractor.config, max_images=method_fit_images)
     gallery.save(root / "gallery", local_features=cache)
     return {"images": [path for path, _ in images], "queries": queries, "model": model, "gallery": root / "gallery"}
 
