@@ -56,10 +56,9 @@ def test_the_app_ranks_like_identify(built, embedder, gallery_dir, method):
         proposal = session.propose(session.read_photos([photo]))
         assert proposal.ranking.method == method and proposal.ranking.note is None
         shown = [(c.identity, c.score) for c in proposal.candidates]
-        assert [identity for identity, _ in shown] == [i for i, _ in identify_answer(gallery_dir, method, embedder,
-                                                                                    session, photo)]
-        np.testing.assert_allclose([score for _, score in shown],
-                                   [s for _, s in identify_answer(gallery_dir, method, embedder, session, photo)])
+        answered = identify_answer(gallery_dir, method, embedder, session, photo)
+        assert [identity for identity, _ in shown] == [identity for identity, _ in answered]
+        np.testing.assert_allclose([score for _, score in shown], [score for _, score in answered])
     best = proposal.candidates[0]
     text = describe_candidate(1, best)
     assert f"method: {method}" in text and "verified local matches" in text and "cosine" in text
