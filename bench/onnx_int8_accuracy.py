@@ -7,6 +7,10 @@ no-training baseline; `--model imagenet`). Both exports come from the same weigh
 --calibration_images crops drawn from the training splits (never the evaluated sets). Sets: lion:val,
 nyala:test, dog[max_identities=100]:test, pig:test, each queried leave-one-out inside itself, as evaluate.py
 does. Target: int8 top-1 within 1 percentage point of fp32 on every set.
+
+Per set it also lists the queries int8 answers differently (lost: right in fp32, wrong in int8; gained: the
+reverse) with each one's fp32 margin (cosine to the nearest image of its own individual minus to the nearest
+other individual's): it tells a near-tie reordered from a real loss of discriminative power.
 """
 from __future__ import annotations
 
@@ -23,8 +27,33 @@ sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
 from bench_common import write_report  # noqa: E402
 from wildreid.threads import configure_threads  # noqa: E402  (before torch: OpenMP wait policy)
 
+import numpy as np  # noqa: E402
+
 SETS = ["lion:val", "nyala:test", "dog[max_identities=100]:test", "pig:test"]
 CALIBRATION = ["lion:train", "nyala:train", "dog[max_identities=100]:train", "pig:train"]
+
+
+def nearest_neighbour_margins(vectors: np.ndarray, identities: np.ndarray) -> np.ndarray:
+    """Per query (leave-one-out): best same-identity cosine minus best other-identity cosine; NaN where the
+    query is the only image of its individual (it is skipped by the metric too). > 0 means top-1 is right."""
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    same = identities[:, None] == identities[None, :]
+    np.fill_diagonal(same, False)
+    positive = np.where(same, similarity, -np.inf).max(1)
+    negative = np.where(~same, similarity, -np.inf).max(1)
+    return np.where(same.any(1), positive - negative, np.nan)
+
+
+def changed_answers(fp32_margin: np.ndarray, int8_margin: np.ndarray) -> dict:
+    """The queries whose top-1 correctness int8 changes, with their fp32 margins."""
+    answered = ~np.isnan(fp32_margin)
+    lost = answered & (fp32_margin > 0) & (int8_margin <= 0)
+    gained = answered & (fp32_margin <= 0) & (int8_margin > 0)
+    return {"queries": int(answered.sum()), "lost": int(lost.sum()), "gained": int(gained.sum()),
+            "lost_fp32_margins": sorted(round(float(m), 4) for m in fp32_margin[lost]),
+            "gained_fp32_margins": sorted(round(float(m), 4) for m in fp32_margin[gained]),
+            "median_abs_fp32_margin": round(float(np.median(np.abs(fp32_margin[answered]))), 4)}
 
 
 def main() -> None:
@@ -65,6 +94,7 @@ def main() -> None:
         for spec in SETS:
             dataset = load_specs([spec], data_dir=args.data_dir)
             row = {"set": spec, "images": len(dataset)}
+            margins = {}
             for name, embedder in embedders.items():
                 tick = time.perf_counter()
                 embedded = embed_dataset(embedder.model, dataset, embedder.processor, num_workers=args.num_workers,
@@ -72,11 +102,18 @@ def main() -> None:
                 row[f"{name}_embed_seconds"] = round(time.perf_counter() - tick, 1)
                 metrics = leave_one_out_by_species(dataset, embedded)["mean"]
                 row[name] = {"top1": metrics["top1"], "map": metrics["map"]}
+                identities = np.asarray(dataset["identity"])[embedded.indices]
+                margins[name] = nearest_neighbour_margins(embedded.vectors, identities)
             row["top1_delta_pp"] = 100 * (row["int8"]["top1"] - row["fp32"]["top1"])
+            row["changed_answers"] = changed_answers(margins["fp32"], margins["int8"])
             rows.append(row)
             print(f"{spec:32s} fp32 top-1 {100 * row['fp32']['top1']:5.1f} mAP {100 * row['fp32']['map']:5.1f} | "
                   f"int8 top-1 {100 * row['int8']['top1']:5.1f} mAP {100 * row['int8']['map']:5.1f} | "
                   f"top-1 delta {row['top1_delta_pp']:+.1f} pp (target within 1)", flush=True)
+            changed = row["changed_answers"]
+            print(f"{'':32s} int8 lost {changed['lost']} / gained {changed['gained']} of {changed['queries']} queries; "
+                  f"fp32 margins of the lost {changed['lost_fp32_margins']} (median |margin| "
+                  f"{changed['median_abs_fp32_margin']})", flush=True)
     worst = max(abs(r["top1_delta_pp"]) for r in rows)
     print(f"largest |top-1 delta|: {worst:.1f} pp ({'meets' if worst <= 1.0 else 'MISSES'} the 1 pp target)")
     write_report(args.output, "onnx_int8_accuracy", {

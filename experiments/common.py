@@ -36,7 +36,7 @@ REPO_ROOT = EXPERIMENTS_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # scripts run as `python experiments/x.py` from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from hub_datasets.specs import load_spec, parse_spec  # noqa: E402
+from hub_datasets.specs import parse_spec  # noqa: E402
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation  # noqa: E402
 from wildreid.provenance import code_version  # noqa: E402
 from wildreid.training import TrainingConfig, train  # noqa: E402

@@ -3,8 +3,6 @@ numeric flags and output paths checked before any work, model load errors that n
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
