@@ -11,6 +11,7 @@ import argparse
 import json
 
 import common
+import reporting
 
 NAME = "claims"
 
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     table = {"columns": ["Claim", "Published", "Measured here", "Held here?"], "rows": rows,
              "caption": "Built from experiments/results/*.json and bench/results/identification_accuracy.json by the "
                         "rules in experiments/claims.py."}
-    common.print_table(table, "Claims")
+    reporting.print_table(table, "Claims")
     log.write({"main": table}, {"missing": missing})
 
 

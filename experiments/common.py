@@ -330,35 +330,6 @@ def summary_metrics(m: dict) -> dict:
     return {key: m[key] for key in ("top1", "top5", "map", "n_queries", "n_identities")}
 
 
-def species_panels(n: int):
-    """One figure with `n` side-by-side top-1 panels (one per species) for the experiments' PNG plots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.0), squeeze=False)
-    for ax in axes[0]:
-        ax.set_xlabel("training images per identity")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("top-1 (%)")
-    return fig, axes[0]
-
-
-def save_panels(fig, path: Path, legend_size: int = 8) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.axes[0].legend(fontsize=legend_size)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def percent(value: float | None) -> float | None:
-    return None if value is None else round(100.0 * value, 1)
-
-
 class ExperimentLog:
     """Wall time, command, hardware and the runs an experiment used; writes its results JSON."""
 
@@ -412,18 +383,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def print_table(table: dict, title: str = "") -> None:
-    """The table as markdown on stdout (the same cells the model card shows)."""
-    if title:
-        print(f"\n## {title}")
-    print("| " + " | ".join(table["columns"]) + " |")
-    print("|" + "|".join("---" for _ in table["columns"]) + "|")
-    for row in table["rows"]:
-        print("| " + " | ".join("–" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v)) for v in row) + " |")
-    if table.get("caption"):
-        print(f"\n{table['caption']}")
 
 
 def common_arguments(parser, *, steps: int, steps_help: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 import common
+import reporting
 
 NAME = "few_shot"
 STARTS = {"loso": "from other species", "imagenet": "from ImageNet"}
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     columns = ["Species", "Start"] + [f"{s} img/id" for s in ["0", *args.shots]]
     tables = {}
     for key, title in (("top1", "top-1"), ("map", "mAP")):
-        rows = [[name, STARTS[start]] + [common.percent(p[key]) for p in curves[name][start]]
+        rows = [[name, STARTS[start]] + [reporting.percent(p[key]) for p in curves[name][start]]
                 for name in species for start in STARTS]
         tables[key] = {"columns": columns, "rows": rows, "caption": (
             f"{title} (%), leave-one-out on {', '.join(common.eval_set(s, dry) for s in species)} after {args.steps} "
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             f"species' training pool ({_pool_note(species)}); 0 = before adaptation. 'from other species': the "
             f"leave-one-species-out model of zero_shot.py ({args.loso_steps} steps); 'from ImageNet': lite0 ImageNet "
             f"weights through the same adaptation. Seed {args.seed}.")}
-        common.print_table(tables[key], f"Few-shot adaptation, {title}")
+        reporting.print_table(tables[key], f"Few-shot adaptation, {title}")
     sizes = {name: [p["training_images"] for p in curves[name]["loso"]] for name in species}
     tables["sizes"] = {"columns": ["Species"] + [f"{s} img/id" for s in ["0", *args.shots]],
                        "rows": [[name, *sizes[name]] for name in species],
@@ -77,13 +78,13 @@ def _pool_note(species: list[str]) -> str:
 
 
 def _plot(curves: dict, shots: list[str], path) -> None:
-    fig, axes = common.species_panels(len(curves))
+    fig, axes = reporting.species_panels(len(curves))
     for ax, (name, starts) in zip(axes, curves.items()):
         for start, points in starts.items():
             ax.plot(range(len(points)), [100 * p["top1"] for p in points], marker="o", label=STARTS[start])
         ax.set_xticks(range(len(shots)), shots)
         ax.set_title(name)
-    common.save_panels(fig, path, legend_size=8)
+    reporting.save_panels(fig, path, legend_size=8)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import common
+import reporting
 
 NAME = "multi_vs_single"
 
@@ -60,12 +61,12 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = {"multi": common.summary_metrics(m), "single": common.summary_metrics(s),
                          "imagenet": common.summary_metrics(b),
                          "gain_top1": gains_top1[-1], "gain_map": gains_map[-1]}
-        rows.append([name, m["n_queries"], m["n_identities"], common.percent(b["top1"]), common.percent(b["map"]),
-                     common.percent(s["top1"]), common.percent(s["map"]), common.percent(m["top1"]),
-                     common.percent(m["map"]), _signed(gains_top1[-1]), _signed(gains_map[-1])])
+        rows.append([name, m["n_queries"], m["n_identities"], reporting.percent(b["top1"]), reporting.percent(b["map"]),
+                     reporting.percent(s["top1"]), reporting.percent(s["map"]), reporting.percent(m["top1"]),
+                     reporting.percent(m["map"]), _signed(gains_top1[-1]), _signed(gains_map[-1])])
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     mean_row = ["**mean**", None, None] + [
-        common.percent(mean([results[n][arm][key] for n in species]))
+        reporting.percent(mean([results[n][arm][key] for n in species]))
         for arm in ("imagenet", "single", "multi") for key in ("top1", "map")
     ] + [_signed(mean(gains_top1)), _signed(mean(gains_map))]
     rows.append(mean_row)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"one model per species, {single_steps} steps each (the multi model's per-species share). "
                     f"Gain = multi - single. Seed {args.seed}."),
     }
-    common.print_table(table, "Multi-species vs single-species")
+    reporting.print_table(table, "Multi-species vs single-species")
     log.write({"main": table}, results)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 
 import common
+import reporting
 
 NAME = "published_comparison"
 SPECIES = ("lion", "nyala")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             m = evaluated["species"].get(name)
             if m is not None:
                 results[name][key] = {k: m[k] for k in ("top1", "top5", "map", "n_queries", "n_identities", "n_gallery")}
-            cells[name].append(common.percent(m["top1"]) if m is not None else None)
+            cells[name].append(reporting.percent(m["top1"]) if m is not None else None)
 
     queries = [splits[n][0] for n in species]
     galleries = [splits[n][1] for n in species]
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in species:
         m = results[name]["global_imagenet"]
-        rows.append([name, m["n_queries"], m["n_gallery"], common.percent(PUBLISHED_TOP1[name]), *cells[name]])
+        rows.append([name, m["n_queries"], m["n_gallery"], reporting.percent(PUBLISHED_TOP1[name]), *cells[name]])
     table = {
         "columns": columns,
         "rows": rows,
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             + (f" SIFT and fusion run on {', '.join(local_species)} only ('–': not run)." if local_species and
                local_species != species else "")),
     }
-    common.print_table(table, "Published comparison (closed-set)")
+    reporting.print_table(table, "Published comparison (closed-set)")
     log.write({"main": table}, results)
 
 

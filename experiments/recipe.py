@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 import common
+import reporting
 
 NAME = "recipe"
 VARIANTS = {
@@ -64,13 +65,13 @@ def main(argv: list[str] | None = None) -> None:
                     f"(data of each run in its settings; lite0, ImageNet init, 224 px, seed {args.seed}). A frozen step "
                     "trains only the GeM/BN neck and the ArcFace head."),
     }
-    common.print_table(table, "Recipe variants")
+    reporting.print_table(table, "Recipe variants")
     log.write({"main": table}, results)
 
 
 def _cells(evaluated: dict, species: list[str]) -> list:
     cells = [f"{100 * evaluated['species'][s]['top1']:.1f} / {100 * evaluated['species'][s]['map']:.1f}" for s in species]
-    return cells + [common.percent(evaluated["mean"]["top1"]), common.percent(evaluated["mean"]["map"])]
+    return cells + [reporting.percent(evaluated["mean"]["top1"]), reporting.percent(evaluated["mean"]["map"])]
 
 
 if __name__ == "__main__":

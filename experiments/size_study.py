@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 import common
+import reporting
 
 NAME = "size_study"
 
@@ -65,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         where = crossover(sizes, [p["top1"] for p in points], sift["top1"] if sift else None)
         where_map = crossover(sizes, [p["map"] for p in points], sift["map"] if sift else None)
         curves[name] = {"end_to_end": points, "sift": sift, "crossover": where, "crossover_map": where_map}
-        rows.append([name, common.percent(sift["top1"]) if sift else None]
-                    + [common.percent(p["top1"]) for p in points] + [where])
+        rows.append([name, reporting.percent(sift["top1"]) if sift else None]
+                    + [reporting.percent(p["top1"]) for p in points] + [where])
     table = {
         "columns": ["Species", "SIFT top-1"] + [f"model {s} img/id" for s in sizes] + ["Crossover"],
         "rows": rows,
@@ -78,14 +79,14 @@ def main(argv: list[str] | None = None) -> None:
     }
     map_table = {
         "columns": ["Species", "SIFT mAP"] + [f"model {s} img/id" for s in sizes] + ["Crossover (mAP)"],
-        "rows": [[name, common.percent(curves[name]["sift"]["map"]) if curves[name]["sift"] else None]
-                 + [common.percent(p["map"]) for p in curves[name]["end_to_end"]] + [curves[name]["crossover_map"]]
+        "rows": [[name, reporting.percent(curves[name]["sift"]["map"]) if curves[name]["sift"] else None]
+                 + [reporting.percent(p["map"]) for p in curves[name]["end_to_end"]] + [curves[name]["crossover_map"]]
                  for name in species],
         "caption": ("mAP (%), same runs. SIFT's top-1 comes from the single best match (often a near-duplicate "
                     "photo); mAP also counts how the other images of the individual rank, so the two crossovers can differ."),
     }
-    common.print_table(table, "Training-set size: SIFT vs end-to-end")
-    common.print_table(map_table)
+    reporting.print_table(table, "Training-set size: SIFT vs end-to-end")
+    reporting.print_table(map_table)
     plot = None if dry else common.RESULTS_DIR / f"{NAME}.png"
     if plot is not None:
         _plot(curves, sizes, plot)
@@ -94,14 +95,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _plot(curves: dict, sizes: list[str], path) -> None:
-    fig, axes = common.species_panels(len(curves))
+    fig, axes = reporting.species_panels(len(curves))
     for ax, (name, curve) in zip(axes, curves.items()):
         ax.plot(range(len(sizes)), [100 * p["top1"] for p in curve["end_to_end"]], marker="o", label="end-to-end (lite0)")
         if curve["sift"]:
             ax.axhline(100 * curve["sift"]["top1"], color="tab:red", linestyle="--", label="SIFT (no training)")
         ax.set_xticks(range(len(sizes)), sizes)
         ax.set_title(f"{name}\n{curve['crossover']}", fontsize=8)
-    common.save_panels(fig, path, legend_size=7)
+    reporting.save_panels(fig, path, legend_size=7)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 import common
+import reporting
 
 NAME = "zero_shot"
 
@@ -43,9 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         results[held_out] = {"trained_on": record["datasets"], "zero_shot": common.summary_metrics(zero),
                              "imagenet": common.summary_metrics(base), "sift": common.summary_metrics(sift) if sift else None}
         rows.append([held_out, ", ".join(s for s in common.SPECIES if s != held_out), zero["n_queries"],
-                     common.percent(base["top1"]), common.percent(base["map"]),
-                     common.percent(sift["top1"]) if sift else None, common.percent(sift["map"]) if sift else None,
-                     common.percent(zero["top1"]), common.percent(zero["map"]),
+                     reporting.percent(base["top1"]), reporting.percent(base["map"]),
+                     reporting.percent(sift["top1"]) if sift else None, reporting.percent(sift["map"]) if sift else None,
+                     reporting.percent(zero["top1"]), reporting.percent(zero["map"]),
                      round(100 * (zero["top1"] - base["top1"]), 1)])
     table = {
         "columns": ["Held-out species", "Trained on", "Queries", "ImageNet top-1", "ImageNet mAP", "SIFT top-1",
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"percentages. Zero-shot: lite0 trained {args.steps} steps on the other species' train splits "
                     f"(common recipe, seed {args.seed}); it never saw the held-out species. SIFT: OpenCV, no training."),
     }
-    common.print_table(table, "Zero-shot to an unseen species")
+    reporting.print_table(table, "Zero-shot to an unseen species")
     log.write({"main": table}, results)
 
 
