@@ -19,6 +19,7 @@ from hub_datasets.splits import open_set_split
 
 from ..cards.render import render_results_table
 from ..embedding import Embeddings, LoadedEmbedder, embed_dataset, load_embedder, undecoded
+from ..embedding.training_record import fitted_on_training_images
 from ..matching import LocalFeatureExtractor
 from ..matching.methods import METHOD_NAMES
 from ..provenance import code_version
@@ -182,14 +183,18 @@ def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: Loaded
     gallery_set = _load(request.gallery, request.data_dir, "--gallery") if request.protocol == "closed-set" else None
     query_images = images(queries, "queries")
     gallery_images = None if gallery_set is None else images(gallery_set, "gallery")
-    validation = None
+    validation, reused = None, []
     if uses_embeddings:
         validation = images(_load(request.val_datasets, request.data_dir, "--val_datasets"), "validation") \
             if request.val_datasets else gallery_images
+        fit_specs = request.val_datasets or list(request.gallery)
+        reused = fitted_on_training_images(request.model, fit_specs, f"--method {request.method}")
     tick = time.perf_counter()
     results = evaluate_method(request.method, query_images, gallery_images, validation=validation,
                               shortlist=request.shortlist, num_workers=request.num_workers, training_species=seen)
     timings["matching and scoring"] = {"seconds": round(time.perf_counter() - tick, 2)}
+    if uses_embeddings and reused:
+        results["fitted_on_training_images"] = reused
     return results
 
 

@@ -18,6 +18,7 @@ from hub_datasets.specs import load_specs
 from ..embedding import LoadedEmbedder, LoadFailure, embed_dataset, load_embedder, undecoded
 from ..embedding.images import batched_crops, describe_source
 from ..embedding.onnx_runtime import OnnxEmbedder
+from ..embedding.training_record import fitted_on_training_images
 from ..matching import LocalFeatureCache, LocalFeatureExtractor
 from ..matching.keypoints import DESCRIPTOR_BYTES, LocalFeatures
 from . import store
@@ -144,6 +145,7 @@ def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, mo
             raise ValueError(f"{gallery_dir}: --method {method} needs the gallery's keypoints; rebuild it with "
                              "`wildreid index --local-features`, or use --method global")
         dataset = load_specs(datasets, data_dir=data_dir)
+        fitted_on_training_images(embedder.name, datasets, f"{gallery_dir}'s threshold and method choice")
         embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                                  num_workers=num_workers, desc="calibrating")
         identities = np.asarray(dataset["identity"], dtype=object)[embedded.indices]

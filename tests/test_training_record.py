@@ -1,0 +1,73 @@
+"""A fit (fusion, auto's choice, the gallery threshold) on images the model trained on is named in a warning
+and in the results, because the model's global scores are inflated there."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import yaml
+
+from modeling_wildreid import WildReIDConfig, WildReIDModel
+from wildreid.embedding.onnx_runtime import EXPORT_INFO_FILE
+from wildreid.embedding.training_record import fitted_on_training_images, training_specs
+from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
+
+SYNTH = "synthetic[n_species=1,n_identities=5,images_per_identity=3,image_size=96,seed=4]"
+
+
+def trained_folder(tmp_path: Path, datasets: list[str]) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "training_config.yaml").write_text(yaml.safe_dump({"datasets": datasets, "max_steps": 10}))
+    return folder
+
+
+def test_a_fit_spec_overlaps_when_source_and_split_match_whatever_its_subsampling(tmp_path, caplog):
+    data = tmp_path / "zebras.csv"
+    model = trained_folder(tmp_path, ["lion:train", f"csv[species=zebra]:{data}:train"])
+    with caplog.at_level(logging.WARNING, logger="wildreid.embedding.training_record"):
+        found = fitted_on_training_images(model, ["lion[max_identities=5]:train", "lion:val", "nyala:train",
+                                                  "lion[split_strategy=closed_set]:test",
+                                                  f"csv[species=zebra]:{tmp_path}/./zebras.csv:train", "lion"],
+                                          "--method fusion")
+    assert found == ["lion[max_identities=5]:train (trained on: lion:train)",
+                     # a resplit cuts the same images differently: its test part can hold training images
+                     "lion[split_strategy=closed_set]:test (trained on: lion:train)",
+                     f"csv[species=zebra]:{tmp_path}/./zebras.csv:train (trained on: csv[species=zebra]:{data}:train)",
+                     "lion (trained on: lion:train)"]  # a spec without a split reads every split
+    assert "--method fusion is fitted on images" in caplog.text and "lion[max_identities=5]:train" in caplog.text
+    assert "lion:val" not in caplog.text and "nyala" not in caplog.text
+
+
+def test_no_training_record_means_no_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert fitted_on_training_images(tmp_path, ["lion:train"], "fit") == []
+        assert fitted_on_training_images("imagenet:tf_efficientnet_lite0", ["lion:train"], "fit") == []
+        assert fitted_on_training_images(None, ["lion:train"], "fit") == []
+    assert caplog.text == ""
+
+
+def test_an_onnx_export_answers_for_the_folder_it_was_exported_from(tmp_path):
+    model = trained_folder(tmp_path, ["pig:train"])
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / EXPORT_INFO_FILE).write_text(json.dumps({"format": "wildreid-onnx", "source": str(model)}))
+    assert training_specs(export) == ["pig:train"]
+    (export / EXPORT_INFO_FILE).write_text("{not json")
+    assert training_specs(export) == []
+
+
+def test_evaluate_records_a_fusion_fitted_on_the_models_training_images(tmp_path, caplog):
+    folder = tmp_path / "model"
+    WildReIDModel.with_imagenet_backbone(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64)
+                                         ).save_pretrained(folder)
+    (folder / "training_config.yaml").write_text(yaml.safe_dump({"datasets": [f"{SYNTH}:train"]}))
+    request = dict(datasets=[f"{SYNTH}:test"], model=str(folder), method="fusion", num_workers=0, shortlist=5)
+    with caplog.at_level(logging.WARNING, logger="wildreid.embedding.training_record"):
+        reused = run_evaluation(EvaluationRequest(**request, val_datasets=[f"{SYNTH}:train"]))
+    assert reused["fitted_on_training_images"] == [f"{SYNTH}:train (trained on: {SYNTH}:train)"]
+    assert "trusts the global model too much" in caplog.text
+    other_images = SYNTH.replace("seed=4", "seed=5")
+    unseen = run_evaluation(EvaluationRequest(**request, val_datasets=[f"{other_images}:train"]))
+    assert "fitted_on_training_images" not in unseen

@@ -1,0 +1,101 @@
+"""Which of the datasets a fit is about to use did the model itself train on?
+
+Fusion, auto's method choice and the "new individual" threshold are fitted on labelled images. On images the
+model learned, its global scores are higher than on new photos (the cpu_real model: 82 % top-1 on pig:train,
+37.8 % on pig:test; bench/results/identification_accuracy.json, pig's fusion fit), so a fit there trusts the
+global model too much. Measured: closed-set lion, fusion fitted
+on the training images of the model that gave its global scores ranked 45.2 % top-1 against 48.4 % for local
+matching alone (bench/results/identification_accuracy_closed_set_trained_fusion.json). The model folder's
+`training_config.yaml` (written by train.py; for an ONNX export, that of the folder it came from) names the
+training specs; a spec overlaps one of them when both
+read the same source and split (sampling parameters such as max_identities only subsample the same images,
+so they are ignored; a synthetic seed or n_identities makes other images).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from hub_datasets.specs import RESPLIT_PARAMETERS, SAMPLING_PARAMETERS, DatasetSpec, parse_spec
+
+from .onnx_runtime import EXPORT_INFO_FILE
+
+logger = logging.getLogger(__name__)
+
+TRAINING_CONFIG_FILE = "training_config.yaml"
+
+
+def training_specs(model_name_or_path: str | os.PathLike | None) -> list[str]:
+    """The dataset specs a local model folder was trained on; empty for Hub ids, baselines and exports
+    without a training record."""
+    if model_name_or_path is None:
+        return []
+    folder = Path(model_name_or_path)
+    path = folder / TRAINING_CONFIG_FILE
+    if not path.is_file():
+        source = _export_source(folder)  # an ONNX export: the folder it was exported from, if still here
+        return training_specs(source) if source is not None else []
+    try:
+        record = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        logger.warning("%s: unreadable (%s); cannot tell which images the model trained on", path, error)
+        return []
+    datasets = record.get("datasets") if isinstance(record, dict) else None
+    return [str(spec) for spec in datasets] if isinstance(datasets, list) else []
+
+
+def _export_source(folder: Path) -> Path | None:
+    try:
+        source = json.loads((folder / EXPORT_INFO_FILE).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(source, str) or not (Path(source) / TRAINING_CONFIG_FILE).is_file():
+        return None
+    return Path(source)
+
+
+def _source(spec: DatasetSpec) -> tuple:
+    """What decides the images: kind, name, path and the source's own parameters (a synthetic seed)."""
+    own = tuple((k, v) for k, v in spec.params if k not in SAMPLING_PARAMETERS and k not in RESPLIT_PARAMETERS)
+    return spec.kind, spec.name, os.path.normpath(spec.location) if spec.location else None, own
+
+
+def _resplit(spec: DatasetSpec) -> tuple:
+    return tuple((k, v) for k, v in spec.params if k in RESPLIT_PARAMETERS)
+
+
+def _overlaps(a: DatasetSpec, b: DatasetSpec) -> bool:
+    """Same source, and splits that can share rows: either takes every split, the same split, or splits
+    made by different resplit settings (which cut the same images differently)."""
+    if _source(a) != _source(b):
+        return False
+    return a.split is None or b.split is None or _resplit(a) != _resplit(b) or a.split == b.split
+
+
+def fitted_on_training_images(model_name_or_path: str | os.PathLike | None, fit_specs: Sequence[str],
+                              what: str) -> list[str]:
+    """Warn (naming both specs) for each of `fit_specs` that overlaps the model's training data; returns them
+    as "fit spec (trained on: training spec)" lines, for a results record."""
+    trained = []
+    for text in training_specs(model_name_or_path):
+        try:
+            trained.append((text, parse_spec(text)))
+        except ValueError:
+            continue  # a spec this version cannot parse cannot be compared; the fit itself will say more
+    found = []
+    for text in fit_specs:
+        spec = parse_spec(text)
+        matches = [name for name, other in trained if _overlaps(spec, other)]
+        if matches:
+            found.append(f"{text} (trained on: {', '.join(matches)})")
+    if found:
+        logger.warning(
+            "%s is fitted on images %s was trained on: %s. Its global scores are higher there than on new "
+            "photos, so the fit trusts the global model too much; fit on labelled images it has not seen.",
+            what, model_name_or_path, "; ".join(found))
+    return found
