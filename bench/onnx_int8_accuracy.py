@@ -33,29 +33,6 @@ SETS = ["lion:val", "nyala:test", "dog[max_identities=100]:test", "pig:test"]
 CALIBRATION = ["lion:train", "nyala:train", "dog[max_identities=100]:train", "pig:train"]
 
 
-def nearest_neighbour_margins(vectors: np.ndarray, identities: np.ndarray) -> np.ndarray:
-    """Per query (leave-one-out): best same-identity cosine minus best other-identity cosine; NaN where the
-    query is the only image of its individual (it is skipped by the metric too). > 0 means top-1 is right."""
-    similarity = vectors @ vectors.T
-    np.fill_diagonal(similarity, -np.inf)
-    same = identities[:, None] == identities[None, :]
-    np.fill_diagonal(same, False)
-    positive = np.where(same, similarity, -np.inf).max(1)
-    negative = np.where(~same, similarity, -np.inf).max(1)
-    return np.where(same.any(1), positive - negative, np.nan)
-
-
-def changed_answers(fp32_margin: np.ndarray, int8_margin: np.ndarray) -> dict:
-    """The queries whose top-1 correctness int8 changes, with their fp32 margins."""
-    answered = ~np.isnan(fp32_margin)
-    lost = answered & (fp32_margin > 0) & (int8_margin <= 0)
-    gained = answered & (fp32_margin <= 0) & (int8_margin > 0)
-    return {"queries": int(answered.sum()), "lost": int(lost.sum()), "gained": int(gained.sum()),
-            "lost_fp32_margins": sorted(round(float(m), 4) for m in fp32_margin[lost]),
-            "gained_fp32_margins": sorted(round(float(m), 4) for m in fp32_margin[gained]),
-            "median_abs_fp32_margin": round(float(np.median(np.abs(fp32_margin[answered]))), 4)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="imagenet", help="wildreid model folder, or imagenet (lite0, 224 px)")
@@ -73,6 +50,7 @@ def main() -> None:
     from modeling_wildreid import WildReIDConfig, WildReIDImageProcessor, WildReIDModel
     from wildreid.embedding import embed_dataset, load_embedder
     from wildreid.evaluation.protocols import leave_one_out_by_species
+    from wildreid.identification.int8_check import changed_answers, nearest_neighbour_margins
     from wildreid.identification.onnx_export import calibration_batches, export_onnx
 
     rows = []

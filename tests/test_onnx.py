@@ -162,7 +162,12 @@ def test_cli_export_index_identify_and_evaluate_with_onnx_runtime(exported, tmp_
     int8_dir = str(tmp_path / "cli-int8")
     assert main(["export", "--format", "onnx", "--model", model, "--output", int8_dir, "--quantize", "int8",
                  "--calibration_datasets", f"{DATA}:train", "--calibration_images", "8"]) == 0
-    capsys.readouterr()
+    # The int8 export was compared with its source on held-out labelled images, printed and recorded.
+    check = json.loads((tmp_path / "cli-int8" / "onnx_export.json").read_text())["int8_check"]
+    assert check["images"] >= 4 and 0.5 < check["mean_cosine"] <= 1.0
+    row = check["species"]["synthetic-stripes"]
+    assert row["queries"] == check["images"] and row["lost"] == len(row["lost_fp32_margins"])
+    assert "int8 check on" in capsys.readouterr().out
     assert main(["identify", "--gallery", str(tmp_path / "gallery"), "--runtime", "onnx", "--model", int8_dir,
                  "--datasets", f"{DATA}:test", "--num_workers", "0"]) == 2
     assert "+onnx-int8" in capsys.readouterr().err

@@ -186,26 +186,56 @@ def add_export_command(commands) -> None:
     export.add_argument("--calibration_datasets", nargs="+", default=[],
                         help="int8: dataset specs whose images set the activation ranges (training images, e.g. lion:train)")
     export.add_argument("--calibration_images", type=int, default=128, help="int8: images drawn from them")
+    export.add_argument("--check_images", type=int, default=256,
+                        help="int8: labelled images of whole individuals on which the export is compared with its "
+                             "source (answers changed, top-1 both ways); 0 skips")
+    export.add_argument("--check_datasets", nargs="+", default=[],
+                        help="int8: where the check images come from, best images the model did not train on "
+                             "(e.g. lion:val); default: held out of --calibration_datasets")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
     export.add_argument("--data_dir", help="raw data of the built-in species (default $WILDREID_DATA, ../shared/data)")
     export.add_argument("--num_threads", type=int, help="torch CPU threads")
 
 
 def run_export(args) -> str:
-    """Run `wildreid export` from parsed flags; returns the line to print."""
-    calibration = None
+    """Run `wildreid export` from parsed flags; returns the lines to print."""
+    calibration, check_set = None, None
     if args.quantize:
         if not args.calibration_datasets:
             raise ValueError("--quantize int8 needs --calibration_datasets (e.g. the training specs)")
         if args.calibration_images < 1:
             raise ValueError(f"--calibration_images must be >= 1, got {args.calibration_images}")
+        if args.check_images < 0:
+            raise ValueError(f"--check_images must be >= 0, got {args.check_images}")
         from hub_datasets.specs import load_specs
         from modeling_wildreid import WildReIDConfig, WildReIDImageProcessor
+
+        from .int8_check import check_rows
 
         require_wildreid_model(args.model)
         processor = WildReIDImageProcessor.from_config(WildReIDConfig.from_pretrained(args.model))
         dataset = load_specs(args.calibration_datasets, data_dir=args.data_dir)
+        if args.check_images and args.check_datasets:
+            check_source = load_specs(args.check_datasets, data_dir=args.data_dir)
+            check_set = check_source.select(check_rows(check_source, args.check_images))
+        elif args.check_images:
+            # At most half the images are held out for the check: the rest must still calibrate.
+            held_out = check_rows(dataset, min(args.check_images, len(dataset) // 2))
+            check_set = dataset.select(held_out)
+            dataset = dataset.select(sorted(set(range(len(dataset))) - set(held_out)))
         calibration = calibration_batches(dataset, processor, images=args.calibration_images)
     folder = export_onnx(args.model, args.output, quantize=args.quantize, calibration=calibration,
                          overwrite=args.overwrite)
-    return f"exported {args.model} -> {folder / ONNX_FILE} ({args.quantize or 'fp32'})"
+    lines = [f"exported {args.model} -> {folder / ONNX_FILE} ({args.quantize or 'fp32'})"]
+    if check_set is not None and len(check_set) == 0:
+        lines.append("int8 check skipped: no individual with two images among the check images")
+    elif check_set is not None:
+        from .int8_check import compare_int8, summary_lines
+
+        report = compare_int8(args.model, str(folder), check_set)
+        info_path = folder / EXPORT_INFO_FILE
+        info = json.loads(info_path.read_text())
+        info["int8_check"] = report
+        info_path.write_text(json.dumps(info, indent=2) + "\n")
+        lines += summary_lines(report)
+    return "\n".join(lines)
