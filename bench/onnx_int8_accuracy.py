@@ -95,6 +95,7 @@ def main() -> None:
     worst = max(abs(r["top1_delta_pp"]) for r in rows)
     print(f"largest |top-1 delta|: {worst:.1f} pp ({'meets' if worst <= 1.0 else 'MISSES'} the 1 pp target)")
     write_report(args.output, "onnx_int8_accuracy", {
+        "kind": "experiment",  # so `python -m wildreid.cards` renders its table into the model card
         "model": args.model, "calibration": {"specs": CALIBRATION, "images": args.calibration_images},
         "threads": threads, "load_average_before": load_before, "export_seconds": round(export_seconds, 1),
         "results": rows, "largest_abs_top1_delta_pp": worst, "tables": {"main": card_table(rows, args)}})
