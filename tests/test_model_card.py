@@ -154,7 +154,7 @@ EXPERIMENT = {
             "rows": [["lion", 25.26, None], ["pig | farm", 3, 40.04]],
             "caption": "Top-1 (%) after adaptation.",
         },
-        "map": {"columns": ["Species", "mAP"], "rows": [["lion", 12.0]]},
+        "map": {"columns": ["Species", "mAP", "Median |margin|"], "rows": [["lion", 12.0, "0.0121"]]},
     },
 }
 
@@ -178,7 +178,8 @@ def test_experiment_tables_render_from_their_json(experiment_card):
     assert "Top-1 (%) after adaptation." in text and "stale" not in text
     assert "Measured with `python experiments/few_shot.py --steps 60` in 25.0 min (35.0 min of training" in text
     assert "on Test CPU, 2 cores, 2 torch threads" in text
-    assert "Rendered from `results/few_shot.json#top1`" in text and "| lion | 12.0 |" in text
+    assert "Rendered from `results/few_shot.json#top1`" in text and "| lion | 12.0 | 0.0121 |" in text
+    assert "| Species | mAP | Median \\|margin\\| |" in text  # a pipe in a header must not add a column
     # experiment tables stay out of model-index, which keeps describing the one model's evaluate.py results
     data = ModelCard(text).data
     assert data.model_name == "wildreid/lite0-demo" and len(data.eval_results) == 2 * 3 + 1 * 7

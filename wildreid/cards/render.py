@@ -202,12 +202,13 @@ def render_experiment_table(results: Mapping[str, Any], table: Mapping[str, Any]
     caption, and the command, wall time and hardware of the run that produced it."""
     columns, rows = table["columns"], table["rows"]
     numeric = [bool(rows) and all(r[i] is None or isinstance(r[i], (int, float)) for r in rows) for i in range(len(columns))]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines = ["| " + " | ".join(_cell(column) for column in columns) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
     text = "\n".join(lines) + "\n"
     if table.get("caption"):
         text += "\n" + table["caption"] + "\n"
-    provenance = f"Measured with `{results['command']}`"
+    provenance = f"Measured with `{results['command'].strip()}`"
     if results.get("wall_time_s") is not None:
         provenance += f" in {_minutes(results['wall_time_s'])}"
         if results.get("compute_time_s") is not None:
