@@ -185,3 +185,24 @@ def test_cli_export_index_identify_and_evaluate_with_onnx_runtime(exported, tmp_
     torch_mean, onnx_mean = results["torch"]["mean"], results["onnx"]["mean"]
     assert torch_mean and {k: pytest.approx(v, abs=1e-4) for k, v in torch_mean.items()
                            if isinstance(v, float)} == {k: v for k, v in onnx_mean.items() if isinstance(v, float)}
+
+
+def test_an_int8_check_whose_record_cannot_be_written_leaves_the_export_loadable(exported, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from wildreid.identification.cli import main
+
+    write_text = Path.write_text
+
+    def disk_full_for_partial_files(self, *args, **kwargs):
+        if self.name.endswith(".partial"):
+            raise OSError(28, "No space left on device")
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_full_for_partial_files)
+    folder = tmp_path / "int8"
+    assert main(["export", "--format", "onnx", "--model", str(exported / "model"), "--output", str(folder),
+                 "--quantize", "int8", "--calibration_datasets", f"{DATA}:train", "--calibration_images", "8"]) != 0
+    info = json.loads((folder / "onnx_export.json").read_text())
+    assert info["quantization"] == "int8" and "int8_check" not in info
+    OnnxEmbedder(folder)  # the export itself is whole and loads

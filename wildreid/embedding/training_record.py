@@ -3,13 +3,14 @@
 Fusion, auto's method choice and the "new individual" threshold are fitted on labelled images. On images the
 model learned, its global scores are higher than on new photos (the cpu_real model: 82 % top-1 on pig:train,
 37.8 % on pig:test; bench/results/identification_accuracy.json, pig's fusion fit), so a fit there trusts the
-global model too much. Measured: closed-set lion, fusion fitted
-on the training images of the model that gave its global scores ranked 45.2 % top-1 against 48.4 % for local
-matching alone (bench/results/identification_accuracy_closed_set_trained_fusion.json). The model folder's
-`training_config.yaml` (written by train.py; for an ONNX export, that of the folder it came from) names the
-training specs; a spec overlaps one of them when both
-read the same source and split (sampling parameters such as max_identities only subsample the same images,
-so they are ignored; a synthetic seed or n_identities makes other images).
+global model too much. Measured on closed-set lion: fusion fitted on the training images of the model that
+gave its global scores ranked 45.2 % top-1, against 48.4 % for local matching alone
+(bench/results/identification_accuracy_closed_set_trained_fusion.json).
+
+The model folder's `training_config.yaml` (written by train.py; for an ONNX export, that of the folder it came
+from) names the training specs. A spec overlaps one of them when both read the same source and split:
+sampling parameters such as max_identities only subsample the same images, so they are ignored, while a
+synthetic seed or n_identities makes other images.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def fitted_on_training_images(model_name_or_path: str | os.PathLike | None, fit_
         try:
             trained.append((text, parse_spec(text)))
         except ValueError:
-            continue  # a spec this version cannot parse cannot be compared; the fit itself will say more
+            continue  # written by another wildreid version: it cannot be compared, so no overlap is claimed
     found = []
     for text in fit_specs:
         spec = parse_spec(text)

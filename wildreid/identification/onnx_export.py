@@ -236,6 +236,9 @@ def run_export(args) -> str:
         info_path = folder / EXPORT_INFO_FILE
         info = json.loads(info_path.read_text())
         info["int8_check"] = report
-        info_path.write_text(json.dumps(info, indent=2) + "\n")
+        # The export is complete by now: a rewrite cut short must not leave it without its record.
+        partial = info_path.with_name(info_path.name + ".partial")
+        partial.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(partial, info_path)
         lines += summary_lines(report)
     return "\n".join(lines)
