@@ -28,6 +28,7 @@ from modeling_wildreid import WildReIDConfig, WildReIDForMetricLearning, WildReI
 from ..cards import training_card, write_model_card
 from ..embedding import ReIDImageDataset, collate, embed_dataset, load_wildreid_model
 from ..embedding.data import ignore_stop_signals
+from ..embedding.training_record import TRAINING_CONFIG_FILE
 from ..evaluation.protocols import leave_one_out_by_species
 from ..provenance import code_version
 from ..threads import configure_threads, worker_count
@@ -355,7 +356,7 @@ class Trainer:
             resolved = {**asdict(self.config), "resolved_total_steps": total_steps,
                         "num_processes": self.accelerator.num_processes,
                         "mixed_precision": self.accelerator.mixed_precision}
-            (self.output_dir / "training_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            (self.output_dir / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     def _write_json(self, name: str, values: dict) -> None:
         if self.accelerator.is_main_process:
