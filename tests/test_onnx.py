@@ -206,3 +206,12 @@ def test_an_int8_check_whose_record_cannot_be_written_leaves_the_export_loadable
     info = json.loads((folder / "onnx_export.json").read_text())
     assert info["quantization"] == "int8" and "int8_check" not in info
     OnnxEmbedder(folder)  # the export itself is whole and loads
+
+
+def test_an_int8_check_that_would_hold_out_every_calibration_image_is_refused(exported, tmp_path, capsys):
+    from wildreid.identification.cli import main
+
+    one_individual = "synthetic[n_species=1,n_identities=2,images_per_identity=4,image_size=96,seed=2,max_identities=1]"
+    assert main(["export", "--format", "onnx", "--model", str(exported / "model"), "--output", str(tmp_path / "q"),
+                 "--quantize", "int8", "--calibration_datasets", one_individual]) == 2
+    assert "--check_images 0" in capsys.readouterr().err

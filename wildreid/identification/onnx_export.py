@@ -221,6 +221,9 @@ def run_export(args) -> str:
         elif args.check_images:
             # At most half the images are held out for the check: the rest must still calibrate.
             held_out = check_rows(dataset, min(args.check_images, len(dataset) // 2))
+            if len(held_out) == len(dataset):  # whole individuals can overshoot the half on a tiny dataset
+                raise ValueError(f"--calibration_datasets hold {len(dataset)} images, all needed to hold out whole "
+                                 "individuals for the int8 check; pass --check_datasets or --check_images 0")
             check_set = dataset.select(held_out)
             dataset = dataset.select(sorted(set(range(len(dataset))) - set(held_out)))
         calibration = calibration_batches(dataset, processor, images=args.calibration_images)
