@@ -67,6 +67,19 @@ def cache_key(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def weights_sha256(model: str) -> str | None:
+    """sha256 of the model folder's model.safetensors, recorded beside its rows: "outputs/cpu_real" names a
+    folder, not the weights in it (`sha256sum outputs/cpu_real/model.safetensors` checks which)."""
+    weights = Path(model) / "model.safetensors"
+    if not weights.is_file():
+        return None
+    digest = hashlib.sha256()
+    with weights.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def model_stamp(model: str) -> str:
     weights = Path(model) / "model.safetensors"
     return f"{model}@{weights.stat().st_mtime_ns}" if weights.is_file() else model
@@ -151,7 +164,7 @@ def global_rows(name: str, record: dict, models: list[str], cache: Path) -> None
         tick = time.perf_counter()
         scores = GlobalMethod().scores(queries, gallery)
         record["methods"][label] = {**measure(scores, queries, gallery), "seconds": round(time.perf_counter() - tick, 2),
-                                    **({"model": model} if model != IMAGENET else {}),
+                                    **({"model": model, "model_sha256": weights_sha256(model)} if model != IMAGENET else {}),
                                     **({"note": "trained on the gallery images"} if gallery and model != IMAGENET else {})}
         print(f"  {name:13s} {label:22s} top-1 {100 * record['methods'][label]['top1']:5.1f}  "
               f"mAP {100 * record['methods'][label]['map']:5.1f}", flush=True)
@@ -177,7 +190,8 @@ def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> d
         return image_set(datasets[spec], embedded[spec], locals_[spec], extractor.config)
 
     record: dict = {"queries": query_spec, "gallery": gallery_spec, "validation": validation_spec,
-                    "fusion_global_model": fusion_model, "methods": {}}
+                    "fusion_global_model": fusion_model, "fusion_global_model_sha256": weights_sha256(fusion_model),
+                    "methods": {}}
     queries = images(query_spec)
     gallery = images(gallery_spec) if closed else None
     if closed:  # closed set: only queries whose individual is in the gallery
