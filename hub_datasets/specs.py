@@ -33,6 +33,9 @@ Rules:
 - Re-split parameters, for the same sources: `split_strategy` (a key of `hub_datasets.splits.SPLITTERS`:
   closed_set, open_set, disjoint_set, group_aware, time_aware), `test_fraction`, `split_seed`; they replace
   the source's split with `train`/`test` before `:SPLIT` selects, e.g. `lion[split_strategy=closed_set]:test`.
+  `resplit_from` re-splits only the rows of one source split, e.g. individuals held out of training to fit
+  fusion on: `pig[resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]:train` trains on 80 % of
+  pig:train's individuals, `...:test` is the other 20 %, and pig:test stays untouched.
 - Parameters: `synthetic` takes `n_species, n_identities, images_per_identity, image_size, seed,
   with_boxes, family`; `folder` takes `species, check_images`; `csv` and `coco` take `species, image_root,
   check_images`; real species take only the sampling parameters; published datasets take none. Booleans are `true/false/1/0/yes/no`.
@@ -74,7 +77,7 @@ _SOURCE_PARAMETERS: dict[str, dict[str, type]] = {
 # Every built-in and user-data source also takes these; they are applied after the split is selected.
 SAMPLING_PARAMETERS: dict[str, type] = {"max_identities": int, "max_images_per_identity": int, "sample_seed": int}
 # ... and these, which replace the source's own split before it is selected.
-RESPLIT_PARAMETERS: dict[str, type] = {"split_strategy": str, "test_fraction": float, "split_seed": int}
+RESPLIT_PARAMETERS: dict[str, type] = {"split_strategy": str, "test_fraction": float, "split_seed": int, "resplit_from": str}
 PARAMETERS = {source: {**params, **SAMPLING_PARAMETERS, **RESPLIT_PARAMETERS} for source, params in _SOURCE_PARAMETERS.items()}
 _HEAD = re.compile(r"^(?P<name>[A-Za-z][\w-]*)(?:\[(?P<params>[^\]]*)\])?(?::(?P<rest>.*))?$", re.S)
 _OPEN_PARAMS = re.compile(r"^(?P<name>[A-Za-z][\w-]*)\[")
@@ -238,7 +241,15 @@ def _load_published(spec: DatasetSpec) -> Dataset:
 
 def _resplit(dataset: Dataset, spec: str, options: dict[str, Any]) -> Dataset:
     if "split_strategy" not in options:
-        raise ValueError(f"dataset spec {spec!r}: test_fraction / split_seed need split_strategy")
+        raise ValueError(f"dataset spec {spec!r}: test_fraction / split_seed / resplit_from need split_strategy")
+    if "resplit_from" in options:  # only that split's rows are cut again; the other splits are left out
+        labels = list(dataset["split"])
+        rows = [i for i, label in enumerate(labels) if label == options["resplit_from"]]
+        if not rows:
+            present = sorted({label for label in labels if label is not None})
+            raise ValueError(f"dataset spec {spec!r}: resplit_from={options['resplit_from']!r} has no rows; "
+                             f"splits present: {present}")
+        dataset = dataset.select(rows)
     strategy = options["split_strategy"]
     kwargs = {"seed": options.get("split_seed", 0), "test_fraction": options.get("test_fraction")}
     accepted = inspect.signature(SPLITTERS[strategy]).parameters if strategy in SPLITTERS else kwargs

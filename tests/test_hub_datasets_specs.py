@@ -150,6 +150,20 @@ def test_resplit_parameters_replace_the_source_split():
         load_spec("synthetic[split_seed=2]")
 
 
+def test_resplit_from_cuts_only_one_split_into_disjoint_individuals():
+    source = "synthetic[n_species=1,n_identities=12,images_per_identity=4,image_size=32"
+    held = source + ",resplit_from=train,split_strategy=disjoint_set,test_fraction=0.25]"
+    train, fit, original = load_spec(source + "]:train"), load_spec(held + ":test"), load_spec(source + "]:test")
+    kept = load_spec(held + ":train")
+    assert set(kept["image_id"]) | set(fit["image_id"]) == set(train["image_id"])  # the source's test rows stay out
+    assert not set(kept["identity"]) & set(fit["identity"]) and len(fit) > 0
+    assert not (set(kept["image_id"]) | set(fit["image_id"])) & set(original["image_id"])
+    with pytest.raises(ValueError, match=r"resplit_from='val' has no rows; splits present: \['test', 'train'\]"):
+        load_spec(source + ",resplit_from=val,split_strategy=disjoint_set]")
+    with pytest.raises(ValueError, match="need split_strategy"):
+        load_spec(source + ",resplit_from=train]")
+
+
 def test_synthetic_parameters_are_bounded_before_any_work():
     with pytest.raises(ValueError, match=r"synthetic\[images_per_identity=1000000000\].*images_per_identity <= 1000"):
         load_spec("synthetic[images_per_identity=1000000000]")

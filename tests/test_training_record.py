@@ -40,6 +40,15 @@ def test_a_fit_spec_overlaps_when_source_and_split_match_whatever_its_subsamplin
     assert "lion:val" not in caplog.text and "nyala" not in caplog.text
 
 
+def test_individuals_held_out_of_training_by_resplit_from_do_not_overlap(tmp_path):
+    held_out = "lion[resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]"
+    model = trained_folder(tmp_path, [held_out + ":train"])
+    assert fitted_on_training_images(model, [held_out + ":test", "lion:test"], "fit") == []
+    assert fitted_on_training_images(model, ["lion:train", held_out.replace("0.2", "0.3") + ":test"], "fit") == [
+        f"lion:train (trained on: {held_out}:train)",
+        f"{held_out.replace('0.2', '0.3')}:test (trained on: {held_out}:train)"]
+
+
 def test_no_training_record_means_no_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert fitted_on_training_images(tmp_path, ["lion:train"], "fit") == []

@@ -10,7 +10,8 @@ gave its global scores ranked 45.2 % top-1, against 48.4 % for local matching al
 The model folder's `training_config.yaml` (written by train.py; for an ONNX export, that of the folder it came
 from) names the training specs. A spec overlaps one of them when both read the same source and split:
 sampling parameters such as max_identities only subsample the same images, so they are ignored, while a
-synthetic seed or n_identities makes other images.
+synthetic seed or n_identities makes other images. Individuals held out of training with `resplit_from`
+(`lion[resplit_from=train,split_strategy=disjoint_set]:test` beside the same spec's `:train`) do not overlap.
 """
 from __future__ import annotations
 
@@ -70,12 +71,24 @@ def _resplit(spec: DatasetSpec) -> tuple:
     return tuple((k, v) for k, v in spec.params if k in RESPLIT_PARAMETERS)
 
 
+def _source_split(spec: DatasetSpec) -> str | None:
+    """The source split whose rows a spec can read; None when it can read any."""
+    resplit = dict(_resplit(spec))
+    if resplit:
+        return resplit.get("resplit_from")
+    return spec.split
+
+
 def _overlaps(a: DatasetSpec, b: DatasetSpec) -> bool:
-    """Same source, and splits that can share rows: either takes every split, the same split, or splits
-    made by different resplit settings (which cut the same images differently)."""
+    """Same source, and rows that can be shared: the same resplit (or none) with either taking every split or
+    the same split; otherwise the source splits they draw from meet (a resplit without `resplit_from` draws
+    from all of them and cuts the same images differently)."""
     if _source(a) != _source(b):
         return False
-    return a.split is None or b.split is None or _resplit(a) != _resplit(b) or a.split == b.split
+    if _resplit(a) == _resplit(b):
+        return a.split is None or b.split is None or a.split == b.split
+    split_a, split_b = _source_split(a), _source_split(b)
+    return split_a is None or split_b is None or split_a == split_b
 
 
 def fitted_on_training_images(model_name_or_path: str | os.PathLike | None, fit_specs: Sequence[str],
