@@ -12,6 +12,9 @@ rows `--model` saw the test images in training; their trained column is `--close
 (configs/cpu_closed_set.yaml: trained on the closed-set train part, i.e. the gallery, never the test queries),
 and fusion's global input stays ImageNet lite0: the only labelled images to fit fusion on are that model's
 own training images, on which its scores are inflated (measured: lion 45.2 % with it vs 48.4 % local alone).
+A `--model` trained with individuals held out of each training split (`resplit_from`, e.g.
+`pig[resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]:train`) has fusion and auto fitted on
+those held-out individuals instead of the split it trained on.
 
     python bench/identification_accuracy.py --model outputs/cpu_real --closed-set-model outputs/cpu_closed_set
 
@@ -35,6 +38,7 @@ limit_threads()
 
 from hub_datasets.specs import load_specs  # noqa: E402  (thread settings first)
 from wildreid.embedding import Embeddings, embed_dataset, load_embedder  # noqa: E402
+from wildreid.embedding.training_record import held_out_spec  # noqa: E402
 from wildreid.evaluation.matching import LocalSet, extract_local_set  # noqa: E402
 from wildreid.evaluation.method_protocols import image_set  # noqa: E402
 from wildreid.evaluation.metrics import retrieval_metrics_from_similarity  # noqa: E402
@@ -181,6 +185,8 @@ def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> d
     closed = gallery_spec is not None
     trained = trained_model(name, args)
     fusion_model = trained if args.fusion_model == "trained" and trained and not closed else IMAGENET
+    # A model that held individuals out of its training split (resplit_from) has fusion fitted on those instead.
+    validation_spec = held_out_spec(fusion_model, validation_spec) or validation_spec
     datasets, locals_, embedded = {}, {}, {}
     for spec in dict.fromkeys(s for s in (query_spec, gallery_spec, validation_spec) if s):
         datasets[spec], locals_[spec] = local_features(spec, cache, extractor, args.workers)

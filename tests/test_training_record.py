@@ -10,7 +10,8 @@ import yaml
 
 from modeling_wildreid import WildReIDConfig, WildReIDModel
 from wildreid.embedding.onnx_runtime import EXPORT_INFO_FILE
-from wildreid.embedding.training_record import fitted_on_training_images, training_specs
+from hub_datasets.specs import parse_spec
+from wildreid.embedding.training_record import fitted_on_training_images, held_out_spec, training_specs
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
 
 SYNTH = "synthetic[n_species=1,n_identities=5,images_per_identity=3,image_size=96,seed=4]"
@@ -44,9 +45,20 @@ def test_individuals_held_out_of_training_by_resplit_from_do_not_overlap(tmp_pat
     held_out = "lion[resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]"
     model = trained_folder(tmp_path, [held_out + ":train"])
     assert fitted_on_training_images(model, [held_out + ":test", "lion:test"], "fit") == []
-    assert fitted_on_training_images(model, ["lion:train", held_out.replace("0.2", "0.3") + ":test"], "fit") == [
-        f"lion:train (trained on: {held_out}:train)",
-        f"{held_out.replace('0.2', '0.3')}:test (trained on: {held_out}:train)"]
+    other_cut = held_out.replace("0.2", "0.3") + ":test"
+    assert fitted_on_training_images(model, ["lion:train", other_cut], "fit") == [
+        f"lion:train (trained on: {held_out}:train; individuals held out of training: {held_out}:test)",
+        f"{other_cut} (trained on: {held_out}:train)"]
+
+
+def test_held_out_spec_names_the_individuals_a_model_kept_out_of_training(tmp_path):
+    model = trained_folder(tmp_path, ["lion[resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]:train",
+                                      "pig:train"])
+    found = held_out_spec(model, "lion[max_identities=5]:train")
+    assert found == "lion[max_identities=5,resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]:test"
+    assert str(parse_spec(found)) == found
+    assert [held_out_spec(model, spec) for spec in ("lion:val", "lion", "pig:train", "nyala:train")] == [None] * 4
+    assert held_out_spec(tmp_path / "no_record", "lion:train") is None
 
 
 def test_no_training_record_means_no_warning(tmp_path, caplog):

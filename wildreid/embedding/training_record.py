@@ -91,6 +91,26 @@ def _overlaps(a: DatasetSpec, b: DatasetSpec) -> bool:
     return split_a is None or split_b is None or split_a == split_b
 
 
+def held_out_spec(model_name_or_path: str | os.PathLike | None, spec: str) -> str | None:
+    """The individuals the model held out of training from the rows `spec` reads, as a spec: its training spec
+    `X[resplit_from=S,...]:train` turned into `:test`, with `spec`'s sampling parameters (e.g. max_identities).
+    None when the model held none out of that source split."""
+    wanted = parse_spec(spec)
+    if _resplit(wanted) or wanted.split is None:
+        return None
+    for text in training_specs(model_name_or_path):
+        try:
+            trained = parse_spec(text)
+        except ValueError:
+            continue
+        resplit = dict(_resplit(trained))
+        if trained.split == "train" and resplit.get("resplit_from") == wanted.split and _source(trained) == _source(wanted):
+            sampling = tuple((k, v) for k, v in wanted.params if k in SAMPLING_PARAMETERS)
+            own = tuple((k, v) for k, v in trained.params if k not in SAMPLING_PARAMETERS)
+            return str(DatasetSpec(trained.kind, trained.name, trained.location, "test", tuple(sorted(own + sampling))))
+    return None
+
+
 def fitted_on_training_images(model_name_or_path: str | os.PathLike | None, fit_specs: Sequence[str],
                               what: str) -> list[str]:
     """Warn (naming both specs) for each of `fit_specs` that overlaps the model's training data; returns them
@@ -106,7 +126,9 @@ def fitted_on_training_images(model_name_or_path: str | os.PathLike | None, fit_
         spec = parse_spec(text)
         matches = [name for name, other in trained if _overlaps(spec, other)]
         if matches:
-            found.append(f"{text} (trained on: {', '.join(matches)})")
+            held_out = held_out_spec(model_name_or_path, text)
+            found.append(f"{text} (trained on: {', '.join(matches)}"
+                         + (f"; individuals held out of training: {held_out})" if held_out else ")"))
     if found:
         logger.warning(
             "%s is fitted on images %s was trained on: %s. Its global scores are higher there than on new "
