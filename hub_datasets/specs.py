@@ -206,16 +206,21 @@ def parse_spec(text: str) -> DatasetSpec:
     return DatasetSpec("published", name=config, location=location, split=split)
 
 
-def _select_split(dataset: Dataset, spec: DatasetSpec) -> Dataset:
-    if spec.split is None:
-        return dataset
+def _rows_of_split(dataset: Dataset, split: str, spec: str, problem: str) -> Dataset:
+    """The rows whose split is `split`; none is an error naming the spec, the `problem` and the splits present."""
     labels = list(dataset["split"])
-    indices = [i for i, label in enumerate(labels) if label == spec.split]
+    indices = [i for i, label in enumerate(labels) if label == split]
     if not indices:
         present = sorted({label for label in labels if label is not None})
         hint = f"splits present: {present}" if present else "it has no split column values (assign one with hub_datasets.splits)"
-        raise ValueError(f"dataset spec {str(spec)!r}: no rows in split {spec.split!r}; {hint}")
+        raise ValueError(f"dataset spec {spec!r}: {problem}; {hint}")
     return dataset.select(indices)
+
+
+def _select_split(dataset: Dataset, spec: DatasetSpec) -> Dataset:
+    if spec.split is None:
+        return dataset
+    return _rows_of_split(dataset, spec.split, str(spec), f"no rows in split {spec.split!r}")
 
 
 def _load_published(spec: DatasetSpec) -> Dataset:
@@ -243,13 +248,7 @@ def _resplit(dataset: Dataset, spec: str, options: dict[str, Any]) -> Dataset:
     if "split_strategy" not in options:
         raise ValueError(f"dataset spec {spec!r}: test_fraction / split_seed / resplit_from need split_strategy")
     if "resplit_from" in options:  # only that split's rows are cut again; the other splits are left out
-        labels = list(dataset["split"])
-        rows = [i for i, label in enumerate(labels) if label == options["resplit_from"]]
-        if not rows:
-            present = sorted({label for label in labels if label is not None})
-            raise ValueError(f"dataset spec {spec!r}: resplit_from={options['resplit_from']!r} has no rows; "
-                             f"splits present: {present}")
-        dataset = dataset.select(rows)
+        dataset = _rows_of_split(dataset, options["resplit_from"], spec, f"resplit_from={options['resplit_from']!r} has no rows")
     strategy = options["split_strategy"]
     kwargs = {"seed": options.get("split_seed", 0), "test_fraction": options.get("test_fraction")}
     accepted = inspect.signature(SPLITTERS[strategy]).parameters if strategy in SPLITTERS else kwargs
