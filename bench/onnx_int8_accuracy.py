@@ -72,7 +72,7 @@ def main() -> None:
         for spec in SETS:
             dataset = load_specs([spec], data_dir=args.data_dir)
             row = {"set": spec, "images": len(dataset)}
-            margins = {}
+            margins, vectors = {}, {}
             for name, embedder in embedders.items():
                 tick = time.perf_counter()
                 embedded = embed_dataset(embedder.model, dataset, embedder.processor, num_workers=args.num_workers,
@@ -82,12 +82,15 @@ def main() -> None:
                 row[name] = {"top1": metrics["top1"], "map": metrics["map"]}
                 identities = np.asarray(dataset["identity"])[embedded.indices]
                 margins[name] = nearest_neighbour_margins(embedded.vectors, identities)
+                vectors[name] = embedded.vectors
             row["top1_delta_pp"] = 100 * (row["int8"]["top1"] - row["fp32"]["top1"])
+            row["mean_cosine_to_fp32"] = round(float((vectors["fp32"] * vectors["int8"]).sum(1).mean()), 4)
             row["changed_answers"] = changed_answers(margins["fp32"], margins["int8"])
             rows.append(row)
             print(f"{spec:32s} fp32 top-1 {100 * row['fp32']['top1']:5.1f} mAP {100 * row['fp32']['map']:5.1f} | "
                   f"int8 top-1 {100 * row['int8']['top1']:5.1f} mAP {100 * row['int8']['map']:5.1f} | "
-                  f"top-1 delta {row['top1_delta_pp']:+.1f} pp (target within 1)", flush=True)
+                  f"top-1 delta {row['top1_delta_pp']:+.1f} pp (target within 1); cosine to fp32 "
+                  f"{row['mean_cosine_to_fp32']:.4f}", flush=True)
             changed = row["changed_answers"]
             print(f"{'':32s} int8 lost {changed['lost']} / gained {changed['gained']} of {changed['queries']} queries; "
                   f"fp32 margins of the lost {changed['lost_fp32_margins']} (median |margin| "
@@ -108,11 +111,13 @@ def card_table(rows: list[dict], args) -> dict:
     model = "EfficientNet-Lite0 on ImageNet weights" if args.model == "imagenet" else f"`{args.model}`"
     return {
         "columns": ["Set", "Images", "ONNX fp32 top-1 / mAP", "ONNX int8 top-1 / mAP", "Top-1 change (pp)",
-                    "Answers int8 lost / gained", "Largest fp32 margin of a lost answer", "Median fp32 |margin|"],
+                    "Answers int8 lost / gained", "Largest fp32 margin of a lost answer", "Median fp32 |margin|",
+                    "Mean cosine int8 to fp32"],
         "rows": [[r["set"], r["images"], pct(r["fp32"]), pct(r["int8"]), round(r["top1_delta_pp"], 1),
                   f"{r['changed_answers']['lost']} / {r['changed_answers']['gained']}",
                   margin(max(r["changed_answers"]["lost_fp32_margins"], default=None)),
-                  margin(r["changed_answers"]["median_abs_fp32_margin"])] for r in rows],
+                  margin(r["changed_answers"]["median_abs_fp32_margin"]), margin(r.get("mean_cosine_to_fp32"))]
+                 for r in rows],
         "caption": f"{model}: leave-one-out top-1 / mAP (%) of its ONNX fp32 and int8 exports (int8 calibrated "
                    f"on {args.calibration_images} training-split crops). A query's margin is the cosine to the "
                    "nearest image of its own individual minus that to the nearest other individual's (> 0: right).",

@@ -87,6 +87,40 @@ def test_int8_export_pads_with_constants_and_stays_close_to_fp32(exported):
     assert _cosines(int8, fp32).min() >= 0.98
 
 
+def test_int8_keeps_the_head_from_gem_pooling_on_in_float(exported):
+    """Quantized, the pooled features and the neck output (the embedding itself) were rounded to 256 levels:
+    the cosine to fp32 fell to 0.90 on a trained model's crops (bench/results/int8_settings.json)."""
+    import onnx
+
+    from wildreid.identification.onnx_export import float_head_nodes
+
+    if not (exported / "int8-pads").is_dir():
+        processor = WildReIDImageProcessor.from_config(WildReIDConfig.from_pretrained(exported / "model"))
+        export_onnx(str(exported / "model"), exported / "int8-pads", quantize="int8",
+                    calibration=[processor(_photos(8))["pixel_values"].numpy()])
+    graph = onnx.load(str(exported / "int8-pads" / "model.onnx")).graph
+    producer = {output: node.name for node in graph.node for output in node.output}
+    quantized = {producer.get(node.input[0], "") for node in graph.node if node.op_type == "QuantizeLinear"}
+    assert any(name.startswith("/model/blocks") for name in quantized)  # the network is int8
+    assert not [name for name in quantized if name.startswith(("/model/pooling", "/model/neck"))]
+    head = float_head_nodes(exported / "fp32" / "model.onnx")
+    assert head[0].startswith("/model/pooling/") and any(name.startswith("/model/neck/") for name in head)
+
+
+def test_keeping_the_head_float_needs_the_gem_pooling_nodes(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from wildreid.identification.onnx_export import float_head_nodes
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="/other/Relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
+    with pytest.raises(ValueError, match="no GeM pooling node"):
+        float_head_nodes(tmp_path / "other.onnx")
+
+
 def test_static_same_padding_keeps_the_torch_outputs():
     from wildreid.identification.onnx_export import static_same_padding
 

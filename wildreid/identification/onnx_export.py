@@ -13,9 +13,10 @@ cleanly; optimum's exporter needs a model-type config class per architecture (a 
 means writing one) and the dynamo exporter needs onnxscript, an extra dependency for no gain here.
 
 int8: ONNX Runtime static quantization (QDQ, per-channel weights, activation ranges calibrated on
-`calibration` images), since dynamic quantization leaves convolution activations in float and gains
-little on CNNs. The model tag of an export derives from the source weights: fp32 shares the torch
-model's tag (galleries accept both), int8 gets a distinct one (its embeddings differ).
+`calibration` images) of the network, with the head from GeM pooling on kept in float; dynamic
+quantization leaves convolution activations in float and gains little on CNNs. The model tag of an export
+derives from the source weights: fp32 shares the torch model's tag (galleries accept both), int8 gets a
+distinct one (its embeddings differ).
 """
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def export_onnx(model_name_or_path: str, output_dir: str | os.PathLike, *, quant
                 dynamic_axes={name: {0: "batch"} for name in ("pixel_values", "embeddings", "pooler_output")},
             )
         if quantize:
-            _quantize_int8(float_path, output / ONNX_FILE, calibration)
+            quantize_int8(float_path, output / ONNX_FILE, calibration)
     model.config.save_pretrained(output)
     processor.save_pretrained(output)
     info = {
@@ -144,7 +145,12 @@ def export_onnx(model_name_or_path: str, output_dir: str | os.PathLike, *, quant
     return output
 
 
-def _quantize_int8(float_path: Path, output_path: Path, calibration: Iterable[np.ndarray]) -> None:
+def quantize_int8(float_path: Path, output_path: Path, calibration: Iterable[np.ndarray], *,
+                  keep_head_float: bool = True, op_types: list[str] | None = None) -> None:
+    """Static int8 (QDQ) of an fp32 export: per-channel int8 weights, uint8 activations whose ranges come from
+    the `calibration` batches. `op_types`: the op types to quantize (default every quantizable one: the
+    export's choice; bench/int8_settings.py compares it with convolutions only); `keep_head_float`: leave
+    the nodes of `float_head_nodes` in float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -156,11 +162,26 @@ def _quantize_int8(float_path: Path, output_path: Path, calibration: Iterable[np
             batch = next(self.batches, None)
             return None if batch is None else {"pixel_values": np.ascontiguousarray(batch, dtype=np.float32)}
 
-    prepared = float_path.with_name("prepared.onnx")
+    prepared = Path(float_path).with_name("prepared.onnx")  # beside the float graph: a temporary folder
     quant_pre_process(str(float_path), str(prepared))
-    # Every quantizable op: convolutions only lost more top-1 (bench/results/onnx_int8_accuracy_conv_only.json).
     quantize_static(str(prepared), str(output_path), Reader(calibration), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=op_types,
+                    nodes_to_exclude=float_head_nodes(prepared) if keep_head_float else None)
+
+
+def float_head_nodes(onnx_path: Path) -> list[str]:
+    """The graph's nodes from GeM pooling on (pooling, BatchNorm neck, L2 normalisation), which int8 keeps
+    in float. Quantized, the pooled features and the neck's output -- the embedding itself -- are rounded to
+    256 levels of one calibrated range per tensor, which cost more cosine to fp32 than the whole network's
+    int8 (bench/int8_settings.py). These ops are a few thousand multiply-adds per image."""
+    import onnx
+
+    names = [node.name for node in onnx.load(str(onnx_path), load_external_data=False).graph.node]
+    start = next((i for i, name in enumerate(names) if name.startswith("/model/pooling/")), None)
+    if start is None:
+        raise ValueError(f"{onnx_path}: no GeM pooling node (/model/pooling/...) to keep the head in float from")
+    return names[start:]
 
 
 def calibration_batches(dataset, processor, *, images: int = 64, batch_size: int = 16,
