@@ -1,11 +1,11 @@
 """Does an int8 export answer as its source model does? Measured when it is made, on labelled images.
 
-int8 moves embeddings a little (cosine ~0.998 to fp32 on real crops); what a user feels is whether the
+int8 moves embeddings a little (mean cosine 0.97-0.99 to fp32 on real crops); what a user feels is whether the
 nearest individual changes. Each check image queries the others of its species (leave-one-out); a query's
 margin is the cosine to the nearest image of its own individual minus that to the nearest other individual's
 (> 0: top-1 right). The check lists the queries whose answer int8 changes and their fp32 margins, which tells
-near-ties reordered (the trained cpu_real model: every changed answer had an fp32 margin <= 0.005, against
-median margins of 0.012; README, ONNX Runtime) from lost discrimination.
+near-ties reordered (bench/onnx_int8_accuracy.py lists them on real sets; README, ONNX Runtime) from lost
+discrimination.
 """
 from __future__ import annotations
 
