@@ -65,6 +65,16 @@ def test_fp32_shares_the_torch_weights_revision_and_int8_does_not(exported):
     assert int8.revision.startswith(fp32.revision)
     pixels = processor(_photos(3))["pixel_values"]
     assert int8(pixel_values=pixels).embeddings.shape == (3, model.embedding_dim)
+    # Another calibration gives other int8 embeddings, so another tag: galleries do not mix the two.
+    other = [processor(_photos(4, size=80))["pixel_values"].numpy() * 2.0]
+    export_onnx(str(exported / "model"), exported / "int8-other", quantize="int8", calibration=other)
+    assert OnnxEmbedder(exported / "int8-other").revision not in (int8.revision, fp32.revision)
+    # An export from before graph hashes were recorded keeps its tag, which matches neither.
+    shutil.copytree(exported / "int8", exported / "int8-old")
+    record = json.loads((exported / "int8-old" / "onnx_export.json").read_text())
+    del record["graph_sha256"]
+    (exported / "int8-old" / "onnx_export.json").write_text(json.dumps(record))
+    assert OnnxEmbedder(exported / "int8-old").revision == f"{fp32.revision}+onnx-int8" != int8.revision
 
 
 def test_int8_export_pads_with_constants_and_stays_close_to_fp32(exported):

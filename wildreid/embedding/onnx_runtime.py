@@ -3,7 +3,8 @@
 
 `OnnxEmbedder` answers like `WildReIDModel` where embedding code asks (`model(pixel_values=...)
 .embeddings`, `.config`, `.embedding_dim`, `.eval()`), so the shared embedding path runs unchanged.
-Its `revision` is the source weights' hash (plus the quantization), which is what galleries compare.
+Its `revision` is the source weights' hash (plus the quantization and the int8 graph's hash), which is what
+galleries compare.
 """
 from __future__ import annotations
 
@@ -72,9 +73,14 @@ class OnnxEmbedder(nn.Module):
 
     @property
     def revision(self) -> str:
-        """The source weights' hash; an int8 export appends its quantization (other embeddings)."""
+        """The source weights' hash; an int8 export appends its quantization and its graph's hash: its
+        embeddings differ from fp32's and from those of an export calibrated on other images (exports made
+        before the graph's hash was recorded keep the tag they had)."""
         source = self.export_info["source_revision"]
-        return f"{source}+onnx-{self.quantization}" if self.quantization else source
+        if not self.quantization:
+            return source
+        graph = self.export_info.get("graph_sha256")
+        return f"{source}+onnx-{self.quantization}" + (f"-{graph[:12]}" if graph else "")
 
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> WildReIDModelOutput:
         inputs = {"pixel_values": pixel_values.detach().float().cpu().contiguous().numpy()}

@@ -16,10 +16,11 @@ int8: ONNX Runtime static quantization (QDQ, per-channel weights, activation ran
 `calibration` images) of the network, with the head from GeM pooling on kept in float; dynamic
 quantization leaves convolution activations in float and gains little on CNNs. The model tag of an export
 derives from the source weights: fp32 shares the torch model's tag (galleries accept both), int8 gets a
-distinct one (its embeddings differ).
+distinct one per int8 graph (its embeddings differ from fp32's and from another calibration's).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -139,6 +140,8 @@ def export_onnx(model_name_or_path: str, output_dir: str | os.PathLike, *, quant
     info = {
         "format": "wildreid-onnx", "source": str(model_name_or_path),
         "source_revision": source_revision, "quantization": quantize,
+        # int8 embeddings depend on the calibration images and settings too: the graph's hash tells exports apart.
+        "graph_sha256": hashlib.sha256((output / ONNX_FILE).read_bytes()).hexdigest() if quantize else None,
         "opset": OPSET, "exporter": "torch.onnx.export (TorchScript)", "torch": torch.__version__,
     }
     (output / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
