@@ -27,12 +27,16 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench_common import limit_threads
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's wildreid (and its commit in the JSON), not another install
+
+from bench_common import limit_threads  # noqa: E402
 
 limit_threads()
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
-from wildreid.provenance import code_version
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's wildreid (and its commit in the JSON), not another install
+
+from wildreid.evaluation.runner import EvaluationRequest, run_evaluation  # noqa: E402
+from wildreid.provenance import code_version  # noqa: E402
 
 SETS = {"lion": ("lion:val", "lion:train"), "nyala": ("nyala:test", "nyala:train"), "pig": ("pig:test", "pig:train")}
 
