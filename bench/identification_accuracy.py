@@ -201,7 +201,7 @@ def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> d
 
     record: dict = {"queries": query_spec, "gallery": gallery_spec, "validation": validation_spec,
                     "fusion_global_model": fusion_model, "fusion_global_model_sha256": weights_sha256(fusion_model),
-                    "methods": {}}
+                    "local_features": extractor.config, "methods": {}}
     queries = images(query_spec)
     gallery = images(gallery_spec) if closed else None
     if closed:  # closed set: only queries whose individual is in the gallery
@@ -352,6 +352,9 @@ def main() -> None:
                              "a set's earlier pairwise row stays, marked with the commit that measured it")
     parser.add_argument("--pairwise-queries", type=int, default=150,
                         help="pairwise SIFT on a seeded sample of this many queries where a set has more (0: all)")
+    parser.add_argument("--max-keypoints", type=int, default=LocalFeatureExtractor().max_keypoints,
+                        help="SIFT keypoints per image for one-vs-many, fusion and auto (experiments/keypoint_budget.py "
+                             "measures the budget on the training splits); pairwise SIFT, the baseline, needs the default")
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/wildreid/bench"))
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--fusion-model", choices=("imagenet", "trained"), default="trained",
@@ -362,15 +365,21 @@ def main() -> None:
     args = parser.parse_args()
     output = Path(args.output)
     previous = json.loads(output.read_text())["sets"] if output.is_file() else {}
+    default_keypoints = LocalFeatureExtractor().max_keypoints
+    if args.max_keypoints != default_keypoints and not args.skip_pairwise:
+        parser.error(f"pairwise SIFT is the plain-SIFT baseline ({default_keypoints} keypoints): with --max-keypoints "
+                     f"{args.max_keypoints} give --skip-pairwise")
     command = "python bench/identification_accuracy.py" + (f" --model {args.model}" if args.model else "") + (
-        f" --closed-set-model {args.closed_set_model}" if args.closed_set_model else "")
+        f" --closed-set-model {args.closed_set_model}" if args.closed_set_model else "") + (
+        f" --max-keypoints {args.max_keypoints} --skip-pairwise --output {args.output}"
+        if args.max_keypoints != default_keypoints else "")
     if args.tables_only:
         write_results(output, previous, command, None)
         print_table(previous)
         return
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    extractor = LocalFeatureExtractor()
+    extractor = LocalFeatureExtractor(max_keypoints=args.max_keypoints)
     started = time.perf_counter()
     version = code_version()  # before the run: the code that produced these numbers
     for name in args.sets:
