@@ -20,6 +20,7 @@ import logging
 import sys
 
 from wildreid.evaluation.runner import EvaluationRequest, command_line, run_evaluation
+from wildreid.matching.keypoints import DEFAULT_MAX_KEYPOINTS
 from wildreid.outputs import check_output_file
 from wildreid.threads import configure_threads
 
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                              "--val_datasets; auto: per species the best of global/local/fusion on --val_datasets")
     parser.add_argument("--shortlist", type=int, default=20,
                         help="local/fusion/auto: candidates per query from each shortlist that get verified")
+    parser.add_argument("--max_keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS,
+                        help="local/fusion/auto: SIFT keypoints kept per image (bench/keypoint_budget.py compares budgets)")
     parser.add_argument("--gallery", nargs="+", default=[], help="gallery specs (closed-set, open-set)")
     parser.add_argument("--val_datasets", nargs="+", default=[],
                         help="open-set: validation queries for the threshold; fusion: calibration set")
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads (default: $WILDREID_NUM_THREADS, else the cores this process may use)")
     args = parser.parse_args(argv)
     for flag, value, low in (("--batch_size", args.batch_size, 1), ("--num_workers", args.num_workers, 0),
-                             ("--shortlist", args.shortlist, 1), ("--image_size", args.image_size, 32)):
+                             ("--shortlist", args.shortlist, 1), ("--image_size", args.image_size, 32),
+                             ("--max_keypoints", args.max_keypoints, 1)):
         if value is not None and value < low:
             parser.error(f"{flag} must be >= {low}, got {value}")
     options = vars(args)

@@ -156,6 +156,10 @@ def test_local_needs_no_model_and_fusion_is_calibrated_on_validation(model_dir, 
     assert local["method"] == "local" and local["model"] == "local features (SIFT)"
     stripes = local["species"]["synthetic-stripes"]
     assert stripes["n_queries"] == len(load_spec(f"{data}:train")) and 0 <= stripes["top1"] <= 1
+    assert local["local_features"]["max_keypoints"] == 512  # the extractor settings are in the results
+    budget = run_evaluation(EvaluationRequest(datasets=[f"{data}:train"], method="local", num_workers=0,
+                                              max_keypoints=8))
+    assert budget["local_features"]["max_keypoints"] == 8
     with pytest.raises(ValueError, match="fitted on --val_datasets, a training split"):
         run_evaluation(request(model_dir, tmp_path, method="fusion"))
     for method in ("fusion", "auto"):

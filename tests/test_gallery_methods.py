@@ -63,6 +63,28 @@ def test_a_descriptor_index_of_other_extractor_settings_is_refused_naming_both(g
         load_descriptor_index(folder, list(gallery.metadata["image_id"]), other)
 
 
+def test_a_keypoint_budget_given_to_index_is_kept_by_the_gallery_and_used_by_its_queries(galleries, tmp_path):
+    folder = tmp_path / "budget"
+    assert main(["index", "--model", str(galleries / "model"), "--datasets", f"{DATA}:train", "--output", str(folder),
+                 "--local-features", "--max_keypoints", "16", "--num_workers", "0"]) == 0
+    gallery = Gallery.load(folder)
+    assert gallery.local_features_config["max_keypoints"] == 16
+    features = Gallery.load_local_features(folder).get_many(list(gallery.metadata["image_id"]))
+    assert max(len(f) for f in features) == 16  # generated stripes give more than 16 keypoints per image
+    output = tmp_path / "matches.json"
+    assert main(["identify", "--gallery", str(folder), "--datasets", f"{DATA}:test", "--method", "local",
+                 "--output", str(output), "--num_workers", "0"]) == 0
+    assert {r["method"] for r in json.loads(output.read_text())["results"]} == {"local"}
+
+
+def test_index_refuses_a_keypoint_budget_below_one(galleries, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["index", "--model", str(galleries / "model"), "--datasets", f"{DATA}:train",
+              "--output", str(tmp_path / "zero"), "--local-features", "--max_keypoints", "0"])
+    assert stopped.value.code == 2 and not (tmp_path / "zero").exists()
+    assert "--max_keypoints must be >= 1" in capsys.readouterr().err
+
+
 def test_a_folder_without_the_index_builds_it_in_memory(galleries, tmp_path):
     folder = tmp_path / "old"
     shutil.copytree(galleries / "local", folder)

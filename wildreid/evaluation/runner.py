@@ -21,6 +21,7 @@ from ..cards.render import render_results_table
 from ..embedding import Embeddings, LoadedEmbedder, embed_dataset, load_embedder, undecoded
 from ..embedding.training_record import fitted_on_training_images
 from ..matching import LocalFeatureExtractor
+from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS
 from ..matching.methods import METHOD_NAMES
 from ..provenance import code_version
 from .plots import figure_paths, plot_cmc_curves, plot_match_grid
@@ -41,6 +42,7 @@ class EvaluationRequest:
     protocol: str = "leave-one-out"
     method: str = "global"  # global, local (one-vs-many SIFT), local-pairwise, fusion (union of shortlists), auto
     shortlist: int = 20  # local / fusion / auto: candidates per query from each shortlist that get verified
+    max_keypoints: int = DEFAULT_MAX_KEYPOINTS  # local / fusion / auto: SIFT keypoints kept per image
     gallery: list[str] = field(default_factory=list)  # closed/open-set gallery specs
     val_datasets: list[str] = field(default_factory=list)  # open-set: validation queries for the threshold
     output: str | None = None
@@ -167,7 +169,7 @@ def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: Loaded
     """Every method but plain global: SIFT on every crop (and embeddings where the method uses them), then
     `method_protocols.evaluate_method` per species. Fusion and auto are fitted on --val_datasets, or in
     closed-set on the --gallery (leave-one-out within it): training splits, never the test queries."""
-    extractor = LocalFeatureExtractor()
+    extractor = LocalFeatureExtractor(max_keypoints=request.max_keypoints)
     uses_embeddings = request.method in ("fusion", "auto")
 
     def local(dataset: Dataset, desc: str) -> LocalSet:
@@ -193,6 +195,7 @@ def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: Loaded
     results = evaluate_method(request.method, query_images, gallery_images, validation=validation,
                               shortlist=request.shortlist, num_workers=request.num_workers, training_species=seen)
     timings["matching and scoring"] = {"seconds": round(time.perf_counter() - tick, 2)}
+    results["local_features"] = extractor.config
     if uses_embeddings and reused:
         results["fitted_on_training_images"] = reused
     return results

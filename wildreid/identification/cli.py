@@ -23,6 +23,7 @@ import sys
 from ..outputs import check_output_file, check_output_folder
 from ..threads import configure_threads
 from ..embedding.onnx_runtime import RUNTIMES
+from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS
 from .onnx_export import add_export_command, run_export
 from .store import GalleryBusyError
 from .gallery_methods import MAX_FIT_IMAGES, REQUESTABLE
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--datasets", nargs="+", required=True, help="dataset specs of the known individuals")
     index.add_argument("--output", required=True, help="gallery folder to write")
     index.add_argument("--local-features", action="store_true", help="also cache SIFT keypoints beside the gallery")
+    index.add_argument("--max_keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS,
+                       help="with --local-features: SIFT keypoints kept per image (the gallery's queries use the same); "
+                            "bench/keypoint_budget.py measures budgets per species")
     index.add_argument("--overwrite", action="store_true", help="replace an existing gallery")
     _add_data_options(index)
 
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag, low in (("batch_size", 1), ("num_workers", 0), ("top_k", 1), ("max_fit_images", 0)):
+    for flag, low in (("batch_size", 1), ("num_workers", 0), ("top_k", 1), ("max_fit_images", 0), ("max_keypoints", 1)):
         value = getattr(args, flag, None)
         if value is not None and value < low:
             parser.error(f"--{flag} must be >= {low}, got {value}")
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "index":
             check_output_folder(args.output, "--output")
             gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
-                                             overwrite=args.overwrite, **data)
+                                             max_keypoints=args.max_keypoints, overwrite=args.overwrite, **data)
             print(f"gallery {args.output}: {len(gallery)} images of {len(gallery.identities)} individuals"
                   + (f"; skipped {len(skipped)} unreadable (e.g. {skipped[0].file}: {skipped[0].reason})" if skipped else ""))
         elif args.command == "calibrate":

@@ -20,7 +20,7 @@ from ..embedding.images import batched_crops, describe_source
 from ..embedding.onnx_runtime import OnnxEmbedder
 from ..embedding.training_record import fitted_on_training_images
 from ..matching import LocalFeatureCache, LocalFeatureExtractor
-from ..matching.keypoints import DESCRIPTOR_BYTES, LocalFeatures
+from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS, DESCRIPTOR_BYTES, LocalFeatures
 from . import store
 from .gallery import Gallery
 from .gallery_methods import MAX_FIT_IMAGES, GalleryScorer, fit_method_choice, needs_local
@@ -67,8 +67,8 @@ def _accelerator():
 
 
 def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *, data_dir: str | None = None,
-                  local_features: bool = False, batch_size: int = 64, num_workers: int = 2,
-                  overwrite: bool = False, runtime: str = "torch") -> tuple[Gallery, list]:
+                  local_features: bool = False, max_keypoints: int = DEFAULT_MAX_KEYPOINTS, batch_size: int = 64,
+                  num_workers: int = 2, overwrite: bool = False, runtime: str = "torch") -> tuple[Gallery, list]:
     """Embed every image of the dataset specs into a new gallery folder; returns it and the skipped images.
 
     The folder's writer lock is taken before anything is embedded, so a second `index` into the same folder
@@ -79,11 +79,13 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
         if main_process:
             store.check_new_folder(Path(output), overwrite)
         return _build_gallery(model, datasets, output, accelerator, data_dir=data_dir, local_features=local_features,
+                              max_keypoints=max_keypoints,
                               batch_size=batch_size, num_workers=num_workers, runtime=runtime)
 
 
 def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, accelerator, *, data_dir: str | None,
-                   local_features: bool, batch_size: int, num_workers: int, runtime: str) -> tuple[Gallery, list]:
+                   local_features: bool, max_keypoints: int, batch_size: int, num_workers: int,
+                   runtime: str) -> tuple[Gallery, list]:
     embedder = load_embedder(model, device=accelerator.device if accelerator else None, runtime=runtime)
     dataset = load_specs(datasets, data_dir=data_dir)
     embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
@@ -95,7 +97,7 @@ def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, a
                 model_tag(embedder, store.model_reference(model, output)))
     cache = None
     if local_features:
-        extractor = LocalFeatureExtractor()
+        extractor = LocalFeatureExtractor(max_keypoints=max_keypoints)  # recorded in the gallery, reused by its queries
         raw = undecoded(dataset).select(embedded.indices.tolist())
         features, failed = extractor.extract_paths(list(raw["image"]), list(raw["bbox"]),
                                                    [t or 0.0 for t in raw["theta"]])

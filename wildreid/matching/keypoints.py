@@ -20,6 +20,8 @@ from ..embedding.images import LoadFailure, check_annotation_lengths, iter_crops
 from .parallel import parallel_map
 
 METHODS = ("sift", "orb", "akaze")
+# Keypoints kept per image unless asked otherwise (`bench/keypoint_budget.py` measures other budgets per species).
+DEFAULT_MAX_KEYPOINTS = 512
 # Descriptor width in bytes as stored: SIFT values are integers 0..255 (OpenCV saturates them to uchar
 # before returning float32), ORB and AKAZE are packed bit strings.
 DESCRIPTOR_BYTES = {"sift": 128, "orb": 32, "akaze": 61}
@@ -63,7 +65,7 @@ def to_gray_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
 class LocalFeatureExtractor:
     """Computes `LocalFeatures` once per image; pictures come as PIL images or arrays, or as paths."""
 
-    def __init__(self, method: str = "sift", max_keypoints: int = 512, max_side: int = 512, upscale: bool = True):
+    def __init__(self, method: str = "sift", max_keypoints: int = DEFAULT_MAX_KEYPOINTS, max_side: int = 512, upscale: bool = True):
         if method not in METHODS:
             raise ValueError(f"unknown local feature method {method!r}; choose one of {METHODS}")
         if method == "akaze" and not hasattr(cv2, "AKAZE_create"):
