@@ -1,10 +1,12 @@
 """`wildreid` command line: galleries of known individuals and "which one is this, or a new one?".
 
     wildreid index --model outputs/cpu_real --datasets lion:train --output galleries/lion [--local-features]
+    wildreid index --model outputs/cpu_real --datasets nyala:train --output galleries/nyala --local-features \\
+        --max_keypoints 2048            # full-frame flank photos: more keypoints (bench/keypoint_budget.py)
     wildreid calibrate --gallery galleries/lion --datasets lion:train --method auto
     wildreid identify --gallery galleries/lion --images photo1.jpg photo2.jpg --output matches.json [--method fusion]
     wildreid identify --gallery galleries/lion --datasets csv:/data/new_photos.csv --output matches.csv
-    wildreid export --format onnx --model outputs/cpu_real --output outputs/cpu_real-onnx-int8 --quantize int8 \
+    wildreid export --format onnx --model outputs/cpu_real --output outputs/cpu_real-onnx-int8 --quantize int8 \\
         --calibration_datasets lion:train
     wildreid index --runtime onnx --model outputs/cpu_real-onnx-int8 --datasets lion:train --output galleries/lion-int8
     wildreid app --gallery galleries/lion [--model M] [--host 127.0.0.1] [--port 7860]
