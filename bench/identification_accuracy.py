@@ -47,6 +47,7 @@ from wildreid.evaluation.matching import LocalSet, extract_local_set  # noqa: E4
 from wildreid.evaluation.method_protocols import image_set  # noqa: E402
 from wildreid.evaluation.metrics import retrieval_metrics_from_similarity  # noqa: E402
 from wildreid.matching import LocalFeatureExtractor, LocalFeatures  # noqa: E402
+from wildreid.matching.keypoints import DEFAULT_MAX_KEYPOINTS  # noqa: E402
 from wildreid.matching.methods import AutoMethod, FusionMethod, GlobalMethod, OneVsManyLocalMethod, PairwiseLocalMethod  # noqa: E402
 from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
 from wildreid.matching.selection import ranking_figures  # noqa: E402
@@ -352,8 +353,8 @@ def main() -> None:
                              "a set's earlier pairwise row stays, marked with the commit that measured it")
     parser.add_argument("--pairwise-queries", type=int, default=150,
                         help="pairwise SIFT on a seeded sample of this many queries where a set has more (0: all)")
-    parser.add_argument("--max-keypoints", type=int, default=LocalFeatureExtractor().max_keypoints,
-                        help="SIFT keypoints per image for one-vs-many, fusion and auto (experiments/keypoint_budget.py "
+    parser.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS,
+                        help="SIFT keypoints per image for one-vs-many, fusion and auto (bench/keypoint_budget.py "
                              "measures the budget on the training splits); pairwise SIFT, the baseline, needs the default")
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/wildreid/bench"))
     parser.add_argument("--output", default=str(RESULTS))
@@ -365,14 +366,13 @@ def main() -> None:
     args = parser.parse_args()
     output = Path(args.output)
     previous = json.loads(output.read_text())["sets"] if output.is_file() else {}
-    default_keypoints = LocalFeatureExtractor().max_keypoints
-    if args.max_keypoints != default_keypoints and not args.skip_pairwise:
-        parser.error(f"pairwise SIFT is the plain-SIFT baseline ({default_keypoints} keypoints): with --max-keypoints "
+    if args.max_keypoints != DEFAULT_MAX_KEYPOINTS and not args.skip_pairwise:
+        parser.error(f"pairwise SIFT is the plain-SIFT baseline ({DEFAULT_MAX_KEYPOINTS} keypoints): with --max-keypoints "
                      f"{args.max_keypoints} give --skip-pairwise")
     command = "python bench/identification_accuracy.py" + (f" --model {args.model}" if args.model else "") + (
         f" --closed-set-model {args.closed_set_model}" if args.closed_set_model else "") + (
         f" --max-keypoints {args.max_keypoints} --skip-pairwise --output {args.output}"
-        if args.max_keypoints != default_keypoints else "")
+        if args.max_keypoints != DEFAULT_MAX_KEYPOINTS else "")
     if args.tables_only:
         write_results(output, previous, command, None)
         print_table(previous)

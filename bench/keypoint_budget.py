@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 
 from identification_accuracy import local_features, measure  # noqa: E402
 from wildreid.matching import LocalFeatureExtractor  # noqa: E402
-from wildreid.matching.methods import ImageSet, OneVsManyLocalMethod  # noqa: E402
+from wildreid.evaluation.method_protocols import image_set  # noqa: E402
+from wildreid.matching.methods import OneVsManyLocalMethod  # noqa: E402
 from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
 
 # The training splits identification_accuracy.py fits fusion on (dog and nyala cut to 100 individuals there too).
@@ -40,14 +41,13 @@ SPLITS = {
 
 def measure_budget(spec: str, budget: int, cache: Path, workers: int, shortlist: int) -> dict:
     extractor = LocalFeatureExtractor(max_keypoints=budget)
-    _, extracted = local_features(spec, cache, extractor, workers)
-    images = ImageSet(np.asarray(extracted.identities), np.asarray(extracted.species), None, extracted.features,
-                      extractor.config)
+    dataset, extracted = local_features(spec, cache, extractor, workers)
+    images = image_set(dataset, None, extracted, extractor.config)
     tick = time.perf_counter()
     scores = OneVsManyLocalMethod(OneVsManyMatcher(shortlist=shortlist), num_workers=workers).scores(images)
     seconds = time.perf_counter() - tick
     figures = measure(scores, images, None)
-    return {**figures, "keypoints_per_image": round(float(np.mean([len(f) for f in extracted.features])), 1),
+    return {**figures, "keypoints_per_image": round(float(np.mean([len(f) for f in images.local])), 1),
             "seconds": round(seconds, 1)}
 
 

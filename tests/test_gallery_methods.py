@@ -83,6 +83,10 @@ def test_index_refuses_a_keypoint_budget_below_one(galleries, tmp_path, capsys):
               "--output", str(tmp_path / "zero"), "--local-features", "--max_keypoints", "0"])
     assert stopped.value.code == 2 and not (tmp_path / "zero").exists()
     assert "--max_keypoints must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a budget without keypoints to keep would be silently ignored
+        main(["index", "--model", str(galleries / "model"), "--datasets", f"{DATA}:train",
+              "--output", str(tmp_path / "plain"), "--max_keypoints", "2048"])
+    assert "give --local-features" in capsys.readouterr().err and not (tmp_path / "plain").exists()
 
 
 def test_a_folder_without_the_index_builds_it_in_memory(galleries, tmp_path):

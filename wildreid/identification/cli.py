@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "identify" and args.output:  # output paths are checked before any work
             check_output_file(args.output, "--output")
         if args.command == "index":
+            if args.max_keypoints != DEFAULT_MAX_KEYPOINTS and not args.local_features:
+                parser.error("--max_keypoints sets the gallery's SIFT keypoints: give --local-features with it")
             check_output_folder(args.output, "--output")
             gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
                                              max_keypoints=args.max_keypoints, overwrite=args.overwrite, **data)

@@ -65,7 +65,8 @@ def to_gray_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
 class LocalFeatureExtractor:
     """Computes `LocalFeatures` once per image; pictures come as PIL images or arrays, or as paths."""
 
-    def __init__(self, method: str = "sift", max_keypoints: int = DEFAULT_MAX_KEYPOINTS, max_side: int = 512, upscale: bool = True):
+    def __init__(self, method: str = "sift", max_keypoints: int = DEFAULT_MAX_KEYPOINTS, max_side: int = 512,
+                 upscale: bool = True):
         if method not in METHODS:
             raise ValueError(f"unknown local feature method {method!r}; choose one of {METHODS}")
         if method == "akaze" and not hasattr(cv2, "AKAZE_create"):
