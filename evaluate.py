@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--image_size", type=int, help="input size for imagenet:/timm: baselines")
     parser.add_argument("--split_seed", type=int, default=0, help="open-set without --gallery: split seed")
+    parser.add_argument("--flip_test", action="store_true",
+                        help="average each image's embedding with its mirror image's (twice the embedding time)")
     parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                         help="onnx: --model is a folder written by `wildreid export --format onnx`")
     parser.add_argument("--num_threads", type=int,

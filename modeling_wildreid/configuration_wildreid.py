@@ -32,6 +32,10 @@ class WildReIDConfig(PreTrainedConfig):
         fast_downscale (`bool`, *optional*, defaults to `True`):
             Preprocessing of large photos: reduced-scale JPEG decoding and PIL's whole-factor pre-shrink
             (see [`WildReIDImageProcessor`]); `False` resizes from full resolution in one step.
+        flip_test (`bool`, *optional*, defaults to `False`):
+            At inference (model in eval mode), embed each image and its mirror image and return the mean of the
+            two (test-time flip, as fast-reid's `TEST.FLIP`): twice the compute, a pose-independent embedding.
+            Training ignores it. Part of a gallery's embedding space, so queries are embedded the same way.
         gem_p (`float`, *optional*, defaults to 3.0):
             Initial exponent of generalised-mean pooling; learnable (1 = average pooling, large = max pooling).
         gem_eps (`float`, *optional*, defaults to 1e-6):
@@ -68,6 +72,7 @@ class WildReIDConfig(PreTrainedConfig):
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         fast_downscale: bool = True,
+        flip_test: bool = False,
         gem_p: float = 3.0,
         gem_eps: float = 1e-6,
         embedding_dim: int | None = None,
@@ -105,6 +110,7 @@ class WildReIDConfig(PreTrainedConfig):
         self.image_mean = [float(v) for v in image_mean]
         self.image_std = [float(v) for v in image_std]
         self.fast_downscale = bool(fast_downscale)
+        self.flip_test = bool(flip_test)
         self.gem_p = float(gem_p)
         self.gem_eps = float(gem_eps)
         self.embedding_dim = embedding_dim

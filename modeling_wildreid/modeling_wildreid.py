@@ -28,6 +28,8 @@ class WildReIDModelOutput(ModelOutput):
             L2-normalised identity embeddings; compare them with a dot product (cosine similarity).
         pooler_output (`torch.FloatTensor` of shape `(batch_size, embedding_dim)`):
             The same vector before L2 normalisation (the BatchNorm neck / projection output; MiewID's embedding).
+            With `config.flip_test` in eval mode: the mean of the image's and its mirror image's L2-normalised
+            vectors.
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`):
             Backbone feature map before pooling.
     """
@@ -246,8 +248,14 @@ class WildReIDModel(WildReIDPreTrainedModel):
         return self.neck(self.pooling(feature_map))
 
     def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs) -> WildReIDModelOutput:
-        feature_map = self.forward_features(pixel_values)
-        pooled = self.forward_head(feature_map)
+        if self.config.flip_test and not self.training:
+            # One batch for both views; unit vectors averaged so neither view dominates by its norm.
+            both = self.forward_features(torch.cat([pixel_values, pixel_values.flip(-1)]))
+            feature_map = both[: len(pixel_values)]
+            pooled = F.normalize(self.forward_head(both), dim=-1).unflatten(0, (2, -1)).mean(0)
+        else:
+            feature_map = self.forward_features(pixel_values)
+            pooled = self.forward_head(feature_map)
         output = WildReIDModelOutput(
             embeddings=F.normalize(pooled, dim=-1), pooler_output=pooled, last_hidden_state=feature_map
         )

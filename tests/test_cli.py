@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hub_datasets.synthetic import generate_rows
@@ -76,3 +77,16 @@ def test_a_gallery_refuses_another_model(gallery, tmp_path, capsys):
     assert code == 2
     error = capsys.readouterr().err
     assert "this gallery was built with" in error and str(other) in error
+
+
+def test_a_flip_test_gallery_embeds_its_queries_with_flip_too(gallery, tmp_path):
+    output = tmp_path / "flipped"
+    assert main(["index", "--model", str(gallery / "model"), "--datasets", f"{DATA}:train", "--output", str(output),
+                 "--flip_test", "--num_workers", "0"]) == 0
+    flipped = Gallery.load(output)
+    plain = Gallery.load(gallery / "gallery")
+    assert flipped.model_tag.flip_test and not plain.model_tag.flip_test
+    assert not np.allclose(flipped.embeddings, plain.embeddings, atol=1e-4)
+    # identify loads the gallery's model with the gallery's flip setting; a plain query would be refused.
+    assert main(["identify", "--gallery", str(output), "--datasets", f"{DATA}:test", "--output",
+                 str(tmp_path / "matches.csv"), "--num_workers", "0"]) == 0

@@ -170,3 +170,8 @@ def test_local_needs_no_model_and_fusion_is_calibrated_on_validation(model_dir, 
         # What was fitted, and on how many validation queries, is in the results.
         assert result["fit"]["validation_queries"] > 0 and result["fit"]["combiner"] in ("mean", "logistic")
     assert result["chosen"] in ("global", "local", "fusion") and result["fit"]["choice"] == result["chosen"]
+
+
+def test_flip_test_needs_a_model():
+    with pytest.raises(ValueError, match="--flip_test"):
+        EvaluationRequest(datasets=["lion:val"], method="local", flip_test=True).validate()

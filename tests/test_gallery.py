@@ -259,3 +259,13 @@ def test_preprocessing_signature_is_stable_across_processor_versions():
     assert preprocessing_signature(processor.to_dict()) == preprocessing_signature(before)
     unnormalised = WildReIDImageProcessor(size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_normalize=False)
     assert preprocessing_signature(unnormalised.to_dict()) != preprocessing_signature(before)
+
+
+def test_test_time_flip_is_part_of_the_embedding_space():
+    gallery, centres = make_gallery()
+    flipped = ModelTag(TAG_A.model_name_or_path, TAG_A.revision, DIM, 224, TAG_A.preprocessing, flip_test=True)
+    with pytest.raises(ModelMismatchError, match="test-time flip"):
+        gallery.identify(l2_normalize(centres[:1]), flipped)
+    # Tags written before the flag existed read as without flip.
+    legacy = {key: value for key, value in TAG_A.to_dict().items() if key != "flip_test"}
+    assert ModelTag.from_dict(legacy) == TAG_A and ModelTag.from_dict(flipped.to_dict()) == flipped

@@ -252,3 +252,23 @@ def test_loss_under_bf16_autocast_keeps_the_head_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(pixel_values=random_pixels(2), labels=torch.tensor([0, 2]))
     assert output.logits.dtype == torch.float32 and torch.isfinite(output.loss)
+
+
+def test_flip_test_embeds_an_image_and_its_mirror_alike_and_training_ignores_it():
+    torch.manual_seed(0)
+    plain = WildReIDModel(tiny_config()).eval()
+    flipped = WildReIDModel(tiny_config(flip_test=True)).eval()
+    flipped.load_state_dict(plain.state_dict())
+    pixels = random_pixels(3)
+    with torch.no_grad():
+        out = flipped(pixels)
+        mirrored = flipped(pixels.flip(-1)).embeddings
+        one, other = plain(pixels).embeddings, plain(pixels.flip(-1)).embeddings
+    # Mirror-invariant, and the normalised mean of the two plain views, which differ (random images are not symmetric).
+    assert torch.allclose(out.embeddings, mirrored, atol=1e-5)
+    assert torch.allclose(out.embeddings, torch.nn.functional.normalize(one + other, dim=-1), atol=1e-5)
+    assert not torch.allclose(one, other, atol=1e-3)
+    assert out.last_hidden_state.shape[0] == 3 and torch.allclose(out.embeddings.norm(dim=-1), torch.ones(3))
+    plain.train(), flipped.train()
+    torch.manual_seed(1)
+    assert torch.allclose(flipped(pixels).embeddings, plain(pixels).embeddings, atol=1e-6)

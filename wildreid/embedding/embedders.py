@@ -108,10 +108,12 @@ def load_wildreid_model(spec: str) -> WildReIDModel:
 
 
 def load_embedder(spec: str, *, device: torch.device | str | None = None, image_size: int | None = None,
-                  runtime: str = "torch") -> LoadedEmbedder:
+                  runtime: str = "torch", flip_test: bool | None = None) -> LoadedEmbedder:
     """Resolve a model spec (see module docstring) to an embedder in eval mode on `device`.
 
-    runtime "onnx": `spec` is a folder written by `wildreid export --format onnx`, run by ONNX Runtime."""
+    runtime "onnx": `spec` is a folder written by `wildreid export --format onnx`, run by ONNX Runtime.
+    flip_test: average each image's embedding with its mirror image's (`WildReIDConfig.flip_test`); None keeps
+    the model's own setting. An ONNX export keeps the setting it was exported with."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if runtime == "onnx":
@@ -120,6 +122,10 @@ def load_embedder(spec: str, *, device: torch.device | str | None = None, image_
                              "no model.onnx")
         onnx_model = OnnxEmbedder(spec)
         _check_image_size(spec, onnx_model.config.image_size, image_size)
+        exported_flip = bool(getattr(onnx_model.config, "flip_test", False))
+        if flip_test is not None and bool(flip_test) != exported_flip:
+            raise ValueError(f"{spec} was exported {'with' if exported_flip else 'without'} test-time flip; "
+                             f"export the model again with flip_test={bool(flip_test)} to change it")
         return LoadedEmbedder(onnx_model, onnx_model.processor, spec, list(onnx_model.config.training_species or []))
     if is_onnx_export(spec):
         raise ValueError(f"{spec} is an ONNX export (model.onnx, no torch weights): pass --runtime onnx")
@@ -129,12 +135,16 @@ def load_embedder(spec: str, *, device: torch.device | str | None = None, image_
         config = WildReIDConfig(backbone=backbone, image_size=image_size or 224)
         model, species = WildReIDModel.with_imagenet_backbone(config), []  # ImageNet only: no re-id species seen
     elif spec.startswith("timm:"):
+        if flip_test:
+            raise ValueError(f"test-time flip needs a wildreid model; {spec} is a bare timm backbone")
         model = TimmEmbedder(spec.split(":", 1)[1], image_size)
         species = []
     else:
         model = load_wildreid_model(spec)
         species = list(model.config.training_species or [])
         _check_image_size(spec, model.config.image_size, image_size)
+    if flip_test is not None and not spec.startswith("timm:"):
+        model.config.flip_test = bool(flip_test)
     processor = WildReIDImageProcessor.from_config(model.config)
     return LoadedEmbedder(model.to(device).eval(), processor, spec, species)
 

@@ -51,6 +51,7 @@ class EvaluationRequest:
     num_workers: int = 2
     image_size: int | None = None  # baselines only: wildreid models keep their own
     runtime: str = "torch"  # or "onnx": --model is a `wildreid export --format onnx` folder
+    flip_test: bool = False  # average each embedding with its mirror image's (WildReIDConfig.flip_test)
     split_seed: int = 0  # open-set without --gallery: seed of the derived gallery/query split
     plots: bool = False
     command: str | None = None
@@ -64,6 +65,8 @@ class EvaluationRequest:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.model is None and self.method not in ("local", "local-pairwise"):
             raise ValueError(f"--model is required for --method {self.method} (only local matching needs none)")
+        if self.flip_test and self.model is None:
+            raise ValueError("--flip_test changes how --model embeds images; local matching alone has no embeddings")
         if self.method != "global" and self.protocol == "open-set":
             raise ValueError("open-set evaluation supports --method global only")
         if self.method in ("fusion", "auto") and not self.val_datasets and self.protocol != "closed-set":
@@ -102,8 +105,8 @@ def run_evaluation(request: EvaluationRequest) -> dict:
     request.validate()
     started = time.perf_counter()
     queries = _load(request.datasets, request.data_dir, "--datasets")
-    embedder = (load_embedder(request.model, image_size=request.image_size, runtime=request.runtime)
-                if request.model else None)
+    embedder = (load_embedder(request.model, image_size=request.image_size, runtime=request.runtime,
+                              flip_test=request.flip_test or None) if request.model else None)
     seen = embedder.training_species if embedder else []
     failures = []
     timings = {}
@@ -147,7 +150,7 @@ def run_evaluation(request: EvaluationRequest) -> dict:
         )
     results.update({
         "model": request.model or "local features (SIFT)", "protocol": request.protocol, "method": request.method,
-        "datasets": request.datasets,
+        "datasets": request.datasets, "flip_test": bool(embedder and getattr(embedder.model.config, "flip_test", False)),
         "gallery": request.gallery or None, "command": request.command, "failures": failures,
         "timings": {**timings, "total_seconds": round(time.perf_counter() - started, 2)}, **code_version(),
     })

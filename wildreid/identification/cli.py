@@ -3,6 +3,7 @@
     wildreid index --model outputs/cpu_real --datasets lion:train --output galleries/lion [--local-features]
     wildreid index --model outputs/cpu_real --datasets nyala:train --output galleries/nyala --local-features \\
         --max_keypoints 2048            # full-frame flank photos: more keypoints (bench/keypoint_budget.py)
+    wildreid index --model outputs/cpu_real --datasets dog:train --output galleries/dog --flip_test
     wildreid calibrate --gallery galleries/lion --datasets lion:train --method auto
     wildreid identify --gallery galleries/lion --images photo1.jpg photo2.jpg --output matches.json [--method fusion]
     wildreid identify --gallery galleries/lion --datasets csv:/data/new_photos.csv --output matches.csv
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--max_keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS,
                        help="with --local-features: SIFT keypoints kept per image (the gallery's queries use the same); "
                             "bench/keypoint_budget.py measures budgets per species")
+    index.add_argument("--flip_test", action="store_true",
+                       help="embed each image with its mirror image too and average the two (twice the time; the "
+                            "gallery's queries are embedded the same way); evaluate.py --flip_test measures it")
     index.add_argument("--overwrite", action="store_true", help="replace an existing gallery")
     _add_data_options(index)
 
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--max_keypoints sets the gallery's SIFT keypoints: give --local-features with it")
             check_output_folder(args.output, "--output")
             gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
-                                             max_keypoints=args.max_keypoints, overwrite=args.overwrite, **data)
+                                             max_keypoints=args.max_keypoints, overwrite=args.overwrite,
+                                             flip_test=args.flip_test or None, **data)
             print(f"gallery {args.output}: {len(gallery)} images of {len(gallery.identities)} individuals"
                   + (f"; skipped {len(skipped)} unreadable (e.g. {skipped[0].file}: {skipped[0].reason})" if skipped else ""))
         elif args.command == "calibrate":

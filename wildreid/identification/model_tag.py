@@ -20,6 +20,7 @@ class ModelTag:
 
     revision: a Hub commit, or `weights_content_hash(...)` ("sha256:...") for local weights.
     preprocessing: a signature of the image processor settings (`preprocessing_signature`).
+    flip_test: embeddings average each image with its mirror image (`WildReIDConfig.flip_test`).
     """
 
     model_name_or_path: str
@@ -27,6 +28,7 @@ class ModelTag:
     embedding_dim: int
     image_size: int | tuple[int, ...] | None = None
     preprocessing: str = ""
+    flip_test: bool = False
 
     def __post_init__(self):
         if isinstance(self.image_size, list):
@@ -43,18 +45,19 @@ class ModelTag:
         if missing:
             raise ValueError(f"model tag lacks {missing}")
         return cls(str(data["model_name_or_path"]), str(data["revision"]), int(data["embedding_dim"]),
-                   data.get("image_size"), str(data.get("preprocessing", "")))
+                   data.get("image_size"), str(data.get("preprocessing", "")), bool(data.get("flip_test", False)))
 
     def __str__(self) -> str:
         return (f"{self.model_name_or_path}@{self.revision} (dim {self.embedding_dim}, image_size {self.image_size}, "
-                f"preprocessing {self.preprocessing or '-'})")
+                f"preprocessing {self.preprocessing or '-'}{', test-time flip' if self.flip_test else ''})")
 
     def same_embedding_space(self, other: "ModelTag") -> bool:
         """Equal weights, width, input size and preprocessing. The name may differ only when the
         revision is a content hash (the same weights loaded from another path)."""
         same_name = self.model_name_or_path == other.model_name_or_path or self.revision.startswith("sha256:")
-        return same_name and (self.revision, self.embedding_dim, self.image_size, self.preprocessing) == (
-            other.revision, other.embedding_dim, other.image_size, other.preprocessing)
+        return same_name and (self.revision, self.embedding_dim, self.image_size, self.preprocessing,
+                              self.flip_test) == (other.revision, other.embedding_dim, other.image_size,
+                                                  other.preprocessing, other.flip_test)
 
     def require_same(self, other: "ModelTag", what: str) -> None:
         if not isinstance(other, ModelTag):

@@ -41,6 +41,7 @@ def model_tag(embedder: LoadedEmbedder, name: str | None = None) -> ModelTag:
         model_name_or_path=name or embedder.name, revision=revision,
         embedding_dim=int(embedder.model.embedding_dim), image_size=int(embedder.processor.image_size),
         preprocessing=preprocessing_signature(embedder.processor.to_dict()),
+        flip_test=bool(getattr(getattr(embedder.model, "config", None), "flip_test", False)),
     )
 
 
@@ -68,7 +69,8 @@ def _accelerator():
 
 def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *, data_dir: str | None = None,
                   local_features: bool = False, max_keypoints: int = DEFAULT_MAX_KEYPOINTS, batch_size: int = 64,
-                  num_workers: int = 2, overwrite: bool = False, runtime: str = "torch") -> tuple[Gallery, list]:
+                  num_workers: int = 2, overwrite: bool = False, runtime: str = "torch",
+                  flip_test: bool | None = None) -> tuple[Gallery, list]:
     """Embed every image of the dataset specs into a new gallery folder; returns it and the skipped images.
 
     The folder's writer lock is taken before anything is embedded, so a second `index` into the same folder
@@ -79,14 +81,15 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
         if main_process:
             store.check_new_folder(Path(output), overwrite)
         return _build_gallery(model, datasets, output, accelerator, data_dir=data_dir, local_features=local_features,
-                              max_keypoints=max_keypoints,
-                              batch_size=batch_size, num_workers=num_workers, runtime=runtime)
+                              max_keypoints=max_keypoints, batch_size=batch_size, num_workers=num_workers,
+                              runtime=runtime, flip_test=flip_test)
 
 
 def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, accelerator, *, data_dir: str | None,
                    local_features: bool, max_keypoints: int, batch_size: int, num_workers: int,
-                   runtime: str) -> tuple[Gallery, list]:
-    embedder = load_embedder(model, device=accelerator.device if accelerator else None, runtime=runtime)
+                   runtime: str, flip_test: bool | None) -> tuple[Gallery, list]:
+    embedder = load_embedder(model, device=accelerator.device if accelerator else None, runtime=runtime,
+                             flip_test=flip_test)
     dataset = load_specs(datasets, data_dir=data_dir)
     embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                              num_workers=num_workers, accelerator=accelerator, desc="indexing")
@@ -113,8 +116,9 @@ def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, a
 def _gallery_and_model(gallery_dir: str | os.PathLike, model: str | None,
                        runtime: str) -> tuple[Gallery, LoadedEmbedder, ModelTag]:
     gallery = Gallery.load(gallery_dir)
+    # Test-time flip is part of the gallery's embedding space: queries are embedded the way its images were.
     embedder = load_embedder(model or store.resolve_model_reference(gallery.model_tag.model_name_or_path, gallery_dir),
-                             runtime=runtime)
+                             runtime=runtime, flip_test=gallery.model_tag.flip_test if runtime == "torch" else None)
     tag = model_tag(embedder)
     gallery.model_tag.require_same(tag, f"embeddings of {embedder.name}")
     return gallery, embedder, tag
