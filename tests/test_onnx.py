@@ -259,3 +259,21 @@ def test_an_int8_check_that_would_hold_out_every_calibration_image_is_refused(ex
     assert main(["export", "--format", "onnx", "--model", str(exported / "model"), "--output", str(tmp_path / "q"),
                  "--quantize", "int8", "--calibration_datasets", one_individual]) == 2
     assert "--check_images 0" in capsys.readouterr().err
+
+
+def test_a_flip_test_model_exports_with_its_flip_and_says_so(tmp_path):
+    from wildreid.embedding import load_embedder
+
+    torch.manual_seed(0)
+    model = WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64, flip_test=True))
+    model.save_pretrained(tmp_path / "model")
+    export_onnx(str(tmp_path / "model"), tmp_path / "fp32")
+    onnx_model = OnnxEmbedder(tmp_path / "fp32")
+    pixels = WildReIDImageProcessor.from_config(model.config)(_photos(3))["pixel_values"]
+    with torch.inference_mode():
+        reference = model.eval()(pixel_values=pixels).embeddings
+    for batch in (pixels[:1], pixels):  # the mirrored half of the batch must follow a dynamic batch axis
+        assert _cosines(onnx_model(pixel_values=batch).embeddings, reference[: len(batch)]).min() >= 0.9999
+    assert onnx_model.config.flip_test
+    with pytest.raises(ValueError, match="exported with test-time flip"):
+        load_embedder(str(tmp_path / "fp32"), runtime="onnx", flip_test=False)
