@@ -261,13 +261,13 @@ def test_an_int8_check_that_would_hold_out_every_calibration_image_is_refused(ex
     assert "--check_images 0" in capsys.readouterr().err
 
 
-def test_a_flip_test_model_exports_with_its_flip_and_says_so(tmp_path):
+def test_an_export_with_flip_test_bakes_the_flip_in_and_says_so(tmp_path):
     from wildreid.embedding import load_embedder
 
     torch.manual_seed(0)
-    model = WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64, flip_test=True))
-    model.save_pretrained(tmp_path / "model")
-    export_onnx(str(tmp_path / "model"), tmp_path / "fp32")
+    WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64)).save_pretrained(tmp_path / "model")
+    export_onnx(str(tmp_path / "model"), tmp_path / "fp32", flip_test=True)  # a plain model, flipped at export
+    model = WildReIDModel.from_pretrained(tmp_path / "model", flip_test=True)
     onnx_model = OnnxEmbedder(tmp_path / "fp32")
     pixels = WildReIDImageProcessor.from_config(model.config)(_photos(3))["pixel_values"]
     with torch.inference_mode():
@@ -277,3 +277,17 @@ def test_a_flip_test_model_exports_with_its_flip_and_says_so(tmp_path):
     assert onnx_model.config.flip_test
     with pytest.raises(ValueError, match="exported with test-time flip"):
         load_embedder(str(tmp_path / "fp32"), runtime="onnx", flip_test=False)
+
+
+def test_cli_flip_test_export_builds_a_gallery_the_torch_model_queries_with_flip(exported, tmp_path):
+    from wildreid.identification import Gallery
+    from wildreid.identification.cli import main
+
+    model, onnx_dir = str(exported / "model"), str(tmp_path / "flip-fp32")
+    assert main(["export", "--format", "onnx", "--model", model, "--output", onnx_dir, "--flip_test"]) == 0
+    assert main(["index", "--runtime", "onnx", "--model", onnx_dir, "--datasets", f"{DATA}:train",
+                 "--output", str(tmp_path / "gallery"), "--num_workers", "0"]) == 0
+    assert Gallery.load(tmp_path / "gallery").model_tag.flip_test
+    # The torch model is loaded with the gallery's flip, so its embeddings share the gallery's space.
+    assert main(["identify", "--gallery", str(tmp_path / "gallery"), "--model", model, "--datasets", f"{DATA}:test",
+                 "--num_workers", "0"]) == 0

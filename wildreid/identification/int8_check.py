@@ -65,12 +65,13 @@ def check_rows(dataset: Dataset, images: int, seed: int = 1) -> list[int]:
 
 
 def compare_int8(source: str, int8_folder: str, dataset: Dataset, *, batch_size: int = 32,
-                 num_workers: int = 2) -> dict:
+                 num_workers: int = 2, flip_test: bool | None = None) -> dict:
     """Leave-one-out within each species of `dataset`: the source model (torch, fp32) against its int8
     export; top-1 both ways, the answers int8 changes, and the mean cosine between the two embeddings."""
     embedded = {}
     for name, runtime in (("fp32", "torch"), ("int8", "onnx")):
-        embedder = load_embedder(source if name == "fp32" else int8_folder, runtime=runtime)
+        embedder = (load_embedder(source, runtime=runtime, flip_test=flip_test) if name == "fp32"
+                    else load_embedder(int8_folder, runtime=runtime))
         embedded[name] = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                                        num_workers=num_workers, desc=f"int8 check ({name})")
     common = np.intersect1d(embedded["fp32"].indices, embedded["int8"].indices)

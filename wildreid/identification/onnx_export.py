@@ -97,10 +97,12 @@ def require_wildreid_model(model_name_or_path: str) -> None:
 
 
 def export_onnx(model_name_or_path: str, output_dir: str | os.PathLike, *, quantize: str | None = None,
-                calibration: Iterable[np.ndarray] | None = None, overwrite: bool = False) -> Path:
+                calibration: Iterable[np.ndarray] | None = None, overwrite: bool = False,
+                flip_test: bool | None = None) -> Path:
     """Export a wildreid model folder or Hub id to an ONNX folder (see the module docstring).
 
     calibration: batches of normalised pixel_values (B, 3, S, S) float32 for int8; required with quantize.
+    flip_test: bake test-time flip into the graph (or leave it out); None keeps the model config's setting.
     """
     from modeling_wildreid import WildReIDImageProcessor, WildReIDModel
 
@@ -116,7 +118,8 @@ def export_onnx(model_name_or_path: str, output_dir: str | os.PathLike, *, quant
         raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace its export")
     output.mkdir(parents=True, exist_ok=True)
 
-    model = WildReIDModel.from_pretrained(model_name_or_path).eval()
+    model = WildReIDModel.from_pretrained(model_name_or_path,
+                                          **({} if flip_test is None else {"flip_test": flip_test})).eval()
     processor = WildReIDImageProcessor.from_config(model.config)
     size = model.config.image_size
     source_revision = weights_content_hash(model.state_dict())
@@ -216,6 +219,8 @@ def add_export_command(commands) -> None:
     export.add_argument("--check_datasets", nargs="+", default=[],
                         help="int8: where the check images come from, best images the model did not train on "
                              "(e.g. lion:val); default: held out of --calibration_datasets")
+    export.add_argument("--flip_test", action="store_true",
+                        help="bake test-time flip into the graph (each image and its mirror image averaged)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
     export.add_argument("--data_dir", help="raw data of the built-in species (default $WILDREID_DATA, ../shared/data)")
     export.add_argument("--num_threads", type=int, help="torch CPU threads")
@@ -252,14 +257,14 @@ def run_export(args) -> str:
             dataset = dataset.select(sorted(set(range(len(dataset))) - set(held_out)))
         calibration = calibration_batches(dataset, processor, images=args.calibration_images)
     folder = export_onnx(args.model, args.output, quantize=args.quantize, calibration=calibration,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, flip_test=args.flip_test or None)
     lines = [f"exported {args.model} -> {folder / ONNX_FILE} ({args.quantize or 'fp32'})"]
     if check_set is not None and len(check_set) == 0:
         lines.append("int8 check skipped: no individual with two images among the check images")
     elif check_set is not None:
         from .int8_check import compare_int8, summary_lines
 
-        report = compare_int8(args.model, str(folder), check_set)
+        report = compare_int8(args.model, str(folder), check_set, flip_test=args.flip_test or None)
         info_path = folder / EXPORT_INFO_FILE
         info = json.loads(info_path.read_text())
         info["int8_check"] = report
