@@ -179,10 +179,9 @@ def global_rows(name: str, record: dict, models: list[str], cache: Path) -> None
               f"mAP {100 * record['methods'][label]['map']:5.1f}", flush=True)
 
 
-def choose_flip(model: str, validation_spec: str, cache: Path) -> tuple[bool, dict]:
+def choose_flip(model: str, validation_spec: str, dataset, cache: Path) -> tuple[bool, dict]:
     """Test-time flip for the fusion's global input where it raises the global mAP on the validation split
-    (leave-one-out; the criterion auto uses), never looking at the queries."""
-    dataset = load_specs([validation_spec])
+    (`dataset`, leave-one-out; the criterion auto uses), never looking at the queries."""
     figures = {}
     for flip in (False, True):
         images = image_set(dataset, embeddings(model, validation_spec, dataset, cache, flip), None)
@@ -203,11 +202,12 @@ def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> d
     fusion_model = trained if args.fusion_model == "trained" and trained and not closed else IMAGENET
     # A model that held individuals out of its training split (resplit_from) has fusion fitted on those instead.
     validation_spec = held_out_spec(fusion_model, validation_spec) or validation_spec
-    flip, flip_validation = choose_flip(fusion_model, validation_spec, cache)
     datasets, locals_, embedded = {}, {}, {}
     for spec in dict.fromkeys(s for s in (query_spec, gallery_spec, validation_spec) if s):
         datasets[spec], locals_[spec] = local_features(spec, cache, extractor, args.workers)
-        embedded[spec] = embeddings(fusion_model, spec, datasets[spec], cache, flip)
+    flip, flip_validation = choose_flip(fusion_model, validation_spec, datasets[validation_spec], cache)
+    for spec, dataset in datasets.items():
+        embedded[spec] = embeddings(fusion_model, spec, dataset, cache, flip)
 
     def images(spec: str):
         return image_set(datasets[spec], embedded[spec], locals_[spec], extractor.config)

@@ -90,3 +90,8 @@ def test_a_flip_test_gallery_embeds_its_queries_with_flip_too(gallery, tmp_path)
     # identify loads the gallery's model with the gallery's flip setting; a plain query would be refused.
     assert main(["identify", "--gallery", str(output), "--datasets", f"{DATA}:test", "--output",
                  str(tmp_path / "matches.csv"), "--num_workers", "0"]) == 0
+    # So does the review app (the same loader), whose session refuses embeddings of another space.
+    from wildreid.identification.review import open_session
+
+    session = open_session(output, review_dir=tmp_path / "review")
+    assert session.model_tag.flip_test and flipped.model_tag.same_embedding_space(session.model_tag)

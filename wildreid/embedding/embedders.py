@@ -33,6 +33,11 @@ class LoadedEmbedder:
     name: str
     training_species: list[str]  # re-id species the weights were trained on (empty for baselines)
 
+    @property
+    def flip_test(self) -> bool:
+        """Whether embeddings average each image with its mirror image (`WildReIDConfig.flip_test`)."""
+        return bool(getattr(self.model.config, "flip_test", False))
+
 
 @dataclass
 class _TimmConfig:
@@ -122,11 +127,11 @@ def load_embedder(spec: str, *, device: torch.device | str | None = None, image_
                              "no model.onnx")
         onnx_model = OnnxEmbedder(spec)
         _check_image_size(spec, onnx_model.config.image_size, image_size)
-        exported_flip = bool(getattr(onnx_model.config, "flip_test", False))
-        if flip_test is not None and bool(flip_test) != exported_flip:
-            raise ValueError(f"{spec} was exported {'with' if exported_flip else 'without'} test-time flip; "
-                             f"export the model again with flip_test={bool(flip_test)} to change it")
-        return LoadedEmbedder(onnx_model, onnx_model.processor, spec, list(onnx_model.config.training_species or []))
+        loaded = LoadedEmbedder(onnx_model, onnx_model.processor, spec, list(onnx_model.config.training_species or []))
+        if flip_test is not None and bool(flip_test) != loaded.flip_test:
+            raise ValueError(f"{spec} was exported {'with' if loaded.flip_test else 'without'} test-time flip; "
+                             f"export the model again with{'' if flip_test else 'out'} --flip_test to change it")
+        return loaded
     if is_onnx_export(spec):
         raise ValueError(f"{spec} is an ONNX export (model.onnx, no torch weights): pass --runtime onnx")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -143,7 +148,7 @@ def load_embedder(spec: str, *, device: torch.device | str | None = None, image_
         model = load_wildreid_model(spec)
         species = list(model.config.training_species or [])
         _check_image_size(spec, model.config.image_size, image_size)
-    if flip_test is not None and not spec.startswith("timm:"):
+    if flip_test is not None and isinstance(model, WildReIDModel):
         model.config.flip_test = bool(flip_test)
     processor = WildReIDImageProcessor.from_config(model.config)
     return LoadedEmbedder(model.to(device).eval(), processor, spec, species)

@@ -150,7 +150,7 @@ def run_evaluation(request: EvaluationRequest) -> dict:
         )
     results.update({
         "model": request.model or "local features (SIFT)", "protocol": request.protocol, "method": request.method,
-        "datasets": request.datasets, "flip_test": bool(embedder and getattr(embedder.model.config, "flip_test", False)),
+        "datasets": request.datasets, "flip_test": bool(embedder and embedder.flip_test),
         "gallery": request.gallery or None, "command": request.command, "failures": failures,
         "timings": {**timings, "total_seconds": round(time.perf_counter() - started, 2)}, **code_version(),
     })

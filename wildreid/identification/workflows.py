@@ -41,7 +41,7 @@ def model_tag(embedder: LoadedEmbedder, name: str | None = None) -> ModelTag:
         model_name_or_path=name or embedder.name, revision=revision,
         embedding_dim=int(embedder.model.embedding_dim), image_size=int(embedder.processor.image_size),
         preprocessing=preprocessing_signature(embedder.processor.to_dict()),
-        flip_test=bool(getattr(getattr(embedder.model, "config", None), "flip_test", False)),
+        flip_test=embedder.flip_test,
     )
 
 
@@ -113,12 +113,19 @@ def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, a
     return gallery, embedded.failures
 
 
+def load_gallery_embedder(gallery: Gallery, gallery_dir: str | os.PathLike, model: str | None, runtime: str, *,
+                          device: str | None = None) -> LoadedEmbedder:
+    """The embedder for a gallery's queries: `model`, or the model the gallery was built with (a local one is
+    recorded relative to the gallery), with the gallery's test-time flip, which is part of its embedding space
+    (an ONNX export made with the other setting is refused, saying so)."""
+    return load_embedder(model or store.resolve_model_reference(gallery.model_tag.model_name_or_path, gallery_dir),
+                         device=device, runtime=runtime, flip_test=gallery.model_tag.flip_test)
+
+
 def _gallery_and_model(gallery_dir: str | os.PathLike, model: str | None,
                        runtime: str) -> tuple[Gallery, LoadedEmbedder, ModelTag]:
     gallery = Gallery.load(gallery_dir)
-    # Test-time flip is part of the gallery's embedding space: queries are embedded the way its images were.
-    embedder = load_embedder(model or store.resolve_model_reference(gallery.model_tag.model_name_or_path, gallery_dir),
-                             runtime=runtime, flip_test=gallery.model_tag.flip_test if runtime == "torch" else None)
+    embedder = load_gallery_embedder(gallery, gallery_dir, model, runtime)
     tag = model_tag(embedder)
     gallery.model_tag.require_same(tag, f"embeddings of {embedder.name}")
     return gallery, embedder, tag

@@ -16,14 +16,18 @@ from .session import ReviewSession
 
 
 def load_model_embedder(model: str, runtime: str = "torch"):
-    """(embed, model tag) for a model folder or Hub id (runtime "onnx": an ONNX export folder): embed maps
-    PIL crops to (N, D) embeddings on CPU through the model's own image processor."""
+    """(embed, model tag) for a model folder or Hub id (runtime "onnx": an ONNX export folder), on CPU."""
+    from wildreid.embedding.embedders import load_embedder
+
+    return crop_embedder(load_embedder(model, device="cpu", runtime=runtime))
+
+
+def crop_embedder(embedder):
+    """(embed, model tag) of a loaded embedder: embed maps PIL crops to (N, D) embeddings through the
+    model's own image processor."""
     import torch
 
-    from wildreid.embedding.embedders import load_embedder
     from ..workflows import model_tag
-
-    embedder = load_embedder(model, device="cpu", runtime=runtime)
 
     @torch.inference_mode()
     def embed(crops):
@@ -38,11 +42,10 @@ def open_session(gallery_dir: str | os.PathLike, model: str | None = None, runti
     """A session on a gallery folder, embedding with `model` (default: the model the gallery was built with,
     refused if its weights or preprocessing differ from the gallery's)."""
     from ..gallery import Gallery
-    from ..store import resolve_model_reference
+    from ..workflows import load_gallery_embedder
 
-    recorded = Gallery.load(gallery_dir).model_tag.model_name_or_path  # a local model is relative to the gallery
-    embed, tag = load_model_embedder(model or resolve_model_reference(recorded, gallery_dir), runtime)
-    return ReviewSession(gallery_dir, embed, tag, **kwargs)
+    embedder = load_gallery_embedder(Gallery.load(gallery_dir), gallery_dir, model, runtime, device="cpu")
+    return ReviewSession(gallery_dir, *crop_embedder(embedder), **kwargs)
 
 
 __all__ = ["ReviewSession", "load_model_embedder", "open_session"]
