@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split_seed", type=int, default=0, help="open-set without --gallery: split seed")
     parser.add_argument("--flip_test", action="store_true",
                         help="average each image's embedding with its mirror image's (twice the embedding time)")
+    parser.add_argument("--exclude_same_encounter", action="store_true",
+                        help="leave-one-out/closed-set: a query does not see the other photos of its own encounter "
+                             "(sighting, video: the dataset's `encounter` column), so only re-sightings count")
     parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                         help="onnx: --model is a folder written by `wildreid export --format onnx`")
     parser.add_argument("--num_threads", type=int,

@@ -7,7 +7,7 @@ Files are checked to exist but not opened, so building is fast (dog: 6316 rows i
 | species | source split | other metadata |
 |---|---|---|
 | lion  | official `train` / `val` (identities disjoint) | `view` -> `viewpoint` (lower-cased body part, e.g. `left_face`) |
-| nyala | official `train` / `test` (identities disjoint) | `orientation` -> `viewpoint` (`left` / `right`) |
+| nyala | official `train` / `test` (identities disjoint) | `orientation` -> `viewpoint` (`left` / `right`); the sighting number of the file name (`124_leftphoto.jpg`, `124_rightphoto.jpg`: both flanks, one moment) -> `encounter` |
 | dog   | default: disjoint-set, 20 % of identities in `test`, seed 0 | - |
 | pig   | default: group-aware by video (`encounter`), ~20 % of images in `test`, seed 0 | `video` -> `encounter`, its start time -> `date`; masks dropped |
 """
@@ -28,6 +28,7 @@ from .schema import to_dataset
 from .splits import disjoint_set_labels, group_aware_labels
 
 DEFAULT_TEST_FRACTION = 0.2
+_NYALA_SIGHTING = re.compile(r"(\d+)_(?:left|right)photo", re.IGNORECASE)  # "(1)" copies: the same sighting
 DEFAULT_SPLIT_SEED = 0
 
 _TVANZYL_CITATION = """@inproceedings{dlamini2020automated,
@@ -145,7 +146,9 @@ class NyalaBuilder(SpeciesBuilder):
         pretty_name="NyalaData",
         description=(
             "Nyala (Tragelaphus angasii): loosely cropped flank photos, left and right sides, from "
-            "tvanzyl/wildlife_reidentification. Contains 8 exact duplicate images and one individual with a single image."
+            "tvanzyl/wildlife_reidentification. Contains 8 exact duplicate images and one individual with a single image. "
+            "Most sightings have two photos, one per flank (`124_leftphoto.jpg`, `124_rightphoto.jpg`), taken moments "
+            "apart against the same background: the sighting number is the `encounter`."
         ),
         homepage="https://github.com/tvanzyl/wildlife_reidentification",
         license="unknown",
@@ -156,7 +159,9 @@ class NyalaBuilder(SpeciesBuilder):
     extra_columns = ("split", "orientation")
 
     def row_metadata(self, record: dict[str, str], where: str) -> dict[str, Any]:
-        return {"viewpoint": record["orientation"].strip().lower() or None, "split": record["split"].strip() or None}
+        sighting = _NYALA_SIGHTING.match(Path(record["image"]).name)
+        return {"viewpoint": record["orientation"].strip().lower() or None, "split": record["split"].strip() or None,
+                "encounter": sighting.group(1) if sighting else None}
 
 
 class DogBuilder(SpeciesBuilder):

@@ -175,3 +175,28 @@ def test_local_needs_no_model_and_fusion_is_calibrated_on_validation(model_dir, 
 def test_flip_test_needs_a_model():
     with pytest.raises(ValueError, match="--flip_test"):
         EvaluationRequest(datasets=["lion:val"], method="local", flip_test=True).validate()
+
+
+def test_exclude_same_encounter_skips_individuals_seen_once(model_dir, tmp_path):
+    # Six individuals, four photos each: individual 0's photos are one sighting, the others' two sightings of two.
+    from hub_datasets.synthetic import generate_rows
+
+    rows = list(generate_rows(n_species=1, n_identities=6, images_per_identity=4, image_size=96, seed=8))
+    seen_once = rows[0]["identity"]
+    lines = ["image,identity,encounter"]
+    for index, row in enumerate(rows):
+        name, identity = row["image_id"].replace("/", "_"), row["identity"].split("/")[-1]
+        (tmp_path / name).write_bytes(row["image"]["bytes"])
+        sighting = "once" if row["identity"] == seen_once else index // 2
+        lines.append(f"{name},{identity},{identity}-{sighting}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    spec = f"csv[species=zebra]:{tmp_path / 'labels.csv'}"
+    for method, model in (("global", str(model_dir)), ("local", None)):
+        plain = run_evaluation(EvaluationRequest(datasets=[spec], model=model, method=method, num_workers=0))
+        strict = run_evaluation(EvaluationRequest(datasets=[spec], model=model, method=method, num_workers=0,
+                                                  exclude_same_encounter=True))
+        assert plain["species"]["zebra"]["n_queries"] == 24 and plain["exclude_same_encounter"] is False
+        assert strict["species"]["zebra"]["n_queries"] == 20 and strict["species"]["zebra"]["n_skipped"] == 4
+        assert strict["exclude_same_encounter"] is True
+    with pytest.raises(ValueError, match="--exclude_same_encounter"):
+        EvaluationRequest(datasets=[spec], model=str(model_dir), protocol="open-set", exclude_same_encounter=True).validate()

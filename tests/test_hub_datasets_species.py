@@ -41,6 +41,10 @@ def test_real_species_metadata_and_splits(shared_data):
     nyala = build_species("nyala", shared_data)
     assert Counter(nyala["split"]) == {"train": 1213, "test": 729}
     assert set(nyala["viewpoint"]) == {"left", "right"}
+    # A sighting's two flank photos (and the "(1)" duplicate copies) share its number as their encounter.
+    encounter = dict(zip(nyala["image_id"], nyala["encounter"]))
+    assert encounter["nyala/train/100/124_leftphoto.jpg"] == encounter["nyala/train/100/124_rightphoto.jpg"] == "124"
+    assert encounter["nyala/train/218/571_leftphoto(1).jpg"] == "571" and len(set(encounter.values())) == 996
 
     dog = build_species("dog", shared_data)
     per_identity = sides(dog["identity"], dog["split"])

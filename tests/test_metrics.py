@@ -399,3 +399,65 @@ def test_macro_average_skips_undefined_and_non_numeric_values():
         }
     )
     assert mean == {"top1": pytest.approx(0.4), "baus": 0.5, "n_queries": 15}
+
+
+# ----------------------------------------------------------------------------- same-encounter exclusion
+
+
+@pytest.mark.parametrize("leave_one_out", [False, True])
+def test_excluding_same_encounter_equals_each_query_without_its_encounter(leave_one_out):
+    # Reference: each query scored alone against the gallery with its own encounter's items (and itself) removed.
+    rng = np.random.default_rng(11)
+    n_gallery = 36 if leave_one_out else 50
+    similarity = rng.standard_normal((36, n_gallery)).round(1)  # ties
+    similarity[rng.random(similarity.shape) < 0.05] = -np.inf
+    query_labels = rng.integers(0, 5, 36)
+    gallery_labels = query_labels if leave_one_out else rng.integers(0, 5, n_gallery)
+    def encounters(labels, every):  # individual 4 was seen once (encounter "e4"): its queries have no answer
+        return ["e4" if label == 4 else None if i % every == 0 else f"e{i % 6}" for i, label in enumerate(labels)]
+
+    query_groups = encounters(query_labels, 7)
+    gallery_groups = query_groups if leave_one_out else encounters(gallery_labels, 5)
+    result = retrieval_metrics_from_similarity(similarity, query_labels, None if leave_one_out else gallery_labels,
+                                               leave_one_out=leave_one_out, chunk_size=5, topk=(1, 3),
+                                               query_groups=query_groups, gallery_groups=gallery_groups)
+    first_hits, aps, skipped = [], [], 0
+    for i in range(36):
+        keep = [j for j in range(n_gallery) if not (leave_one_out and j == i)
+                and not (query_groups[i] is not None and gallery_groups[j] == query_groups[i])]
+        hits, ap, _, _ = brute_force(similarity[[i]][:, keep], query_labels[[i]], gallery_labels[keep])
+        if hits[0] is None and (leave_one_out or query_labels[i] in gallery_labels):
+            skipped += 1  # its individual is only in its own encounter (or nowhere else, leave-one-out)
+            continue
+        first_hits.append(hits[0])
+        aps += ap
+    assert 0 < skipped < 36
+    assert result["n_skipped"] == skipped and result["n_queries"] == len(first_hits)
+    assert result["map"] == pytest.approx(np.mean(aps), abs=1e-12)
+    assert result["top1"] == pytest.approx(np.mean([h == 0 for h in first_hits]), abs=1e-12)
+    assert result["top3"] == pytest.approx(np.mean([h is not None and h < 3 for h in first_hits]), abs=1e-12)
+
+
+def test_same_encounter_match_no_longer_counts_and_embeddings_agree_with_scores():
+    # Query 0's best match is its encounter's other photo; without it, a wrong individual ranks first.
+    embeddings = unit([[1, 0, 0], [0.99, 0.1, 0], [0.9, 0.4, 0], [0.5, 0.8, 0.3], [0, 1, 0]])
+    labels, encounters = ["a", "a", "b", "a", "c"], ["s1", "s1", "s2", "s3", ""]
+    plain = retrieval_metrics(embeddings[:1], labels[:1], embeddings[1:], labels[1:])
+    excluded = retrieval_metrics(embeddings[:1], labels[:1], embeddings[1:], labels[1:],
+                                 query_groups=encounters[:1], gallery_groups=encounters[1:])
+    assert plain["top1"] == 1.0 and excluded["top1"] == 0.0 and excluded["top5"] == 1.0
+    assert excluded["map"] == pytest.approx(0.5)
+    loo = retrieval_metrics(embeddings, labels, query_groups=encounters, gallery_groups=encounters)
+    similarity = embeddings @ embeddings.T
+    assert loo == retrieval_metrics_from_similarity(similarity, labels, leave_one_out=True,
+                                                    query_groups=encounters, gallery_groups=encounters)
+    # Query 1 ("a", s1): a's other photo outside s1 is 3; "" and None are no encounter and exclude nothing.
+    assert loo["n_queries"] == 3 and loo["n_skipped"] == 2
+
+
+def test_groups_must_come_in_pairs_and_match_lengths():
+    similarity = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="together"):
+        retrieval_metrics_from_similarity(similarity, [0, 1], [0, 1, 1], query_groups=["x", "y"])
+    with pytest.raises(ValueError, match="gallery_groups"):
+        retrieval_metrics_from_similarity(similarity, [0, 1], [0, 1, 1], query_groups=["x", "y"], gallery_groups=["x"])

@@ -38,8 +38,9 @@ def image_set(dataset: Dataset, embedded: Embeddings | None, local: LocalSet | N
     if local is not None:
         position = {row: i for i, row in enumerate(local.rows)}
         features = [local.features[position[row]] for row in rows]
+    encounters = dataset["encounter"] if "encounter" in dataset.column_names else [None] * len(dataset)
     return ImageSet(np.asarray(dataset["identity"], dtype=object)[rows], np.asarray(dataset["species"], dtype=object)[rows],
-                    vectors, features, dict(extractor_config or {}))
+                    vectors, features, dict(extractor_config or {}), np.asarray(encounters, dtype=object)[rows])
 
 
 def _has_pairs(images: ImageSet) -> bool:
@@ -48,9 +49,11 @@ def _has_pairs(images: ImageSet) -> bool:
 
 def evaluate_method(method_name: str, queries: ImageSet, gallery: ImageSet | None = None, *,
                     validation: ImageSet | None = None, shortlist: int = 20, num_workers: int | None = None,
-                    training_species: Sequence[str] | None = None) -> dict:
+                    training_species: Sequence[str] | None = None, exclude_same_encounter: bool = False) -> dict:
     """Results in `evaluate.py`'s shape: leave-one-out within `queries` (no gallery) or queries against
-    `gallery` (closed set: queries of individuals absent from the gallery are left out)."""
+    `gallery` (closed set: queries of individuals absent from the gallery are left out). With
+    `exclude_same_encounter` a query does not see its own encounter's photos in the metrics (fitting on
+    `validation` is unchanged)."""
     per_species = {}
     for name in sorted(set(queries.species)):
         q = queries.part(queries.species == name)
@@ -81,8 +84,11 @@ def evaluate_method(method_name: str, queries: ImageSet, gallery: ImageSet | Non
         tick = time.perf_counter()
         scores = method.scores(q, g)
         record["scoring_seconds"] = round(time.perf_counter() - tick, 2)
+        groups = {}
+        if exclude_same_encounter:
+            groups = {"query_groups": q.encounters, "gallery_groups": q.encounters if g is None else g.encounters}
         metrics = retrieval_metrics_from_similarity(scores, q.identities, None if g is None else g.identities,
-                                                    leave_one_out=g is None)
+                                                    leave_one_out=g is None, **groups)
         per_species[name] = {**metrics, **record}
     if not per_species:
         raise ValueError("no species could be evaluated (every identity has a single image?)")

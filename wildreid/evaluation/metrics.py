@@ -13,35 +13,32 @@ Conventions shared by every function here:
 * Query vs gallery (closed set): a query whose identity is absent from the gallery cannot be matched,
   so it counts as a miss in the CMC curve; it is left out of mAP, where AP is undefined, and counted
   in ``n_unmatched``.
+* Same-encounter matches excluded (``query_groups`` / ``gallery_groups``, e.g. the `encounter` column): a
+  query does not see the gallery photos of its own encounter (sighting, video, session), which are
+  often easy matches of the background or of the same moment; as in Market-1501's same-camera
+  "junk" images. A query whose individual is in the gallery only through its own encounter cannot be
+  answered then: it is skipped and counted in ``n_skipped``. A group of None or "" is no encounter.
 * Work is chunked over queries, so only ``chunk_size x n_gallery`` scores exist at any time and a
   100k x 100k evaluation fits in a few hundred MB. Cosine scores are float32 matrix products; the
   BLAS kernel, hence the last bit of a score, can depend on the chunk shape, which can only reorder
   items whose scores agree to ~1e-7.
 
-One ranking core (``_rank_chunk``) serves embeddings and precomputed similarity matrices alike.
+One ranking core (`ranking.rank_chunk`) serves embeddings and precomputed similarity matrices alike.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .open_set import Top1Matches
+from .ranking import ChunkRanks, scan
 
 DEFAULT_TOPK = (1, 5, 10, 20)
 # Scores held per chunk when chunk_size is None: ~4M scores keep the ranking's working arrays
 # (scores, sorted scores, correct-item mask) near 40 MB whatever the gallery size.
 _AUTO_CHUNK_SCORES = 1 << 22
-
-
-@dataclass(frozen=True)
-class _ChunkRanks:
-    first_hit: np.ndarray  # 0-based pessimistic rank of the first correct item, -1 when none
-    average_precision: np.ndarray  # NaN when the query has no correct item
-    top_score: np.ndarray
-    n_relevant: np.ndarray
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -110,88 +107,26 @@ def _chunk_rows(chunk_size: int | None, n_gallery: int) -> int:
     return int(chunk_size)
 
 
-# ----------------------------------------------------------------------------- ranking core
+def _encode_groups(query_groups: Sequence | None, gallery_groups: Sequence | None, n_queries: int, n_gallery: int
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Shared integer codes of the query and gallery groups (-1: no group), or None when not given."""
+    if query_groups is None and gallery_groups is None:
+        return None
+    if query_groups is None or gallery_groups is None:
+        raise ValueError("give query_groups and gallery_groups together (leave-one-out: gallery_groups = query_groups)")
+    query_groups, gallery_groups = list(query_groups), list(gallery_groups)
+    _check_lengths(n_queries, np.asarray(query_groups, dtype=object), "the queries", "query_groups")
+    _check_lengths(n_gallery, np.asarray(gallery_groups, dtype=object), "the gallery", "gallery_groups")
+    named = sorted({str(g) for g in query_groups + gallery_groups if g is not None and str(g) != ""})
+    code = {name: i for i, name in enumerate(named)}
+
+    def codes(groups: list) -> np.ndarray:
+        return np.array([code[str(g)] if g is not None and str(g) != "" else -1 for g in groups], dtype=np.int64)
+
+    return codes(query_groups), codes(gallery_groups)
 
 
-def _count_below(sorted_rows: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """For each i, how many entries of ``sorted_rows[rows[i]]`` (ascending) are < ``values[i]``.
-
-    A binary search run for all i at once: numpy's searchsorted only takes one sorted array.
-    """
-    n_columns = sorted_rows.shape[1]
-    flat = sorted_rows.reshape(-1)
-    offsets = rows * n_columns
-    low = np.zeros(len(values), dtype=np.int64)
-    high = np.full(len(values), n_columns, dtype=np.int64)
-    while True:
-        active = low < high
-        if not active.any():
-            return low
-        middle = (low + high) // 2
-        below = flat[offsets + np.minimum(middle, n_columns - 1)] < values
-        low = np.where(active & below, middle + 1, low)
-        high = np.where(active & ~below, middle, high)
-
-
-def _rank_chunk(scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray | None) -> _ChunkRanks:
-    """Rank one chunk of queries; ``scores`` and ``relevant`` are (c, G) and modified in place.
-
-    ``excluded[i]`` is the gallery column query ``i`` must not see (itself, in leave-one-out).
-    Only the correct items' ranks are needed, so each row's scores are sorted by value (a SIMD sort,
-    several times faster than argsort) and every correct item is located in its row by binary search.
-    """
-    n_rows, n_gallery = scores.shape
-    if excluded is not None:
-        # Parked at -inf and marked incorrect, it can only tie with correct items that also score
-        # -inf; the correction below takes it out of their ranks.
-        scores[np.arange(n_rows), excluded] = -np.inf
-        relevant[np.arange(n_rows), excluded] = False
-    sorted_scores = np.sort(scores, axis=1)
-    hits = np.flatnonzero(relevant)
-    hit_rows = hits // n_gallery
-    hit_scores = scores.reshape(-1)[hits]
-    # Correct items of each row from best to worst score.
-    order = np.lexsort((-hit_scores, hit_rows))
-    hit_rows, hit_scores = hit_rows[order], hit_scores[order]
-    n_relevant = np.bincount(hit_rows, minlength=n_rows)
-    row_first = np.concatenate([[0], np.cumsum(n_relevant)[:-1]])
-    position = np.arange(len(hit_rows)) - row_first[hit_rows] + 1  # k-th correct item of its row
-    # Correct items scoring >= the k-th one: up to the last of its run of equal scores.
-    last_of_run = np.ones(len(hit_rows), dtype=bool)
-    last_of_run[:-1] = (hit_rows[:-1] != hit_rows[1:]) | (hit_scores[:-1] != hit_scores[1:])
-    run_last = np.flatnonzero(last_of_run)
-    correct_at_least = run_last[np.searchsorted(run_last, np.arange(len(hit_rows)))] - row_first[hit_rows] + 1
-    at_least = n_gallery - _count_below(sorted_scores, hit_rows, hit_scores)
-    wrong_at_least = at_least - correct_at_least
-    if excluded is not None:
-        wrong_at_least -= hit_scores == -np.inf
-    # Pessimistic ties: every incorrect item scoring >= the k-th correct one ranks before it.
-    rank = position + wrong_at_least
-    has_hit = n_relevant > 0
-    first_hit = np.full(n_rows, -1, dtype=np.int64)
-    first_hit[has_hit] = wrong_at_least[row_first[has_hit]]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        average_precision = np.bincount(hit_rows, weights=position / rank, minlength=n_rows) / n_relevant
-    average_precision[~has_hit] = np.nan
-    return _ChunkRanks(first_hit, average_precision, sorted_scores[:, -1].astype(np.float64), n_relevant)
-
-
-def _scan(
-    chunk_scores: Callable[[int, int], np.ndarray],
-    query_codes: np.ndarray,
-    gallery_codes: np.ndarray,
-    leave_one_out: bool,
-    chunk_size: int | None,
-) -> _ChunkRanks:
-    """Rank all queries, ``chunk_scores(start, stop)`` giving a fresh (stop - start, G) score block."""
-    step = _chunk_rows(chunk_size, len(gallery_codes))
-    parts = []
-    for start in range(0, len(query_codes), step):
-        stop = min(start + step, len(query_codes))
-        relevant = query_codes[start:stop, None] == gallery_codes[None, :]
-        excluded = np.arange(start, stop) if leave_one_out else None
-        parts.append(_rank_chunk(chunk_scores(start, stop), relevant, excluded))
-    return _ChunkRanks(*(np.concatenate([getattr(p, f) for p in parts]) for f in _ChunkRanks.__dataclass_fields__))
+# ----------------------------------------------------------------------------- ranking
 
 
 def _cosine_blocks(queries: np.ndarray, gallery: np.ndarray) -> Callable[[int, int], np.ndarray]:
@@ -213,15 +148,18 @@ def _similarity_blocks(similarity: Any) -> Callable[[int, int], np.ndarray]:
     return block
 
 
-def _summarise(
-    ranks: _ChunkRanks, query_codes: np.ndarray, n_candidates: int, topk: tuple[int, ...], leave_one_out: bool
-) -> dict:
+def _summarise(ranks: ChunkRanks, query_codes: np.ndarray, gallery_codes: np.ndarray, topk: tuple[int, ...],
+               leave_one_out: bool) -> dict:
     has_match = ranks.n_relevant > 0
-    evaluated = has_match if leave_one_out else np.ones_like(has_match)
+    # Closed set: a query whose individual is absent from the gallery is a miss; one whose individual is there
+    # only in its own encounter (excluded) cannot be answered and is skipped, as are leave-one-out singletons.
+    evaluated = has_match if leave_one_out else has_match | ~np.isin(query_codes, gallery_codes)
+    n_candidates = len(gallery_codes) - leave_one_out
     if not has_match.any():
         if leave_one_out:
             raise ValueError(
-                "no query has another image of its identity; leave-one-out needs identities with >= 2 images"
+                "no query has another image of its identity (outside its own encounter); leave-one-out needs "
+                "identities with >= 2 images"
             )
         raise ValueError(
             "no query identity occurs in the gallery, so closed-set metrics are undefined "
@@ -308,6 +246,8 @@ def retrieval_metrics(
     *,
     topk: Sequence[int] = DEFAULT_TOPK,
     chunk_size: int | None = None,
+    query_groups: Sequence | None = None,
+    gallery_groups: Sequence | None = None,
 ) -> dict:
     """CMC top-k and mAP of cosine-similarity retrieval.
 
@@ -318,6 +258,8 @@ def retrieval_metrics(
         gallery_labels: (G,) labels; required exactly when ``gallery_embeddings`` is given.
         topk: ranks reported as ``top{k}``; a k beyond the gallery size reports the full-gallery value.
         chunk_size: queries scored at once (None: as many as keep a chunk near 4M scores).
+        query_groups, gallery_groups: (Q,) and (G,) encounters (None or "": none); a query does not see
+            the gallery items of its own encounter. Leave-one-out: give both, equal.
 
     Returns:
         ``top{k}`` for each k and ``map`` (fractions in [0, 1]), ``cmc`` (list up to
@@ -333,8 +275,10 @@ def retrieval_metrics(
     queries, gallery, query_codes, gallery_codes = _prepare_embeddings(
         query_embeddings, query_labels, gallery_embeddings, gallery_labels
     )
-    ranks = _scan(_cosine_blocks(queries, gallery), query_codes, gallery_codes, leave_one_out, chunk_size)
-    return _summarise(ranks, query_codes, len(gallery) - leave_one_out, topk, leave_one_out)
+    groups = _encode_groups(query_groups, gallery_groups, len(queries), len(gallery))
+    ranks = scan(_cosine_blocks(queries, gallery), query_codes, gallery_codes, leave_one_out,
+                 _chunk_rows(chunk_size, len(gallery)), groups)
+    return _summarise(ranks, query_codes, gallery_codes, topk, leave_one_out)
 
 
 def retrieval_metrics_from_similarity(
@@ -345,12 +289,15 @@ def retrieval_metrics_from_similarity(
     leave_one_out: bool = False,
     topk: Sequence[int] = DEFAULT_TOPK,
     chunk_size: int | None = None,
+    query_groups: Sequence | None = None,
+    gallery_groups: Sequence | None = None,
 ) -> dict:
     """The metrics of :func:`retrieval_metrics` from a precomputed (Q, G) score matrix.
 
     Higher scores mean more similar (local-feature match counts, fused scores...). With
     ``leave_one_out=True`` the matrix is square over one set (``gallery_labels`` omitted or equal to
     ``query_labels``) and its diagonal is ignored. NaN scores are rejected; +-inf are allowed.
+    ``query_groups`` / ``gallery_groups``: as in :func:`retrieval_metrics`.
     """
     topk = _check_topk(topk)
     if leave_one_out:
@@ -360,14 +307,16 @@ def retrieval_metrics_from_similarity(
     elif gallery_labels is None:
         raise ValueError("gallery_labels is required unless leave_one_out=True")
     similarity, query_codes, gallery_codes = _prepare_similarity(similarity, query_labels, gallery_labels)
-    ranks = _scan(_similarity_blocks(similarity), query_codes, gallery_codes, leave_one_out, chunk_size)
-    return _summarise(ranks, query_codes, len(gallery_codes) - leave_one_out, topk, leave_one_out)
+    groups = _encode_groups(query_groups, gallery_groups, len(query_codes), len(gallery_codes))
+    ranks = scan(_similarity_blocks(similarity), query_codes, gallery_codes, leave_one_out,
+                 _chunk_rows(chunk_size, len(gallery_codes)), groups)
+    return _summarise(ranks, query_codes, gallery_codes, topk, leave_one_out)
 
 
 # ----------------------------------------------------------------------------- top-1 matches
 
 
-def _top1(ranks: _ChunkRanks, query_labels: Sequence) -> Top1Matches:
+def _top1(ranks: ChunkRanks, query_labels: Sequence) -> Top1Matches:
     labels = _as_labels(query_labels, "query_labels")
     return Top1Matches(ranks.top_score, ranks.first_hit == 0, ranks.n_relevant > 0, labels)
 
@@ -386,7 +335,7 @@ def top1_matches(
     queries, gallery, query_codes, gallery_codes = _prepare_embeddings(
         query_embeddings, query_labels, gallery_embeddings, gallery_labels
     )
-    ranks = _scan(_cosine_blocks(queries, gallery), query_codes, gallery_codes, False, chunk_size)
+    ranks = scan(_cosine_blocks(queries, gallery), query_codes, gallery_codes, False, _chunk_rows(chunk_size, len(gallery)))
     return _top1(ranks, query_labels)
 
 
@@ -395,5 +344,6 @@ def top1_matches_from_similarity(
 ) -> Top1Matches:
     """:func:`top1_matches` from a precomputed (Q, G) score matrix (higher = more similar)."""
     similarity, query_codes, gallery_codes = _prepare_similarity(similarity, query_labels, gallery_labels)
-    ranks = _scan(_similarity_blocks(similarity), query_codes, gallery_codes, False, chunk_size)
+    ranks = scan(_similarity_blocks(similarity), query_codes, gallery_codes, False,
+                 _chunk_rows(chunk_size, len(gallery_codes)))
     return _top1(ranks, query_labels)

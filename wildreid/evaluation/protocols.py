@@ -8,10 +8,14 @@
   (MegaDescriptor's published protocol: test queried against train).
 - open-set: queries against a gallery where some query identities are absent; a "new individual"
   threshold chosen on a validation set is applied to the test queries.
+
+Leave-one-out and closed-set can exclude same-encounter matches (`exclude_same_encounter`): a query then
+does not see the other photos of its own `encounter` (sighting, video), the easy matches of the same moment.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +26,7 @@ from .grouping import macro_average
 from .metrics import retrieval_metrics, top1_matches
 from .open_set import choose_new_individual_threshold, open_set_metrics
 
+logger = logging.getLogger(__name__)
 PROTOCOLS = ("leave-one-out", "closed-set", "open-set")
 
 
@@ -30,6 +35,16 @@ def _rows(dataset: Dataset, embedded: Embeddings) -> tuple[np.ndarray, np.ndarra
     identities = np.asarray(dataset["identity"], dtype=object)[embedded.indices]
     species = np.asarray(dataset["species"], dtype=object)[embedded.indices]
     return embedded.vectors, identities, species
+
+
+def _encounters(dataset: Dataset, embedded: Embeddings) -> np.ndarray:
+    """Each embedded row's `encounter` (None where the dataset has none)."""
+    column = dataset["encounter"] if "encounter" in dataset.column_names else [None] * len(dataset)
+    return np.asarray(column, dtype=object)[embedded.indices]
+
+
+def _groups(encounters: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+    return None if encounters is None else encounters[mask]
 
 
 def _with_seen(results: dict, training_species: Sequence[str] | None) -> dict:
@@ -45,22 +60,33 @@ def _summary(per_species: dict, protocol: str, training_species: Sequence[str] |
     return {"species": per_species, "mean": macro_average(per_species), "protocol": protocol}
 
 
-def leave_one_out_by_species(dataset: Dataset, embedded: Embeddings, *, training_species: Sequence[str] | None = None) -> dict:
-    """Leave-one-out retrieval within each species of an embedded set."""
+def leave_one_out_by_species(dataset: Dataset, embedded: Embeddings, *, training_species: Sequence[str] | None = None,
+                             exclude_same_encounter: bool = False) -> dict:
+    """Leave-one-out retrieval within each species of an embedded set; with `exclude_same_encounter` a query
+    does not see the other photos of its own encounter (`metrics`)."""
     vectors, identities, species = _rows(dataset, embedded)
+    encounters = _encounters(dataset, embedded) if exclude_same_encounter else None
     per_species = {}
     for name in sorted(set(species)):
         mask = species == name
         if len(set(identities[mask])) == len(identities[mask]):
             continue  # every identity has one image: nothing to retrieve
-        per_species[name] = retrieval_metrics(vectors[mask], identities[mask])
+        try:
+            per_species[name] = retrieval_metrics(vectors[mask], identities[mask], query_groups=_groups(encounters, mask),
+                                                  gallery_groups=_groups(encounters, mask))
+        except ValueError as error:
+            if encounters is None:
+                raise
+            logger.warning("%s left out: %s", name, error)  # e.g. every individual seen in one encounter only
     return _summary(per_species, "leave-one-out", training_species)
 
 
 def closed_set_by_species(query_set: Dataset, query: Embeddings, gallery_set: Dataset, gallery: Embeddings, *,
-                          training_species: Sequence[str] | None = None) -> dict:
+                          training_species: Sequence[str] | None = None, exclude_same_encounter: bool = False) -> dict:
     """Query images against a gallery, per species; queries whose identity has no gallery image are left out
-    (closed set: every query individual is known)."""
+    (closed set: every query individual is known). `exclude_same_encounter`: as in `leave_one_out_by_species`."""
+    q_groups = _encounters(query_set, query) if exclude_same_encounter else None
+    g_groups = _encounters(gallery_set, gallery) if exclude_same_encounter else None
     q_vectors, q_ids, q_species = _rows(query_set, query)
     g_vectors, g_ids, g_species = _rows(gallery_set, gallery)
     per_species = {}
@@ -70,7 +96,8 @@ def closed_set_by_species(query_set: Dataset, query: Embeddings, gallery_set: Da
         q_mask = (q_species == name) & np.isin(q_ids, list(known))
         if not q_mask.any():
             continue
-        per_species[name] = retrieval_metrics(q_vectors[q_mask], q_ids[q_mask], g_vectors[g_mask], g_ids[g_mask])
+        per_species[name] = retrieval_metrics(q_vectors[q_mask], q_ids[q_mask], g_vectors[g_mask], g_ids[g_mask],
+                                              query_groups=_groups(q_groups, q_mask), gallery_groups=_groups(g_groups, g_mask))
     return _summary(per_species, "closed-set", training_species)
 
 

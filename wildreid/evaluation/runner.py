@@ -52,6 +52,7 @@ class EvaluationRequest:
     image_size: int | None = None  # baselines only: wildreid models keep their own
     runtime: str = "torch"  # or "onnx": --model is a `wildreid export --format onnx` folder
     flip_test: bool = False  # average each embedding with its mirror image's (WildReIDConfig.flip_test)
+    exclude_same_encounter: bool = False  # a query does not see its own encounter's photos (metrics)
     split_seed: int = 0  # open-set without --gallery: seed of the derived gallery/query split
     plots: bool = False
     command: str | None = None
@@ -67,6 +68,8 @@ class EvaluationRequest:
             raise ValueError(f"--model is required for --method {self.method} (only local matching needs none)")
         if self.flip_test and self.model is None:
             raise ValueError("--flip_test changes how --model embeds images; local matching alone has no embeddings")
+        if self.exclude_same_encounter and self.protocol == "open-set":
+            raise ValueError("--exclude_same_encounter applies to leave-one-out and closed-set evaluation")
         if self.method != "global" and self.protocol == "open-set":
             raise ValueError("open-set evaluation supports --method global only")
         if self.method in ("fusion", "auto") and not self.val_datasets and self.protocol != "closed-set":
@@ -123,12 +126,14 @@ def run_evaluation(request: EvaluationRequest) -> dict:
         query_embeddings = gallery_set = gallery_embeddings = None
     elif request.protocol == "leave-one-out":
         query_embeddings = embed(queries, "queries")
-        results = leave_one_out_by_species(queries, query_embeddings, training_species=seen)
+        results = leave_one_out_by_species(queries, query_embeddings, training_species=seen,
+                                           exclude_same_encounter=request.exclude_same_encounter)
         gallery_set, gallery_embeddings = None, None
     elif request.protocol == "closed-set":
         gallery_set = _load(request.gallery, request.data_dir, "--gallery")
         query_embeddings, gallery_embeddings = embed(queries, "queries"), embed(gallery_set, "gallery")
-        results = closed_set_by_species(queries, query_embeddings, gallery_set, gallery_embeddings, training_species=seen)
+        results = closed_set_by_species(queries, query_embeddings, gallery_set, gallery_embeddings, training_species=seen,
+                                        exclude_same_encounter=request.exclude_same_encounter)
     else:
         if request.gallery:
             gallery_set = _load(request.gallery, request.data_dir, "--gallery")
@@ -151,6 +156,7 @@ def run_evaluation(request: EvaluationRequest) -> dict:
     results.update({
         "model": request.model or "local features (SIFT)", "protocol": request.protocol, "method": request.method,
         "datasets": request.datasets, "flip_test": bool(embedder and embedder.flip_test),
+        "exclude_same_encounter": request.exclude_same_encounter,
         "gallery": request.gallery or None, "command": request.command, "failures": failures,
         "timings": {**timings, "total_seconds": round(time.perf_counter() - started, 2)}, **code_version(),
     })
@@ -196,7 +202,8 @@ def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: Loaded
         reused = fitted_on_training_images(request.model, fit_specs, f"--method {request.method}")
     tick = time.perf_counter()
     results = evaluate_method(request.method, query_images, gallery_images, validation=validation,
-                              shortlist=request.shortlist, num_workers=request.num_workers, training_species=seen)
+                              shortlist=request.shortlist, num_workers=request.num_workers, training_species=seen,
+                              exclude_same_encounter=request.exclude_same_encounter)
     timings["matching and scoring"] = {"seconds": round(time.perf_counter() - tick, 2)}
     results["local_features"] = extractor.config
     if uses_embeddings and reused:

@@ -39,6 +39,7 @@ class ImageSet:
     embeddings: np.ndarray | None = None  # (N, D) L2-normalised; needed by global, fusion, auto
     local: list[LocalFeatures] | None = None  # needed by the local methods, fusion, auto
     extractor_config: dict[str, Any] = field(default_factory=dict)
+    encounters: np.ndarray | None = None  # (N,) sighting of each image (None: unknown); evaluation may exclude them
 
     def __len__(self) -> int:
         return len(self.identities)
@@ -48,7 +49,7 @@ class ImageSet:
         return ImageSet(self.identities[mask], self.species[mask],
                         None if self.embeddings is None else self.embeddings[mask],
                         None if self.local is None else [f for f, keep in zip(self.local, mask) if keep],
-                        self.extractor_config)
+                        self.extractor_config, None if self.encounters is None else self.encounters[mask])
 
     def without_keypoints(self) -> np.ndarray:
         """(N,) True for images without a single local feature (blank, tiny or featureless crops)."""
