@@ -18,6 +18,7 @@ from ..matching.methods import ImageSet, build_method
 from .grouping import macro_average
 from .matching import LocalSet
 from .metrics import retrieval_metrics_from_similarity
+from .protocols import encounters_of
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,8 @@ def image_set(dataset: Dataset, embedded: Embeddings | None, local: LocalSet | N
     if local is not None:
         position = {row: i for i, row in enumerate(local.rows)}
         features = [local.features[position[row]] for row in rows]
-    encounters = dataset["encounter"] if "encounter" in dataset.column_names else [None] * len(dataset)
     return ImageSet(np.asarray(dataset["identity"], dtype=object)[rows], np.asarray(dataset["species"], dtype=object)[rows],
-                    vectors, features, dict(extractor_config or {}), np.asarray(encounters, dtype=object)[rows])
+                    vectors, features, dict(extractor_config or {}), encounters_of(dataset)[rows])
 
 
 def _has_pairs(images: ImageSet) -> bool:

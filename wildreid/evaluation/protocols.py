@@ -37,10 +37,14 @@ def _rows(dataset: Dataset, embedded: Embeddings) -> tuple[np.ndarray, np.ndarra
     return embedded.vectors, identities, species
 
 
-def _encounters(dataset: Dataset, embedded: Embeddings) -> np.ndarray:
-    """Each embedded row's `encounter` (None where the dataset has none)."""
+def encounters_of(dataset: Dataset) -> np.ndarray:
+    """Each row's `encounter` (None where the dataset has no such column)."""
     column = dataset["encounter"] if "encounter" in dataset.column_names else [None] * len(dataset)
-    return np.asarray(column, dtype=object)[embedded.indices]
+    return np.asarray(column, dtype=object)
+
+
+def _encounters(dataset: Dataset, embedded: Embeddings) -> np.ndarray:
+    return encounters_of(dataset)[embedded.indices]
 
 
 def _groups(encounters: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
