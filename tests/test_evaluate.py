@@ -200,3 +200,31 @@ def test_exclude_same_encounter_skips_individuals_seen_once(model_dir, tmp_path)
         assert strict["exclude_same_encounter"] is True
     with pytest.raises(ValueError, match="--exclude_same_encounter"):
         EvaluationRequest(datasets=[spec], model=str(model_dir), protocol="open-set", exclude_same_encounter=True).validate()
+
+
+def test_exclude_same_encounter_names_a_species_left_without_answers(model_dir, tmp_path, capsys):
+    # okapi: every individual photographed in one sighting only, so excluding it leaves no query an answer;
+    # zebra: two sightings each. Global and local paths both evaluate zebra and name okapi, never fail the run.
+    from hub_datasets.synthetic import generate_rows
+
+    rows = list(generate_rows(n_species=1, n_identities=6, images_per_identity=4, image_size=96, seed=9))
+    specs = []
+    for species, sightings_per_identity in (("okapi", 1), ("zebra", 2)):
+        lines = ["image,identity,encounter"]
+        for index, row in enumerate(rows):
+            name, identity = f"{species}_{row['image_id'].replace('/', '_')}", row["identity"].split("/")[-1]
+            (tmp_path / name).write_bytes(row["image"]["bytes"])
+            lines.append(f"{name},{identity},{identity}-{index % 4 * sightings_per_identity // 4}")
+        (tmp_path / f"{species}.csv").write_text("\n".join(lines) + "\n")
+        specs.append(f"csv[species={species}]:{tmp_path / f'{species}.csv'}")
+    for method, model in (("global", str(model_dir)), ("local", None)):
+        results = run_evaluation(EvaluationRequest(datasets=specs, model=model, method=method, num_workers=0,
+                                                   exclude_same_encounter=True))
+        assert set(results["species"]) == {"zebra"} and results["species"]["zebra"]["n_queries"] == 24
+        assert set(results["left_out"]) == {"okapi"} and "own encounter" in results["left_out"]["okapi"]
+        assert "Not evaluated: okapi" in capsys.readouterr().out
+        plain = run_evaluation(EvaluationRequest(datasets=specs, model=model, method=method, num_workers=0))
+        assert set(plain["species"]) == {"okapi", "zebra"} and "left_out" not in plain
+    with pytest.raises(ValueError, match="okapi: no query has another image"):
+        run_evaluation(EvaluationRequest(datasets=specs[:1], model=str(model_dir), num_workers=0,
+                                         exclude_same_encounter=True))

@@ -146,6 +146,8 @@ def render_results_table(results: Mapping[str, Any], source: str, command: str) 
         cells = ["**Mean**", "", _count(mean.get("n_queries")), _count(mean.get("n_identities"))]
         lines.append("| " + " | ".join(cells + [_percent(mean.get(key)) for key, _, _ in columns]) + " |")
     provenance = f"Protocol `{results['protocol']}`, model `{results['model']}`."
+    for name, why in sorted(results.get("left_out", {}).items()):
+        provenance += f" Not evaluated: {name} ({why})."
     if results.get("command"):
         provenance += f" Measured with `{results['command']}`."
     provenance += f" Rendered from `{source}` by `{command}`; do not edit by hand."

@@ -15,10 +15,9 @@ from datasets import Dataset
 
 from ..embedding import Embeddings
 from ..matching.methods import ImageSet, build_method
-from .grouping import macro_average
 from .matching import LocalSet
 from .metrics import retrieval_metrics_from_similarity
-from .protocols import encounters_of
+from .protocols import encounter_guarded, encounters_of, summarise
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ def evaluate_method(method_name: str, queries: ImageSet, gallery: ImageSet | Non
     `gallery` (closed set: queries of individuals absent from the gallery are left out). With
     `exclude_same_encounter` a query does not see its own encounter's photos in the metrics (fitting on
     `validation` is unchanged)."""
-    per_species = {}
+    per_species, left_out = {}, {}
     for name in sorted(set(queries.species)):
         q = queries.part(queries.species == name)
         g = None
@@ -87,12 +86,9 @@ def evaluate_method(method_name: str, queries: ImageSet, gallery: ImageSet | Non
         groups = {}
         if exclude_same_encounter:
             groups = {"query_groups": q.encounters, "gallery_groups": q.encounters if g is None else g.encounters}
-        metrics = retrieval_metrics_from_similarity(scores, q.identities, None if g is None else g.identities,
-                                                    leave_one_out=g is None, **groups)
-        per_species[name] = {**metrics, **record}
-    if not per_species:
-        raise ValueError("no species could be evaluated (every identity has a single image?)")
-    for name, metrics in per_species.items():
-        metrics["seen_in_training"] = None if training_species is None else name in training_species
-    return {"species": per_species, "mean": macro_average(per_species),
-            "protocol": "leave-one-out" if gallery is None else "closed-set"}
+        metrics = encounter_guarded(name, lambda: retrieval_metrics_from_similarity(
+            scores, q.identities, None if g is None else g.identities, leave_one_out=g is None, **groups),
+            exclude_same_encounter, left_out)
+        if metrics is not None:
+            per_species[name] = {**metrics, **record}
+    return summarise(per_species, "leave-one-out" if gallery is None else "closed-set", training_species, left_out)

@@ -1,7 +1,7 @@
 """Evaluation protocols over embedded schema datasets, producing the results shape of `evaluate.py`::
 
     {"species": {name: {top1, top5, top10, top20, map, n_queries, n_identities, seen_in_training, ...}},
-     "mean": {...}, "protocol": ...}
+     "mean": {...}, "protocol": ..., "left_out": {name: why}  # only when a species could not be evaluated}
 
 - leave-one-out: each image of a set queries all the others (MiewID's protocol).
 - closed-set: query images against a gallery of other images whose identities all appear in it
@@ -10,13 +10,14 @@
   threshold chosen on a validation set is applied to the test queries.
 
 Leave-one-out and closed-set can exclude same-encounter matches (`exclude_same_encounter`): a query then
-does not see the other photos of its own `encounter` (sighting, video), the easy matches of the same moment.
+does not see the other photos of its own `encounter` (sighting, video), the easy matches of the same moment;
+a species where that leaves no query an answer is named in `left_out` instead of failing the whole run.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from datasets import Dataset
@@ -51,17 +52,34 @@ def _groups(encounters: np.ndarray | None, mask: np.ndarray) -> np.ndarray | Non
     return None if encounters is None else encounters[mask]
 
 
-def _with_seen(results: dict, training_species: Sequence[str] | None) -> dict:
-    for name, metrics in results.items():
-        metrics["seen_in_training"] = None if training_species is None else name in training_species
-    return results
-
-
-def _summary(per_species: dict, protocol: str, training_species: Sequence[str] | None) -> dict:
+def summarise(per_species: dict, protocol: str, training_species: Sequence[str] | None,
+              left_out: dict[str, str] | None = None) -> dict:
+    """The results shape above; `left_out` names each species that could not be evaluated, with why."""
     if not per_species:
-        raise ValueError("no species could be evaluated (every identity has a single image?)")
-    _with_seen(per_species, training_species)
-    return {"species": per_species, "mean": macro_average(per_species), "protocol": protocol}
+        reasons = "; ".join(f"{name}: {why}" for name, why in (left_out or {}).items())
+        raise ValueError("no species could be evaluated" + (f" ({reasons})" if reasons else
+                                                            " (every identity has a single image?)"))
+    for name, metrics in per_species.items():
+        metrics["seen_in_training"] = None if training_species is None else name in training_species
+    summary = {"species": per_species, "mean": macro_average(per_species), "protocol": protocol}
+    if left_out:
+        summary["left_out"] = dict(left_out)
+    return summary
+
+
+def encounter_guarded(name: str, compute: Callable[[], dict], exclude_same_encounter: bool,
+                      left_out: dict[str, str]) -> dict | None:
+    """`compute()`, or None with `name` and the reason put in `left_out` (and logged) when excluding
+    same-encounter matches leaves no query of the species an answer (e.g. every individual seen in one
+    encounter only). Without exclusion such an error is a real one and propagates."""
+    try:
+        return compute()
+    except ValueError as error:
+        if not exclude_same_encounter:
+            raise
+        logger.warning("%s left out: %s", name, error)
+        left_out[name] = str(error)
+        return None
 
 
 def leave_one_out_by_species(dataset: Dataset, embedded: Embeddings, *, training_species: Sequence[str] | None = None,
@@ -70,19 +88,17 @@ def leave_one_out_by_species(dataset: Dataset, embedded: Embeddings, *, training
     does not see the other photos of its own encounter (`metrics`)."""
     vectors, identities, species = _rows(dataset, embedded)
     encounters = _encounters(dataset, embedded) if exclude_same_encounter else None
-    per_species = {}
+    per_species, left_out = {}, {}
     for name in sorted(set(species)):
         mask = species == name
         if len(set(identities[mask])) == len(identities[mask]):
             continue  # every identity has one image: nothing to retrieve
-        try:
-            per_species[name] = retrieval_metrics(vectors[mask], identities[mask], query_groups=_groups(encounters, mask),
-                                                  gallery_groups=_groups(encounters, mask))
-        except ValueError as error:
-            if encounters is None:
-                raise
-            logger.warning("%s left out: %s", name, error)  # e.g. every individual seen in one encounter only
-    return _summary(per_species, "leave-one-out", training_species)
+        metrics = encounter_guarded(name, lambda: retrieval_metrics(
+            vectors[mask], identities[mask], query_groups=_groups(encounters, mask),
+            gallery_groups=_groups(encounters, mask)), exclude_same_encounter, left_out)
+        if metrics is not None:
+            per_species[name] = metrics
+    return summarise(per_species, "leave-one-out", training_species, left_out)
 
 
 def closed_set_by_species(query_set: Dataset, query: Embeddings, gallery_set: Dataset, gallery: Embeddings, *,
@@ -93,16 +109,19 @@ def closed_set_by_species(query_set: Dataset, query: Embeddings, gallery_set: Da
     g_groups = _encounters(gallery_set, gallery) if exclude_same_encounter else None
     q_vectors, q_ids, q_species = _rows(query_set, query)
     g_vectors, g_ids, g_species = _rows(gallery_set, gallery)
-    per_species = {}
+    per_species, left_out = {}, {}
     for name in sorted(set(q_species)):
         g_mask = g_species == name
         known = set(g_ids[g_mask])
         q_mask = (q_species == name) & np.isin(q_ids, list(known))
         if not q_mask.any():
             continue
-        per_species[name] = retrieval_metrics(q_vectors[q_mask], q_ids[q_mask], g_vectors[g_mask], g_ids[g_mask],
-                                              query_groups=_groups(q_groups, q_mask), gallery_groups=_groups(g_groups, g_mask))
-    return _summary(per_species, "closed-set", training_species)
+        metrics = encounter_guarded(name, lambda: retrieval_metrics(
+            q_vectors[q_mask], q_ids[q_mask], g_vectors[g_mask], g_ids[g_mask], query_groups=_groups(q_groups, q_mask),
+            gallery_groups=_groups(g_groups, g_mask)), exclude_same_encounter, left_out)
+        if metrics is not None:
+            per_species[name] = metrics
+    return summarise(per_species, "closed-set", training_species, left_out)
 
 
 def open_set_by_species(query_set: Dataset, query: Embeddings, gallery_set: Dataset, gallery: Embeddings, *,
@@ -128,4 +147,4 @@ def open_set_by_species(query_set: Dataset, query: Embeddings, gallery_set: Data
         if known.any():
             metrics.update(retrieval_metrics(q_vectors[known], q_ids[known], g_vectors[g_mask], g_ids[g_mask]))
         per_species[name] = metrics
-    return _summary(per_species, "open-set", training_species)
+    return summarise(per_species, "open-set", training_species)
