@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid (and its commit in the JSON), not another install
 
 from bench_common import limit_threads  # noqa: E402
+from identification_tables import print_table, tables  # noqa: E402
 
 limit_threads()
 
@@ -287,76 +288,6 @@ def pairwise(record: dict, queries, gallery, one_vs_many: np.ndarray, args) -> N
           f"{entry['seconds']:7.1f} s ({len(sample)} of {everyone} queries)", flush=True)
 
 
-def global_input_label(record: dict) -> str:
-    model = "ImageNet" if record["fusion_global_model"] == IMAGENET else "trained"
-    if not record.get("fusion_global_flip_test"):
-        return model
-    return f"{model} + flip ({_pair(record['fusion_global_input'])})"
-
-
-BASELINES = ("ImageNet lite0", "SIFT pairwise")
-COLUMNS = ("ImageNet lite0", "trained model", "SIFT pairwise", "one-vs-many local", "union fusion", "auto")
-
-
-def _pair(entry: dict | None) -> str | None:
-    return None if entry is None else f"{100 * entry['top1']:.1f} / {100 * entry['map']:.1f}"
-
-
-def tables(sets: dict) -> dict:
-    """The model card's tables from every set in the results file."""
-    main_rows, speed_rows, choice_rows = [], [], []
-    for name, record in sets.items():
-        methods = record["methods"]
-        best = max((methods[label]["top1"] for label in BASELINES if label in methods), default=None)
-        auto = methods["auto"]
-        main_rows.append([name, record["n_queries"], *(_pair(methods.get(label)) for label in COLUMNS),
-                          auto["chosen"], global_input_label(record),
-                          None if best is None else round(100 * (auto["top1"] - best), 1),
-                          record.get("published_megadescriptor_l384_top1")])
-        pairwise, local = methods.get("SIFT pairwise"), methods["one-vs-many local"]
-        speed_rows.append([name, record["n_queries"], record["n_gallery"], local["seconds"],
-                           None if pairwise is None else pairwise["seconds"],
-                           None if pairwise is None else round(pairwise["seconds"] / max(local["seconds"], 1e-9), 1),
-                           None if pairwise is None else pairwise["queries_scored"],
-                           methods["union fusion"]["seconds"], methods["union fusion"]["fit_seconds"]])
-        fit = methods["union fusion"]["fit"]
-        flip = record.get("flip_test_validation")
-        choice_rows.append([name, record["validation"],
-                            None if flip is None else f"{100 * flip['plain']['map']:.1f} -> {100 * flip['flipped']['map']:.1f}",
-                            *(round(100 * fit["validation"][m]["map"], 1) for m in ("global", "local", "fusion")),
-                            fit["combiner"], auto["chosen"]])
-    return {
-        "main": {"columns": ["Set", "Queries", *(f"{label} top-1 / mAP" for label in COLUMNS), "Auto chose",
-                             "Fusion's global input", "Auto - best baseline (pp top-1)", "MegaDescriptor-L-384 top-1 (published)"],
-                 "rows": main_rows,
-                 "caption": "Top-1 % / mAP %. Leave-one-out within the set, or closed-set (test queried against train). "
-                            "Baselines: ImageNet lite0 features and pairwise SIFT (on large sets pairwise runs on a "
-                            "seeded sample of queries, counted in the speed table; the JSON holds one-vs-many on the "
-                            "same sample). Fusion and auto are fitted on the training split of the species only, with the "
-                            "global input named in their column. On the closed-set rows the trained model is "
-                            "configs/cpu_closed_set.yaml's, trained on the gallery (the closed-set train part), never "
-                            "on the test queries; fusion keeps ImageNet there, since the only images to fit it on "
-                            "are that model's training images."},
-        "speed": {"columns": ["Set", "Queries", "Gallery", "One-vs-many local (s)", "Pairwise SIFT (s)",
-                              "Speed-up", "Pairwise queries timed", "Union fusion (s)", "Fusion fit (s)"],
-                  "rows": speed_rows,
-                  "caption": "Scoring time after feature extraction (shared by all local methods), 1 process, 1 thread; "
-                             "pairwise time extrapolated from the timed queries to all."},
-        "choice": {"columns": ["Set", "Fitted on", "Global mAP plain -> flipped", "Validation mAP global", "local",
-                               "fusion", "Combiner", "Auto chose"],
-                   "rows": choice_rows,
-                   "caption": "What fusion and auto learned, per species, from the training split alone; the global "
-                              "input is embedded with test-time flip where that raised its validation mAP."},
-    }
-
-
-def print_table(sets: dict) -> None:
-    table = tables(sets)["main"]
-    print("\n| " + " | ".join(table["columns"]) + " |")
-    for row in table["rows"]:
-        print("| " + " | ".join("–" if cell is None else str(cell) for cell in row) + " |")
-
-
 def write_results(output: Path, sets: dict, command: str, seconds: float | None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({
@@ -390,7 +321,8 @@ def main() -> None:
     parser.add_argument("--tables-only", action="store_true", help="only rebuild the tables of --output from its sets")
     args = parser.parse_args()
     output = Path(args.output)
-    previous = json.loads(output.read_text())["sets"] if output.is_file() else {}
+    earlier_run = json.loads(output.read_text()) if output.is_file() else {}
+    previous = earlier_run.get("sets", {})
     if args.max_keypoints != DEFAULT_MAX_KEYPOINTS and not args.skip_pairwise:
         parser.error(f"pairwise SIFT is the plain-SIFT baseline ({DEFAULT_MAX_KEYPOINTS} keypoints): with --max-keypoints "
                      f"{args.max_keypoints} give --skip-pairwise")
@@ -398,8 +330,8 @@ def main() -> None:
         f" --closed-set-model {args.closed_set_model}" if args.closed_set_model else "") + (
         f" --max-keypoints {args.max_keypoints} --skip-pairwise --output {args.output}"
         if args.max_keypoints != DEFAULT_MAX_KEYPOINTS else "")
-    if args.tables_only:
-        write_results(output, previous, command, None)
+    if args.tables_only:  # the sets, and the command and time that measured them, stay as they were
+        write_results(output, previous, earlier_run.get("command", command), earlier_run.get("wall_time_s"))
         print_table(previous)
         return
     cache = Path(args.cache_dir)
