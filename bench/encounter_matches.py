@@ -9,7 +9,12 @@ as published (same-encounter photos count) and with them excluded (`evaluate.py 
 only re-sightings count, and queries whose individual has no other sighting are skipped). It also counts
 how many correct top-1 answers were the query's own sighting.
 
-    python bench/encounter_matches.py
+The shared background is also a lever: `center_box` (a dataset-spec parameter) crops every photo to its
+central part. Which fraction is chosen on the training split alone (`nyala[max_identities=100]:train`,
+leave-one-out, by the mean of global and local mAP without same-encounter matches, the figure an ecologist
+matching a new sighting gets), then the evaluated sets are scored again with it.
+
+    python bench/encounter_matches.py --center-boxes 1 0.8 0.6 0.5
 
 Writes bench/results/encounter_matches.json (with the git commit). No trained model is needed.
 """
@@ -34,8 +39,10 @@ from wildreid.matching.methods import FusionMethod, GlobalMethod, OneVsManyLocal
 from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
 from wildreid.matching.union_fusion import UnionFusion  # noqa: E402
 from wildreid.provenance import code_version  # noqa: E402
+from hub_datasets.specs import DatasetSpec, parse_spec  # noqa: E402
 
 SETS = {name: accuracy.SETS[name] for name in ("nyala-test", "nyala-closed")}
+TRAINING_SPLIT = accuracy.SETS["nyala-test"][2]  # where the center_box fraction is chosen
 RESULTS = Path(__file__).parent / "results" / "encounter_matches.json"
 
 
@@ -61,17 +68,49 @@ def figures(scores: np.ndarray, queries, gallery) -> dict:
             "correct_top1": int(right.sum()), "correct_top1_same_encounter": int(same_sighting.sum())}
 
 
-def run_set(name: str, cache: Path, extractor: LocalFeatureExtractor, shortlist: int) -> dict:
-    query_spec, gallery_spec, validation_spec = SETS[name]
-    parts = {}
-    for spec in dict.fromkeys(s for s in (query_spec, gallery_spec, validation_spec) if s):
-        dataset, local = accuracy.local_features(spec, cache, extractor, 1)
-        parts[spec] = image_set(dataset, accuracy.embeddings(accuracy.IMAGENET, spec, dataset, cache), local,
-                                extractor.config)
+def boxed(spec: str | None, fraction: float) -> str | None:
+    """`spec` with `center_box=fraction` (unchanged for the whole photo, 1)."""
+    if spec is None or fraction == 1:
+        return spec
+    parsed = parse_spec(spec)
+    params = tuple(sorted({**dict(parsed.params), "center_box": fraction}.items()))
+    return str(DatasetSpec(parsed.kind, parsed.name, parsed.location, parsed.split, params))
+
+
+def load(spec: str, cache: Path, extractor: LocalFeatureExtractor):
+    dataset, local = accuracy.local_features(spec, cache, extractor, 1)
+    return image_set(dataset, accuracy.embeddings(accuracy.IMAGENET, spec, dataset, cache), local, extractor.config)
+
+
+def sweep(fractions: list[float], cache: Path, extractor: LocalFeatureExtractor, shortlist: int) -> dict:
+    """Global and one-vs-many local, leave-one-out on the training split, per center_box fraction."""
+    results = {}
+    for fraction in fractions:
+        images = load(boxed(TRAINING_SPLIT, fraction), cache, extractor)
+        methods = {"ImageNet lite0": GlobalMethod(),
+                   "one-vs-many local": OneVsManyLocalMethod(OneVsManyMatcher(shortlist=shortlist))}
+        results[str(fraction)] = {label: figures(method.scores(images, None), images, None)
+                                  for label, method in methods.items()}
+        print(f"  center_box {fraction}: " + ", ".join(
+            f"{label} {100 * entry['cross_encounter_map']:.1f} mAP without same-encounter"
+            for label, entry in results[str(fraction)].items()), flush=True)
+    return results
+
+
+def choose(sweep_results: dict) -> float:
+    """The fraction with the best mean of global and local mAP without same-encounter matches."""
+    return float(max(sweep_results, key=lambda fraction: np.mean(
+        [entry["cross_encounter_map"] for entry in sweep_results[fraction].values()])))
+
+
+def run_set(name: str, cache: Path, extractor: LocalFeatureExtractor, shortlist: int, fraction: float = 1) -> dict:
+    query_spec, gallery_spec, validation_spec = (boxed(spec, fraction) for spec in SETS[name])
+    parts = {spec: load(spec, cache, extractor)
+             for spec in dict.fromkeys(s for s in (query_spec, gallery_spec, validation_spec) if s)}
     queries, gallery = parts[query_spec], parts[gallery_spec] if gallery_spec else None
     if gallery is not None:
         queries = queries.part(np.isin(queries.identities, list(set(gallery.identities))))
-    record = {"queries": query_spec, "gallery": gallery_spec, "validation": validation_spec,
+    record = {"queries": query_spec, "gallery": gallery_spec, "validation": validation_spec, "center_box": fraction,
               "global_model": accuracy.IMAGENET, "local_features": extractor.config, "methods": {}}
     fusion = FusionMethod(UnionFusion(shortlist=shortlist))
     methods = {"ImageNet lite0": GlobalMethod(), "one-vs-many local": OneVsManyLocalMethod(OneVsManyMatcher(shortlist=shortlist)),
@@ -83,42 +122,65 @@ def run_set(name: str, cache: Path, extractor: LocalFeatureExtractor, shortlist:
         entry = figures(method.scores(queries, gallery), queries, gallery)
         entry["seconds"] = round(time.perf_counter() - tick, 1)
         record["methods"][label] = entry
-        print(f"  {name:13s} {label:18s} top-1 {100 * entry['top1']:5.1f}  without same-encounter "
+        print(f"  {name:13s} {fraction:<4} {label:18s} top-1 {100 * entry['top1']:5.1f}  without same-encounter "
               f"{100 * entry['cross_encounter_top1']:5.1f}  ({entry['correct_top1_same_encounter']} of "
               f"{entry['correct_top1']} correct answers were the same sighting)", flush=True)
     return record
 
 
-def table(sets: dict) -> dict:
+def table(runs: list[dict]) -> dict:
     rows = []
-    for name, record in sets.items():
+    for record in runs:
         for label, entry in record["methods"].items():
-            rows.append([name, label, round(100 * entry["top1"], 1), round(100 * entry["map"], 1),
-                         f"{entry['correct_top1_same_encounter']} of {entry['correct_top1']}",
+            rows.append([record["set"], record["center_box"], label, round(100 * entry["top1"], 1),
+                         round(100 * entry["map"], 1), f"{entry['correct_top1_same_encounter']} of {entry['correct_top1']}",
                          round(100 * entry["cross_encounter_top1"], 1), round(100 * entry["cross_encounter_map"], 1),
                          entry["cross_encounter_queries"]])
-    return {"columns": ["Set", "Method", "Top-1 %", "mAP %", "Correct top-1 that were the same sighting",
+    return {"columns": ["Set", "center_box", "Method", "Top-1 %", "mAP %", "Correct top-1 that were the same sighting",
                         "Top-1 % without same-encounter", "mAP % without same-encounter", "Queries (re-sighted)"],
             "rows": rows}
+
+
+def sweep_table(sweep_results: dict) -> dict:
+    rows = [[float(fraction), label, round(100 * entry["top1"], 1), round(100 * entry["map"], 1),
+             round(100 * entry["cross_encounter_top1"], 1), round(100 * entry["cross_encounter_map"], 1)]
+            for fraction, methods in sweep_results.items() for label, entry in methods.items()]
+    return {"columns": ["center_box", "Method", "Top-1 %", "mAP %", "Top-1 % without same-encounter",
+                        "mAP % without same-encounter"], "rows": rows,
+            "caption": f"{TRAINING_SPLIT}, leave-one-out: where the fraction is chosen."}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--shortlist", type=int, default=20)
+    parser.add_argument("--center-boxes", nargs="+", type=float, default=[1.0],
+                        help="center_box fractions to try on the training split (1: the whole photo); the sets are "
+                             "scored with the whole photo and with the fraction chosen there")
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/wildreid/bench"))
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args()
+    if any(not 0 < fraction <= 1 for fraction in args.center_boxes):
+        parser.error("--center-boxes are fractions in (0, 1]")
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     version, started = code_version(), time.perf_counter()
     extractor = LocalFeatureExtractor()
-    sets = {}
+    result = {"benchmark": "encounter_matches", **version,
+              "command": " ".join(["python bench/encounter_matches.py", *sys.argv[1:]])}
+    fractions = [1.0]
+    if args.center_boxes != [1.0]:
+        print(f"[{TRAINING_SPLIT}]", flush=True)
+        result["center_box_sweep"] = sweep(sorted(set(args.center_boxes), reverse=True), cache, extractor, args.shortlist)
+        result["center_box_chosen"] = choose(result["center_box_sweep"])
+        result["sweep_table"] = sweep_table(result["center_box_sweep"])
+        fractions = sorted({1.0, result["center_box_chosen"]}, reverse=True)
+    runs = []
     for name in args.sets:
-        print(f"[{name}]", flush=True)
-        sets[name] = run_set(name, cache, extractor, args.shortlist)
-    result = {"benchmark": "encounter_matches", **version, "command": "python bench/encounter_matches.py",
-              "seconds": round(time.perf_counter() - started), "table": table(sets), "sets": sets}
+        for fraction in fractions:
+            print(f"[{name}, center_box {fraction}]", flush=True)
+            runs.append({"set": name, **run_set(name, cache, extractor, args.shortlist, fraction)})
+    result.update({"seconds": round(time.perf_counter() - started), "table": table(runs), "runs": runs})
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1) + "\n")

@@ -41,7 +41,7 @@ from identification_tables import print_table, tables  # noqa: E402
 
 limit_threads()
 
-from hub_datasets.specs import load_specs  # noqa: E402  (thread settings first)
+from hub_datasets.specs import load_specs, parse_spec  # noqa: E402  (thread settings first)
 from wildreid.embedding import Embeddings, embed_dataset, load_embedder  # noqa: E402
 from wildreid.embedding.training_record import held_out_spec  # noqa: E402
 from wildreid.evaluation.matching import LocalSet, extract_local_set  # noqa: E402
@@ -75,6 +75,12 @@ RESULTS = Path(__file__).parent / "results" / "identification_accuracy.json"
 
 def cache_key(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def crop_stamp(spec: str) -> str:
+    """What changes the crops of a spec's images beyond their id (`center_box`): part of every cache key."""
+    center_box = dict(parse_spec(spec).params).get("center_box")
+    return "" if center_box is None else f"+center_box={center_box}"
 
 
 def weights_sha256(model: str) -> str | None:
@@ -122,7 +128,7 @@ def _cached(path: Path, dataset, compute) -> dict:
 def local_features(spec: str, cache: Path, extractor: LocalFeatureExtractor, workers: int):
     dataset = load_specs([spec])
     species = "-".join(sorted(set(dataset["species"])))
-    path = cache / f"local-{species}-{cache_key(json.dumps(extractor.config, sort_keys=True))}.npz"
+    path = cache / f"local-{species}-{cache_key(json.dumps(extractor.config, sort_keys=True) + crop_stamp(spec))}.npz"
 
     def compute(part, image_ids):
         extracted = extract_local_set(part, extractor, num_workers=workers, progress=False)
@@ -139,7 +145,8 @@ def local_features(spec: str, cache: Path, extractor: LocalFeatureExtractor, wor
 
 def embeddings(model: str, spec: str, dataset, cache: Path, flip_test: bool = False):
     species = "-".join(sorted(set(dataset["species"])))
-    path = cache / f"embed-{species}-{cache_key(model_stamp(model) + ('+flip' if flip_test else ''))}.npz"
+    setting = model_stamp(model) + ("+flip" if flip_test else "") + crop_stamp(spec)
+    path = cache / f"embed-{species}-{cache_key(setting)}.npz"
 
     def compute(part, image_ids):
         embedder = load_embedder(model, flip_test=flip_test or None)

@@ -36,9 +36,12 @@ Rules:
   `resplit_from` re-splits only the rows of one source split, e.g. individuals held out of training to fit
   fusion on: `pig[resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]:train` trains on 80 % of
   pig:train's individuals, `...:test` is the other 20 %, and pig:test stays untouched.
+- Annotation parameter, for the same sources: `center_box` (a fraction in (0, 1]) gives every row without a
+  `bbox` one around the central part of its photo, e.g. `nyala[center_box=0.6]:test` keeps the middle 60 % of
+  width and height, so the background of a loosely cropped photo is not what matches (`hub_datasets.boxes`).
 - Parameters: `synthetic` takes `n_species, n_identities, images_per_identity, image_size, seed,
   with_boxes, family`; `folder` takes `species, check_images`; `csv` and `coco` take `species, image_root,
-  check_images`; real species take only the sampling parameters; published datasets take none. Booleans are `true/false/1/0/yes/no`.
+  check_images`; real species take only the sampling, re-split and annotation parameters; published datasets take none. Booleans are `true/false/1/0/yes/no`.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset
 
+from .boxes import center_boxes
 from .schema import FEATURES
 from .species import SPECIES_BUILDERS, build_species
 from .splits import SPLITTERS, split_dataset, subsample
@@ -78,7 +82,10 @@ _SOURCE_PARAMETERS: dict[str, dict[str, type]] = {
 SAMPLING_PARAMETERS: dict[str, type] = {"max_identities": int, "max_images_per_identity": int, "sample_seed": int}
 # ... and these, which replace the source's own split before it is selected.
 RESPLIT_PARAMETERS: dict[str, type] = {"split_strategy": str, "test_fraction": float, "split_seed": int, "resplit_from": str}
-PARAMETERS = {source: {**params, **SAMPLING_PARAMETERS, **RESPLIT_PARAMETERS} for source, params in _SOURCE_PARAMETERS.items()}
+# ... and these, which change how rows are cropped, not which images they are.
+ANNOTATION_PARAMETERS: dict[str, type] = {"center_box": float}
+PARAMETERS = {source: {**params, **SAMPLING_PARAMETERS, **RESPLIT_PARAMETERS, **ANNOTATION_PARAMETERS}
+              for source, params in _SOURCE_PARAMETERS.items()}
 _HEAD = re.compile(r"^(?P<name>[A-Za-z][\w-]*)(?:\[(?P<params>[^\]]*)\])?(?::(?P<rest>.*))?$", re.S)
 _OPEN_PARAMS = re.compile(r"^(?P<name>[A-Za-z][\w-]*)\[")
 _NAME = re.compile(r"^\w+$")
@@ -270,6 +277,7 @@ def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None
     params = dict(parsed.params)
     sampling = {key: params.pop(key) for key in SAMPLING_PARAMETERS if key in params}
     resplit = {key: params.pop(key) for key in RESPLIT_PARAMETERS if key in params}
+    center_box = params.pop("center_box", None)
     if parsed.kind == "published":
         return _load_published(parsed)
     if parsed.kind == "builtin" and parsed.name == "synthetic":
@@ -288,6 +296,8 @@ def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None
     if sampling:
         dataset = subsample(dataset, sampling.get("max_identities"), sampling.get("max_images_per_identity"),
                             sampling.get("sample_seed", 0))
+    if center_box is not None:
+        dataset = center_boxes(dataset, center_box, f"dataset spec {str(parsed)!r}")
     return dataset
 
 

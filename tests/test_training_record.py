@@ -92,3 +92,14 @@ def test_evaluate_records_a_fusion_fitted_on_the_models_training_images(tmp_path
     other_images = SYNTH.replace("seed=4", "seed=5")
     unseen = run_evaluation(EvaluationRequest(**request, val_datasets=[f"{other_images}:train"]))
     assert "fitted_on_training_images" not in unseen
+
+
+def test_center_box_crops_the_same_images_so_overlap_ignores_it_and_the_held_out_spec_keeps_the_asked_crop(tmp_path):
+    model = trained_folder(tmp_path, ["nyala[center_box=0.6,resplit_from=train,split_strategy=disjoint_set,"
+                                      "test_fraction=0.2]:train", "lion:train"])
+    assert fitted_on_training_images(model, ["lion[center_box=0.8]:train"], "fit") == [
+        "lion[center_box=0.8]:train (trained on: lion:train)"]
+    found = held_out_spec(model, "nyala[center_box=0.5]:train")
+    assert found == "nyala[center_box=0.5,resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]:test"
+    assert held_out_spec(model, "nyala:train") == \
+        "nyala[resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]:test"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from hub_datasets.specs import RESPLIT_PARAMETERS, SAMPLING_PARAMETERS, DatasetSpec, parse_spec
+from hub_datasets.specs import ANNOTATION_PARAMETERS, RESPLIT_PARAMETERS, SAMPLING_PARAMETERS, DatasetSpec, parse_spec
 
 from .onnx_runtime import EXPORT_INFO_FILE
 
@@ -62,8 +62,10 @@ def _export_source(folder: Path) -> Path | None:
 
 
 def _source(spec: DatasetSpec) -> tuple:
-    """What decides the images: kind, name, path and the source's own parameters (a synthetic seed)."""
-    own = tuple((k, v) for k, v in spec.params if k not in SAMPLING_PARAMETERS and k not in RESPLIT_PARAMETERS)
+    """What decides the images: kind, name, path and the source's own parameters (a synthetic seed); not how
+    they are cropped (`center_box`)."""
+    own = tuple((k, v) for k, v in spec.params
+                if k not in SAMPLING_PARAMETERS and k not in RESPLIT_PARAMETERS and k not in ANNOTATION_PARAMETERS)
     return spec.kind, spec.name, os.path.normpath(spec.location) if spec.location else None, own
 
 
@@ -93,7 +95,8 @@ def _overlaps(a: DatasetSpec, b: DatasetSpec) -> bool:
 
 def held_out_spec(model_name_or_path: str | os.PathLike | None, spec: str) -> str | None:
     """The individuals the model held out of training from the rows `spec` reads, as a spec: its training spec
-    `X[resplit_from=S,...]:train` turned into `:test`, with `spec`'s sampling parameters (e.g. max_identities).
+    `X[resplit_from=S,...]:train` turned into `:test`, with `spec`'s sampling and annotation parameters (e.g.
+    max_identities, center_box).
     None when the model held none out of that source split."""
     wanted = parse_spec(spec)
     if _resplit(wanted) or wanted.split is None:
@@ -105,8 +108,8 @@ def held_out_spec(model_name_or_path: str | os.PathLike | None, spec: str) -> st
             continue
         resplit = dict(_resplit(trained))
         if trained.split == "train" and resplit.get("resplit_from") == wanted.split and _source(trained) == _source(wanted):
-            sampling = tuple((k, v) for k, v in wanted.params if k in SAMPLING_PARAMETERS)
-            own = tuple((k, v) for k, v in trained.params if k not in SAMPLING_PARAMETERS)
+            sampling = tuple((k, v) for k, v in wanted.params if k in SAMPLING_PARAMETERS or k in ANNOTATION_PARAMETERS)
+            own = tuple((k, v) for k, v in trained.params if k not in SAMPLING_PARAMETERS and k not in ANNOTATION_PARAMETERS)
             return str(DatasetSpec(trained.kind, trained.name, trained.location, "test", tuple(sorted(own + sampling))))
     return None
 
