@@ -20,6 +20,12 @@ logger = logging.getLogger(__name__)
 _QUARTER_TURNS = {5, 6, 7, 8}
 
 
+def central_box(size: tuple[int, int], fraction: float) -> list[float]:
+    """`[x, y, w, h]` around the central `fraction` of an upright photo's width and height."""
+    width, height = size
+    return [width * (1 - fraction) / 2, height * (1 - fraction) / 2, width * fraction, height * fraction]
+
+
 def upright_size(image: dict[str, Any]) -> tuple[int, int]:
     """(width, height) of an undecoded image (`{"path", "bytes"}`) as shown, EXIF orientation applied; reads
     the header only."""
@@ -48,7 +54,7 @@ def center_boxes(dataset: Dataset, fraction: float, where: str) -> Dataset:
         except (OSError, ValueError, SyntaxError) as error:
             unreadable.append(f"{row['image_id']} ({type(error).__name__}: {error})")
             return row
-        row["bbox"] = [width * (1 - fraction) / 2, height * (1 - fraction) / 2, width * fraction, height * fraction]
+        row["bbox"] = central_box((width, height), fraction)
         return row
 
     undecoded = dataset.cast_column("image", ImageFeature(decode=False))

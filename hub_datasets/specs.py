@@ -301,6 +301,13 @@ def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None
     return dataset
 
 
+def center_box_of(spec: DatasetSpec | str) -> float | None:
+    """The `center_box` a spec asks for; None for the whole photo (none given, or 1)."""
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    value = dict(parsed.params).get("center_box")
+    return None if value is None or value == 1 else float(value)
+
+
 def load_specs(specs: list[DatasetSpec | str], data_dir: str | os.PathLike | None = None) -> Dataset:
     """Load several specs and concatenate them; the same image_id in two specs is an error naming both."""
     if not specs:

@@ -11,6 +11,8 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
+from hub_datasets.boxes import central_box
+
 
 @dataclass(frozen=True)
 class LoadFailure:
@@ -34,11 +36,16 @@ def describe_source(source: Any) -> str:
     return f"<in-memory {type(source).__name__}>"
 
 
-def load_crop(source: Any, bbox: Sequence[float] | None = None, theta: float = 0.0) -> Image.Image:
-    """Load one image with the shared preprocessing and crop it to its annotation (RGB PIL image)."""
+def load_crop(source: Any, bbox: Sequence[float] | None = None, theta: float = 0.0,
+              center_box: float | None = None) -> Image.Image:
+    """Load one image with the shared preprocessing and crop it to its annotation (RGB PIL image); without a
+    box, to the central `center_box` fraction of the upright photo when given (a gallery's `center_box`)."""
     from modeling_wildreid.image_processing_wildreid import crop_to_annotation, load_image
 
-    return crop_to_annotation(load_image(source), bbox=bbox, theta=theta)
+    image = load_image(source)
+    if bbox is None and center_box is not None:
+        bbox = central_box(image.size, center_box)
+    return crop_to_annotation(image, bbox=bbox, theta=theta)
 
 
 def iter_crops(
@@ -46,8 +53,10 @@ def iter_crops(
     bboxes: Sequence[Sequence[float] | None] | None = None,
     thetas: Sequence[float] | None = None,
     failures: list[LoadFailure] | None = None,
+    center_box: float | None = None,
 ) -> Iterator[tuple[int, Image.Image]]:
-    """Yield `(index, crop)` for every readable source; unreadable ones are appended to `failures`.
+    """Yield `(index, crop)` for every readable source; unreadable ones are appended to `failures`. Sources
+    without a box are cropped to their central `center_box` fraction when given (see `load_crop`).
 
     Decoding errors, missing files and invalid boxes are per-item problems and are recorded with the
     file name; anything else (a bug) propagates.
@@ -59,6 +68,7 @@ def iter_crops(
                 source,
                 bbox=None if bboxes is None else bboxes[index],
                 theta=0.0 if thetas is None else float(thetas[index]),
+                center_box=center_box,
             )
         except (OSError, ValueError) as error:  # ImageLoadError is a ValueError
             if failures is None:
@@ -74,10 +84,11 @@ def batched_crops(
     bboxes: Sequence[Sequence[float] | None] | None = None,
     thetas: Sequence[float] | None = None,
     failures: list[LoadFailure] | None = None,
+    center_box: float | None = None,
 ) -> Iterator[list[tuple[int, Image.Image]]]:
     """`iter_crops` in lists of `batch_size` `(index, crop)` pairs (the last list may be shorter)."""
     batch: list[tuple[int, Image.Image]] = []
-    for item in iter_crops(sources, bboxes, thetas, failures=failures):
+    for item in iter_crops(sources, bboxes, thetas, failures=failures, center_box=center_box):
         batch.append(item)
         if len(batch) == batch_size:
             yield batch

@@ -44,6 +44,8 @@ class Gallery:
         self.created = store.now()
         self.updated = self.created
         self.local_features_config: dict[str, Any] | None = None
+        # `center_box` of the specs the photos came from: query photos without a box are cropped the same way.
+        self.center_box: float | None = None
         self._index: EmbeddingIndex | None = None
         self._codes: np.ndarray | None = None  # identity code of each gallery row
         self._identity_names: np.ndarray | None = None  # identity name of each code
@@ -170,7 +172,7 @@ class Gallery:
         failures: list[LoadFailure] = []
         results: list[IdentificationResult] = []
         with tqdm(total=len(sources), desc="identifying", unit="image", disable=not progress) as bar:
-            for batch in batched_crops(sources, batch_size, bboxes, thetas, failures=failures):
+            for batch in batched_crops(sources, batch_size, bboxes, thetas, failures=failures, center_box=self.center_box):
                 embeddings = np.asarray(embed([crop for _, crop in batch]))
                 ids = [describe_source(sources[i]) for i, _ in batch]
                 results.extend(self.identify(embeddings, model_tag, top_k, query_ids=ids, threshold=threshold))
@@ -263,6 +265,7 @@ class Gallery:
                 created=self.created, updated=self.updated, calibration=self.calibration,
                 search={"approximate_threshold": self.approximate_threshold},
                 local_features=None if self.local_features_config is None else {"config": self.local_features_config},
+                center_box=self.center_box,
             )
             revision = store.write_revision(directory, config, self.embeddings, self.metadata, local_features, kept,
                                             write_index, kept_index)
@@ -286,6 +289,7 @@ class Gallery:
         gallery.updated = config.get("updated", gallery.updated)
         gallery.calibration = config.get("calibration")
         gallery.local_features_config = (config.get("local_features") or {}).get("config")
+        gallery.center_box = config.get("center_box")
         gallery._loaded_revision = (directory.resolve(), config.get("revision"))
         return gallery
 

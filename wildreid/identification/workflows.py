@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from hub_datasets.specs import load_specs
+from hub_datasets.boxes import center_boxes
+from hub_datasets.specs import center_box_of, load_specs
 
 from ..embedding import LoadedEmbedder, LoadFailure, embed_dataset, load_embedder, undecoded
 from ..embedding.images import batched_crops, describe_source
@@ -90,12 +91,14 @@ def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, a
                    runtime: str, flip_test: bool | None) -> tuple[Gallery, list]:
     embedder = load_embedder(model, device=accelerator.device if accelerator else None, runtime=runtime,
                              flip_test=flip_test)
+    center_box = _shared_center_box(datasets)  # before anything is loaded
     dataset = load_specs(datasets, data_dir=data_dir)
     embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                              num_workers=num_workers, accelerator=accelerator, desc="indexing")
     if len(embedded.indices) == 0:
         raise ValueError(f"no image of {datasets} could be embedded")
     gallery = Gallery()
+    gallery.center_box = center_box
     gallery.add(embedded.vectors, _metadata(dataset, embedded.indices),
                 model_tag(embedder, store.model_reference(model, output)))
     cache = None
@@ -111,6 +114,32 @@ def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, a
     if accelerator is None or accelerator.is_main_process:
         gallery.save(output, local_features=cache, overwrite=True)  # checked under the lock above
     return gallery, embedded.failures
+
+
+def _shared_center_box(specs: list[str]) -> float | None:
+    """The one `center_box` of a gallery's specs: its query photos are cropped the same way, so the specs
+    must agree (a folder of loose photos beside a CSV with boxes can still share one: rows with a box keep it)."""
+    values = {spec: center_box_of(spec) for spec in specs}
+    if len(set(values.values())) > 1:
+        listed = ", ".join(f"{spec} ({'whole photo' if value is None else f'center_box={value}'})"
+                           for spec, value in values.items())
+        raise ValueError(f"a gallery's photos must be cropped one way, its queries get the same: {listed}; "
+                         "give every spec the same center_box (or none)")
+    return next(iter(values.values()), None)
+
+
+def _load_queries(specs: list[str], gallery: Gallery, data_dir: str | None, gallery_dir: str | os.PathLike) -> Dataset:
+    """Query specs loaded as the gallery's photos were cropped: rows without a box get the gallery's
+    `center_box` (a spec asking for another is warned about, naming both)."""
+    dataset = load_specs(specs, data_dir=data_dir)
+    for spec in specs:
+        if center_box_of(spec) not in (None, gallery.center_box):
+            logger.warning("%s asks for center_box=%s but %s's photos were cropped with %s: the queries will not "
+                           "look like the gallery", spec, center_box_of(spec), gallery_dir,
+                           "the whole photo" if gallery.center_box is None else f"center_box={gallery.center_box}")
+    if gallery.center_box is None:
+        return dataset
+    return center_boxes(dataset, gallery.center_box, f"queries of {gallery_dir}")
 
 
 def load_gallery_embedder(gallery: Gallery, gallery_dir: str | os.PathLike, model: str | None, runtime: str, *,
@@ -157,7 +186,7 @@ def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, mo
         if needs_local(method) and gallery.local_features_config is None:
             raise ValueError(f"{gallery_dir}: --method {method} needs the gallery's keypoints; rebuild it with "
                              "`wildreid index --local-features`, or use --method global")
-        dataset = load_specs(datasets, data_dir=data_dir)
+        dataset = _load_queries(datasets, gallery, data_dir, gallery_dir)
         fitted_on_training_images(embedder.name, datasets, f"{gallery_dir}'s threshold and method choice")
         embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                                  num_workers=num_workers, desc="calibrating")
@@ -201,7 +230,7 @@ def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None,
         if extractor is None:
             return gallery.identify_images(images, embed, tag, top_k, batch_size=batch_size, threshold=threshold)
         return _identify_images_by_method(scorer, extractor, images, embed, top_k, batch_size, threshold)
-    dataset = load_specs(datasets, data_dir=data_dir)
+    dataset = _load_queries(datasets, gallery, data_dir, gallery_dir)
     embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                              num_workers=num_workers, desc="identifying")
     query_ids = list(np.asarray(dataset["image_id"], dtype=object)[embedded.indices])
@@ -217,7 +246,7 @@ def _identify_images_by_method(scorer: GalleryScorer, extractor: LocalFeatureExt
     """Image files of unknown species, batch by batch: embedded, keypoints extracted, scored by `scorer`."""
     failures: list[LoadFailure] = []
     results = []
-    for batch in batched_crops(images, batch_size, failures=failures):
+    for batch in batched_crops(images, batch_size, failures=failures, center_box=scorer.gallery.center_box):
         crops = [crop for _, crop in batch]
         ids = [describe_source(images[i]) for i, _ in batch]
         results.extend(scorer.identify(np.asarray(embed(crops)), [extractor.extract(crop) for crop in crops],

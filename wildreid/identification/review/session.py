@@ -154,7 +154,7 @@ class ReviewSession:
     def read_photos(self, files: Sequence[str | os.PathLike], bboxes: Sequence[Sequence[float] | None] | None = None,
                     names: Sequence[str] | None = None) -> list[QueryPhoto]:
         """Uploaded files as query photos (see `uploads.read_photos`), within this app's size limit."""
-        return read_photos(files, bboxes, names, max_bytes=self.max_upload_bytes)
+        return read_photos(files, bboxes, names, max_bytes=self.max_upload_bytes, center_box=self.gallery.center_box)
 
     def propose(self, photos: list[QueryPhoto], species: str | None = None) -> Proposal:
         """Rank the gallery's individuals (of `species`, or all) for the photos of one animal."""

@@ -12,6 +12,8 @@ from typing import Sequence
 
 from PIL import Image
 
+from hub_datasets.boxes import central_box
+
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 
@@ -26,8 +28,10 @@ class QueryPhoto:
 
 
 def read_photos(files: Sequence[str | os.PathLike], bboxes: Sequence[Sequence[float] | None] | None = None,
-                names: Sequence[str] | None = None, *, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> list[QueryPhoto]:
-    """Photos from the files an upload handler wrote (never from paths a user typed)."""
+                names: Sequence[str] | None = None, *, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+                center_box: float | None = None) -> list[QueryPhoto]:
+    """Photos from the files an upload handler wrote (never from paths a user typed); a photo without a
+    drawn box gets the gallery's `center_box` as its box, so it is cropped like the gallery's photos."""
     from modeling_wildreid.image_processing_wildreid import crop_to_annotation, load_image
 
     if not files:
@@ -42,7 +46,10 @@ def read_photos(files: Sequence[str | os.PathLike], bboxes: Sequence[Sequence[fl
             raise ValueError(f"{name}: {size:,} bytes exceeds the upload limit of {max_bytes:,}")
         data = Path(file).read_bytes()
         bbox = None if bboxes is None or bboxes[i] is None else [float(v) for v in bboxes[i]]
-        crop = crop_to_annotation(load_image({"bytes": data, "path": name}), bbox=bbox, name=name)
+        image = load_image({"bytes": data, "path": name})
+        if bbox is None and center_box is not None:
+            bbox = central_box(image.size, center_box)
+        crop = crop_to_annotation(image, bbox=bbox, name=name)
         photos.append(QueryPhoto(name, data, hashlib.sha256(data).hexdigest(), bbox, crop))
     return photos
 
