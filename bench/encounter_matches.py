@@ -103,7 +103,8 @@ def choose(sweep_results: dict) -> float:
         [entry["cross_encounter_map"] for entry in sweep_results[fraction].values()])))
 
 
-def run_set(name: str, cache: Path, extractor: LocalFeatureExtractor, shortlist: int, fraction: float = 1) -> dict:
+def run_set(name: str, cache: Path, extractor: LocalFeatureExtractor, shortlist: int, fraction: float = 1,
+            fit_across_sightings: bool = False) -> dict:
     query_spec, gallery_spec, validation_spec = (boxed(spec, fraction) for spec in SETS[name])
     parts = {spec: load(spec, cache, extractor)
              for spec in dict.fromkeys(s for s in (query_spec, gallery_spec, validation_spec) if s)}
@@ -118,7 +119,8 @@ def run_set(name: str, cache: Path, extractor: LocalFeatureExtractor, shortlist:
     for label, method in methods.items():
         tick = time.perf_counter()
         if method is fusion:
-            method.fit(parts[validation_spec])
+            record["fusion_fit"] = {"exclude_same_encounter": fit_across_sightings}
+            method.fit(parts[validation_spec], exclude_same_encounter=fit_across_sightings)
         entry = figures(method.scores(queries, gallery), queries, gallery)
         entry["seconds"] = round(time.perf_counter() - tick, 1)
         record["methods"][label] = entry
@@ -157,6 +159,8 @@ def main() -> None:
     parser.add_argument("--center-boxes", nargs="+", type=float, default=[1.0],
                         help="center_box fractions to try on the training split (1: the whole photo); the sets are "
                              "scored with the whole photo and with the fraction chosen there")
+    parser.add_argument("--fit-across-sightings", action="store_true",
+                        help="fit fusion without same-encounter pairs (evaluate.py --exclude_same_encounter does)")
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/wildreid/bench"))
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args()
@@ -179,7 +183,8 @@ def main() -> None:
     for name in args.sets:
         for fraction in fractions:
             print(f"[{name}, center_box {fraction}]", flush=True)
-            runs.append({"set": name, **run_set(name, cache, extractor, args.shortlist, fraction)})
+            runs.append({"set": name, **run_set(name, cache, extractor, args.shortlist, fraction,
+                                                args.fit_across_sightings)})
     result.update({"seconds": round(time.perf_counter() - started), "table": table(runs), "runs": runs})
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

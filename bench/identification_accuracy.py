@@ -280,10 +280,13 @@ def pairwise(record: dict, queries, gallery, one_vs_many: np.ndarray, args) -> N
     else:
         scores = matcher.score(queries.part(chosen).local, reference.local, num_workers=args.workers, progress=False)
     seconds = time.perf_counter() - tick
-    self_columns = sample if gallery is None else None
+    own_image = None  # leave-one-out: a sampled query's own column is ignored
+    if gallery is None:
+        own_image = np.zeros((len(sample), everyone), dtype=bool)
+        own_image[np.arange(len(sample)), sample] = True
 
     def figures(matrix: np.ndarray) -> dict:
-        return ranking_figures(matrix, queries.identities[sample], reference.identities, self_columns=self_columns)
+        return ranking_figures(matrix, queries.identities[sample], reference.identities, excluded=own_image)
 
     entry = {**figures(scores),  # rows: the sampled queries
              "queries_scored": len(sample), "seconds_measured": round(seconds, 1),

@@ -175,3 +175,40 @@ def test_validation_figures_match_the_evaluation_metrics():
     ours = leave_one_out_figures(scores, labels)
     reference = retrieval_metrics_from_similarity(scores, labels, leave_one_out=True)
     assert ours["top1"] == pytest.approx(reference["top1"]) and ours["map"] == pytest.approx(reference["map"])
+
+
+def test_validation_figures_without_same_encounter_pairs_match_the_evaluation_metrics():
+    from wildreid.evaluation.metrics import retrieval_metrics_from_similarity
+
+    rng = np.random.default_rng(8)
+    labels = np.repeat(np.arange(8), 3).astype(object)
+    groups = np.array([f"{label}-{i % 2}" if label % 3 else None for i, label in enumerate(labels)], dtype=object)
+    scores = rng.normal(size=(24, 24))
+    ours = leave_one_out_figures(scores, labels, groups)
+    reference = retrieval_metrics_from_similarity(scores, labels, leave_one_out=True, query_groups=groups,
+                                                  gallery_groups=groups)
+    assert ours["top1"] == pytest.approx(reference["top1"]) and ours["map"] == pytest.approx(reference["map"])
+    assert ours != leave_one_out_figures(scores, labels)  # the exclusion changed something
+    # a1 and a2 are one sighting and find each other first; across sightings b outscores every other a.
+    hand = np.array([[0, 9, 1, 5], [9, 0, 1, 5], [1, 1, 0, 5], [5, 5, 5, 0]], dtype=float)
+    ids, sightings = np.array(["a", "a", "a", "b"], dtype=object), np.array(["s1", "s1", "s2", None], dtype=object)
+    assert leave_one_out_figures(hand, ids)["top1"] == pytest.approx(2 / 3)
+    assert leave_one_out_figures(hand, ids, sightings)["top1"] == pytest.approx(0 / 3)
+
+
+def test_fusion_fitted_without_same_encounter_pairs_says_so_and_needs_re_sightings():
+    rng = np.random.default_rng(9)
+    validation = _synthetic_set(rng)
+    validation.encounters = np.array([f"{identity}-{i % 3 == 0}" for i, identity in enumerate(validation.identities)],
+                                     dtype=object)
+    plain, strict = _fusion().fit(validation), _fusion().fit(validation, exclude_same_encounter=True)
+    assert plain["exclude_same_encounter"] is False and strict["exclude_same_encounter"] is True
+    assert strict["validation_pairs"] < plain["validation_pairs"]
+    fitted = _fusion()
+    fitted.fit(validation, exclude_same_encounter=True)
+    parts = fitted.components(validation, None)
+    expected = leave_one_out_figures(parts.cosine, validation.identities, validation.encounters)
+    assert strict["validation"]["global"] == pytest.approx(expected)
+    validation.encounters = np.array([str(identity) for identity in validation.identities], dtype=object)
+    with pytest.raises(ValueError, match="no two images of one individual from different encounters"):
+        _fusion().fit(validation, exclude_same_encounter=True)

@@ -51,8 +51,8 @@ def evaluate_method(method_name: str, queries: ImageSet, gallery: ImageSet | Non
                     training_species: Sequence[str] | None = None, exclude_same_encounter: bool = False) -> dict:
     """Results in `evaluate.py`'s shape: leave-one-out within `queries` (no gallery) or queries against
     `gallery` (closed set: queries of individuals absent from the gallery are left out). With
-    `exclude_same_encounter` a query does not see its own encounter's photos in the metrics (fitting on
-    `validation` is unchanged)."""
+    `exclude_same_encounter` a query does not see its own encounter's photos in the metrics, and fusion and
+    auto are fitted on `validation` without same-encounter pairs, to match."""
     per_species, left_out = {}, {}
     for name in sorted(set(queries.species)):
         q = queries.part(queries.species == name)
@@ -75,7 +75,7 @@ def evaluate_method(method_name: str, queries: ImageSet, gallery: ImageSet | Non
                 logger.warning("no validation pairs of %s: %s fitted on all validation species", name, method_name)
                 v = validation
             tick = time.perf_counter()
-            record["fit"] = {**method.fit(v), "seconds": round(time.perf_counter() - tick, 2)}
+            record["fit"] = {**method.fit(v, exclude_same_encounter), "seconds": round(time.perf_counter() - tick, 2)}
             if method_name == "auto":
                 record["chosen"] = record["fit"]["choice"]
         if q.local is not None and method_name in ("fusion", "auto") and (blind := int(q.without_keypoints().sum())):

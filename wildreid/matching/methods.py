@@ -68,8 +68,10 @@ class ScoringMethod(ABC):
     name = ""
     needs: tuple[str, ...] = ()
 
-    def fit(self, validation: ImageSet) -> dict[str, Any]:
-        return {}  # methods without anything to learn
+    def fit(self, validation: ImageSet, exclude_same_encounter: bool = False) -> dict[str, Any]:
+        """Learn from labelled validation images (a training split); with `exclude_same_encounter`, not from
+        pairs of one encounter. Methods without anything to learn return {}."""
+        return {}
 
     @abstractmethod
     def scores(self, queries: ImageSet, gallery: ImageSet | None = None) -> np.ndarray:
@@ -136,9 +138,9 @@ class FusionMethod(ScoringMethod):
     name = "fusion"
     needs = ("embeddings", "local")
 
-    def fit(self, validation: ImageSet) -> dict[str, Any]:
+    def fit(self, validation: ImageSet, exclude_same_encounter: bool = False) -> dict[str, Any]:
         self.check(validation)
-        return self.fusion.fit(validation)
+        return self.fusion.fit(validation, exclude_same_encounter)
 
     def scores(self, queries: ImageSet, gallery: ImageSet | None = None) -> np.ndarray:
         self.check(queries, gallery)
@@ -157,9 +159,9 @@ class AutoMethod(ScoringMethod):
     needs = ("embeddings", "local")
     choice: str | None = None
 
-    def fit(self, validation: ImageSet) -> dict[str, Any]:
+    def fit(self, validation: ImageSet, exclude_same_encounter: bool = False) -> dict[str, Any]:
         self.check(validation)
-        return self.choose(self.fusion.fit(validation))
+        return self.choose(self.fusion.fit(validation, exclude_same_encounter))
 
     def choose(self, figures: dict[str, Any]) -> dict[str, Any]:
         """Choose from the validation figures of a fitted fusion (`UnionFusion.fit`)."""

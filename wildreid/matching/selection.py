@@ -10,37 +10,45 @@ import numpy as np
 from sklearn.metrics import label_ranking_average_precision_score
 
 
-def leave_one_out_figures(scores: np.ndarray, identities: np.ndarray) -> dict[str, float]:
+def leave_one_out_figures(scores: np.ndarray, identities: np.ndarray,
+                          groups: np.ndarray | None = None) -> dict[str, float]:
     """{"top1", "map"} over the queries that have another image of their individual in the set; the
-    diagonal of `scores` (a query against itself) is ignored."""
-    return ranking_figures(scores, identities, identities, self_columns=np.arange(len(identities)))
+    diagonal of `scores` (a query against itself) is ignored, and with `groups` (each image's encounter;
+    None or "" = none) so is every other image of the query's own encounter."""
+    excluded = np.eye(len(identities), dtype=bool)
+    if groups is not None:
+        excluded |= same_group_pairs(groups)
+    return ranking_figures(scores, identities, identities, excluded=excluded)
+
+
+def same_group_pairs(groups: np.ndarray) -> np.ndarray:
+    """(N, N) bool: both images belong to one known encounter (None or "" is none)."""
+    groups = np.asarray(groups, dtype=object)
+    known = np.array([group is not None and group != "" for group in groups], dtype=bool)
+    return (groups[:, None] == groups[None, :]) & known[:, None] & known[None, :]
 
 
 def ranking_figures(scores: np.ndarray, query_identities: np.ndarray, gallery_identities: np.ndarray, *,
-                    self_columns: np.ndarray | None = None) -> dict[str, float]:
+                    excluded: np.ndarray | None = None) -> dict[str, float]:
     """{"top1", "map"} of a (Q, G) score matrix over the queries with a relevant gallery image.
-    `self_columns[q]` (optional) is query q's own column, ignored (leave-one-out on a subset of queries)."""
+    `excluded` (optional, (Q, G) bool) marks pairs to ignore: a query's own column in leave-one-out, or the
+    other photos of its encounter; they rank below every other image and count neither way."""
     query_identities, gallery_identities = np.asarray(query_identities), np.asarray(gallery_identities)
     relevant = query_identities[:, None] == gallery_identities[None, :]
-    rows = np.arange(len(query_identities))
-    if self_columns is not None:
-        relevant[rows, self_columns] = False
+    if excluded is not None:
+        relevant &= ~excluded
     queries = np.flatnonzero(relevant.any(axis=1))
     if len(queries) == 0:
         raise ValueError("no query has a relevant gallery image: nothing to measure")
     scores = np.array(scores[queries], dtype=np.float64)
-    finite = np.isfinite(scores)
-    if self_columns is not None:
-        finite[np.arange(len(queries)), self_columns[queries]] = False
-    # sklearn needs finite scores: unscored pairs go just below the lowest scored one, self below those.
+    ignored = np.zeros_like(scores, dtype=bool) if excluded is None else excluded[queries]
+    finite = np.isfinite(scores) & ~ignored
+    # sklearn needs finite scores: unscored pairs go just below the lowest scored one, ignored ones below those.
     floor = scores[finite].min() - 1.0 if finite.any() else 0.0
-    scores[~finite] = floor
-    if self_columns is not None:
-        scores[np.arange(len(queries)), self_columns[queries]] = floor - 1.0
+    scores[~np.isfinite(scores)] = floor
+    scores[ignored] = floor - 1.0
     relevant = relevant[queries]
-    others = ~relevant
-    if self_columns is not None:
-        others[np.arange(len(queries)), self_columns[queries]] = False
+    others = ~relevant & ~ignored
     # Top-1 is right when a relevant image beats every other one outright (ties count against the query).
     best_relevant = np.where(relevant, scores, -np.inf).max(axis=1)
     best_other = np.where(others, scores, -np.inf).max(axis=1)

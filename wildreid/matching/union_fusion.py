@@ -21,7 +21,7 @@ import numpy as np
 from .calibration import Calibrator
 from .local_matcher import LocalMatcher
 from .one_vs_many import OneVsManyMatcher, local_scores, shortlist_by_score, voted
-from .selection import leave_one_out_figures
+from .selection import leave_one_out_figures, same_group_pairs
 
 if TYPE_CHECKING:
     from .methods import ImageSet
@@ -105,13 +105,21 @@ class UnionFusion:
 
     # ---- fitting --------------------------------------------------------------------------------------
 
-    def fit(self, validation: "ImageSet") -> dict[str, Any]:
+    def fit(self, validation: "ImageSet", exclude_same_encounter: bool = False) -> dict[str, Any]:
         """Calibrate on the validation set's leave-one-out union pairs, choose the combiner by validation
-        mAP, and report every method's validation figures (for `auto`)."""
+        mAP, and report every method's validation figures (for `auto`). With `exclude_same_encounter`, pairs
+        of one encounter (`validation.encounters`) are left out of the calibration and of the figures, so
+        fusion learns what its scores mean across sightings, where a shared background does not help."""
         parts = self.components(validation, None)
         mask = parts.mask(parts.union)
+        groups = validation.encounters if exclude_same_encounter else None
+        if groups is not None:
+            mask &= ~same_group_pairs(groups)
         labels = np.asarray(validation.identities)
         is_match = (labels[:, None] == labels[None, :])[mask]
+        if groups is not None and not is_match.any():
+            raise ValueError("excluding same-encounter pairs leaves the validation set no two images of one individual "
+                             "from different encounters to fit on: add re-sightings or fit without the exclusion")
         local_union = parts.local_on_union()
         self.global_calibrator.fit(parts.cosine[mask], is_match)
         self.local_calibrator.fit(local_union[mask], is_match)
@@ -120,7 +128,7 @@ class UnionFusion:
         self.logistic = _fit_logistic(probabilities, is_match)
 
         def measured(scores: np.ndarray) -> dict[str, float]:
-            return leave_one_out_figures(scores, labels)
+            return leave_one_out_figures(scores, labels, groups)
 
         by_combiner = {}
         for name in COMBINERS:
@@ -132,6 +140,7 @@ class UnionFusion:
                            "fusion": by_combiner[self.combiner]},
             "combiner": self.combiner, "combiners": by_combiner, "validation_queries": len(labels),
             "validation_pairs": int(mask.sum()), "shortlist": self.shortlist,
+            "exclude_same_encounter": groups is not None,
         }
 
     # ---- scoring --------------------------------------------------------------------------------------
