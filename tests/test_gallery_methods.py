@@ -185,3 +185,31 @@ def test_the_method_choice_is_fitted_on_at_most_max_images_whole_individuals_per
     assert capped["b"]["validation_queries"] == 6  # under the cap: all
     assert fit_method_choice("global", embeddings, identities, species, None, None,
                              max_images=None)["a"]["validation_queries"] == 20
+
+
+def test_the_method_choice_can_be_fitted_across_encounters_only():
+    from wildreid.matching.selection import leave_one_out_figures
+
+    rng = np.random.default_rng(1)
+    identities = [f"a/{i // 4}" for i in range(16)] + [f"b/{i // 2}" for i in range(6)]
+    species = ["a"] * 16 + ["b"] * 6
+    # a: each individual in two sightings of two photos; b: each individual in one sighting only.
+    encounters = [f"{name}-{i % 4 // 2}" for i, name in enumerate(identities[:16])] + [f"{n}-0" for n in identities[16:]]
+    embeddings = rng.normal(size=(22, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    plain = fit_method_choice("global", embeddings, identities, species, None, None)
+    across = fit_method_choice("global", embeddings, identities, species, None, None, encounters=encounters)
+    assert set(plain) == {"a", "b"} and set(across) == {"a"}  # b has no re-sighted individual to validate on
+    cosine = embeddings[:16] @ embeddings[:16].T
+    assert across["a"]["validation"]["global"] == leave_one_out_figures(cosine, np.array(identities[:16], dtype=object),
+                                                                        np.array(encounters[:16], dtype=object))
+    assert across["a"]["validation"] != plain["a"]["validation"]
+
+
+def test_calibrate_takes_exclude_same_encounter(monkeypatch):
+    import wildreid.identification.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "calibrate_gallery", lambda *args, **kwargs: seen.update(kwargs) or (0.5, {}))
+    assert main(["calibrate", "--gallery", "g", "--datasets", f"{DATA}:train", "--exclude_same_encounter"]) == 0
+    assert seen["exclude_same_encounter"] is True

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--max_fit_images", type=int, default=MAX_FIT_IMAGES,
                            help="images per species the method is fitted on, whole individuals in a seeded order "
                                 "(the fit grows with their square; 0: all)")
+    calibrate.add_argument("--exclude_same_encounter", action="store_true",
+                           help="fit and choose the method without pairs of one encounter (sighting, video): what "
+                                "a new sighting will meet, where photos of one sighting share a background")
     _add_data_options(calibrate)
 
     query = commands.add_parser("identify", help="rank known individuals for query images")
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"; skipped {len(skipped)} unreadable (e.g. {skipped[0].file}: {skipped[0].reason})" if skipped else ""))
         elif args.command == "calibrate":
             threshold, choices = calibrate_gallery(args.gallery, args.datasets, model=args.model, method=args.method,
-                                                   max_fit_images=args.max_fit_images or None, **data)
+                                                   max_fit_images=args.max_fit_images or None,
+                                                   exclude_same_encounter=args.exclude_same_encounter, **data)
             print(f"gallery {args.gallery}: new-individual threshold {threshold:.4f} (cosine)")
             for species, choice in choices.items():
                 figures = ", ".join(f"{name} top-1 {100 * f['top1']:.1f} mAP {100 * f['map']:.1f}"

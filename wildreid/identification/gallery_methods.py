@@ -28,7 +28,7 @@ from ..matching.keypoints import LocalFeatures
 from ..matching.local_matcher import LocalMatcher
 from ..matching.methods import AUTO_CHOICES, AutoMethod, ImageSet
 from ..matching.one_vs_many import DescriptorIndex, OneVsManyMatcher
-from ..matching.selection import leave_one_out_figures
+from ..matching.selection import leave_one_out_figures, same_group_pairs
 from ..matching.union_fusion import UnionFusion
 from . import store
 from .gallery import Gallery
@@ -49,12 +49,13 @@ def needs_local(method: str) -> bool:
 def fit_method_choice(method: str, embeddings: np.ndarray, identities: Sequence[Any], species: Sequence[Any],
                       features: Sequence[LocalFeatures] | None, extractor_config: dict[str, Any] | None, *,
                       shortlist: int = 20, num_workers: int | None = None, max_images: int | None = MAX_FIT_IMAGES,
-                      seed: int = 0) -> dict[str, dict[str, Any]]:
+                      seed: int = 0, encounters: Sequence[Any] | None = None) -> dict[str, dict[str, Any]]:
     """{species: {"method", "requested", "validation": {global/local/fusion: {"top1", "map"}}, "fusion", ...}}
     fitted leave-one-out on labelled calibration images; species without two images of one individual are
     left out (nothing to validate on), and a method other than global with no such species is refused.
     A species with more than `max_images` images is fitted on whole individuals drawn in a seeded order up to
-    that many images (None: all)."""
+    that many images (None: all). With `encounters` (each image's sighting), pairs of one encounter are left
+    out of the fit and of the figures it chooses by, and a species with no re-sighted individual is left out."""
     if method not in REQUESTABLE:
         raise ValueError(f"unknown method {method!r}; choose one of {REQUESTABLE}")
     if needs_local(method) and features is None:
@@ -62,25 +63,31 @@ def fit_method_choice(method: str, embeddings: np.ndarray, identities: Sequence[
                          "--local-features`, or calibrate with --method global")
     identities = np.asarray([str(i) for i in identities], dtype=object)
     species = np.asarray(["" if s is None else str(s) for s in species], dtype=object)
+    groups = None if encounters is None else np.asarray(list(encounters), dtype=object)
     choices = {}
     for name in sorted(set(species)):
         mask = _whole_individuals(identities, species == name, max_images, seed)
-        if len(set(identities[mask])) == mask.sum():
-            continue
+        same_individual = identities[mask][:, None] == identities[mask][None, :]
+        np.fill_diagonal(same_individual, False)
+        if groups is not None:
+            same_individual &= ~same_group_pairs(groups[mask])
+        if not same_individual.any():
+            continue  # nothing to validate on (no individual seen twice, or, with encounters, in two of them)
         images = ImageSet(identities[mask], species[mask], embeddings[mask],
                           None if features is None else [f for f, keep in zip(features, mask) if keep],
-                          dict(extractor_config or {}))
+                          dict(extractor_config or {}), None if groups is None else groups[mask])
         if method == "global":
             cosine = images.embeddings @ images.embeddings.T
             choices[name] = {"method": "global", "requested": "global", "validation_queries": int(mask.sum()),
-                             "validation": {"global": leave_one_out_figures(cosine, images.identities)}}
+                             "validation": {"global": leave_one_out_figures(cosine, images.identities, images.encounters)}}
             continue
         fusion = UnionFusion(shortlist=shortlist, num_workers=num_workers)
-        figures = AutoMethod(fusion).fit(images) if method == "auto" else fusion.fit(images)
+        across = groups is not None
+        figures = AutoMethod(fusion).fit(images, across) if method == "auto" else fusion.fit(images, across)
         choices[name] = {"method": figures.get("choice", method), "requested": method,
                          "validation": figures["validation"], "reason": figures.get("reason"),
                          "combiner": figures["combiner"], "validation_queries": figures["validation_queries"],
-                         "fusion": fusion.to_dict()}
+                         "fusion": fusion.to_dict(), "exclude_same_encounter": across}
     if not choices and method != "global":
         raise ValueError("no species of the calibration images has two images of one individual: the method "
                          "choice needs labelled pairs")

@@ -20,6 +20,7 @@ from ..embedding import LoadedEmbedder, LoadFailure, embed_dataset, load_embedde
 from ..embedding.images import batched_crops, describe_source
 from ..embedding.onnx_runtime import OnnxEmbedder
 from ..embedding.training_record import fitted_on_training_images
+from ..evaluation.protocols import encounters_of
 from ..matching import LocalFeatureCache, LocalFeatureExtractor
 from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS, DESCRIPTOR_BYTES, LocalFeatures
 from . import store
@@ -174,12 +175,14 @@ def _local_features(dataset: Dataset, rows: np.ndarray, config: dict) -> list[Lo
 
 def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, model: str | None = None,
                       method: str | None = None, data_dir: str | None = None, batch_size: int = 64,
-                      num_workers: int = 2, runtime: str = "torch", max_fit_images: int | None = MAX_FIT_IMAGES
-                      ) -> tuple[float, dict]:
+                      num_workers: int = 2, runtime: str = "torch", max_fit_images: int | None = MAX_FIT_IMAGES,
+                      exclude_same_encounter: bool = False) -> tuple[float, dict]:
     """Fit the gallery's "new individual" threshold and score calibration on labelled validation images
     (known individuals, and ideally some absent from the gallery) and, per species, the scoring method
     (`gallery_methods.fit_method_choice`; default "auto" when the gallery has keypoints, else "global");
-    saves both in the gallery. Returns the threshold and the per-species method choice."""
+    saves both in the gallery. Returns the threshold and the per-species method choice. With
+    `exclude_same_encounter` the method is fitted and chosen without pairs of one encounter (the images'
+    `encounter`): what a query of a new sighting will meet; the threshold is fitted as before."""
     with store.writer_lock(gallery_dir, create=False):  # load, calibrate and save as one step
         gallery, embedder, tag = _gallery_and_model(gallery_dir, model, runtime)
         method = method or ("auto" if gallery.local_features_config else "global")
@@ -196,9 +199,10 @@ def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, mo
                                                                query_image_ids=list(image_ids))
         features = (_local_features(dataset, embedded.indices, gallery.local_features_config)
                     if needs_local(method) else None)
+        encounters = encounters_of(dataset)[embedded.indices] if exclude_same_encounter else None
         choices = fit_method_choice(method, embedded.vectors, identities,
                                     np.asarray(dataset["species"], dtype=object)[embedded.indices], features,
-                                    gallery.local_features_config, max_images=max_fit_images)
+                                    gallery.local_features_config, max_images=max_fit_images, encounters=encounters)
         gallery.calibration["method_choice"] = choices
         gallery.save(gallery_dir, overwrite=True)
     return threshold, choices
