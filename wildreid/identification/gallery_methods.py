@@ -89,8 +89,9 @@ def fit_method_choice(method: str, embeddings: np.ndarray, identities: Sequence[
                          "combiner": figures["combiner"], "validation_queries": figures["validation_queries"],
                          "fusion": fusion.to_dict(), "exclude_same_encounter": across}
     if not choices and method != "global":
-        raise ValueError("no species of the calibration images has two images of one individual: the method "
-                         "choice needs labelled pairs")
+        raise ValueError("no species of the calibration images has two images of one individual"
+                         + (" from different encounters" if groups is not None else "")
+                         + ": the method choice needs labelled pairs")
     return choices
 
 
