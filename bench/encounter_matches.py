@@ -14,7 +14,7 @@ central part. Which fraction is chosen on the training split alone (`nyala[max_i
 leave-one-out, by the mean of global and local mAP without same-encounter matches, the figure an ecologist
 matching a new sighting gets), then the evaluated sets are scored again with it.
 
-    python bench/encounter_matches.py --center-boxes 1 0.8 0.6 0.5
+    python bench/encounter_matches.py --center-boxes 1 0.8 0.6 0.4
 
 Writes bench/results/encounter_matches.json (with the git commit). No trained model is needed.
 """

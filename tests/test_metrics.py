@@ -461,3 +461,19 @@ def test_groups_must_come_in_pairs_and_match_lengths():
         retrieval_metrics_from_similarity(similarity, [0, 1], [0, 1, 1], query_groups=["x", "y"])
     with pytest.raises(ValueError, match="gallery_groups"):
         retrieval_metrics_from_similarity(similarity, [0, 1], [0, 1, 1], query_groups=["x", "y"], gallery_groups=["x"])
+
+
+def test_a_closed_set_answerable_only_in_the_queries_own_encounters_says_so_and_only_that_is_left_out():
+    from wildreid.evaluation.metrics import NoAnswerableQueryError
+    from wildreid.evaluation.protocols import encounter_guarded
+
+    with pytest.raises(NoAnswerableQueryError, match="in the gallery outside its own encounter"):
+        retrieval_metrics(np.eye(2), ["a", "b"], np.eye(2), ["a", "b"], query_groups=["s1", "s2"],
+                          gallery_groups=["s1", "s2"])
+    left_out = {}
+    assert encounter_guarded("okapi", lambda: retrieval_metrics(
+        np.eye(2), ["a", "b"], np.eye(2), ["a", "b"], query_groups=["s1", "s2"], gallery_groups=["s1", "s2"]),
+        True, left_out) is None
+    assert "outside its own encounter" in left_out["okapi"]
+    with pytest.raises(ValueError, match="NaN"):  # a broken input is an error even when excluding
+        encounter_guarded("zebra", lambda: retrieval_metrics(np.full((2, 2), np.nan), ["a", "b"]), True, {})

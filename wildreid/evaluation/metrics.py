@@ -148,6 +148,10 @@ def _similarity_blocks(similarity: Any) -> Callable[[int, int], np.ndarray]:
     return block
 
 
+class NoAnswerableQueryError(ValueError):
+    """No query has a relevant gallery image (after any same-encounter exclusion): the metrics are undefined."""
+
+
 def _summarise(ranks: ChunkRanks, query_codes: np.ndarray, gallery_codes: np.ndarray, topk: tuple[int, ...],
                leave_one_out: bool) -> dict:
     has_match = ranks.n_relevant > 0
@@ -157,11 +161,13 @@ def _summarise(ranks: ChunkRanks, query_codes: np.ndarray, gallery_codes: np.nda
     n_candidates = len(gallery_codes) - leave_one_out
     if not has_match.any():
         if leave_one_out:
-            raise ValueError(
+            raise NoAnswerableQueryError(
                 "no query has another image of its identity (outside its own encounter); leave-one-out needs "
                 "identities with >= 2 images"
             )
-        raise ValueError(
+        if np.isin(query_codes, gallery_codes).any():  # present, but only in the queries' own encounters
+            raise NoAnswerableQueryError("no query has an image of its identity in the gallery outside its own encounter")
+        raise NoAnswerableQueryError(
             "no query identity occurs in the gallery, so closed-set metrics are undefined "
             "(use open_set_metrics for new-individual detection)"
         )

@@ -24,7 +24,7 @@ from datasets import Dataset
 
 from ..embedding import Embeddings
 from .grouping import macro_average
-from .metrics import retrieval_metrics, top1_matches
+from .metrics import NoAnswerableQueryError, retrieval_metrics, top1_matches
 from .open_set import choose_new_individual_threshold, open_set_metrics
 
 logger = logging.getLogger(__name__)
@@ -71,10 +71,10 @@ def encounter_guarded(name: str, compute: Callable[[], dict], exclude_same_encou
                       left_out: dict[str, str]) -> dict | None:
     """`compute()`, or None with `name` and the reason put in `left_out` (and logged) when excluding
     same-encounter matches leaves no query of the species an answer (e.g. every individual seen in one
-    encounter only). Without exclusion such an error is a real one and propagates."""
+    encounter only). Without exclusion such an error is a real one and propagates, as does any other."""
     try:
         return compute()
-    except ValueError as error:
+    except NoAnswerableQueryError as error:
         if not exclude_same_encounter:
             raise
         logger.warning("%s left out: %s", name, error)
