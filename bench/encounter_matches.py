@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import identification_accuracy as accuracy  # noqa: E402  (sets the threads, puts this checkout first)
+from feature_cache import embeddings, local_features  # noqa: E402
 
 from wildreid.evaluation.method_protocols import image_set  # noqa: E402
 from wildreid.evaluation.metrics import retrieval_metrics_from_similarity  # noqa: E402
@@ -78,8 +79,8 @@ def boxed(spec: str | None, fraction: float) -> str | None:
 
 
 def load(spec: str, cache: Path, extractor: LocalFeatureExtractor):
-    dataset, local = accuracy.local_features(spec, cache, extractor, 1)
-    return image_set(dataset, accuracy.embeddings(accuracy.IMAGENET, spec, dataset, cache), local, extractor.config)
+    dataset, local = local_features(spec, cache, extractor, 1)
+    return image_set(dataset, embeddings(accuracy.IMAGENET, spec, dataset, cache), local, extractor.config)
 
 
 def sweep(fractions: list[float], cache: Path, extractor: LocalFeatureExtractor, shortlist: int) -> dict:

@@ -41,17 +41,16 @@ from identification_tables import print_table, tables  # noqa: E402
 
 limit_threads()
 
-from hub_datasets.specs import load_specs, parse_spec  # noqa: E402  (thread settings first)
-from wildreid.embedding import Embeddings, embed_dataset, load_embedder  # noqa: E402
+from feature_cache import embeddings, local_features  # noqa: E402  (thread settings first)
+from hub_datasets.specs import load_specs  # noqa: E402
 from wildreid.embedding.training_record import held_out_spec  # noqa: E402
-from wildreid.evaluation.matching import LocalSet, extract_local_set  # noqa: E402
 from wildreid.evaluation.method_protocols import image_set  # noqa: E402
-from wildreid.evaluation.metrics import retrieval_metrics_from_similarity  # noqa: E402
-from wildreid.matching import LocalFeatureExtractor, LocalFeatures  # noqa: E402
+from wildreid.evaluation.metrics import NoAnswerableQueryError, retrieval_metrics_from_similarity  # noqa: E402
+from wildreid.matching import LocalFeatureExtractor  # noqa: E402
 from wildreid.matching.keypoints import DEFAULT_MAX_KEYPOINTS  # noqa: E402
 from wildreid.matching.methods import AutoMethod, FusionMethod, GlobalMethod, OneVsManyLocalMethod, PairwiseLocalMethod  # noqa: E402
 from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
-from wildreid.matching.selection import ranking_figures  # noqa: E402
+from wildreid.matching.selection import ranking_figures, same_group_pairs  # noqa: E402
 from wildreid.matching.union_fusion import UnionFusion  # noqa: E402
 from wildreid.provenance import code_version  # noqa: E402
 
@@ -73,16 +72,6 @@ PUBLISHED = {"lion-closed": 25.16, "nyala-closed": 36.45}  # MegaDescriptor-L-38
 RESULTS = Path(__file__).parent / "results" / "identification_accuracy.json"
 
 
-def cache_key(*parts: str) -> str:
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def crop_stamp(spec: str) -> str:
-    """What changes the crops of a spec's images beyond their id (`center_box`): part of every cache key."""
-    center_box = dict(parse_spec(spec).params).get("center_box")
-    return "" if center_box is None else f"+center_box={center_box}"
-
-
 def weights_sha256(model: str) -> str | None:
     """sha256 of the model folder's model.safetensors, recorded beside its rows: "outputs/cpu_real" names a
     folder, not the weights in it (`sha256sum outputs/cpu_real/model.safetensors` checks which)."""
@@ -96,73 +85,22 @@ def weights_sha256(model: str) -> str | None:
     return digest.hexdigest()
 
 
-def model_stamp(model: str) -> str:
-    weights = Path(model) / "model.safetensors"
-    return f"{model}@{weights.stat().st_mtime_ns}" if weights.is_file() else model
-
-
-def _cached(path: Path, dataset, compute) -> dict:
-    """Per-image results keyed by `image_id` in one .npz per species and setting (no pickle): a set that
-    shares images with an earlier one (lion:train and the closed-set split's parts) only computes the rest."""
-    stored = {}
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            bounds = data["offsets"]
-            arrays = {key: data[key] for key in data.files if key not in ("image_ids", "offsets")}
-            stored = {image_id: {key: value[a:b] for key, value in arrays.items()}
-                      for image_id, a, b in zip(data["image_ids"].tolist(), bounds[:-1], bounds[1:])}
-    image_ids = list(dataset["image_id"])
-    missing = [row for row, image_id in enumerate(image_ids) if image_id not in stored]
-    if missing:
-        tick = time.perf_counter()
-        stored.update(compute(dataset.select(missing), [image_ids[row] for row in missing]))
-        print(f"  {path.name}: {len(missing)} new images, {time.perf_counter() - tick:.0f} s", flush=True)
-        keys = sorted(stored)
-        first = next(iter(stored.values()))
-        np.savez(path, image_ids=np.array(keys), offsets=np.concatenate([[0], np.cumsum([len(stored[k][next(iter(first))])
-                                                                                        for k in keys])]),
-                 **{name: np.concatenate([stored[k][name] for k in keys]) for name in first})
-    return stored
-
-
-def local_features(spec: str, cache: Path, extractor: LocalFeatureExtractor, workers: int):
-    dataset = load_specs([spec])
-    species = "-".join(sorted(set(dataset["species"])))
-    path = cache / f"local-{species}-{cache_key(json.dumps(extractor.config, sort_keys=True) + crop_stamp(spec))}.npz"
-
-    def compute(part, image_ids):
-        extracted = extract_local_set(part, extractor, num_workers=workers, progress=False)
-        return {image_ids[row]: {"keypoints": f.keypoints, "descriptors": f.descriptors}
-                for row, f in zip(extracted.rows, extracted.features)}
-
-    stored = _cached(path, dataset, compute)
-    image_ids = list(dataset["image_id"])
-    rows = np.array([row for row, image_id in enumerate(image_ids) if image_id in stored], dtype=np.int64)
-    features = [LocalFeatures(**stored[image_ids[row]]) for row in rows]
-    return dataset, LocalSet(features, rows, np.asarray(dataset["identity"], dtype=object)[rows],
-                             np.asarray(dataset["species"], dtype=object)[rows], [])
-
-
-def embeddings(model: str, spec: str, dataset, cache: Path, flip_test: bool = False):
-    species = "-".join(sorted(set(dataset["species"])))
-    setting = model_stamp(model) + ("+flip" if flip_test else "") + crop_stamp(spec)
-    path = cache / f"embed-{species}-{cache_key(setting)}.npz"
-
-    def compute(part, image_ids):
-        embedder = load_embedder(model, flip_test=flip_test or None)
-        embedded = embed_dataset(embedder.model, part, embedder.processor, batch_size=32, num_workers=0, progress=False)
-        return {image_ids[row]: {"vector": vector[None]} for row, vector in zip(embedded.indices, embedded.vectors)}
-
-    stored = _cached(path, dataset, compute)
-    rows = np.array([row for row, image_id in enumerate(dataset["image_id"]) if image_id in stored], dtype=np.int64)
-    vectors = np.concatenate([stored[image_id]["vector"] for image_id in np.asarray(dataset["image_id"])[rows]])
-    return Embeddings(vectors, rows)
-
-
 def measure(scores: np.ndarray, queries, gallery) -> dict:
-    metrics = retrieval_metrics_from_similarity(scores, queries.identities, None if gallery is None else gallery.identities,
-                                                leave_one_out=gallery is None)
-    return {"top1": metrics["top1"], "map": metrics["map"], "n_queries": metrics["n_queries"]}
+    """Top-1 / mAP as published; where the set records encounters, also without a query's own encounter's photos
+    (`across_sightings`): the figure for matching a new sighting to known individuals."""
+    labels = {"query_labels": queries.identities, "gallery_labels": None if gallery is None else gallery.identities,
+              "leave_one_out": gallery is None}
+    metrics = retrieval_metrics_from_similarity(scores, **labels)
+    entry = {"top1": metrics["top1"], "map": metrics["map"], "n_queries": metrics["n_queries"]}
+    if any(group is not None and group != "" for group in queries.encounters):
+        reference = queries if gallery is None else gallery
+        try:
+            strict = retrieval_metrics_from_similarity(scores, **labels, query_groups=queries.encounters,
+                                                       gallery_groups=reference.encounters)
+            entry["across_sightings"] = {key: strict[key] for key in ("top1", "map", "n_queries")}
+        except NoAnswerableQueryError:
+            entry["across_sightings"] = None  # no individual of the set was seen in two encounters
+    return entry
 
 
 def global_rows(name: str, record: dict, models: list[str], cache: Path) -> None:
@@ -203,6 +141,16 @@ def trained_model(name: str, args) -> str | None:
     return args.closed_set_model if SETS[name][1] is not None else args.model
 
 
+def resighted(images) -> bool:
+    """Whether some individual of the image set was photographed in two encounters (nyala's sightings; pig's
+    individuals are each in one video, lion and dog record none): what a fit across sightings needs."""
+    if images.encounters is None:
+        return False
+    same_individual = images.identities[:, None] == images.identities[None, :]
+    known = np.array([group is not None and group != "" for group in images.encounters], dtype=bool)
+    return bool((same_individual & known[:, None] & known[None, :] & ~same_group_pairs(images.encounters)).any())
+
+
 def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> dict:
     query_spec, gallery_spec, validation_spec = SETS[name]
     closed = gallery_spec is not None
@@ -229,6 +177,10 @@ def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> d
     if closed:  # closed set: only queries whose individual is in the gallery
         queries = queries.part(np.isin(queries.identities, list(set(gallery.identities))))
     validation = images(validation_spec)
+    # Fitted across sightings, fusion does not learn to trust the other photo of the query's own sighting (found by
+    # its background, README "Same-sighting matches on nyala"); the metrics stay as published.
+    across = bool(args.fit_across_sightings and resighted(validation))
+    record["fusion_fit_across_sightings"] = across
     record["n_queries"], record["n_gallery"] = len(queries), len(gallery) if closed else len(queries)
     record["fusion_global_input"] = measure(GlobalMethod().scores(queries, gallery), queries, gallery)
 
@@ -236,7 +188,7 @@ def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> d
         entry = {}
         if fit:
             tick = time.perf_counter()
-            entry["fit"] = method.fit(validation)
+            entry["fit"] = method.fit(validation, across)
             entry["fit_seconds"] = round(time.perf_counter() - tick, 1)
         tick = time.perf_counter()
         scores = method.scores(queries, gallery)
@@ -326,6 +278,12 @@ def main() -> None:
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--fusion-model", choices=("imagenet", "trained"), default="trained",
                         help="global input of fusion and auto on the leave-one-out sets (trained: --model when given)")
+    parser.add_argument("--fit-across-sightings", action="store_true",
+                        help="fit fusion and auto without same-encounter pairs on sets whose training split has an "
+                             "individual seen in two encounters (nyala); the metrics stay as published")
+    parser.add_argument("--keep-trained-rows", action="store_true",
+                        help="without the set's trained model (--closed-set-model on the closed-set rows, where fusion "
+                             "does not use it): its earlier trained row stays, marked with the commit that measured it")
     parser.add_argument("--global-only", action="store_true",
                         help="only (re)compute the global rows (e.g. a new --model) of sets already in --output")
     parser.add_argument("--tables-only", action="store_true", help="only rebuild the tables of --output from its sets")
@@ -336,10 +294,17 @@ def main() -> None:
     if args.max_keypoints != DEFAULT_MAX_KEYPOINTS and not args.skip_pairwise:
         parser.error(f"pairwise SIFT is the plain-SIFT baseline ({DEFAULT_MAX_KEYPOINTS} keypoints): with --max-keypoints "
                      f"{args.max_keypoints} give --skip-pairwise")
+    if args.keep_trained_rows:
+        for name in args.sets:
+            if trained_model(name, args) or SETS[name][1] is None:
+                parser.error(f"--keep-trained-rows keeps only closed-set rows whose model is not given; {name} "
+                             "is leave-one-out (its fusion uses the trained model) or has its model given")
     command = "python bench/identification_accuracy.py" + (f" --model {args.model}" if args.model else "") + (
         f" --closed-set-model {args.closed_set_model}" if args.closed_set_model else "") + (
         f" --max-keypoints {args.max_keypoints} --skip-pairwise --output {args.output}"
-        if args.max_keypoints != DEFAULT_MAX_KEYPOINTS else "")
+        if args.max_keypoints != DEFAULT_MAX_KEYPOINTS else "") + (
+        " --fit-across-sightings" if args.fit_across_sightings else "") + (
+        " --keep-trained-rows" if args.keep_trained_rows else "")
     if args.tables_only:  # the sets, and the command and time that measured them, stay as they were
         write_results(output, previous, earlier_run.get("command", command), earlier_run.get("wall_time_s"))
         print_table(previous)
@@ -357,11 +322,15 @@ def main() -> None:
             global_rows(name, previous[name], [IMAGENET] + ([trained] if trained else []), cache)
             previous[name]["global_rows_version"] = version
         else:
-            record = {**run_set(name, args, cache, extractor), **version}
-            earlier = previous.get(name, {}).get("methods", {}).get("SIFT pairwise")
-            if args.skip_pairwise and earlier:  # pairwise does not depend on the model: keep the earlier run's row
-                record["methods"]["SIFT pairwise"] = {**earlier, "carried_from_commit": earlier.get(
-                    "carried_from_commit", previous[name]["git_commit"])}
+            # The exact invocation too: sets run by separate processes are merged into one file.
+            record = {**run_set(name, args, cache, extractor), **version,
+                      "command": " ".join(["python bench/identification_accuracy.py", *sys.argv[1:]])}
+            # Rows that do not depend on what this run measured may come from the earlier run of the set.
+            for label, keep in (("SIFT pairwise", args.skip_pairwise), ("trained model", args.keep_trained_rows)):
+                earlier = previous.get(name, {}).get("methods", {}).get(label)
+                if keep and earlier:
+                    record["methods"][label] = {**earlier, "carried_from_commit": earlier.get(
+                        "carried_from_commit", previous[name]["git_commit"])}
             previous[name] = record
         write_results(output, previous, command, None if args.global_only else time.perf_counter() - started)
     print_table(previous)

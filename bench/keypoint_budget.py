@@ -24,7 +24,8 @@ limit_threads()
 
 import numpy as np  # noqa: E402
 
-from identification_accuracy import local_features, measure  # noqa: E402
+from feature_cache import local_features  # noqa: E402
+from identification_accuracy import measure  # noqa: E402
 from wildreid.matching import LocalFeatureExtractor  # noqa: E402
 from wildreid.evaluation.method_protocols import image_set  # noqa: E402
 from wildreid.matching.methods import OneVsManyLocalMethod  # noqa: E402
