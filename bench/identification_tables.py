@@ -75,7 +75,8 @@ def tables(sets: dict) -> dict:
             "rows": across_rows,
             "caption": "The sets that record encounters (nyala's sightings: both flanks of one animal at one moment), "
                        "scored without the photos of a query's own encounter: matching a new sighting to known "
-                       "individuals. Queries whose individual has no photo from another encounter are not counted."},
+                       "individuals. Queries whose individual has no photo from another encounter are not counted. A dash: not "
+                       "measured that way (pairwise SIFT scores a sample of queries; a row carried from an earlier run)."},
     }
 
 
