@@ -34,7 +34,6 @@ import identification_accuracy as accuracy  # noqa: E402  (sets the threads, put
 from feature_cache import embeddings, local_features  # noqa: E402
 
 from wildreid.evaluation.method_protocols import image_set  # noqa: E402
-from wildreid.evaluation.metrics import retrieval_metrics_from_similarity  # noqa: E402
 from wildreid.matching import LocalFeatureExtractor  # noqa: E402
 from wildreid.matching.methods import FusionMethod, GlobalMethod, OneVsManyLocalMethod  # noqa: E402
 from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
@@ -51,20 +50,15 @@ def figures(scores: np.ndarray, queries, gallery) -> dict:
     """Top-1 / mAP as published and without same-encounter photos, and the correct top-1 answers that
     were the query's own sighting."""
     reference = queries if gallery is None else gallery
-    loo = gallery is None
-    labels = {"query_labels": queries.identities, "gallery_labels": None if loo else gallery.identities,
-              "leave_one_out": loo}
-    plain = retrieval_metrics_from_similarity(scores, **labels)
-    strict = retrieval_metrics_from_similarity(scores, **labels, query_groups=queries.encounters,
-                                               gallery_groups=reference.encounters)
+    entry = accuracy.measure(scores, queries, gallery)
+    strict = entry.pop("across_sightings")
     ranked = np.array(scores, dtype=np.float64)
-    if loo:
+    if gallery is None:
         np.fill_diagonal(ranked, -np.inf)
     best = ranked.argmax(axis=1)
     right = reference.identities[best] == queries.identities
     same_sighting = right & (reference.encounters[best] == queries.encounters)
-    return {"top1": plain["top1"], "map": plain["map"], "n_queries": plain["n_queries"],
-            "cross_encounter_top1": strict["top1"], "cross_encounter_map": strict["map"],
+    return {**entry, "cross_encounter_top1": strict["top1"], "cross_encounter_map": strict["map"],
             "cross_encounter_queries": strict["n_queries"], "cross_encounter_skipped": strict["n_skipped"],
             "correct_top1": int(right.sum()), "correct_top1_same_encounter": int(same_sighting.sum())}
 

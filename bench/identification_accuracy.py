@@ -50,7 +50,7 @@ from wildreid.matching import LocalFeatureExtractor  # noqa: E402
 from wildreid.matching.keypoints import DEFAULT_MAX_KEYPOINTS  # noqa: E402
 from wildreid.matching.methods import AutoMethod, FusionMethod, GlobalMethod, OneVsManyLocalMethod, PairwiseLocalMethod  # noqa: E402
 from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
-from wildreid.matching.selection import ranking_figures, same_group_pairs  # noqa: E402
+from wildreid.matching.selection import known_groups, ranking_figures, validation_pairs  # noqa: E402
 from wildreid.matching.union_fusion import UnionFusion  # noqa: E402
 from wildreid.provenance import code_version  # noqa: E402
 
@@ -92,12 +92,12 @@ def measure(scores: np.ndarray, queries, gallery) -> dict:
               "leave_one_out": gallery is None}
     metrics = retrieval_metrics_from_similarity(scores, **labels)
     entry = {"top1": metrics["top1"], "map": metrics["map"], "n_queries": metrics["n_queries"]}
-    if any(group is not None and group != "" for group in queries.encounters):
+    if known_groups(queries.encounters).any():
         reference = queries if gallery is None else gallery
         try:
             strict = retrieval_metrics_from_similarity(scores, **labels, query_groups=queries.encounters,
                                                        gallery_groups=reference.encounters)
-            entry["across_sightings"] = {key: strict[key] for key in ("top1", "map", "n_queries")}
+            entry["across_sightings"] = {key: strict[key] for key in ("top1", "map", "n_queries", "n_skipped")}
         except NoAnswerableQueryError:
             entry["across_sightings"] = None  # no individual of the set was seen in two encounters
     return entry
@@ -144,11 +144,8 @@ def trained_model(name: str, args) -> str | None:
 def resighted(images) -> bool:
     """Whether some individual of the image set was photographed in two encounters (nyala's sightings; pig's
     individuals are each in one video, lion and dog record none): what a fit across sightings needs."""
-    if images.encounters is None:
-        return False
-    same_individual = images.identities[:, None] == images.identities[None, :]
-    known = np.array([group is not None and group != "" for group in images.encounters], dtype=bool)
-    return bool((same_individual & known[:, None] & known[None, :] & ~same_group_pairs(images.encounters)).any())
+    return (images.encounters is not None and bool(known_groups(images.encounters).any())
+            and bool(validation_pairs(images.identities, images.encounters).any()))
 
 
 def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> dict:

@@ -28,7 +28,7 @@ from ..matching.keypoints import LocalFeatures
 from ..matching.local_matcher import LocalMatcher
 from ..matching.methods import AUTO_CHOICES, AutoMethod, ImageSet
 from ..matching.one_vs_many import DescriptorIndex, OneVsManyMatcher
-from ..matching.selection import leave_one_out_figures, same_group_pairs
+from ..matching.selection import leave_one_out_figures, validation_pairs
 from ..matching.union_fusion import UnionFusion
 from . import store
 from .gallery import Gallery
@@ -67,11 +67,7 @@ def fit_method_choice(method: str, embeddings: np.ndarray, identities: Sequence[
     choices = {}
     for name in sorted(set(species)):
         mask = _whole_individuals(identities, species == name, max_images, seed)
-        same_individual = identities[mask][:, None] == identities[mask][None, :]
-        np.fill_diagonal(same_individual, False)
-        if groups is not None:
-            same_individual &= ~same_group_pairs(groups[mask])
-        if not same_individual.any():
+        if not validation_pairs(identities[mask], None if groups is None else groups[mask]).any():
             continue  # nothing to validate on (no individual seen twice, or, with encounters, in two of them)
         images = ImageSet(identities[mask], species[mask], embeddings[mask],
                           None if features is None else [f for f, keep in zip(features, mask) if keep],

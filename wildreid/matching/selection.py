@@ -21,11 +21,25 @@ def leave_one_out_figures(scores: np.ndarray, identities: np.ndarray,
     return ranking_figures(scores, identities, identities, excluded=excluded)
 
 
+def known_groups(groups: np.ndarray) -> np.ndarray:
+    """(N,) bool: the image's encounter is recorded (None or "" is none)."""
+    return np.array([group is not None and group != "" for group in groups], dtype=bool)
+
+
 def same_group_pairs(groups: np.ndarray) -> np.ndarray:
     """(N, N) bool: both images belong to one known encounter (None or "" is none)."""
     groups = np.asarray(groups, dtype=object)
-    known = np.array([group is not None and group != "" for group in groups], dtype=bool)
+    known = known_groups(groups)
     return (groups[:, None] == groups[None, :]) & known[:, None] & known[None, :]
+
+
+def validation_pairs(identities: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """(N, N) bool: two images of one individual, not one image with itself, and with `groups` not of one
+    encounter: the pairs a leave-one-out fit can learn from (none: nothing to fit or choose by)."""
+    identities = np.asarray(identities)
+    pairs = identities[:, None] == identities[None, :]
+    np.fill_diagonal(pairs, False)
+    return pairs if groups is None else pairs & ~same_group_pairs(groups)
 
 
 def ranking_figures(scores: np.ndarray, query_identities: np.ndarray, gallery_identities: np.ndarray, *,
