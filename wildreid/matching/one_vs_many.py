@@ -38,6 +38,9 @@ INDEX_FILE = "descriptors.faiss"
 INDEX_META_FILE = "descriptors.json"
 OWNERS_FILE = "descriptor_owners.npy"
 INLIER_WEIGHT = 0.02
+# Query descriptors searched per faiss call: one query's few hundred rows make faiss's blocked BLAS search ~6x
+# slower per row than a few thousand (exact index of 77k descriptors, 1 thread: 0.90 s vs 0.15 s per query).
+SEARCH_ROWS = 4096
 
 
 def root_sift(descriptors: np.ndarray) -> np.ndarray:
@@ -228,27 +231,41 @@ class OneVsManyMatcher:
         scores = np.zeros((len(queries), index.num_images), dtype=np.float32)
         # Self matches take at most a few slots per descriptor (its own copy, rare repeats within the image).
         extra = 4 if leave_one_out else 0
-        for q in tqdm(range(len(queries)), desc="LNBNN voting", unit="query", disable=not progress):
-            if len(queries[q]) == 0:
-                continue
-            distances, owners = index.search(root_sift(queries[q].descriptors), self.k + 1 + extra)
-            if leave_one_out:
-                distances, owners = _drop_owner(distances, owners, q, self.k + 1)
-            if owners.shape[1] < 2:
-                continue
-            voters = min(self.k, owners.shape[1] - 1)
-            weights = distances[:, voters:voters + 1] - distances[:, :voters]
-            owners = owners[:, :voters]
-            valid = owners >= 0
-            # One vote per (descriptor, image): its best (largest-weight) neighbour in that image.
-            rows = np.repeat(np.arange(len(owners)), voters)[valid.ravel()]
-            pairs = np.stack([rows, owners[valid]], axis=1)
-            order = np.lexsort((-weights[valid], pairs[:, 1], pairs[:, 0]))
-            pairs, values = pairs[order], weights[valid][order]
-            first = np.ones(len(pairs), dtype=bool)
-            first[1:] = np.any(pairs[1:] != pairs[:-1], axis=1)
-            np.add.at(scores[q], pairs[first, 1], np.maximum(values[first], 0.0))
+        bar = tqdm(total=len(queries), desc="LNBNN voting", unit="query", disable=not progress)
+        for batch in _query_batches(queries, SEARCH_ROWS):
+            vectors = root_sift(np.concatenate([queries[q].descriptors for q in batch]))
+            distances, owners = index.search(vectors, self.k + 1 + extra)
+            start = 0
+            for q in batch:
+                rows = slice(start, start + len(queries[q]))
+                start = rows.stop
+                scores[q] = self._query_votes(distances[rows], owners[rows], q if leave_one_out else None,
+                                              index.num_images)
+            bar.update(len(batch))
+        bar.close()
         return scores
+
+    def _query_votes(self, distances: np.ndarray, owners: np.ndarray, own_image: int | None,
+                     num_images: int) -> np.ndarray:
+        """One query's (G,) votes from its descriptors' neighbours (`own_image`'s left out: leave-one-out)."""
+        votes = np.zeros(num_images, dtype=np.float32)
+        if own_image is not None:
+            distances, owners = _drop_owner(distances, owners, own_image, self.k + 1)
+        if owners.shape[1] < 2:
+            return votes
+        voters = min(self.k, owners.shape[1] - 1)
+        weights = distances[:, voters:voters + 1] - distances[:, :voters]
+        owners = owners[:, :voters]
+        valid = owners >= 0
+        # One vote per (descriptor, image): its best (largest-weight) neighbour in that image.
+        rows = np.repeat(np.arange(len(owners)), voters)[valid.ravel()]
+        pairs = np.stack([rows, owners[valid]], axis=1)
+        order = np.lexsort((-weights[valid], pairs[:, 1], pairs[:, 0]))
+        pairs, values = pairs[order], weights[valid][order]
+        first = np.ones(len(pairs), dtype=bool)
+        first[1:] = np.any(pairs[1:] != pairs[:-1], axis=1)
+        np.add.at(votes, pairs[first, 1], np.maximum(values[first], 0.0))
+        return votes
 
     def score(self, queries: Sequence[LocalFeatures], gallery: Sequence[LocalFeatures], index: DescriptorIndex, *,
               leave_one_out: bool = False, num_workers: int | None = None, progress: bool = True) -> np.ndarray:
@@ -270,6 +287,20 @@ class OneVsManyMatcher:
         if candidates.size:
             inliers = self.verifier.score(queries, gallery, candidates, num_workers=num_workers, progress=progress)
         return local_scores(share, inliers, np.isfinite(inliers))
+
+
+def _query_batches(queries: Sequence[LocalFeatures], rows: int) -> list[list[int]]:
+    """Consecutive queries with keypoints, grouped until a group holds about `rows` descriptors."""
+    batches, batch, size = [], [], 0
+    for q, features in enumerate(queries):
+        if len(features) == 0:
+            continue  # no keypoints, no votes
+        batch.append(q)
+        size += len(features)
+        if size >= rows:
+            batches.append(batch)
+            batch, size = [], 0
+    return batches + ([batch] if batch else [])
 
 
 def voted(vote_share: np.ndarray, votes: np.ndarray) -> np.ndarray:
