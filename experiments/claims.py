@@ -120,14 +120,16 @@ def identification(sets: dict) -> list[list]:
     rows.append(["Fusion is at least as good as both of its inputs (WildFusion; here over the union of both shortlists)",
                  "+8.5 pp over MegaDescriptor-L, mean of 17 sets", "fusion - best input, top-1: " + ", ".join(parts),
                  _verdict(flags)])
-    compared = {n: r["methods"] for n, r in sets.items() if "SIFT pairwise" in r["methods"]}
-    if compared:
-        close = [m["one-vs-many local"]["top1"] >= m["SIFT pairwise"]["top1"] - 0.02 for m in compared.values()]
+    # On the queries pairwise SIFT scored: on large sets that is a seeded sample, and one-vs-many over all queries
+    # against pairwise over the sample would compare two query sets as well as two methods.
+    gaps = {n: _same_queries(r["methods"]) - r["methods"]["SIFT pairwise"]["top1"]
+            for n, r in sets.items() if "SIFT pairwise" in r["methods"]}
+    if gaps:
         rows.append(["One-vs-many retrieval (LNBNN) is as accurate as matching every pair (HotSpotter)",
                      "more accurate than one-vs-one, seconds per query on 1,000+ images",
-                     "one-vs-many - pairwise, top-1: " + ", ".join(
-                         f"{n} {_pp(m['one-vs-many local']['top1'] - m['SIFT pairwise']['top1'])}" for n, m in compared.items()),
-                     _verdict(close)])
+                     "one-vs-many - pairwise, top-1 on the queries pairwise scored: " + ", ".join(
+                         f"{n} {_pp(gap)}" for n, gap in gaps.items()),
+                     _verdict([gap >= -0.02 for gap in gaps.values()])])
     closed = {n: r for n, r in sets.items() if r.get("published_megadescriptor_l384_top1")}
     if closed:
         reached = [r["methods"]["auto"]["top1"] * 100 >= r["published_megadescriptor_l384_top1"] for r in closed.values()]
@@ -137,6 +139,12 @@ def identification(sets: dict) -> list[list]:
                                for n, r in closed.items()),
                      _verdict(reached, "reached", "not reached")])
     return rows
+
+
+def _same_queries(methods: dict) -> float:
+    """One-vs-many top-1 on the queries the pairwise row scored (all of them where it scored all)."""
+    sampled = methods["SIFT pairwise"].get("one_vs_many_on_the_same_queries")
+    return (sampled or methods["one-vs-many local"])["top1"]
 
 
 def _verdict(flags: list[bool], yes: str = "yes", no: str = "no") -> str:

@@ -69,3 +69,15 @@ def test_fusion_claim_compares_with_the_input_fusion_saw(modules):
     below = {"a": _record(encounters=False, flip_input_top1=0.56), "b": _record(encounters=False, flip_input_top1=0.5)}
     row = next(r for r in claims.identification(below) if r[0].startswith("Fusion is at least as good"))
     assert "a -1.0 pp" in row[2] and "b +5.0 pp" in row[2] and row[3] == "partly"
+
+
+def test_one_vs_many_claim_compares_on_the_queries_pairwise_scored(modules):
+    _, claims = modules
+    sampled = _record(encounters=False, flip_input_top1=0.5)  # one-vs-many 40 % over all queries
+    # Pairwise scored a sample of queries (42 %), on which one-vs-many scores 45 %: ahead there, not 2 pp behind.
+    sampled["methods"]["SIFT pairwise"] = _entry(0.42, 0.3, queries_scored=5,
+                                                 one_vs_many_on_the_same_queries={"top1": 0.45, "map": 0.35})
+    every = _record(encounters=False, flip_input_top1=0.5)
+    every["methods"]["SIFT pairwise"] = _entry(0.39, 0.3, queries_scored=10)
+    row = next(r for r in claims.identification({"a": sampled, "b": every}) if r[0].startswith("One-vs-many"))
+    assert "a +3.0 pp" in row[2] and "b +1.0 pp" in row[2] and row[3] == "yes"
