@@ -231,8 +231,9 @@ class OneVsManyMatcher:
         scores = np.zeros((len(queries), index.num_images), dtype=np.float32)
         # Self matches take at most a few slots per descriptor (its own copy, rare repeats within the image).
         extra = 4 if leave_one_out else 0
-        bar = tqdm(total=len(queries), desc="LNBNN voting", unit="query", disable=not progress)
-        for batch in _query_batches(queries, SEARCH_ROWS):
+        batches = _query_batches(queries, SEARCH_ROWS)
+        bar = tqdm(total=sum(map(len, batches)), desc="LNBNN voting", unit="query", disable=not progress)
+        for batch in batches:
             vectors = root_sift(np.concatenate([queries[q].descriptors for q in batch]))
             distances, owners = index.search(vectors, self.k + 1 + extra)
             start = 0
