@@ -3,7 +3,7 @@
 One-vs-many local retrieval finds the k+1 nearest gallery descriptors of every query descriptor (faiss). A query
 has a few hundred descriptors; faiss's exact search works through the gallery in BLAS blocks, and with so few rows
 per call most of its time goes to per-block overhead, so `OneVsManyMatcher.votes` searches the descriptors of
-consecutive queries together (`SEARCH_ROWS` rows per call). This bench times both on a real training split,
+consecutive queries together (`search_rows` per call). This bench times both on a real training split,
 leave-one-out (as `wildreid calibrate` and the fusion fit vote), checks that the votes agree, and writes
 bench/results/lnbnn_voting_speed.json (with the git commit).
 
@@ -25,9 +25,9 @@ limit_threads()
 
 import numpy as np  # noqa: E402
 
-import wildreid.matching.one_vs_many as one_vs_many  # noqa: E402
 from feature_cache import local_features  # noqa: E402
 from wildreid.matching import LocalFeatureExtractor  # noqa: E402
+from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
 
 
 def main() -> None:
@@ -40,13 +40,12 @@ def main() -> None:
     extractor = LocalFeatureExtractor()
     _, extracted = local_features(args.spec, Path(args.cache_dir), extractor, 1)
     features = extracted.features[: args.images]
-    matcher = one_vs_many.OneVsManyMatcher()
-    index = matcher.build_index(features, extractor.config)
-    batched_rows = one_vs_many.SEARCH_ROWS
+    index = OneVsManyMatcher().build_index(features, extractor.config)
+    batched_rows = OneVsManyMatcher().search_rows
     votes, seconds = {}, {}
     # 1 row per call: each query's descriptors in their own faiss call (any query closes its batch).
     for label, rows in (("each query alone", 1), (f"batches of {batched_rows} rows", batched_rows)):
-        one_vs_many.SEARCH_ROWS = rows
+        matcher = OneVsManyMatcher(search_rows=rows)
         tick = time.perf_counter()
         votes[label] = matcher.votes(features, index, leave_one_out=True, progress=False)
         seconds[label] = round(time.perf_counter() - tick, 2)

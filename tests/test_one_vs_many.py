@@ -52,16 +52,15 @@ def test_leave_one_out_voting_never_votes_for_the_query_itself():
 
 
 @pytest.mark.parametrize("leave_one_out", [True, False])
-def test_queries_searched_together_vote_as_searched_alone(monkeypatch, leave_one_out):
+def test_queries_searched_together_vote_as_searched_alone(leave_one_out):
     rng = np.random.default_rng(4)
     images = [_features(rng, _descriptors(rng, 30)) for _ in range(6)] + [_features(rng, _descriptors(rng, 0))]
     queries = images if leave_one_out else [_features(rng, _jitter(rng, image.descriptors)) for image in images]
-    matcher = OneVsManyMatcher(k=2, shortlist=0)
-    index = matcher.build_index(images, EXTRACTOR)
+    index = OneVsManyMatcher().build_index(images, EXTRACTOR)
     votes = {}
     # 1 row: every query searched alone; 50: the 30-keypoint queries split across faiss calls at other offsets.
     for rows in (1, 50):
-        monkeypatch.setattr("wildreid.matching.one_vs_many.SEARCH_ROWS", rows)
+        matcher = OneVsManyMatcher(k=2, shortlist=0, search_rows=rows)
         votes[rows] = matcher.votes(queries, index, leave_one_out=leave_one_out, progress=False)
     np.testing.assert_allclose(votes[50], votes[1], rtol=1e-5, atol=1e-6)
     assert votes[50][:6].max(axis=1).min() > 0 and not votes[50][6].any()  # the keypoint-less image gets no votes

@@ -38,9 +38,6 @@ INDEX_FILE = "descriptors.faiss"
 INDEX_META_FILE = "descriptors.json"
 OWNERS_FILE = "descriptor_owners.npy"
 INLIER_WEIGHT = 0.02
-# Query descriptors searched per faiss call: one query's few hundred rows make faiss's blocked BLAS search ~6x
-# slower per row than a few thousand (exact index of 77k descriptors, 1 thread: 0.90 s vs 0.15 s per query).
-SEARCH_ROWS = 4096
 
 
 def root_sift(descriptors: np.ndarray) -> np.ndarray:
@@ -208,6 +205,9 @@ class OneVsManyMatcher:
         shortlist: images per query re-scored by spatial verification (B).
         verifier: the pairwise matcher whose MAGSAC inlier count re-scores the shortlist.
         exact_limit: index exactly up to this many gallery descriptors, approximately (IVF) beyond.
+        search_rows: query descriptors per faiss search, from consecutive queries: one query's few hundred rows
+            a call left faiss's blocked BLAS search ~6x slower for the same votes (bench/lnbnn_voting_speed.py);
+            1 searches each query alone.
     """
 
     k: int = 4
@@ -215,10 +215,12 @@ class OneVsManyMatcher:
     verifier: LocalMatcher | None = None
     exact_limit: int = 200_000
     nprobe: int = 16
+    search_rows: int = 4096
 
     def __post_init__(self):
-        if self.k < 1 or self.shortlist < 0:
-            raise ValueError(f"need k >= 1 and shortlist >= 0, got k={self.k}, shortlist={self.shortlist}")
+        if self.k < 1 or self.shortlist < 0 or self.search_rows < 1:
+            raise ValueError(f"need k >= 1, shortlist >= 0 and search_rows >= 1, got k={self.k}, "
+                             f"shortlist={self.shortlist}, search_rows={self.search_rows}")
         self.verifier = self.verifier or LocalMatcher()
 
     def build_index(self, gallery: Sequence[LocalFeatures], extractor_config: dict[str, Any]) -> DescriptorIndex:
@@ -231,7 +233,7 @@ class OneVsManyMatcher:
         scores = np.zeros((len(queries), index.num_images), dtype=np.float32)
         # Self matches take at most a few slots per descriptor (its own copy, rare repeats within the image).
         extra = 4 if leave_one_out else 0
-        batches = _query_batches(queries, SEARCH_ROWS)
+        batches = _query_batches(queries, self.search_rows)
         bar = tqdm(total=sum(map(len, batches)), desc="LNBNN voting", unit="query", disable=not progress)
         for batch in batches:
             vectors = root_sift(np.concatenate([queries[q].descriptors for q in batch]))
