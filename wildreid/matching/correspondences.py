@@ -2,7 +2,7 @@
 
 `LocalMatcher` only counts inliers (that is all ranking needs); a reviewer needs to see which points
 matched. `verified_correspondences` runs the same steps on one pair (RootSIFT or Hamming similarity,
-mutual nearest neighbours, Lowe ratio test, MAGSAC++ homography) and returns the point pairs, so
+mutual nearest neighbours, Lowe ratio test, MAGSAC++ homography; ALIKED compared by cosine as SIFT is) and returns the point pairs, so
 the inlier count it reports equals `LocalMatcher.match_pair(...)[1]` for the same features.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def verified_correspondences(matcher: LocalMatcher, query: LocalFeatures, refere
         return empty
     packed_query, packed_reference = matcher.pack([query]), matcher.pack([reference])
     similarity = packed_query.vectors @ packed_reference.vectors.T
-    if matcher.method != "sift":  # bit vectors: minus the Hamming distance, as LocalMatcher scores them
+    if not matcher.unit_vectors:  # bit vectors: minus the Hamming distance, as LocalMatcher scores them
         similarity = 2.0 * similarity - packed_query.norms[:, None] - packed_reference.norms[None, :]
     rows = np.arange(len(similarity))
     nearest = similarity.argmax(axis=1)
@@ -59,8 +59,8 @@ def verified_correspondences(matcher: LocalMatcher, query: LocalFeatures, refere
         others[rows, nearest] = -np.inf
         second = others.max(axis=1)
     mutual = first >= similarity.max(axis=0)[nearest]
-    distance = (lambda s: 2.0 - 2.0 * s) if matcher.method == "sift" else (lambda s: -s)
-    ratio = matcher.ratio**2 if matcher.method == "sift" else matcher.ratio
+    distance = (lambda s: 2.0 - 2.0 * s) if matcher.unit_vectors else (lambda s: -s)
+    ratio = matcher.ratio**2 if matcher.unit_vectors else matcher.ratio
     keep = np.flatnonzero(mutual & (distance(first) < ratio * distance(second)))
     query_xy = query.keypoints[keep].astype(np.float32)
     reference_xy = reference.keypoints[nearest[keep]].astype(np.float32)

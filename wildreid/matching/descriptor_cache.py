@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .keypoints import DESCRIPTOR_BYTES, LocalFeatures
+from .keypoints import LocalFeatures, check_descriptors, config_descriptor_spec
 
 CACHE_FORMAT_VERSION = 1
 
@@ -17,7 +17,8 @@ class LocalFeatureCache:
     """Features of many images keyed by image id, stored as one `.npz` of plain arrays (no pickle).
 
     Layout: `keys` (unicode), `offsets` (N+1 int64), `keypoints` (total, 2) float32, `descriptors`
-    (total, B) uint8, `config` (JSON text). Loading refuses a cache made with another extractor config.
+    (total, W) of the extractor's dtype (uint8; float16 for ALIKED), `config` (JSON text: the extractor's config,
+    ALIKED's variant and weights checksum included). Loading refuses a cache made with another extractor config.
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -41,12 +42,8 @@ class LocalFeatureCache:
         return self._features[key]
 
     def __setitem__(self, key: str, features: LocalFeatures) -> None:
-        width = DESCRIPTOR_BYTES[self.config["method"]]
-        if features.descriptors.dtype != np.uint8 or features.descriptors.shape[1:] != (width,):
-            raise ValueError(
-                f"features for {key!r} have descriptors {features.descriptors.dtype} "
-                f"{features.descriptors.shape}, expected uint8 (N, {width}) for {self.config['method']}"
-            )
+        check_descriptors(features.descriptors, self.config["method"], f"features for {key!r}",
+                          self.config.get("variant"))
         self._features[str(key)] = features
 
     def keys(self) -> list[str]:
@@ -67,7 +64,7 @@ class LocalFeatureCache:
         items = [self._features[key] for key in keys]
         offsets = np.zeros(len(items) + 1, dtype=np.int64)
         np.cumsum([len(item) for item in items], out=offsets[1:])
-        width = DESCRIPTOR_BYTES[self.config["method"]]
+        width, dtype = config_descriptor_spec(self.config)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as handle:  # a file handle stops numpy from appending ".npz"
             np.savez(
@@ -77,7 +74,7 @@ class LocalFeatureCache:
                 keys=np.array(keys, dtype=str) if keys else np.zeros(0, dtype="<U1"),
                 offsets=offsets,
                 keypoints=np.concatenate([i.keypoints for i in items]) if items else np.zeros((0, 2), np.float32),
-                descriptors=np.concatenate([i.descriptors for i in items]) if items else np.zeros((0, width), np.uint8),
+                descriptors=np.concatenate([i.descriptors for i in items]) if items else np.zeros((0, width or 128), dtype),
             )
         return path
 

@@ -1,15 +1,29 @@
-"""Local features (OpenCV SIFT by default; ORB or AKAZE optionally): what each image contributes to
-keypoint matching.
+"""Local features: what each image contributes to keypoint matching. One extractor interface,
+`LocalFeatureExtractor(method=...)`, over two families:
 
-Pipeline per image: grey crop -> resize so the longest side is `max_side` -> detect, keep the
-`max_keypoints` strongest -> descriptors. Small crops are upscaled by default: on lion val (crops of
-~130 px) that raises plain-SIFT leave-one-out top-1 from 29.5 % to 38.4 % (148 -> 376 keypoints per image);
-`upscale=False` only shrinks. Pairs of images are scored by `wildreid.matching.local_matcher`; features
-of a gallery are stored by `wildreid.matching.descriptor_cache`.
+- "sift" (default; OpenCV), or "orb" / "akaze": hand-made, uint8 descriptors (SIFT's 128 integers; bit strings);
+- "aliked": ALIKED (Zhao et al., IEEE TIM 2023) through kornia, a learned detector and 128-d L2-normalised
+  descriptor; variants n16 (default), n16rot (trained for in-plane rotation) and t16 (tiny, faster). The
+  authors' weights ship inside the package (`weights/aliked/`, BSD-3-Clause, their LICENSE beside them) and
+  are SHA-256 checked when loaded; `weights=` points at other weights (their checksum is then recorded).
+  Descriptors are stored as float16 (256 bytes a keypoint, SIFT's 128): the values are unit-vector
+  components, and float16 keeps ~3 significant digits of them.
+
+Pipeline per image, the same for every method: crop -> resize so the longest side is `max_side` -> detect,
+keep the `max_keypoints` strongest -> descriptors (SIFT on the grey image, ALIKED on RGB). Small crops are
+upscaled by default: on lion val (crops of ~130 px) that raises plain-SIFT leave-one-out top-1 from 29.5 % to
+38.4 % (148 -> 376 keypoints per image); `upscale=False` only shrinks. `config` (method, budget, side, and for
+ALIKED the variant, weights checksum and detection threshold) is recorded with every cache, descriptor index
+and gallery, so features made another way are refused. Pairs of images are scored by
+`wildreid.matching.local_matcher`, a query against a gallery by `wildreid.matching.one_vs_many`; features of a
+gallery are stored by `wildreid.matching.descriptor_cache`.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
@@ -17,14 +31,38 @@ import numpy as np
 from PIL import Image
 
 from ..embedding.images import LoadFailure, check_annotation_lengths, iter_crops
-from .parallel import parallel_map
+from .parallel import WORKER_STATE, parallel_map
 
-METHODS = ("sift", "orb", "akaze")
+METHODS = ("sift", "orb", "akaze", "aliked")
+# The choices of `--local-features` (the families one-vs-many retrieval indexes).
+LOCAL_FEATURE_CHOICES = ("sift", "aliked")
 # Keypoints kept per image unless asked otherwise (`bench/keypoint_budget.py` measures other budgets per species).
 DEFAULT_MAX_KEYPOINTS = 512
-# Descriptor width in bytes as stored: SIFT values are integers 0..255 (OpenCV saturates them to uchar
-# before returning float32), ORB and AKAZE are packed bit strings.
+DEFAULT_MAX_SIDE = 512
+# Descriptor width in bytes as stored for the uint8 families: SIFT values are integers 0..255 (OpenCV
+# saturates them to uchar before returning float32), ORB and AKAZE are packed bit strings.
 DESCRIPTOR_BYTES = {"sift": 128, "orb": 32, "akaze": 61}
+# (width, dtype) of each family's stored descriptors: ALIKED's are float16 components of unit vectors, 128-d
+# (n16, n16rot) or 64-d (t16): `descriptor_spec` gives a variant's.
+DESCRIPTORS: dict[str, tuple[int, Any]] = {**{m: (w, np.uint8) for m, w in DESCRIPTOR_BYTES.items()},
+                                           "aliked": (128, np.float16)}
+ALIKED_DIMS = {"n16": 128, "n16rot": 128, "t16": 64}
+# Families compared as unit vectors (RootSIFT, ALIKED as given) by cosine; the others are bit strings (Hamming).
+UNIT_VECTOR_METHODS = ("sift", "aliked")
+
+ALIKED_VARIANTS = ("n16", "n16rot", "t16")
+DEFAULT_ALIKED_VARIANT = "n16"
+ALIKED_WEIGHTS_DIR = Path(__file__).with_name("weights") / "aliked"
+# SHA-256 of the shipped weight files (the ALIKED authors' models/ at Shiaoming/ALIKED@683d7c6); kept in the
+# code, not only beside the files, so a replaced file cannot bring its own checksum.
+ALIKED_SHA256 = {
+    "n16": "5be8704840ed662d9d8c561bf7279c222092674e7eb05fd0feab94899e9d82f2",
+    "n16rot": "ddf3abbf38e86f6a74540d214e1a9712c54b2d8551abc864542199f2347d7332",
+    "t16": "56782336919db220144a884e710e2b6af13b3b8f8da15b915a239078ab471085",
+}
+# 0: top-k mode, the `max_keypoints` strongest score maxima (SIFT's nfeatures semantics); > 0: only maxima above
+# it, at most `max_keypoints` (LightGlue's default 0.2, which leaves small crops few keypoints).
+DEFAULT_ALIKED_THRESHOLD = 0.0
 
 
 @dataclass
@@ -32,7 +70,8 @@ class LocalFeatures:
     """Keypoints and descriptors of one image.
 
     keypoints: (N, 2) float32 x, y in pixels of the resized image.
-    descriptors: (N, B) uint8, B = DESCRIPTOR_BYTES[method].
+    descriptors: (N, W) of the method's stored dtype (`DESCRIPTORS[method]`): uint8 for SIFT / ORB / AKAZE,
+        float16 for ALIKED.
     """
 
     keypoints: np.ndarray
@@ -42,10 +81,9 @@ class LocalFeatures:
         return len(self.keypoints)
 
 
-def to_gray_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
-    """Grey uint8 array from a PIL image or an (H, W), (H, W, 3) RGB or (H, W, 4) RGBA array."""
+def _as_uint8_array(image: Image.Image | np.ndarray, mode: str) -> np.ndarray:
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("L"))
+        return np.asarray(image.convert(mode))
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a PIL image or numpy array, got {type(image).__name__}")
     array = image
@@ -53,20 +91,132 @@ def to_gray_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
         if not np.issubdtype(array.dtype, np.floating):
             raise ValueError(f"image arrays must be uint8 or float in [0, 1], got dtype {array.dtype}")
         array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if not (array.ndim == 2 or array.ndim == 3 and array.shape[2] in (3, 4)):
+        raise ValueError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def to_gray_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Grey uint8 array from a PIL image or an (H, W), (H, W, 3) RGB or (H, W, 4) RGBA array."""
+    array = _as_uint8_array(image, "L")
     if array.ndim == 2:
-        return np.ascontiguousarray(array)
-    if array.ndim == 3 and array.shape[2] == 3:
-        return cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGB2GRAY)
-    if array.ndim == 3 and array.shape[2] == 4:
-        return cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGBA2GRAY)
-    raise ValueError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+        return array
+    return cv2.cvtColor(array, cv2.COLOR_RGB2GRAY if array.shape[2] == 3 else cv2.COLOR_RGBA2GRAY)
+
+
+def to_rgb_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB uint8 array from a PIL image or an (H, W), (H, W, 3) RGB or (H, W, 4) RGBA array."""
+    array = _as_uint8_array(image, "RGB")
+    if array.ndim == 2:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    return array if array.shape[2] == 3 else np.ascontiguousarray(array[:, :, :3])
+
+
+def descriptor_spec(method: str, variant: str | None = None) -> tuple[int | None, Any]:
+    """(width, dtype) of `method`'s stored descriptors; ALIKED's width is its variant's (None: 64 or 128)."""
+    if method == "aliked":
+        return (ALIKED_DIMS[variant] if variant else None), np.float16
+    return DESCRIPTORS[method]
+
+
+def config_descriptor_spec(config: dict[str, Any]) -> tuple[int | None, Any]:
+    """`descriptor_spec` of an extractor config (`LocalFeatureExtractor.config`)."""
+    return descriptor_spec(config.get("method", "sift"), config.get("variant"))
+
+
+def descriptor_family(descriptors: np.ndarray) -> str:
+    """The family stored descriptors look like ("sift", "aliked", ...), for messages that name both sides."""
+    if descriptors.ndim == 2 and descriptors.dtype == np.float16 and descriptors.shape[1] in ALIKED_DIMS.values():
+        return "aliked"
+    for method, (width, dtype) in DESCRIPTORS.items():
+        if descriptors.ndim == 2 and descriptors.dtype == dtype and descriptors.shape[1] == width:
+            return method
+    return f"unknown ({descriptors.dtype} {descriptors.shape[1:]})"
+
+
+def check_descriptors(descriptors: np.ndarray, method: str, what: str, variant: str | None = None) -> None:
+    """Raise, naming both families, unless `descriptors` are stored as `method`'s (`variant`'s) are."""
+    width, dtype = descriptor_spec(method, variant)
+    widths = (width,) if width else tuple(sorted(set(ALIKED_DIMS.values())))
+    if descriptors.ndim != 2 or descriptors.dtype != dtype or descriptors.shape[1] not in widths:
+        shape = " or ".join(f"(N, {w})" for w in widths)
+        raise ValueError(f"{what} have {descriptor_family(descriptors)} descriptors ({descriptors.dtype} "
+                         f"{descriptors.shape}), expected {np.dtype(dtype).name} {shape} for {method} features")
+
+
+def unit_vectors(descriptors: np.ndarray, method: str, root_sift: bool = True) -> np.ndarray:
+    """(N, D) float32 unit vectors in which the squared L2 distance is compared: RootSIFT (or L2-normalised
+    SIFT with `root_sift=False`) for SIFT, the (re-normalised, float16 rounding) ALIKED descriptors as given."""
+    if method not in UNIT_VECTOR_METHODS:
+        raise ValueError(f"{method} descriptors are bit strings, not vectors; unit vectors exist for {UNIT_VECTOR_METHODS}")
+    vectors = descriptors.astype(np.float32)
+    if method == "sift" and root_sift:
+        vectors = np.sqrt(vectors / np.maximum(vectors.sum(axis=1, keepdims=True), 1e-6))
+    else:
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
+    return np.ascontiguousarray(vectors)
+
+
+def empty_features(method: str, variant: str | None = None) -> LocalFeatures:
+    """No keypoints, with the descriptor shape and dtype of `method` (ALIKED: of `variant`, default n16)."""
+    width, dtype = descriptor_spec(method, variant or (DEFAULT_ALIKED_VARIANT if method == "aliked" else None))
+    return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, width), dtype))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_aliked(variant: str, path: str | os.PathLike, expected_sha256: str, *, max_keypoints: int,
+                detection_threshold: float):
+    """The kornia ALIKED module in evaluation mode, its weights read from `path` after their SHA-256 matched
+    `expected_sha256` (one read: the bytes checked are the bytes loaded)."""
+    try:
+        import torch
+        from kornia.feature import ALIKED
+    except ImportError as error:
+        raise ValueError(f"ALIKED local features need kornia ({error}): pip install 'kornia>=0.8.3'") from None
+    import io
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"ALIKED-{variant} weights {path}: cannot read them ({error})") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise ValueError(f"ALIKED-{variant} weights {path}: SHA-256 {actual} differs from the expected "
+                         f"{expected_sha256}: the file is damaged or other weights than the ones these features were "
+                         "made with; give other weights explicitly (weights=<path>, `--aliked_weights`), and rebuild "
+                         "features made with the old ones")
+    model = ALIKED(model_name=f"aliked-{variant}", max_num_keypoints=max_keypoints,
+                   detection_threshold=detection_threshold)
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of other shapes: another variant's file
+        raise ValueError(f"{path}: not ALIKED-{variant} weights ({str(error).splitlines()[0]})") from None
+    if unexpected or set(missing) - {"dkd.hw_grid"}:  # hw_grid: a buffer the module computes itself
+        raise ValueError(f"{path}: not ALIKED-{variant} weights (missing {sorted(missing)[:5]}, unexpected "
+                         f"{sorted(unexpected)[:5]})")
+    return model.eval()
 
 
 class LocalFeatureExtractor:
-    """Computes `LocalFeatures` once per image; pictures come as PIL images or arrays, or as paths."""
+    """Computes `LocalFeatures` once per image; pictures come as PIL images or arrays, or as paths.
 
-    def __init__(self, method: str = "sift", max_keypoints: int = DEFAULT_MAX_KEYPOINTS, max_side: int = 512,
-                 upscale: bool = True):
+    The one extractor interface of every local path: `method` picks the family ("sift", "orb", "akaze",
+    "aliked"), `config` is what caches, descriptor indexes and galleries record (and `LocalFeatureExtractor(
+    **config)` rebuilds the same extractor for a gallery's queries), `extract(image)` gives keypoints and
+    descriptors. ALIKED only: `variant` (n16, n16rot, t16), `weights` (a .pth path instead of the shipped
+    file), `weights_sha256` (the checksum the weights must have: a recorded config's; default the shipped
+    file's, or the given file's own) and `detection_threshold` (see DEFAULT_ALIKED_THRESHOLD).
+    """
+
+    def __init__(self, method: str = "sift", max_keypoints: int = DEFAULT_MAX_KEYPOINTS,
+                 max_side: int = DEFAULT_MAX_SIDE, upscale: bool = True, *, variant: str | None = None,
+                 weights: str | os.PathLike | None = None, weights_sha256: str | None = None,
+                 detection_threshold: float | None = None):
         if method not in METHODS:
             raise ValueError(f"unknown local feature method {method!r}; choose one of {METHODS}")
         if method == "akaze" and not hasattr(cv2, "AKAZE_create"):
@@ -78,13 +228,27 @@ class LocalFeatureExtractor:
         self.max_keypoints = int(max_keypoints)
         self.max_side = int(max_side)
         self.upscale = bool(upscale)
-        self._detector = None  # OpenCV objects cannot be pickled; built lazily in each process
+        self._detector = None  # OpenCV objects and torch modules are not pickled; built lazily in each process
+        self._aliked: dict[str, Any] | None = None
+        if method == "aliked":
+            self._aliked = _aliked_settings(variant, weights, weights_sha256, detection_threshold)
+        elif (variant, weights, weights_sha256, detection_threshold) != (None, None, None, None):
+            raise ValueError(f"variant, weights, weights_sha256 and detection_threshold are ALIKED settings; "
+                             f"method {method!r} takes none")
+
+    @property
+    def name(self) -> str:
+        """"sift", "orb", "akaze" or "aliked-<variant>"."""
+        return f"aliked-{self._aliked['variant']}" if self._aliked else self.method
 
     @property
     def config(self) -> dict[str, Any]:
         """What determines the features; stored with every cache so stale caches are refused."""
-        return {"method": self.method, "max_keypoints": self.max_keypoints, "max_side": self.max_side,
-                "upscale": self.upscale}
+        config = {"method": self.method, "max_keypoints": self.max_keypoints, "max_side": self.max_side,
+                  "upscale": self.upscale}
+        if self._aliked:
+            config.update(self._aliked)
+        return config
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_detector": None}
@@ -95,29 +259,69 @@ class LocalFeatureExtractor:
                 self._detector = cv2.SIFT_create(nfeatures=self.max_keypoints)
             elif self.method == "orb":
                 self._detector = cv2.ORB_create(nfeatures=self.max_keypoints)
-            else:
+            elif self.method == "akaze":
                 self._detector = cv2.AKAZE_create()
+            else:
+                if "thread_limits" in WORKER_STATE:  # a pool worker: one process per core, one thread each
+                    import torch
+
+                    torch.set_num_threads(1)
+                settings = self._aliked
+                self._detector = load_aliked(
+                    settings["variant"], settings["weights"] or ALIKED_WEIGHTS_DIR / f"aliked-{settings['variant']}.pth",
+                    settings["weights_sha256"], max_keypoints=self.max_keypoints,
+                    detection_threshold=settings["detection_threshold"])
         return self._detector
 
-    def extract(self, image: Image.Image | np.ndarray) -> LocalFeatures:
-        """Features of one already-loaded (and cropped) image."""
-        gray = to_gray_uint8(image)
-        height, width = gray.shape
+    def empty(self) -> LocalFeatures:
+        """No keypoints, shaped as this extractor's features (an image that could not be read)."""
+        return empty_features(self.method, self._aliked["variant"] if self._aliked else None)
+
+    def load(self) -> "LocalFeatureExtractor":
+        """Build the detector now (for ALIKED: read and check the weights), so a bad file fails before any image."""
+        self._get_detector()
+        return self
+
+    def _resized(self, array: np.ndarray) -> np.ndarray:
+        height, width = array.shape[:2]
         scale = self.max_side / max(height, width)
         if scale < 1.0 or (self.upscale and scale > 1.0):
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC)
+            array = cv2.resize(array, size, interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC)
+        return array
+
+    def extract(self, image: Image.Image | np.ndarray) -> LocalFeatures:
+        """Features of one already-loaded (and cropped) image."""
+        if self.method == "aliked":
+            return self._extract_aliked(self._resized(to_rgb_uint8(image)))
+        gray = self._resized(to_gray_uint8(image))
         detector = self._get_detector()
         keypoints = detector.detect(gray, None)
         # Detectors may return a few more than asked (ties, extra orientations); keep the strongest.
         keypoints = sorted(keypoints, key=lambda kp: kp.response, reverse=True)[: self.max_keypoints]
         keypoints, descriptors = detector.compute(gray, keypoints)
         if descriptors is None or len(keypoints) == 0:
-            return _empty_features(self.method)
+            return empty_features(self.method)
         if self.method == "sift":
             descriptors = np.clip(np.rint(descriptors), 0, 255)
         xy = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
         return LocalFeatures(xy, np.ascontiguousarray(descriptors, dtype=np.uint8))
+
+    def _extract_aliked(self, rgb: np.ndarray) -> LocalFeatures:
+        import torch
+
+        model = self._get_detector()
+        variant = self._aliked["variant"]
+        if min(rgb.shape[:2]) < 8:  # nothing to detect in a sliver (and the network's pooling needs a few pixels)
+            return empty_features("aliked", variant)
+        pixels = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy()).permute(2, 0, 1)[None].float().div_(255.0)
+        with torch.inference_mode():
+            found = model(pixels)[0]
+        scores = found.keypoint_scores.float().numpy()
+        order = np.argsort(-scores, kind="stable")[: self.max_keypoints]
+        xy = found.keypoints.float().numpy()[order].astype(np.float32).reshape(-1, 2)
+        descriptors = found.descriptors.float().numpy()[order].astype(np.float16).reshape(-1, ALIKED_DIMS[variant])
+        return LocalFeatures(np.ascontiguousarray(xy), np.ascontiguousarray(descriptors))
 
     def extract_many(
         self,
@@ -132,7 +336,7 @@ class LocalFeatureExtractor:
             [(self, image) for image in images],
             num_workers=num_workers,
             progress=progress,
-            description=f"{self.method} features",
+            description=f"{self.name} features",
         )
 
     def extract_paths(
@@ -156,15 +360,38 @@ class LocalFeatureExtractor:
         ]
         outcomes = parallel_map(
             _extract_path_task, tasks, num_workers=num_workers, progress=progress,
-            description=f"{self.method} features",
+            description=f"{self.name} features",
         )
         features = [outcome if isinstance(outcome, LocalFeatures) else None for outcome in outcomes]
         failures = [outcome for outcome in outcomes if isinstance(outcome, LoadFailure)]
         return features, failures
 
 
-def _empty_features(method: str) -> LocalFeatures:
-    return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES[method]), np.uint8))
+_empty_features = empty_features  # the former private name
+
+
+def _aliked_settings(variant: str | None, weights: str | os.PathLike | None, weights_sha256: str | None,
+                     detection_threshold: float | None) -> dict[str, Any]:
+    """ALIKED's part of the extractor config; the weights' checksum is the shipped file's, or a given file's own."""
+    variant = variant or DEFAULT_ALIKED_VARIANT
+    if variant not in ALIKED_VARIANTS:
+        raise ValueError(f"unknown ALIKED variant {variant!r}; choose one of {ALIKED_VARIANTS}")
+    if weights is None:
+        shipped = ALIKED_SHA256[variant]
+        if weights_sha256 is not None and weights_sha256 != shipped:
+            raise ValueError(f"these features were made with ALIKED-{variant} weights of SHA-256 {weights_sha256}, "
+                             f"but the shipped aliked-{variant}.pth has {shipped}: give those weights "
+                             "(weights=<path>, `--aliked_weights`) or rebuild the features")
+        weights_sha256 = shipped
+    else:
+        weights = str(Path(weights).expanduser().resolve())
+        if weights_sha256 is None:
+            try:
+                weights_sha256 = file_sha256(weights)
+            except OSError as error:
+                raise ValueError(f"ALIKED-{variant} weights {weights}: cannot read them ({error})") from None
+    threshold = DEFAULT_ALIKED_THRESHOLD if detection_threshold is None else float(detection_threshold)
+    return {"variant": variant, "weights": weights, "weights_sha256": weights_sha256, "detection_threshold": threshold}
 
 
 def _extract_loaded_task(task: tuple[LocalFeatureExtractor, Any]) -> LocalFeatures:

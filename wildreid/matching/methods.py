@@ -108,9 +108,10 @@ class PairwiseLocalMethod(ScoringMethod):
 
     def scores(self, queries: ImageSet, gallery: ImageSet | None = None) -> np.ndarray:
         self.check(queries, gallery)
+        matcher = self.matcher.for_method(queries.extractor_config.get("method"))  # SIFT or ALIKED alike
         if gallery is None:
-            return self.matcher.score_within(queries.local, num_workers=self.num_workers, progress=False)
-        return self.matcher.score(queries.local, gallery.local, num_workers=self.num_workers, progress=False)
+            return matcher.score_within(queries.local, num_workers=self.num_workers, progress=False)
+        return matcher.score(queries.local, gallery.local, num_workers=self.num_workers, progress=False)
 
 
 @dataclass

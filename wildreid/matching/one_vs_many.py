@@ -13,6 +13,11 @@ Scores (Q, G) float32, higher is better: a verified image scores `vote share + 0
 any other image `vote share - 1`, so verified candidates rank first (see `local_scores` for why the votes
 lead).
 
+Either extractor works (`keypoints.LocalFeatureExtractor`): SIFT descriptors are indexed as RootSIFT, ALIKED
+descriptors as given (L2-normalised, 128-d; 64-d for t16); both are unit vectors, so the LNBNN weights and the
+verifier's ratio test read the same distances. The index records the extractor's config, and a query whose
+descriptors are of another family is refused, naming both.
+
 The index is exact (`faiss.IndexFlatL2`) up to `exact_limit` descriptors and an inverted file
 (`IndexIVFFlat`, nlist ~ 4 sqrt(N), nprobe 16) beyond; `DescriptorIndex.recall` measures the approximate
 index against exact search on a sample of queries.
@@ -29,7 +34,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from .keypoints import DESCRIPTOR_BYTES, LocalFeatures
+from .keypoints import UNIT_VECTOR_METHODS, LocalFeatures, check_descriptors, config_descriptor_spec, unit_vectors
 from .local_matcher import LocalMatcher
 
 INDEX_FORMAT = "wildreid-descriptor-index"
@@ -43,8 +48,10 @@ INLIER_WEIGHT = 0.02
 def root_sift(descriptors: np.ndarray) -> np.ndarray:
     """RootSIFT (Arandjelovic & Zisserman 2012): square root of the L1-normalised SIFT vector; unit L2 norm,
     so squared L2 distances of RootSIFT are the Hellinger kernel's."""
-    vectors = descriptors.astype(np.float32)
-    return np.ascontiguousarray(np.sqrt(vectors / np.maximum(vectors.sum(axis=1, keepdims=True), 1e-6)))
+    return unit_vectors(descriptors, "sift")
+
+
+DESCRIPTOR_SPACES = {"sift": "rootsift", "aliked": "aliked-l2"}
 
 
 class DescriptorIndex:
@@ -57,9 +64,10 @@ class DescriptorIndex:
     def build(cls, features: Sequence[LocalFeatures], extractor_config: dict[str, Any], *,
               exact_limit: int = 200_000, nprobe: int = 16, seed: int = 0) -> "DescriptorIndex":
         method = extractor_config.get("method", "sift")
-        if method != "sift":
-            raise ValueError(f"one-vs-many retrieval indexes SIFT descriptors (RootSIFT); got method {method!r}")
-        vectors, owners = _indexed_vectors(features, first_owner=0)
+        if method not in UNIT_VECTOR_METHODS:
+            raise ValueError(f"one-vs-many retrieval indexes SIFT (as RootSIFT) or ALIKED descriptors; got method "
+                             f"{method!r}")
+        vectors, owners = _indexed_vectors(features, 0, dict(extractor_config))
         dim = vectors.shape[1]
         if len(vectors) <= exact_limit:
             index, kind = faiss.IndexFlatL2(dim), "exact"
@@ -72,17 +80,32 @@ class DescriptorIndex:
             index.nprobe = nprobe
             kind = f"ivf{nlist},nprobe{nprobe}"
         index.add(vectors)
-        config = {"extractor": dict(extractor_config), "descriptor": "rootsift", "index": kind}
+        config = {"extractor": dict(extractor_config), "descriptor": DESCRIPTOR_SPACES[method], "index": kind}
         return cls(index, owners, len(features), config)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def method(self) -> str:
+        """The descriptor family indexed ("sift" or "aliked")."""
+        return self.config["extractor"].get("method", "sift")
+
+    def query_vectors(self, descriptors: np.ndarray, what: str = "query descriptors") -> np.ndarray:
+        """Query descriptors in the index's space; descriptors of another family are refused, naming both."""
+        extractor = self.config["extractor"]
+        try:
+            check_descriptors(descriptors, self.method, what, extractor.get("variant"))
+        except ValueError as error:
+            raise ValueError(f"{error}: the descriptor index holds features of {extractor}; extract the queries the "
+                             "same way") from None
+        return unit_vectors(descriptors, self.method)
+
     def add(self, features: Sequence[LocalFeatures]) -> None:
         """Index more images after the indexed ones, in place (the review app adds a decision's photos this
         way instead of rebuilding). An inverted file keeps its trained centroids and an exact index stays
         exact past `exact_limit`; `build` (`wildreid index`) chooses again."""
-        vectors, owners = _indexed_vectors(features, first_owner=self.num_images)
+        vectors, owners = _indexed_vectors(features, self.num_images, self.config["extractor"])
         self.index.add(vectors)
         self.owners = np.concatenate([self.owners, owners])
         self.num_images += len(features)
@@ -179,14 +202,16 @@ class DescriptorIndex:
         return cls(index, owners, meta["num_images"], config), image_ids
 
 
-def _indexed_vectors(features: Sequence[LocalFeatures], first_owner: int) -> tuple[np.ndarray, np.ndarray]:
-    """(RootSIFT vectors, owner image of each) of `features`, their images numbered from `first_owner`."""
+def _indexed_vectors(features: Sequence[LocalFeatures], first_owner: int, extractor_config: dict[str, Any]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(unit vectors, owner image of each) of `features`, their images numbered from `first_owner`."""
+    method = extractor_config.get("method", "sift")
     for i, item in enumerate(features):
-        if item.descriptors.shape[1:] != (DESCRIPTOR_BYTES["sift"],):
-            raise ValueError(f"features[{i}] have descriptors of shape {item.descriptors.shape}, expected (N, 128)")
+        check_descriptors(item.descriptors, method, f"features[{i}]", extractor_config.get("variant"))
     owners = np.repeat(np.arange(first_owner, first_owner + len(features), dtype=np.int32), [len(f) for f in features])
-    vectors = root_sift(np.concatenate([f.descriptors for f in features])) if len(owners) else \
-        np.zeros((0, 128), np.float32)
+    width = config_descriptor_spec(extractor_config)[0] or (features[0].descriptors.shape[1] if features else 128)
+    vectors = unit_vectors(np.concatenate([f.descriptors for f in features]), method) if len(owners) else \
+        np.zeros((0, width), np.float32)
     return vectors, owners
 
 
@@ -203,7 +228,8 @@ class OneVsManyMatcher:
     Args:
         k: neighbours that vote per query descriptor (HotSpotter's K); the (k+1)-th is the normaliser.
         shortlist: images per query re-scored by spatial verification (B).
-        verifier: the pairwise matcher whose MAGSAC inlier count re-scores the shortlist.
+        verifier: the pairwise matcher whose MAGSAC inlier count re-scores the shortlist; its settings serve either
+            descriptor family (`verifier_for`: the indexed family's).
         exact_limit: index exactly up to this many gallery descriptors, approximately (IVF) beyond.
         search_rows: query descriptors per faiss search, from consecutive queries: one query's few hundred rows
             a call left faiss's blocked BLAS search ~6x slower for the same votes (bench/lnbnn_voting_speed.py);
@@ -223,6 +249,11 @@ class OneVsManyMatcher:
                              f"shortlist={self.shortlist}, search_rows={self.search_rows}")
         self.verifier = self.verifier or LocalMatcher()
 
+    def verifier_for(self, extractor: str | dict[str, Any] | None) -> LocalMatcher:
+        """The verifier for features of `extractor` (a method name or an extractor config; None or {}: as set)."""
+        method = extractor.get("method") if isinstance(extractor, dict) else extractor
+        return self.verifier.for_method(method)
+
     def build_index(self, gallery: Sequence[LocalFeatures], extractor_config: dict[str, Any]) -> DescriptorIndex:
         return DescriptorIndex.build(gallery, extractor_config, exact_limit=self.exact_limit, nprobe=self.nprobe)
 
@@ -236,7 +267,8 @@ class OneVsManyMatcher:
         batches = _query_batches(queries, self.search_rows)
         bar = tqdm(total=sum(map(len, batches)), desc="LNBNN voting", unit="query", disable=not progress)
         for batch in batches:
-            vectors = root_sift(np.concatenate([queries[q].descriptors for q in batch]))
+            vectors = index.query_vectors(np.concatenate([queries[q].descriptors for q in batch]),
+                                          f"queries {batch[0]}..{batch[-1]}")
             distances, owners = index.search(vectors, self.k + 1 + extra)
             start = 0
             for q in batch:
@@ -277,18 +309,21 @@ class OneVsManyMatcher:
             raise ValueError(f"the descriptor index holds {index.num_images} images but the gallery has {len(gallery)}")
         votes = self.votes(queries, index, leave_one_out=leave_one_out, progress=progress)
         return self.verify(votes, queries, gallery, leave_one_out=leave_one_out, num_workers=num_workers,
-                           progress=progress)
+                           progress=progress, method=index.method)
 
     def verify(self, votes: np.ndarray, queries: Sequence[LocalFeatures], gallery: Sequence[LocalFeatures], *,
-               leave_one_out: bool = False, num_workers: int | None = None, progress: bool = True) -> np.ndarray:
-        """Re-score each query's `shortlist` best-voted images by verified inliers."""
+               leave_one_out: bool = False, num_workers: int | None = None, progress: bool = True,
+               method: str | None = None) -> np.ndarray:
+        """Re-score each query's `shortlist` best-voted images by verified inliers (`method`: the features'
+        family, default the verifier's)."""
         share = (votes / np.maximum(votes.max(axis=1, keepdims=True), 1e-12)).astype(np.float32)
         if leave_one_out:
             np.fill_diagonal(share, -np.inf)
         candidates = shortlist_by_score(voted(share, votes), self.shortlist)
         inliers = np.full(share.shape, -np.inf, dtype=np.float32)
         if candidates.size:
-            inliers = self.verifier.score(queries, gallery, candidates, num_workers=num_workers, progress=progress)
+            inliers = self.verifier_for(method).score(queries, gallery, candidates, num_workers=num_workers,
+                                                      progress=progress)
         return local_scores(share, inliers, np.isfinite(inliers))
 
 

@@ -98,8 +98,9 @@ class UnionFusion:
             np.fill_diagonal(share, -np.inf)
         local_top = shortlist_by_score(voted(share, votes), self.shortlist)
         union = union_candidates(shortlist_by_score(cosine, self.shortlist), local_top)
-        inliers = self.retrieval.verifier.score(queries.local, reference.local, union, num_workers=self.num_workers,
-                                                progress=False)
+        inliers = self.retrieval.verifier_for(reference.extractor_config).score(
+            queries.local, reference.local, union, num_workers=self.num_workers,
+            progress=False)
         without_keypoints = np.array([len(features) == 0 for features in queries.local], dtype=bool)
         return Components(cosine, share, local_top, union, inliers, without_keypoints)
 

@@ -1,0 +1,145 @@
+"""ALIKED local features (kornia, shipped weights) in the shared local paths: one-vs-many retrieval of a rotated
+and scaled copy, checked weights, float16 caches, and features of one extractor refused where another's are
+expected, naming both."""
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from wildreid.matching import LocalFeatureCache, LocalFeatureExtractor, LocalMatcher
+from wildreid.matching import keypoints
+from wildreid.matching.correspondences import verified_correspondences
+from wildreid.matching.methods import ImageSet, build_method
+from wildreid.matching.one_vs_many import DescriptorIndex, OneVsManyMatcher
+
+from test_local_features import textured_animal
+
+SIDE = 192  # small images keep ALIKED on one CPU thread well under a second per image
+
+
+def rotated_and_scaled(image: Image.Image, angle: float, scale: float) -> Image.Image:
+    """The same pattern turned by `angle` degrees and shrunk to `scale`, cropped to its central part."""
+    array = np.asarray(image)
+    height, width = array.shape[:2]
+    warp = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
+    turned = cv2.warpAffine(array, warp, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    margin = int(0.2 * width)
+    return Image.fromarray(turned[margin:-margin, margin:-margin])
+
+
+@pytest.fixture(scope="module")
+def aliked() -> LocalFeatureExtractor:
+    return LocalFeatureExtractor("aliked", max_keypoints=256, max_side=SIDE).load()
+
+
+@pytest.fixture(scope="module")
+def animals(aliked):
+    """Features of five patterned animals and of a rotated (25 deg), scaled (0.8) copy of animal 2."""
+    images = [textured_animal(seed, size=240) for seed in range(5)]
+    gallery = aliked.extract_many(images, num_workers=1, progress=False)
+    query = aliked.extract(rotated_and_scaled(images[2], 25, 0.8))
+    return gallery, query
+
+
+def test_one_vs_many_finds_a_rotated_and_scaled_copy(aliked, animals):
+    gallery, query = animals
+    matcher = OneVsManyMatcher(k=3, shortlist=3)
+    index = matcher.build_index(gallery, aliked.config)
+    assert index.config["descriptor"] == "aliked-l2" and index.config["extractor"]["variant"] == "n16"
+    scores = matcher.score([query], gallery, index, num_workers=1, progress=False)[0]
+    assert int(np.argmax(scores)) == 2, scores
+    # Verified: its MAGSAC inliers put it on the verified side (score >= its vote share, 1.0 for the top voter).
+    assert scores[2] > 1.0 and np.sort(scores)[-2] < scores[2] - 0.3, scores
+    matches, inliers = LocalMatcher(method="aliked").match_pair(query, gallery[2])
+    assert inliers >= 15 and inliers > 3 * max(LocalMatcher(method="aliked").match_pair(query, gallery[0])[1], 1)
+
+
+def test_the_local_method_and_correspondences_take_aliked_features(aliked, animals):
+    gallery, query = animals
+    queries = ImageSet(np.array(["q"]), np.array(["s"]), local=[query], extractor_config=aliked.config)
+    reference = ImageSet(np.arange(5).astype(str), np.array(["s"] * 5), local=gallery, extractor_config=aliked.config)
+    for name in ("local", "local-pairwise"):
+        assert int(np.argmax(build_method(name, num_workers=1).scores(queries, reference)[0])) == 2
+    found = verified_correspondences(LocalMatcher(method="aliked"), query, gallery[2])
+    assert found.num_inliers == LocalMatcher(method="aliked").match_pair(query, gallery[2])[1]
+
+
+def test_features_are_float16_unit_vectors_within_the_budget_and_side(aliked, animals):
+    gallery, _ = animals
+    item = gallery[0]
+    assert item.descriptors.dtype == np.float16 and item.descriptors.shape == (256, 128)
+    np.testing.assert_allclose(np.linalg.norm(item.descriptors.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    assert item.keypoints.min() >= 0 and item.keypoints.max() < SIDE
+    config = aliked.config
+    assert config["max_keypoints"] == 256 and config["max_side"] == SIDE
+    assert config["weights_sha256"] == keypoints.ALIKED_SHA256["n16"] and config["weights"] is None
+    tiny = LocalFeatureExtractor("aliked", variant="t16", max_keypoints=64, max_side=96).extract(textured_animal(1, 120))
+    assert tiny.descriptors.shape == (64, 64) and tiny.descriptors.dtype == np.float16
+
+
+def test_cache_round_trip_keeps_float16_and_refuses_another_extractor(tmp_path, aliked, animals):
+    gallery, _ = animals
+    cache = LocalFeatureCache.from_features([f"i{i}" for i in range(5)], gallery, aliked.config)
+    path = cache.save(tmp_path / "cache.npz")
+    loaded = LocalFeatureCache.load(path, expected_config=aliked.config)
+    np.testing.assert_array_equal(loaded["i3"].descriptors, gallery[3].descriptors)
+    assert loaded["i3"].descriptors.dtype == np.float16
+    sift = LocalFeatureExtractor(max_keypoints=256, max_side=SIDE).config
+    with pytest.raises(ValueError, match="aliked.*sift|sift.*aliked"):
+        LocalFeatureCache.load(path, expected_config=sift)
+    with pytest.raises(ValueError, match="aliked descriptors.*for sift features"):
+        LocalFeatureCache.from_features(["a"], gallery[:1], sift)
+
+
+def test_a_sift_index_refuses_aliked_queries_naming_both(aliked, animals):
+    gallery, query = animals
+    sift = LocalFeatureExtractor(max_keypoints=64, max_side=SIDE)
+    sift_gallery = sift.extract_many([textured_animal(seed, size=240) for seed in range(2)], num_workers=1,
+                                     progress=False)
+    index = DescriptorIndex.build(sift_gallery, sift.config)
+    with pytest.raises(ValueError) as error:
+        OneVsManyMatcher().votes([query], index, progress=False)
+    message = str(error.value)
+    assert "aliked descriptors" in message and "for sift features" in message and "'method': 'sift'" in message
+    with pytest.raises(ValueError, match="aliked descriptors.*for sift features"):
+        LocalMatcher(method="sift").score([query], sift_gallery, num_workers=1, progress=False)
+
+
+def test_weights_with_another_checksum_are_refused_naming_the_file(tmp_path, monkeypatch):
+    bad = tmp_path / "aliked-n16.pth"
+    data = bytearray((keypoints.ALIKED_WEIGHTS_DIR / "aliked-n16.pth").read_bytes())
+    data[-100] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    expected = keypoints.ALIKED_SHA256["n16"]
+    actual = keypoints.file_sha256(bad)
+    # The shipped file replaced by another one: refused at load, naming the file and both checksums.
+    monkeypatch.setattr(keypoints, "ALIKED_WEIGHTS_DIR", tmp_path)
+    with pytest.raises(ValueError) as error:
+        LocalFeatureExtractor("aliked").load()
+    assert str(bad) in str(error.value) and expected in str(error.value) and actual in str(error.value)
+    # Other weights given explicitly are used, with their own checksum recorded...
+    other = LocalFeatureExtractor("aliked", weights=bad)
+    assert other.config["weights_sha256"] == actual and other.config["weights"] == str(bad.resolve())
+    # ...but a config recorded with the shipped weights' checksum refuses them.
+    with pytest.raises(ValueError, match=f"{bad}.*{actual}.*{expected}"):
+        LocalFeatureExtractor("aliked", weights=bad, weights_sha256=expected).load()
+
+
+def test_override_weights_load_and_settings_are_checked(tmp_path):
+    copy = tmp_path / "mine.pth"
+    shutil.copy(keypoints.ALIKED_WEIGHTS_DIR / "aliked-t16.pth", copy)
+    extractor = LocalFeatureExtractor("aliked", variant="t16", weights=copy, max_keypoints=32, max_side=64).load()
+    assert extractor.config["weights_sha256"] == keypoints.ALIKED_SHA256["t16"]
+    assert LocalFeatureExtractor(**extractor.config).config == extractor.config  # a recorded config rebuilds it
+    with pytest.raises(ValueError, match="n16 weights"):  # the wrong variant's file
+        LocalFeatureExtractor("aliked", variant="n16", weights=copy).load()
+    with pytest.raises(ValueError, match="unknown ALIKED variant"):
+        LocalFeatureExtractor("aliked", variant="n32")
+    with pytest.raises(ValueError, match="ALIKED settings"):
+        LocalFeatureExtractor("sift", variant="n16")
+    with pytest.raises(ValueError, match="shipped aliked-n16.pth"):
+        LocalFeatureExtractor("aliked", weights_sha256="0" * 64)
