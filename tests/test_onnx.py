@@ -74,7 +74,8 @@ def test_fp32_shares_the_torch_weights_revision_and_int8_does_not(exported):
     record = json.loads((exported / "int8-old" / "onnx_export.json").read_text())
     del record["graph_sha256"]
     (exported / "int8-old" / "onnx_export.json").write_text(json.dumps(record))
-    assert OnnxEmbedder(exported / "int8-old").revision == f"{fp32.revision}+onnx-int8" != int8.revision
+    with pytest.warns(UserWarning, match="records no SHA-256"):  # loads, saying it cannot check the graph
+        assert OnnxEmbedder(exported / "int8-old").revision == f"{fp32.revision}+onnx-int8" != int8.revision
 
 
 def test_int8_export_pads_with_constants_and_stays_close_to_fp32(exported):
@@ -291,3 +292,87 @@ def test_cli_flip_test_export_builds_a_gallery_the_torch_model_queries_with_flip
     # The torch model is loaded with the gallery's flip, so its embeddings share the gallery's space.
     assert main(["identify", "--gallery", str(tmp_path / "gallery"), "--model", model, "--datasets", f"{DATA}:test",
                  "--num_workers", "0"]) == 0
+
+
+# ---------------------------------------------------------------------------------- the graph checked at load
+
+
+@pytest.fixture(scope="module")
+def other_export(tmp_path_factory):
+    """Another model's fp32 export, at another input size (32 px against the `exported` fixture's 64)."""
+    root = tmp_path_factory.mktemp("onnx-other")
+    torch.manual_seed(1)
+    WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=32)).save_pretrained(root / "model")
+    return export_onnx(str(root / "model"), root / "fp32")
+
+
+def _copy_export(exported, tmp_path, name: str = "copy"):
+    folder = tmp_path / name
+    shutil.copytree(exported / "fp32", folder)
+    return folder
+
+
+def _forget_graph_hash(folder) -> None:
+    """Make the folder look exported before wildreid recorded the fp32 graph's hash."""
+    record = json.loads((folder / "onnx_export.json").read_text())
+    del record["graph_sha256"]
+    (folder / "onnx_export.json").write_text(json.dumps(record))
+
+
+def test_the_export_records_the_graph_hash_and_a_swapped_graph_is_refused_naming_both(exported, other_export,
+                                                                                     tmp_path, capsys):
+    import hashlib
+
+    from wildreid.identification.cli import main
+
+    recorded = json.loads((exported / "fp32" / "onnx_export.json").read_text())["graph_sha256"]
+    assert recorded == hashlib.sha256((exported / "fp32" / "model.onnx").read_bytes()).hexdigest()
+    swapped = _copy_export(exported, tmp_path, "swapped")
+    shutil.copyfile(other_export / "model.onnx", swapped / "model.onnx")  # another model's export copied over it
+    actual = hashlib.sha256((swapped / "model.onnx").read_bytes()).hexdigest()
+    with pytest.raises(ValueError) as refused:
+        OnnxEmbedder(swapped)
+    message = str(refused.value)
+    assert str(swapped / "model.onnx") in message and recorded in message and actual in message
+    assert "re-export" in message and "--overwrite" in message
+    # The command line says the same as `error: ...`, exit 2, and writes nothing.
+    assert main(["index", "--runtime", "onnx", "--model", str(swapped), "--datasets", f"{DATA}:train",
+                 "--output", str(tmp_path / "gallery"), "--num_workers", "0"]) == 2
+    assert f"error: {swapped / 'model.onnx'} has SHA-256 {actual}" in capsys.readouterr().err
+    assert not (tmp_path / "gallery" / "gallery.json").exists()
+
+
+def test_an_empty_or_truncated_graph_is_refused_naming_the_file(exported, tmp_path):
+    empty = _copy_export(exported, tmp_path, "empty")
+    (empty / "model.onnx").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"model.onnx is empty \(0 bytes\).*re-export it with `wildreid export"):
+        OnnxEmbedder(empty)
+    truncated = _copy_export(exported, tmp_path, "truncated")
+    data = (truncated / "model.onnx").read_bytes()
+    (truncated / "model.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model.onnx has SHA-256 .* truncated .*re-export"):
+        OnnxEmbedder(truncated)
+    # Without a recorded hash (an older export) ONNX Runtime's own failure is turned into the same kind of message.
+    _forget_graph_hash(truncated)
+    with pytest.warns(UserWarning, match="records no SHA-256"), \
+            pytest.raises(ValueError, match=r"truncated/model.onnx is not a loadable ONNX graph .*re-export"):
+        OnnxEmbedder(truncated)
+
+
+def test_a_graph_exported_for_another_input_size_is_refused(exported, other_export, tmp_path):
+    mixed = _copy_export(exported, tmp_path, "mixed")
+    shutil.copyfile(other_export / "model.onnx", mixed / "model.onnx")
+    _forget_graph_hash(mixed)  # an older export: only the graph's own input shape can tell
+    with pytest.warns(UserWarning, match="records no SHA-256"), \
+            pytest.raises(ValueError, match=r"takes pixel_values of shape \['batch', 3, 32, 32\].*image_size 64.*"
+                                            r"another export; re-export"):
+        OnnxEmbedder(mixed)
+
+
+def test_an_export_without_a_recorded_graph_hash_loads_with_a_warning_saying_how_to_re_export(exported, tmp_path):
+    old = _copy_export(exported, tmp_path, "old")
+    _forget_graph_hash(old)
+    with pytest.warns(UserWarning, match=r"records no SHA-256 of model.onnx .*wildreid export --format onnx "
+                                         r"--model .* --overwrite"):
+        model = OnnxEmbedder(old)
+    assert model.revision == OnnxEmbedder(exported / "fp32").revision  # same weights, same tag

@@ -5,7 +5,9 @@ The exported folder:
                                (B, D, L2-normalised) and `pooler_output` (B, D); the batch axis is dynamic
     config.json                the source model's config (image size, mean/std, training species, width)
     preprocessor_config.json   the image processor: ONNX models get exactly the torch model's preprocessing
-    onnx_export.json           source model, the SHA-256 of its weights, quantization, opset, versions
+    onnx_export.json           source model, the SHA-256 of its weights, the SHA-256 of model.onnx as
+                               written (`graph_sha256`, checked at every load: a graph replaced or truncated
+                               since is refused), quantization, opset, versions
 
 Exporter: torch's TorchScript-based `torch.onnx.export(dynamo=False)`. The model is a timm backbone plus
 three small layers, traced in one piece with static control flow, so the classic exporter fits it
@@ -20,7 +22,6 @@ distinct one per int8 graph (its embeddings differ from fp32's and from another 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..embedding.onnx_runtime import CONFIG_FILE, EXPORT_INFO_FILE, ONNX_FILE
+from ..embedding.onnx_runtime import CONFIG_FILE, EXPORT_INFO_FILE, GRAPH_HASH_KEY, ONNX_FILE, file_sha256
 
 QUANTIZATIONS = ("int8",)
 OPSET = 17
@@ -143,8 +144,9 @@ def export_onnx(model_name_or_path: str, output_dir: str | os.PathLike, *, quant
     info = {
         "format": "wildreid-onnx", "source": str(model_name_or_path),
         "source_revision": source_revision, "quantization": quantize,
-        # int8 embeddings depend on the calibration images and settings too: the graph's hash tells exports apart.
-        "graph_sha256": hashlib.sha256((output / ONNX_FILE).read_bytes()).hexdigest() if quantize else None,
+        # Checked at every load (OnnxEmbedder), so a graph copied over this one or cut short is refused; int8
+        # embeddings depend on the calibration images and settings too, so an int8 tag carries it as well.
+        GRAPH_HASH_KEY: file_sha256(output / ONNX_FILE),
         "opset": OPSET, "exporter": "torch.onnx.export (TorchScript)", "torch": torch.__version__,
     }
     (output / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
