@@ -196,3 +196,33 @@ def test_a_gallery_changed_by_another_writer_is_not_overwritten(session, built, 
     assert fresh.gallery.metadata["image_id"].tolist() == saved == Gallery.load(session.gallery_dir).metadata[
         "image_id"].tolist()
     assert len(fresh.local_cache) == len(saved)
+
+
+def test_undo_after_a_restart_reverts_the_logged_decisions_in_turn(session, built, embedder):
+    before = Gallery.load(session.gallery_dir)
+    first = session.decide(session.propose(session.read_photos([built["images"][0]]), species="zebra").id,
+                           "new", name="Stripes 8")
+    second = session.decide(session.propose(session.read_photos([built["images"][1]])).id, "same",
+                            identity="zebra/002")
+    restarted = ReviewSession(session.gallery_dir, *embedder, top_k=3, review_dir=session.review_dir)
+    undone = restarted.undo()  # the last decision first, from the audit log
+    assert undone["undoes"] == second["id"] and undone["removed_image_ids"] == second["added_image_ids"]
+    assert undone["query_reopened"] is False
+    assert restarted.undo()["undoes"] == first["id"]
+    restored = Gallery.load(session.gallery_dir)
+    assert restored.metadata["image_id"].tolist() == before.metadata["image_id"].tolist()
+    np.testing.assert_array_equal(restored.embeddings, before.embeddings)
+    assert [line["decision"] for line in restarted.audit.records()] == ["new", "same", "undo", "undo"]
+    with pytest.raises(ValueError, match="nothing to undo: every decision in .*audit.jsonl is undone"):
+        ReviewSession(session.gallery_dir, *embedder, top_k=3, review_dir=session.review_dir).undo()
+
+
+def test_undo_from_the_log_is_refused_when_the_gallery_no_longer_holds_the_decisions_images(session, built, embedder):
+    session.decide(session.propose(session.read_photos([built["images"][0]])).id, "same", identity="zebra/002")
+    shutil.rmtree(session.gallery_dir)
+    shutil.copytree(built["gallery"], session.gallery_dir)  # rebuilt since, without the review's image
+    restarted = ReviewSession(session.gallery_dir, *embedder, top_k=3, review_dir=session.review_dir)
+    with pytest.raises(ValueError, match=r"cannot undo the same decision .*zebra/002.*no longer in the gallery"):
+        restarted.undo()
+    assert [line["decision"] for line in restarted.audit.records()] == ["same"]  # nothing logged, nothing changed
+    assert len(Gallery.load(session.gallery_dir)) == len(Gallery.load(built["gallery"]))

@@ -1,5 +1,5 @@
 """Review decisions without a browser: propose candidates for a query, record "same as X", "new
-individual" or "skip", undo the last decision.
+individual" or "skip", undo the last decision (also after a restart: the audit log remembers it).
 
 Candidates are ranked by the gallery's methods exactly as `wildreid identify` ranks them (`scoring`,
 `GalleryScorer`). A decision that names an individual adds the query photos to the gallery (embedding,
@@ -40,6 +40,7 @@ from .drawing import draw_correspondences, side_by_side
 from .scoring import THRESHOLD_UNIT, Ranking, rank
 from .uploads import DEFAULT_MAX_UPLOAD_BYTES, QueryPhoto, read_photos, store_photo
 
+DECISIONS = ("same", "new", "skip")
 NAME_PATTERN = re.compile(r"^[\w][\w .'-]{0,63}$")  # letters/digits first; no slashes, no control characters
 Embed = Callable[[list[Image.Image]], np.ndarray]
 
@@ -203,7 +204,7 @@ class ReviewSession:
     def decide(self, proposal_id: str, decision: str, *, identity: str | None = None,
                name: str | None = None) -> dict[str, Any]:
         """Record "same" (as `identity`), "new" (individual called `name`) or "skip"; returns the audit record."""
-        if decision not in ("same", "new", "skip"):
+        if decision not in DECISIONS:
             raise ValueError(f"unknown decision {decision!r}; use same, new or skip")
         with self._lock:
             proposal = self.proposal(proposal_id)
@@ -232,20 +233,46 @@ class ReviewSession:
             return record
 
     def undo(self) -> dict[str, Any]:
-        """Revert this session's last decision (its images leave the gallery); returns the audit record."""
+        """Revert the last decision not yet undone (its images leave the gallery); returns the audit record.
+
+        This session's own decisions come first, most recent first, and their queries open again (decide
+        them anew without re-uploading). Once they are undone, or after a restart, the audit log is the
+        memory: its last decision that no "undo" line reverts is undone, so undo works across restarts of
+        the app on the same review folder (`query_reopened` is then False: upload the photos again to decide
+        anew). Refused, with nothing changed, when the images the decision added are no longer in the gallery
+        under its identity (the gallery was rebuilt or edited since)."""
         with self._lock:
-            if not self._undo_stack:
-                raise ValueError("nothing to undo in this session")
-            last = self._undo_stack.pop()
+            records = self.audit.records()
+            undone = {record.get("undoes") for record in records if record.get("decision") == "undo"}
+            while self._undo_stack and self._undo_stack[-1].record["id"] in undone:  # undone by another app
+                self._undo_stack.pop()
+            mine = self._undo_stack[-1] if self._undo_stack else None
+            record = mine.record if mine else next(
+                (r for r in reversed(records) if r.get("decision") in DECISIONS and r.get("id") not in undone), None)
+            if record is None:
+                raise ValueError(f"nothing to undo: every decision in {self.audit.path} is undone already"
+                                 if records else f"nothing to undo: {self.audit.path} records no decision yet")
+            added = [str(image_id) for image_id in record.get("added_image_ids") or []]
+            metadata = self.gallery.metadata
+            present = metadata[metadata["image_id"].isin(added)]
+            missing = sorted(set(added) - set(present["image_id"]))
+            strays = sorted(set(present.loc[present["identity"] != record.get("identity"), "image_id"]))
+            if missing or strays:
+                raise ValueError(f"cannot undo the {record.get('decision')} decision of {record.get('time')} "
+                                 f"({record.get('identity')}): " + (f"its images {missing[:3]} are no longer in the "
+                                 "gallery" if missing else f"its images {strays[:3]} now belong to another individual")
+                                 + " (it was rebuilt or changed since); nothing was changed")
             revision_before = self.revision
-            if last.added_image_ids:
-                self._remove(last.added_image_ids)
-            last.proposal.decided = False
-            self._proposals[last.proposal.id] = last.proposal  # decide it again without re-uploading
+            if added:
+                self._remove(added)
+            if mine is not None:
+                self._undo_stack.pop()
+                mine.proposal.decided = False
+                self._proposals[mine.proposal.id] = mine.proposal  # decide it again without re-uploading
             return self.audit.append({
-                "id": uuid.uuid4().hex[:12], "time": utc_now(), "decision": "undo", "undoes": last.record["id"],
-                "undone_decision": last.record["decision"], "identity": last.record["identity"],
-                "query": last.record["query"], "removed_image_ids": last.added_image_ids,
+                "id": uuid.uuid4().hex[:12], "time": utc_now(), "decision": "undo", "undoes": record["id"],
+                "undone_decision": record.get("decision"), "identity": record.get("identity"),
+                "query": record.get("query"), "removed_image_ids": added, "query_reopened": mine is not None,
                 "model": self.model_tag.to_dict(), "gallery_revision": revision_before,
                 "gallery_revision_after": self.revision,
             })
