@@ -95,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     app = commands.add_parser("app", help="browser app to review candidates and record decisions (needs wildreid[app])")
     app.add_argument("--gallery", required=True)
     app.add_argument("--model", help="default: the model the gallery was built with")
-    app.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    app.add_argument("--host", default="127.0.0.1",
+                     help="interface to bind (default 127.0.0.1: this machine only); anything else prints a warning: "
+                          "whoever reaches the port can change the gallery, so pair it with --auth")
+    app.add_argument("--auth", metavar="USER:PASSWORD",
+                     help="require this login in the browser (default: $WILDREID_APP_AUTH when set, which keeps the "
+                          "password out of the shell history; else no login)")
     app.add_argument("--port", type=int, default=7860)
     app.add_argument("--method", choices=REQUESTABLE, default="auto",
                      help="as for identify: auto (the gallery's per-species choice from calibrate, else global), "
@@ -114,16 +119,20 @@ def _run_app(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535 or args.top_k < 1 or args.max_upload_mb <= 0:
         raise ValueError(f"need 1 <= --port <= 65535, --top_k >= 1 and --max_upload_mb > 0; got {args.port}, "
                          f"{args.top_k}, {args.max_upload_mb}")
-    try:
-        from .review.ui import launch
-    except ImportError as error:
-        raise ValueError(f"the app needs gradio ({error}); install it with: pip install 'wildreid[app]'") from None
+    import importlib.util
+
+    from .review.serving import resolve_auth
+
+    auth = resolve_auth(args.auth)  # a malformed login is refused before anything is loaded
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError("the app needs gradio; install it with: pip install 'wildreid[app]'")
     from .review import open_session
+    from .review.ui import launch
 
     session = open_session(args.gallery, args.model, runtime=args.runtime, review_dir=args.review_dir,
                            method=args.method, top_k=args.top_k, threshold=args.threshold,
                            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
-    launch(session, host=args.host, port=args.port)
+    launch(session, host=args.host, port=args.port, auth=auth)
     return 0
 
 

@@ -6,7 +6,8 @@ match, and decides "same as X", "new individual" or "skip" (`wildreid app --gall
 - `scoring`: ranking of individuals for one query by the gallery's methods, as `wildreid identify` ranks
 - `audit`: the JSONL audit log and the gallery's content revision
 - `drawing`: side-by-side and correspondence pictures
-- `ui`: the Gradio interface over a session
+- `ui`: the Gradio interface over a session (every user-derived string escaped by `ui.literal`)
+- `serving`: the loud warning beyond loopback, the optional login, the uploads folder removed at exit
 """
 from __future__ import annotations
 
