@@ -53,7 +53,9 @@ def app(tmp_path_factory):
     built = build_demo_gallery(tmp_path_factory.mktemp("app"))
     port = _free_port()
     log = open(built["gallery"].parent / "app.log", "w")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    uploads = built["gallery"].parent / "gradio-temp"  # the app makes its own wildreid-app-* folder inside
+    uploads.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(uploads)}
     process = subprocess.Popen([sys.executable, "-m", "wildreid.identification.cli", "app", "--gallery", str(built["gallery"]),
                                 "--port", str(port), "--top_k", str(TOP_K)], stdout=log, stderr=subprocess.STDOUT,
                                env=env, cwd=Path(__file__).resolve().parents[1])
@@ -67,10 +69,12 @@ def app(tmp_path_factory):
     else:
         process.kill()
         pytest.fail(f"the app did not start: {(built['gallery'].parent / 'app.log').read_text()[-2000:]}")
-    yield {**built, "url": url, "review": built["gallery"].with_name("gallery.review")}
-    process.terminate()
+    assert [folder.name[:13] for folder in uploads.iterdir()] == ["wildreid-app-"]
+    yield {**built, "url": url, "review": built["gallery"].with_name("gallery.review"), "uploads": uploads}
+    process.terminate()  # SIGTERM: the app removes its uploads folder on the way out
     process.wait(timeout=30)
     log.close()
+    assert not list(uploads.glob("wildreid-app-*")), "the app left its uploads behind"
 
 
 @pytest.fixture
@@ -135,6 +139,7 @@ def test_upload_shows_k_candidates_with_match_pictures_and_same_as_updates_disk(
 
     before = Gallery.load(app["gallery"])
     _query(browser, app["url"], app["images"][4])  # a photo of zebra/001
+    assert list(app["uploads"].glob(f"wildreid-app-*/**/{app['images'][4].name}"))  # uploads land in the app's folder
     for i in range(TOP_K):
         assert browser.find_element(By.CSS_SELECTOR, f"#candidate-{i}").is_displayed()
         for picture in ("pair", "match"):  # both pictures arrive: query | gallery image, at least 256 px wide
