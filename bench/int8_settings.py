@@ -15,6 +15,7 @@ onnx_int8_accuracy.py's.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -51,7 +52,7 @@ def main() -> None:
 
     from hub_datasets.specs import load_specs
     from wildreid.embedding import load_embedder
-    from wildreid.embedding.onnx_runtime import ONNX_FILE, OnnxEmbedder
+    from wildreid.embedding.onnx_runtime import EXPORT_INFO_FILE, GRAPH_HASH_KEY, ONNX_FILE, OnnxEmbedder, file_sha256
     from wildreid.identification.onnx_export import calibration_batches, export_onnx, quantize_int8
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,6 +70,10 @@ def main() -> None:
             tick = time.perf_counter()
             quantize_int8(fp32_folder / ONNX_FILE, folder / ONNX_FILE, calibration, **setting)
             seconds = time.perf_counter() - tick
+            # The copied record describes the fp32 graph; loading checks the graph against it, so record this one.
+            record = json.loads((folder / EXPORT_INFO_FILE).read_text())
+            record.update({"quantization": "int8", GRAPH_HASH_KEY: file_sha256(folder / ONNX_FILE), "setting": name})
+            (folder / EXPORT_INFO_FILE).write_text(json.dumps(record, indent=2) + "\n")
             cosines = (embed(OnnxEmbedder(folder), fidelity) * reference).sum(1)
             rows.append({"setting": name, **setting, "quantize_seconds": round(seconds, 1),
                          "mean_cosine": round(float(cosines.mean()), 4),
