@@ -14,17 +14,15 @@ chosen by validation mAP. Pairs outside the union score `sigmoid(cosine) - 2`, b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .calibration import Calibrator
+from .image_set import ImageSet
 from .local_matcher import LocalMatcher
 from .one_vs_many import OneVsManyMatcher, local_scores, shortlist_by_score, voted
 from .selection import leave_one_out_figures, same_group_pairs
-
-if TYPE_CHECKING:
-    from .methods import ImageSet
 
 COMBINERS = ("mean", "logistic")
 TIE_BREAK_WEIGHT = 1e-3
