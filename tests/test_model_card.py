@@ -10,7 +10,8 @@ import pytest
 from huggingface_hub import ModelCard
 
 from wildreid.cards import ModelCardError, new_model_card, render_model_card, write_model_card
-from wildreid.cards.render import main
+from wildreid.cards.cli import main
+from wildreid.cards.render import render_page
 
 CLOSED_SET = {
     "model": "wildreid/lite0-demo",
@@ -239,3 +240,69 @@ def test_the_repository_card_matches_its_results_json():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "model_card.md: up to date" in result.stdout
+
+
+# ----------------------------------------------------------------------------- pages (README, docs/)
+
+
+@pytest.fixture()
+def page_tree(tmp_path):
+    """A repository-like tree: results under bench/results, a page in docs/ and a README at the root."""
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "few_shot.json").write_text(json.dumps(EXPERIMENT))
+    single = {"command": "python bench/one.py", "table": {"columns": ["Set", "Top-1 %"], "rows": [["lion", 50.2]]}}
+    (tmp_path / "bench" / "results" / "one.json").write_text(json.dumps(single))
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "results.md"
+    page.write_text("# Results\n\nHand-written.\n\n<!-- results:start ../bench/results/few_shot.json#top1 -->\n"
+                    "stale\n<!-- results:end -->\n\n<!-- results:start ../bench/results/one.json#main -->\n"
+                    "<!-- results:end -->\n")
+    readme = tmp_path / "README.md"
+    readme.write_text('# x\n\n<!-- results:start bench/results/few_shot.json#top1 columns="all|Species" caption="no" -->\n'
+                      "<!-- results:end -->\n")
+    return tmp_path
+
+
+def test_a_page_renders_its_tables_without_metadata(page_tree, monkeypatch):
+    monkeypatch.chdir(page_tree)
+    assert main(["--root", ".", "docs/results.md", "README.md"]) == 0
+    page = (page_tree / "docs" / "results.md").read_text()
+    assert page.startswith("# Results\n\nHand-written.")  # no YAML metadata, no model-index
+    assert "stale" not in page and "| lion | 25.3 | – |" in page and "| lion | 50.2 |" in page
+    assert "by `python -m wildreid.cards --root . docs/results.md`; do not edit by hand" in page
+    readme = (page_tree / "README.md").read_text()
+    assert "| all | Species |" in readme and "| – | lion |" in readme and "| 40.0 | pig \\| farm |" in readme
+    assert "Top-1 (%) after adaptation." not in readme  # caption="no"
+    assert main(["--check", "--root", ".", "docs/results.md", "README.md"]) == 0
+
+
+def test_a_stale_page_fails_the_check(page_tree, monkeypatch, capsys):
+    monkeypatch.chdir(page_tree)
+    assert main(["--root", ".", "docs/results.md", "README.md"]) == 0
+    results = json.loads(json.dumps(EXPERIMENT))
+    results["tables"]["top1"]["rows"][0][1] = 26.0
+    (page_tree / "bench" / "results" / "few_shot.json").write_text(json.dumps(results))
+    assert main(["--check", "--root", ".", "docs/results.md", "README.md"]) == 1
+    assert "docs/results.md: out of date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ('columns="Species|nope"', r"no column \['nope'\]"),
+        ('caption="maybe"', "options are columns"),
+        ('colour="red"', "options are columns"),
+    ],
+)
+def test_bad_page_options_fail_clearly(page_tree, options, message):
+    readme = page_tree / "README.md"
+    readme.write_text(f"# x\n<!-- results:start bench/results/few_shot.json#top1 {options} -->\n<!-- results:end -->\n")
+    with pytest.raises(ModelCardError, match=message):
+        render_page(readme, root=page_tree)
+
+
+def test_a_page_reads_results_only_inside_its_root(page_tree):
+    page = page_tree / "docs" / "results.md"
+    with pytest.raises(ModelCardError, match="lies outside"):
+        render_page(page)  # root defaults to the page's folder; ../bench is outside it
+    assert "| lion | 25.3 | – |" in render_page(page, root=page_tree)

@@ -1,6 +1,6 @@
-"""`python -m wildreid.cards model_card.md [--check]`: re-render (or check) a card's results tables."""
+"""`python -m wildreid.cards model_card.md [--check]`: re-render (or check) results tables (`cli`)."""
 import sys
 
-from .render import main
+from .cli import main
 
 sys.exit(main())

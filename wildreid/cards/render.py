@@ -19,7 +19,8 @@ Results files are those written by ``evaluate.py``::
 
 Metric values are fractions in [0, 1]; tables show percentages with one decimal.
 
-Results files of another shape name their renderer in a ``"kind"`` field (:data:`RENDERERS`). The built-in
+Results files of another shape name their renderer in a ``"kind"`` field (:data:`RENDERERS`); a file
+without one that carries ``"tables"`` (or one ``"table"``, named ``main``) is an experiment. The built-in
 ``"experiment"`` kind (written by ``experiments/``) carries its own tables, already in display units, and
 the provenance of the run; a marker picks one table with a ``#name`` fragment::
 
@@ -31,13 +32,18 @@ the provenance of the run; a marker picks one table with a ``#name`` fragment::
     <!-- results:start results/few_shot.json#top1 -->
 
 Experiment tables add nothing to `model-index`, which describes one model's evaluate.py results.
+A marker may keep some of an experiment table's columns, by their names, and drop its caption::
+
+    <!-- results:start results/few_shot.json#top1 columns="Species|1 img/id" caption="no" -->
+
+Markdown files without YAML metadata (README.md, the documentation pages in docs/) are pages: their
+blocks render the same way, with no `model-index`; results paths are relative to the page, and may reach
+up to ``--root`` (``python -m wildreid.cards --root . README.md docs/results.md``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,9 +54,11 @@ RENDER_COMMAND = "python -m wildreid.cards"
 TASK_TYPE = "image-feature-extraction"
 TASK_NAME = "Animal re-identification"
 
-_START = re.compile(r"<!-- results:start (?P<path>\S+) -->")
+_START = re.compile(r"<!-- results:start (?P<path>\S+)(?P<options>(?: \w+=\"[^\"]*\")*) -->")
+_OPTION = re.compile(r' (\w+)="([^"]*)"')
 _END = "<!-- results:end -->"
-_BLOCK = re.compile(r"(?P<start><!-- results:start (?P<path>\S+) -->)\n.*?(?P<end><!-- results:end -->)", re.DOTALL)
+_BLOCK = re.compile(r"(?P<start><!-- results:start (?P<path>\S+)(?P<options>(?: \w+=\"[^\"]*\")*) -->)\n.*?"
+                    r"(?P<end><!-- results:end -->)", re.DOTALL)
 
 # (JSON key, table header, model-index metric type); fractions rendered as percentages.
 _CLOSED_SET_COLUMNS = [("top1", "Top-1", "top1_accuracy"), ("top5", "Top-5", "top5_accuracy"), ("map", "mAP", "map")]
@@ -70,11 +78,13 @@ class ModelCardError(ValueError):
 # ----------------------------------------------------------------------------- results files
 
 
-def _resolve_results_path(card_path: Path, relative: str) -> Path:
-    root = card_path.resolve().parent
-    path = (root / relative.partition("#")[0]).resolve()
+def _resolve_results_path(card_path: Path, relative: str, root: Path | None = None) -> Path:
+    """`relative` to the card's folder; never outside `root` (default: that folder)."""
+    root = (root or card_path.parent).resolve()
+    path = (card_path.resolve().parent / relative.partition("#")[0]).resolve()
     if not path.is_relative_to(root):
-        raise ModelCardError(f"{card_path}: results file {relative!r} lies outside the card's folder {root}")
+        where = "the card's folder " if root == card_path.parent.resolve() else ""
+        raise ModelCardError(f"{card_path}: results file {relative!r} lies outside {where}{root}")
     return path
 
 
@@ -175,7 +185,7 @@ def load_experiment_table(path: Path, fragment: str) -> tuple[dict, dict]:
         raise ModelCardError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(results.get("command"), str):
         raise ModelCardError(f"{path}: an experiment needs the string 'command' that regenerates it")
-    tables = results.get("tables")
+    tables = results.get("tables") or ({"main": results["table"]} if isinstance(results.get("table"), dict) else None)
     if not isinstance(tables, dict) or not tables:
         raise ModelCardError(f"{path}: an experiment needs a non-empty 'tables' object")
     if not fragment:
@@ -197,6 +207,15 @@ def load_experiment_table(path: Path, fragment: str) -> tuple[dict, dict]:
         if bad:
             raise ModelCardError(f"{path}: table {fragment!r} row {number} has cells that are not text or numbers: {bad!r}")
     return results, table
+
+
+def select_columns(table: Mapping[str, Any], names: Sequence[str], where: str) -> dict:
+    """`table` with only the columns `names`, in that order; a name the table lacks is an error."""
+    missing = [name for name in names if name not in table["columns"]]
+    if missing:
+        raise ModelCardError(f"{where}: no column {missing}; columns: {table['columns']}")
+    keep = [table["columns"].index(name) for name in names]
+    return {**table, "columns": list(names), "rows": [[row[i] for i in keep] for row in table["rows"]]}
 
 
 def render_experiment_table(results: Mapping[str, Any], table: Mapping[str, Any], source: str, command: str) -> str:
@@ -221,19 +240,28 @@ def render_experiment_table(results: Mapping[str, Any], table: Mapping[str, Any]
     return text + "\n" + provenance + "\n"
 
 
-def _render_experiment_block(card_path: Path, source: str, command: str) -> tuple[str, dict | None]:
+def _render_experiment_block(card_path: Path, source: str, command: str, options: Mapping[str, str],
+                             root: Path | None = None) -> tuple[str, dict | None]:
     path_text, _, fragment = source.partition("#")
-    path = _resolve_results_path(card_path, path_text)
+    path = _resolve_results_path(card_path, path_text, root)
     if not path.is_file():
         raise ModelCardError(f"results file {path} does not exist (run the experiment that writes it)")
     results, table = load_experiment_table(path, fragment)
+    unknown = sorted(set(options) - {"columns", "caption"})
+    if unknown or options.get("caption", "yes") not in ("yes", "no"):
+        raise ModelCardError(f"{card_path}: {source!r}: options are columns=\"A|B\" and caption=\"no\", got {dict(options)}")
+    if "columns" in options:
+        table = select_columns(table, options["columns"].split("|"), f"{card_path}: {source!r}")
+    if options.get("caption") == "no":
+        table = {key: value for key, value in table.items() if key != "caption"}
     return render_experiment_table(results, table, source, command), None
 
 
-def _render_evaluation_block(card_path: Path, source: str, command: str) -> tuple[str, dict | None]:
-    if "#" in source:
-        raise ModelCardError(f"{card_path}: {source!r}: a #table fragment only applies to experiment results")
-    results = load_results(_resolve_results_path(card_path, source))
+def _render_evaluation_block(card_path: Path, source: str, command: str, options: Mapping[str, str],
+                             root: Path | None = None) -> tuple[str, dict | None]:
+    if "#" in source or options:
+        raise ModelCardError(f"{card_path}: {source!r}: a #table fragment only applies to experiment results (so do options)")
+    results = load_results(_resolve_results_path(card_path, source, root))
     return render_results_table(results, source, command), results
 
 
@@ -242,8 +270,8 @@ def _render_evaluation_block(card_path: Path, source: str, command: str) -> tupl
 RENDERERS = {"experiment": _render_experiment_block}
 
 
-def _results_kind(card_path: Path, source: str) -> str | None:
-    path = _resolve_results_path(card_path, source)
+def _results_kind(card_path: Path, source: str, root: Path | None = None) -> str | None:
+    path = _resolve_results_path(card_path, source, root)
     if not path.is_file():
         return "experiment" if "#" in source else None  # the renderer reports the missing file
     try:
@@ -251,6 +279,8 @@ def _results_kind(card_path: Path, source: str) -> str | None:
     except json.JSONDecodeError as error:
         raise ModelCardError(f"{path}: not valid JSON ({error})") from None
     kind = results.get("kind") if isinstance(results, dict) else None
+    if kind is None and isinstance(results, dict) and ("tables" in results or "table" in results):
+        kind = "experiment"  # a bench's results with its own table(s) but no kind
     if kind is not None and kind not in RENDERERS:
         raise ModelCardError(f"{path}: unknown results kind {kind!r}; known: {sorted(RENDERERS)}")
     return kind
@@ -299,6 +329,40 @@ def _check_markers(card_path: Path, text: str) -> None:
         raise ModelCardError(f"{card_path}: a results:start marker is never closed by {_END}")
 
 
+def _render_blocks(card_path: Path, text: str, command: str, root: Path | None = None) -> tuple[str, list[dict]]:
+    """`text` with every results block regenerated, and the evaluation results that feed `model-index`."""
+    _check_markers(card_path, text)
+    blocks = list(_BLOCK.finditer(text))
+    if not blocks:
+        raise ModelCardError(f"{card_path}: no '<!-- results:start FILE -->' ... '{_END}' block to render")
+    evaluations, pieces, position = [], [], 0
+    for block in blocks:
+        source, options = block["path"], dict(_OPTION.findall(block["options"]))
+        renderer = RENDERERS.get(_results_kind(card_path, source, root), _render_evaluation_block)
+        table, results = renderer(card_path, source, command, options, root)
+        if results is not None:
+            evaluations.append(results)
+        pieces += [text[position : block.start()], block["start"], "\n\n", table, block["end"]]
+        position = block.end()
+    return "".join(pieces) + text[position:], evaluations
+
+
+def is_page(path: str | Path) -> bool:
+    """A markdown file without YAML metadata (README, documentation pages), rendered without `model-index`."""
+    return not Path(path).read_text(encoding="utf-8").startswith("---\n")
+
+
+def render_page(page_path: str | Path, *, root: str | Path | None = None, command: str | None = None) -> str:
+    """The page at ``page_path`` with every results block regenerated (results paths relative to the page,
+    never outside ``root``, default the page's folder). Returns the new text; writes nothing."""
+    page_path = Path(page_path)
+    if not page_path.is_file():
+        raise ModelCardError(f"page {page_path} does not exist")
+    root = Path(root) if root is not None else None
+    command = command or f"{RENDER_COMMAND} {page_path.name}"
+    return _render_blocks(page_path, page_path.read_text(encoding="utf-8"), command, root)[0]
+
+
 def render_model_card(card_path: str | Path, *, command: str | None = None) -> str:
     """The card at ``card_path`` with every results block and the `model-index` regenerated.
 
@@ -309,59 +373,28 @@ def render_model_card(card_path: str | Path, *, command: str | None = None) -> s
     if not card_path.is_file():
         raise ModelCardError(f"model card {card_path} does not exist")
     card = ModelCard(card_path.read_text(encoding="utf-8"))
-    _check_markers(card_path, card.text)
     command = command or f"{RENDER_COMMAND} {card_path.name}"
-    blocks = list(_BLOCK.finditer(card.text))
-    if not blocks:
-        raise ModelCardError(f"{card_path}: no '<!-- results:start FILE -->' ... '{_END}' block to render")
-    eval_results: list[EvalResult] = []
-    model_names: set[str] = set()
-    pieces, position = [], 0
-    for block in blocks:
-        source = block["path"]
-        renderer = RENDERERS.get(_results_kind(card_path, source), _render_evaluation_block)
-        table, results = renderer(card_path, source, command)
-        if results is not None:
-            model_names.add(results["model"])
-            eval_results += _eval_results(results)
-        pieces += [card.text[position : block.start()], block["start"], "\n\n", table, block["end"]]
-        position = block.end()
-    pieces.append(card.text[position:])
+    card.text, evaluations = _render_blocks(card_path, card.text, command)
+    eval_results: list[EvalResult] = [entry for results in evaluations for entry in _eval_results(results)]
+    model_names = {results["model"] for results in evaluations}
     if len(model_names) > 1:
         raise ModelCardError(f"{card_path}: results files describe different models {sorted(model_names)}")
-    card.text = "".join(pieces)
     card.data.model_name = card.data.model_name or (model_names.pop() if model_names else None)
     card.data.eval_results = eval_results
     card.data.metrics = sorted({result.metric_type for result in eval_results})
     return str(card)
 
 
-def write_model_card(card_path: str | Path, *, command: str | None = None, check: bool = False) -> bool:
-    """Regenerate the card in place; returns whether it changed. ``check`` only reports staleness."""
+def write_model_card(card_path: str | Path, *, command: str | None = None, check: bool = False,
+                     root: str | Path | None = None) -> bool:
+    """Regenerate the card (or page: `is_page`) in place; returns whether it changed. ``check`` only reports
+    staleness."""
     card_path = Path(card_path)
-    rendered = render_model_card(card_path, command=command)
+    if card_path.is_file() and is_page(card_path):
+        rendered = render_page(card_path, root=root, command=command)
+    else:
+        rendered = render_model_card(card_path, command=command)
     changed = rendered != card_path.read_text(encoding="utf-8")
     if changed and not check:
         card_path.write_text(rendered, encoding="utf-8")
     return changed
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=RENDER_COMMAND,
-        description="Regenerate the results tables and model-index of a model card from results JSON.",
-    )
-    parser.add_argument("card", type=Path, help="model card markdown file (e.g. model_card.md)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the card is out of date; write nothing")
-    args = parser.parse_args(argv)
-    try:
-        changed = write_model_card(args.card, check=args.check)
-    except ModelCardError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.check:
-        print(f"{args.card}: {'out of date' if changed else 'up to date'}")
-        return int(changed)
-    print(f"{args.card}: {'regenerated' if changed else 'already up to date'}")
-    return 0
-
