@@ -19,6 +19,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
+class RowImageError(ValueError):
+    """A row's image is missing, unreadable, or its box misses it: a problem of that one row (a query batch
+    skips it and lists it), unlike a path escaping the dataset root or a malformed file, which stop the load."""
+
+
 def default_data_dir() -> Path:
     """Root of the raw species folders: `$WILDREID_DATA`, else `../shared/data` next to the repository
     (resolved from this package's location, not the working directory)."""
@@ -51,8 +56,11 @@ def resolve_inside(root: Path, relative: str, where: str) -> Path:
     resolved = candidate.resolve()
     if not resolved.is_relative_to(root):
         raise ValueError(f"{where}: image path {relative!r} resolves to {resolved}, outside the dataset root {root} (symlink?)")
+    if resolved.exists() and not resolved.is_file():
+        raise RowImageError(f"{where}: {relative!r} is not a regular file (a folder, pipe or device); refused "
+                            "without reading it")
     if not resolved.is_file():
-        raise ValueError(f"{where}: image file {relative!r} not found under {root}")
+        raise RowImageError(f"{where}: image file {relative!r} not found under {root}")
     return resolved
 
 
@@ -92,12 +100,12 @@ def check_image_file(path: Path, where: str) -> tuple[int, int]:
                 if size[0] * size[1] <= limit:
                     image.verify()
     except Image.DecompressionBombError as err:
-        raise ValueError(f"{where}: {path.name!r} has too many pixels, refused as a possible decompression bomb "
+        raise RowImageError(f"{where}: {path.name!r} has too many pixels, refused as a possible decompression bomb "
                          f"({err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{where}: {path.name!r} is not a readable image ({type(err).__name__}: {err})") from None
+        raise RowImageError(f"{where}: {path.name!r} is not a readable image ({type(err).__name__}: {err})") from None
     if size[0] * size[1] > limit:
-        raise ValueError(f"{where}: {path.name!r} is {size[0]}x{size[1]} pixels, above the {limit:,} pixel limit "
+        raise RowImageError(f"{where}: {path.name!r} is {size[0]}x{size[1]} pixels, above the {limit:,} pixel limit "
                          f"(${MAX_IMAGE_PIXELS_ENV}; a possible decompression bomb)")
     return size
 
@@ -112,7 +120,7 @@ def check_box_near_image(bbox: Sequence[float], theta: float, size: tuple[int, i
     ys = [cy + dx * sin_t + dy * cos_t for dx in (-w / 2, w / 2) for dy in (-h / 2, h / 2)]
     width, height = size
     if max(xs) <= 0 or min(xs) >= width or max(ys) <= 0 or min(ys) >= height:
-        raise ValueError(f"{where}: bbox {list(bbox)} (theta {theta}) does not overlap the {width}x{height} image")
+        raise RowImageError(f"{where}: bbox {list(bbox)} (theta {theta}) does not overlap the {width}x{height} image")
     if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
-        raise ValueError(f"{where}: bbox {list(bbox)} (theta {theta}) reaches more than the image's own size past "
+        raise RowImageError(f"{where}: bbox {list(bbox)} (theta {theta}) reaches more than the image's own size past "
                          f"the border of the {width}x{height} image; check the box's units and order (x, y, w, h)")

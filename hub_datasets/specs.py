@@ -266,12 +266,15 @@ def _resplit(dataset: Dataset, spec: str, options: dict[str, Any]) -> Dataset:
         raise ValueError(f"dataset spec {spec!r}: {error}") from None
 
 
-def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None) -> Dataset:
+def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None,
+              skipped: list[tuple[str, str]] | None = None) -> Dataset:
     """Load the dataset a spec names, in the [`FEATURES`] schema (images as paths or embedded bytes).
 
     Args:
         spec: a [`DatasetSpec`] or spec text.
         data_dir: raw data root for built-in real species (default `$WILDREID_DATA`, see module docstring).
+        skipped: for a user's folder, CSV or COCO file: rows whose image is missing or unreadable are left
+            out and listed here as (row, reason) instead of failing the load (queries to identify).
     """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     params = dict(parsed.params)
@@ -289,7 +292,7 @@ def load_spec(spec: DatasetSpec | str, data_dir: str | os.PathLike | None = None
         dataset = build_species(parsed.name, data_dir)
     else:
         builder = {"folder": build_folder, "csv": build_csv, "coco": build_coco}[parsed.kind]
-        dataset = builder(parsed.location, **params)
+        dataset = builder(parsed.location, **params, skipped=skipped)
     if resplit:
         dataset = _resplit(dataset, str(parsed), resplit)
     dataset = _select_split(dataset, parsed)
@@ -308,13 +311,15 @@ def center_box_of(spec: DatasetSpec | str) -> float | None:
     return None if value is None or value == 1 else float(value)
 
 
-def load_specs(specs: list[DatasetSpec | str], data_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load several specs and concatenate them; the same image_id in two specs is an error naming both."""
+def load_specs(specs: list[DatasetSpec | str], data_dir: str | os.PathLike | None = None,
+               skipped: list[tuple[str, str]] | None = None) -> Dataset:
+    """Load several specs and concatenate them; the same image_id in two specs is an error naming both.
+    `skipped`: as for [`load_spec`]."""
     if not specs:
         raise ValueError(f"no dataset specs given; expected one or more of: {FORMS}")
     datasets, owner = [], {}
     for spec in specs:
-        dataset = load_spec(spec, data_dir)
+        dataset = load_spec(spec, data_dir, skipped)
         for image_id in dataset["image_id"]:
             if image_id in owner:
                 raise ValueError(f"image_id {image_id!r} is in both {owner[image_id]!r} and {str(spec)!r}; specs overlap")

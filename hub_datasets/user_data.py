@@ -35,7 +35,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetInfo
 
-from .paths import IMAGE_EXTENSIONS, check_box_near_image, check_image_file, resolve_inside
+from .paths import IMAGE_EXTENSIONS, RowImageError, check_box_near_image, check_image_file, resolve_inside
 from .schema import FEATURES, to_dataset, validate_row
 
 logger = logging.getLogger(__name__)
@@ -89,18 +89,32 @@ def _check_box(row: dict[str, Any], size: tuple[int, int] | None, where: str) ->
         check_box_near_image(values, theta, size, where)
 
 
+def _report_row_problems(problems: list[tuple[str, str]], skipped: list[tuple[str, str]] | None,
+                         location: Path) -> None:
+    """Rows whose image cannot be used: listed in `skipped` when the caller takes them, else one error that
+    names the first ten and counts the rest (20,000 missing files are one message, not 20,000 reruns)."""
+    if skipped is not None:
+        skipped.extend((where, reason.removeprefix(f"{where}: ")) for where, reason in problems)
+        return
+    if problems:
+        shown = "\n  ".join(reason for _, reason in problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ValueError(f"{location}: {len(problems)} row(s) name an image that cannot be used:\n  {shown}{more}")
+
+
 def _posix(path_text: str) -> str:
     return path_text.replace("\\", "/")
 
 
-def build_folder(root: str | os.PathLike, species: str | None = None, check_images: bool = True) -> Dataset:
-    """A dataset from `root/<identity>/**/<image>` (see module docstring)."""
+def build_folder(root: str | os.PathLike, species: str | None = None, check_images: bool = True,
+                 skipped: list[tuple[str, str]] | None = None) -> Dataset:
+    """A dataset from `root/<identity>/**/<image>` (see module docstring); `skipped` as for [`build_csv`]."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ValueError(f"folder dataset {root}: not a directory")
     root = root.resolve()
     species = _species_name(species or root.name, f"folder dataset {root}")
-    rows, where_of = [], []
+    rows, where_of, problems = [], [], []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
         where = f"{root}: {relative.as_posix()}"
@@ -110,9 +124,13 @@ def build_folder(root: str | os.PathLike, species: str | None = None, check_imag
             continue
         if len(relative.parts) < 2:
             raise ValueError(f"{where}: image directly in the dataset root; put each individual's images in a folder named after it")
-        resolved = resolve_inside(root, relative.as_posix(), where)
-        if check_images:
-            check_image_file(resolved, where)
+        try:
+            resolved = resolve_inside(root, relative.as_posix(), where)
+            if check_images:
+                check_image_file(resolved, where)
+        except RowImageError as error:
+            problems.append((where, str(error)))
+            continue
         rows.append(
             {
                 "image": str(resolved),
@@ -123,6 +141,7 @@ def build_folder(root: str | os.PathLike, species: str | None = None, check_imag
             }
         )
         where_of.append(where)
+    _report_row_problems(problems, skipped, root)
     return _finish(rows, "folder", root, where_of)
 
 
@@ -156,6 +175,7 @@ def build_csv(
     species: str | None = None,
     image_root: str | os.PathLike | None = None,
     check_images: bool = True,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> Dataset:
     """A dataset from a CSV of image paths and identities (see module docstring).
 
@@ -165,6 +185,9 @@ def build_csv(
         image_root: folder the image paths are relative to and must stay inside (absolute, or relative to
             the CSV's folder; default: the CSV's folder).
         check_images: open each image's header to check it is readable.
+        skipped: when a list, rows whose image is missing or unreadable, or whose box misses it, are left out
+            and listed there as (row, reason), as a batch of queries wants; otherwise every such row is
+            named in one error (the first ten, and how many more).
     """
     file = Path(path).expanduser()
     if not file.is_file():
@@ -172,7 +195,7 @@ def build_csv(
     file = file.resolve()
     root = _image_root(file, image_root)
     default_species = species or file.parent.name
-    rows, where_of = [], []
+    rows, where_of, problems = [], [], []
     with open(file, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in (reader.fieldnames or [])]
@@ -188,8 +211,12 @@ def build_csv(
             cell = {key: (value.strip() if isinstance(value, str) and value.strip() else None) for key, value in record.items() if key}
             if cell.get("image") is None:
                 raise ValueError(f"{where}: empty image path")
-            resolved = resolve_inside(root, cell["image"], where)
-            size = check_image_file(resolved, where) if check_images else None
+            try:
+                resolved = resolve_inside(root, cell["image"], where)
+                size = check_image_file(resolved, where) if check_images else None
+            except RowImageError as error:
+                problems.append((where, str(error)))
+                continue
             row_species = _species_name(cell.get("species") or default_species, where)
             row = {
                 "image": str(resolved),
@@ -206,13 +233,19 @@ def build_csv(
                 row["bbox"] = _parse_bbox(cell["bbox"], where)
             if cell.get("theta") is not None:
                 row["theta"] = _parse_theta(cell["theta"], where)
-            _check_box(row, size, where)
+            try:
+                _check_box(row, size, where)
+            except RowImageError as error:
+                problems.append((where, str(error)))
+                continue
             rows.append(row)
             where_of.append(where)
+    _report_row_problems(problems, skipped, file)
     return _finish(rows, "csv", file, where_of)
 
 
-def _annotation_rows(data: dict, file: Path, root: Path, default_species: str, check_images: bool) -> Iterator[tuple[dict, str]]:
+def _annotation_rows(data: dict, file: Path, root: Path, default_species: str, check_images: bool,
+                     problems: list[tuple[str, str]]) -> Iterator[tuple[dict, str]]:
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{file}: expected a JSON object with 'images' and 'annotations' lists (COCO layout)")
     categories = {c.get("id"): c.get("name") for c in data.get("categories") or [] if isinstance(c, dict)}
@@ -226,6 +259,7 @@ def _annotation_rows(data: dict, file: Path, root: Path, default_species: str, c
         images[image["id"]] = image
     checked: dict[Any, Path] = {}
     sizes: dict[Any, tuple[int, int] | None] = {}
+    failed: dict[Any, str] = {}  # image id -> why its file cannot be used (each of its annotations is a problem)
     for index, ann in enumerate(data["annotations"]):
         where = f"{file} annotations[{index}]"
         if not isinstance(ann, dict):
@@ -235,9 +269,15 @@ def _annotation_rows(data: dict, file: Path, root: Path, default_species: str, c
         image = images[ann["image_id"]]
         where = f"{where} (id {ann.get('uuid') or ann.get('id')!r}, file {image['file_name']!r})"
         if ann["image_id"] not in checked:
-            resolved = resolve_inside(root, image["file_name"], where)
-            sizes[ann["image_id"]] = check_image_file(resolved, where) if check_images else None
+            try:
+                resolved = resolve_inside(root, image["file_name"], where)
+                sizes[ann["image_id"]] = check_image_file(resolved, where) if check_images else None
+            except RowImageError as error:
+                resolved, failed[ann["image_id"]] = None, str(error)
             checked[ann["image_id"]] = resolved
+        if checked[ann["image_id"]] is None:
+            problems.append((where, failed[ann["image_id"]]))
+            continue
         annotation_key = ann.get("uuid") or ann.get("id")
         if annotation_key is None:
             raise ValueError(f"{where}: annotation needs an 'id' (or 'uuid')")
@@ -257,7 +297,11 @@ def _annotation_rows(data: dict, file: Path, root: Path, default_species: str, c
             row["bbox"] = ann["bbox"]
         if ann.get("theta") is not None:
             row["theta"] = _parse_theta(ann["theta"], where)
-        _check_box(row, sizes[ann["image_id"]], where)
+        try:
+            _check_box(row, sizes[ann["image_id"]], where)
+        except RowImageError as error:
+            problems.append((where, str(error)))
+            continue
         yield row, where
 
 
@@ -266,6 +310,7 @@ def build_coco(
     species: str | None = None,
     image_root: str | os.PathLike | None = None,
     check_images: bool = True,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> Dataset:
     """A dataset from a COCO / Wildbook-style JSON, one row per annotation (see module docstring).
 
@@ -280,8 +325,9 @@ def build_coco(
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{file}: not valid JSON ({err})") from None
-    rows, where_of = [], []
-    for row, where in _annotation_rows(data, file, root, species or file.parent.name, check_images):
+    rows, where_of, problems = [], [], []
+    for row, where in _annotation_rows(data, file, root, species or file.parent.name, check_images, problems):
         rows.append(row)
         where_of.append(where)
+    _report_row_problems(problems, skipped, file)
     return _finish(rows, "coco", file, where_of)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,9 @@ MAX_IMAGE_PIXELS_ENV = "WILDREID_MAX_IMAGE_PIXELS"
 # A crop never allocates more than this many pixels, whatever its box: larger crops are sampled at reduced
 # resolution, which changes nothing downstream since every crop is squashed to image_size next.
 MAX_CROP_PIXELS = 40_000_000
+# No photo or crop of an animal is this many times longer than wide: a 40000x20 "photo" is a damaged or
+# hostile file, and squashing it to a square (or to 512 px for keypoints, a 512x1 image) yields nothing usable.
+MAX_ASPECT_RATIO = 25.0
 
 
 class ImageLoadError(ValueError):
@@ -107,8 +111,26 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array.astype(np.uint8))
 
 
+def _check_regular_file(path: str | os.PathLike) -> None:
+    """Only a regular file is opened: a FIFO would block the reader forever, a device never ends."""
+    mode = os.stat(path).st_mode  # FileNotFoundError is reported by the caller
+    if stat.S_ISDIR(mode):
+        raise ImageLoadError("is a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        raise ImageLoadError("not a regular file (a pipe, socket or device); refused without reading it")
+
+
+def _check_shape(width: int, height: int, what: str = "image") -> None:
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageLoadError(f"{what} is {width}x{height} pixels: its aspect ratio exceeds {MAX_ASPECT_RATIO:g}:1, "
+                             "not a usable photo of an animal")
+
+
 def _decode(data: bytes | str | os.PathLike, draft_size: int | None) -> Image.Image:
+    if not isinstance(data, (bytes, bytearray)):
+        _check_regular_file(data)
     image = Image.open(data if not isinstance(data, (bytes, bytearray)) else io.BytesIO(data))
+    _check_shape(image.width, image.height)
     if draft_size and image.format == "JPEG":
         # DCT-domain downscaling: decodes a 6000 px JPEG at 1/2..1/8 scale for a fraction of the cost.
         image.draft("RGB", (draft_size, draft_size))
@@ -127,7 +149,9 @@ def load_image(source: Any, *, draft_size: int | None = None) -> Image.Image:
     image, a numpy array (HWC or CHW; uint8, uint16, or float in [0, 1]) or a torch tensor (CHW or HWC).
     ``draft_size`` lets JPEGs decode at a reduced scale that still has at least that many pixels on the
     short side; leave it ``None`` when a bounding box refers to full-resolution pixel coordinates.
-    Raises :class:`ImageLoadError` naming the file for missing, corrupt, truncated or oversized images.
+    Raises :class:`ImageLoadError` naming the file for missing, corrupt, truncated or oversized images, for
+    paths that are not regular files (a FIFO is refused without being opened) and for images whose aspect
+    ratio exceeds ``MAX_ASPECT_RATIO``.
     """
     name = _describe(source)
     try:
@@ -146,6 +170,7 @@ def load_image(source: Any, *, draft_size: int | None = None) -> Image.Image:
             image = _array_to_pil(source)
         else:
             raise ImageLoadError(f"unsupported image type {type(source).__name__}")
+        _check_shape(image.width, image.height)
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
     except ImageLoadError as error:
@@ -180,6 +205,8 @@ def crop_to_annotation(
     x, y, w, h = (float(v) for v in bbox)
     if w < 1 or h < 1:
         raise ImageLoadError(f"{name}: degenerate bbox {[x, y, w, h]} (width and height must be >= 1 pixel)")
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise ImageLoadError(f"{name}: degenerate bbox {[x, y, w, h]} (aspect ratio above {MAX_ASPECT_RATIO:g}:1)")
     theta = float(theta or 0.0)
     if not math.isfinite(theta):
         raise ImageLoadError(f"{name}: theta must be finite, got {theta}")

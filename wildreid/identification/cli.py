@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 from ..outputs import check_output_file, check_output_folder
+from ..safe_text import printable
 from ..threads import configure_threads
 from ..embedding.onnx_runtime import RUNTIMES
 from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS
@@ -32,6 +34,14 @@ from .store import GalleryBusyError
 from .gallery_methods import MAX_FIT_IMAGES, REQUESTABLE
 from .workflows import build_gallery, calibrate_gallery, identify
 from .results import write_results
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (`nan` would make every query a known individual, `inf` none)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: the gallery's per-species choice from calibrate, else global; local and fusion "
                             "need `index --local-features` (fusion also `calibrate`)")
     query.add_argument("--top_k", type=int, default=5)
-    query.add_argument("--threshold", type=float, help="override the calibrated new-individual threshold")
+    query.add_argument("--threshold", type=finite_float, help="override the calibrated new-individual threshold")
     query.add_argument("--output", help="results file (.json or .csv); printed when omitted")
     _add_data_options(query)
 
@@ -106,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="as for identify: auto (the gallery's per-species choice from calibrate, else global), "
                           "global, local or fusion (fusion needs `calibrate --method fusion|auto` first)")
     app.add_argument("--top_k", type=int, default=5)
-    app.add_argument("--threshold", type=float, help="override the calibrated new-individual threshold (cosine)")
+    app.add_argument("--threshold", type=finite_float, help="override the calibrated new-individual threshold (cosine)")
     app.add_argument("--review_dir", help="audit log and stored query photos (default: <gallery>.review)")
     app.add_argument("--max_upload_mb", type=float, default=20.0, help="largest accepted photo")
     app.add_argument("--runtime", choices=RUNTIMES, default="torch",
@@ -163,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                                              max_keypoints=args.max_keypoints, overwrite=args.overwrite,
                                              flip_test=args.flip_test or None, **data)
             print(f"gallery {args.output}: {len(gallery)} images of {len(gallery.identities)} individuals"
-                  + (f"; skipped {len(skipped)} unreadable (e.g. {skipped[0].file}: {skipped[0].reason})" if skipped else ""))
+                  + (f"; skipped {len(skipped)} unreadable (e.g. {printable(skipped[0].file)}: "
+                     f"{printable(skipped[0].reason)})" if skipped else ""))
         elif args.command == "calibrate":
             threshold, choices = calibrate_gallery(args.gallery, args.datasets, model=args.model, method=args.method,
                                                    max_fit_images=args.max_fit_images or None,
@@ -178,19 +189,19 @@ def main(argv: list[str] | None = None) -> int:
             results, failures = identify(args.gallery, images=args.images, datasets=args.datasets, model=args.model,
                                          method=args.method, top_k=args.top_k, threshold=args.threshold, **data)
             for failure in failures:
-                print(f"skipped {failure.file}: {failure.reason}", file=sys.stderr)
+                print(f"skipped {printable(failure.file)}: {printable(failure.reason)}", file=sys.stderr)
             if args.output:
                 write_results(results, failures, args.output)
                 print(f"{len(results)} queries identified, {len(failures)} skipped -> {args.output}")
             else:
                 for result in results:
                     best = result.candidates[0] if result.candidates else None
-                    verdict = "NEW individual" if result.is_new else (best.identity if best else "-")
-                    print(f"{result.query}: {verdict}  ({result.method}; top score {result.top_score:.3f}; "
-                          + ", ".join(f"{c.identity} {c.score:.3f}" for c in result.candidates) + ")"
-                          + (f" [{result.note}]" if result.note else ""))
+                    verdict = "NEW individual" if result.is_new else (printable(best.identity) if best else "-")
+                    print(f"{printable(result.query)}: {verdict}  ({result.method}; top score {result.top_score:.3f}; "
+                          + ", ".join(f"{printable(c.identity)} {c.score:.3f}" for c in result.candidates) + ")"
+                          + (f" [{printable(result.note)}]" if result.note else ""))
     except (ValueError, OSError, GalleryBusyError) as error:  # FileNotFoundError / FileExistsError are OSErrors
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(error, keep_newlines=True)}", file=sys.stderr)
         return 2
     return 0
 

@@ -242,6 +242,7 @@ class Gallery:
         if descriptor_index is not None and local_features is None:
             raise ValueError("a descriptor index is saved with the keypoint cache it indexes: pass local_features")
         directory = Path(directory)
+        store.check_new_folder(directory, overwrite)  # before the lock file is created in a folder not ours
         with store.writer_lock(directory):
             store.check_new_folder(directory, overwrite)
             self._refuse_stale_overwrite(directory)

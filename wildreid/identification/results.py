@@ -1,7 +1,6 @@
 """Identification results: the ranked candidate individuals of each query, written as JSON or CSV."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -10,6 +9,7 @@ from typing import Any, Iterable
 
 from ..embedding.images import LoadFailure
 from ..records import json_default
+from ..safe_text import write_csv
 
 
 @dataclass
@@ -51,20 +51,18 @@ CSV_COLUMNS = ("query", "rank", "identity", "score", "probability", "image_id", 
 
 def write_results_csv(results: Iterable[IdentificationResult], path: str | os.PathLike,
                       failures: Iterable[LoadFailure] = ()) -> Path:
-    """One row per (query, candidate); failed queries get one row with `error` filled."""
-    path = Path(path)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
+    """One row per (query, candidate); failed queries get one row with `error` filled. Names from the user's
+    data are written so a spreadsheet shows them as text, never runs them (`safe_text.write_csv`)."""
+    def rows():
         for result in results:
             for rank, candidate in enumerate(result.candidates, start=1):
-                writer.writerow({"query": result.query, "rank": rank, **asdict(candidate),
-                                 "top_score": result.top_score, "is_new": result.is_new,
-                                 "threshold": result.threshold, "error": "", "method": result.method,
-                                 "note": result.note or ""})
+                yield {"query": result.query, "rank": rank, **asdict(candidate), "top_score": result.top_score,
+                       "is_new": result.is_new, "threshold": result.threshold, "error": "", "method": result.method,
+                       "note": result.note or ""}
         for failure in failures:
-            writer.writerow({"query": failure.file, "error": failure.reason})
-    return path
+            yield {"query": failure.file, "error": failure.reason}
+
+    return write_csv(path, CSV_COLUMNS, rows())
 
 
 # ---------------------------------------------------------------------------------------- helpers

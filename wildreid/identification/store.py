@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from ..matching.descriptor_cache import LocalFeatureCache
+from ..outputs import check_reusable_folder
 from ..records import RecordFormat, json_default
 from .search import check_embeddings
 
@@ -43,6 +45,8 @@ FILES = {"embeddings": ("embeddings", ".safetensors"), "metadata": ("metadata", 
          "local_features": ("local_features", ".npz"), "descriptor_index": ("descriptor_index", ".npz")}
 EMBEDDINGS_FILE, METADATA_FILE, LOCAL_FEATURES_FILE, DESCRIPTOR_INDEX_FILE = ("".join(FILES[role]) for role in FILES)
 METADATA_COLUMNS = ("image_id", "identity", "species", "path", "extra")
+# A revision's name (see write_revision): only files carrying one are ever cleaned up by a save.
+REVISION = r"\d{8}T\d{6}-[0-9a-f]{8}"
 
 
 class GalleryBusyError(RuntimeError):
@@ -70,8 +74,14 @@ def writer_lock(directory: str | os.PathLike, create: bool = True) -> Iterator[P
 
 
 def check_new_folder(directory: Path, overwrite: bool) -> None:
-    if (directory / CONFIG_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{directory / CONFIG_FILE} exists; pass overwrite=True to replace the gallery")
+    """A gallery is written into a new or empty folder, or over a gallery with `overwrite`; a non-empty folder
+    that is not a gallery is refused unless `overwrite` (and even then only the gallery's own files are
+    written: clean-up removes nothing but earlier revisions, see `_remove_unreferenced`)."""
+    is_gallery = check_reusable_folder(directory, "gallery folder", marker=CONFIG_FILE, allow_flag="--overwrite",
+                                       allowed=overwrite, ignored=(LOCK_FILE,))
+    if is_gallery and not overwrite:
+        raise FileExistsError(f"{directory / CONFIG_FILE} exists; pass --overwrite (overwrite=True) to replace the "
+                              "gallery")
 
 
 def write_revision(directory: Path, config: dict[str, Any], embeddings: np.ndarray, metadata: pd.DataFrame,
@@ -84,32 +94,49 @@ def write_revision(directory: Path, config: dict[str, Any], embeddings: np.ndarr
     descriptor index to carry over unchanged. descriptor_index: writes the descriptor index to a path.
     Returns the new revision's name.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     revision = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    writers = {"embeddings": lambda path: save_file({"embeddings": embeddings}, str(path),
-                                                    metadata={"format": RECORD.name}),
+    replaces_legacy = (directory / CONFIG_FILE).is_file() and "files" not in read_config(directory)
+    # Serialised here and written under the revision's name: safetensors' save_file writes a `.tmpXXXXXX`
+    # file of its own first, which a kill -9 would leave behind under a name no clean-up can claim as ours.
+    writers = {"embeddings": lambda path: path.write_bytes(save({"embeddings": embeddings},
+                                                                metadata={"format": RECORD.name})),
                "metadata": lambda path: metadata.to_parquet(path, index=False)}
     if local_features is not None:
         writers["local_features"] = local_features.save
     if descriptor_index is not None:
         writers["descriptor_index"] = descriptor_index
-    files = {}
+    files, written = {}, []
     for role, write in writers.items():
         stem, suffix = FILES[role]
         path = directory / f"{stem}.{revision}{suffix}"
-        write(path)
-        files[role] = {"name": path.name, "sha256": _sha256(path, fsync=True)}
+        written.append(path)
+        try:
+            write(path)
+            files[role] = {"name": path.name, "sha256": _sha256(path, fsync=True)}
+        except OSError as error:  # disk full, file size limit, quota: say which file, leave no partial revision
+            for partial in written:
+                partial.unlink(missing_ok=True)
+            raise OSError(error.errno, f"could not write {path} ({error.strerror or error}); the gallery in "
+                                       f"{directory} was left as it was, and this revision's files were removed: "
+                                       "free space (or raise the file size limit) and run again") from error
     if local_features is None and kept_local_features is not None:
         files["local_features"] = kept_local_features
     if descriptor_index is None and kept_descriptor_index is not None:
         files["descriptor_index"] = kept_descriptor_index
     manifest = directory / f"{CONFIG_FILE}.{revision}.tmp"
-    RECORD.save(manifest, {**config, "revision": revision, "files": files}, default=json_default)
-    _fsync(manifest)
+    try:
+        RECORD.save(manifest, {**config, "revision": revision, "files": files}, default=json_default)
+        _fsync(manifest)
+    except OSError as error:
+        for partial in (*written, manifest):
+            partial.unlink(missing_ok=True)
+        raise OSError(error.errno, f"could not write {manifest} ({error.strerror or error}); the gallery in "
+                                   f"{directory} was left as it was: free space and run again") from error
     os.replace(manifest, directory / CONFIG_FILE)  # the switch
     _fsync(directory)
-    _remove_unreferenced(directory, {entry["name"] for entry in files.values()})
+    _remove_unreferenced(directory, {entry["name"] for entry in files.values()}, replaces_legacy)
     return revision
 
 
@@ -137,12 +164,26 @@ def checked_file(directory: Path, config: Mapping[str, Any], role: str) -> Path:
     entry = file_entry(config, role)
     if entry is None:
         return directory / "".join(FILES[role])
-    path = directory / entry["name"]
+    path = _confined(directory, entry["name"])
     if not path.is_file():
         raise ValueError(f"{path}: missing, but {directory / CONFIG_FILE} lists it")
     if _sha256(path) != entry["sha256"]:
         raise ValueError(f"{path}: checksum differs from {directory / CONFIG_FILE}; the file was changed after "
                          "the gallery was saved")
+    return path
+
+
+def _confined(directory: Path, name: Any) -> Path:
+    """A file the manifest names, which must be a plain file name inside the gallery folder: an absolute path,
+    a sub-path or a symlink leading outside is refused (whoever can edit `gallery.json` could otherwise make a
+    gallery read any file on the machine that has the right checksum)."""
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise ValueError(f"{directory / CONFIG_FILE}: file name {name!r} is not a plain name inside the gallery "
+                         "folder; the manifest was edited by hand or is not a wildreid gallery")
+    path = directory / name
+    if path.is_symlink() and not path.resolve().is_relative_to(directory.resolve()):
+        raise ValueError(f"{path} is a symlink to {path.resolve()}, outside the gallery folder {directory}; copy the "
+                         "file into the folder instead")
     return path
 
 
@@ -216,13 +257,16 @@ def _fsync(path: Path) -> None:
         os.close(descriptor)
 
 
-def _remove_unreferenced(directory: Path, referenced: set[str]) -> None:
-    """Delete files of earlier or interrupted revisions (and pre-revision fixed names)."""
+def _remove_unreferenced(directory: Path, referenced: set[str], replaces_legacy: bool) -> None:
+    """Delete files of earlier or interrupted revisions, recognised by a revision in their name, and the fixed
+    names of the pre-revision gallery this save replaced. Nothing else: a user's
+    `embeddings.survey2023.safetensors` beside the gallery is not ours to delete."""
+    ours = re.compile("|".join(re.escape(stem) + r"\." + REVISION + re.escape(suffix) for stem, suffix in FILES.values())
+                      + "|" + re.escape(CONFIG_FILE) + r"\." + REVISION + r"\.tmp")
+    legacy = {"".join(names) for names in FILES.values()} if replaces_legacy else set()
     for path in directory.iterdir():
-        is_gallery_file = any(path.name.startswith(stem + ".") and path.name.endswith(suffix)
-                              for stem, suffix in FILES.values())
-        is_manifest_temp = path.name.startswith(CONFIG_FILE + ".") and path.name.endswith(".tmp")
-        if path.is_file() and (is_gallery_file or is_manifest_temp) and path.name not in referenced:
+        if (path.is_file() and not path.is_symlink() and path.name not in referenced
+                and (ours.fullmatch(path.name) or path.name in legacy)):
             path.unlink()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
     fails at once; the model is recorded relative to the gallery when it is a local folder."""
     accelerator = _accelerator()
     main_process = accelerator is None or accelerator.is_main_process
+    if main_process:  # before the lock file is created in a folder that may not be ours
+        store.check_new_folder(Path(output), overwrite)
     with store.writer_lock(output) if main_process else contextlib.nullcontext():
         if main_process:
             store.check_new_folder(Path(output), overwrite)
@@ -129,10 +132,11 @@ def _shared_center_box(specs: list[str]) -> float | None:
     return next(iter(values.values()), None)
 
 
-def _load_queries(specs: list[str], gallery: Gallery, data_dir: str | None, gallery_dir: str | os.PathLike) -> Dataset:
+def _load_queries(specs: list[str], gallery: Gallery, data_dir: str | None, gallery_dir: str | os.PathLike,
+                  skipped: list[tuple[str, str]] | None = None) -> Dataset:
     """Query specs loaded as the gallery's photos were cropped: rows without a box get the gallery's
-    `center_box` (a spec asking for another is warned about, naming both)."""
-    dataset = load_specs(specs, data_dir=data_dir)
+    `center_box` (a spec asking for another is warned about, naming both). `skipped`: see `load_specs`."""
+    dataset = load_specs(specs, data_dir=data_dir, skipped=skipped)
     for spec in specs:
         if center_box_of(spec) not in (None, gallery.center_box):
             logger.warning("%s asks for center_box=%s but %s's photos were cropped with %s: the queries will not "
@@ -220,6 +224,8 @@ def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None,
     each query meets the gallery images of its species (`gallery_methods.GalleryScorer`)."""
     if bool(images) == bool(datasets):
         raise ValueError("give query --images or --datasets (one of them)")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"the new-individual threshold must be a finite number, got {threshold}")
     gallery, embedder, tag = _gallery_and_model(gallery_dir, model, runtime)
     scorer = GalleryScorer(gallery, gallery_dir, method)
     extractor = LocalFeatureExtractor(**gallery.local_features_config) if scorer.uses_local else None
@@ -234,9 +240,11 @@ def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None,
         if extractor is None:
             return gallery.identify_images(images, embed, tag, top_k, batch_size=batch_size, threshold=threshold)
         return _identify_images_by_method(scorer, extractor, images, embed, top_k, batch_size, threshold)
-    dataset = _load_queries(datasets, gallery, data_dir, gallery_dir)
+    unusable: list[tuple[str, str]] = []  # rows whose photo is missing or unreadable: listed, never fatal
+    dataset = _load_queries(datasets, gallery, data_dir, gallery_dir, skipped=unusable)
     embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                              num_workers=num_workers, desc="identifying")
+    embedded.failures[:0] = [LoadFailure(row, reason) for row, reason in unusable]
     query_ids = list(np.asarray(dataset["image_id"], dtype=object)[embedded.indices])
     if extractor is None:
         return gallery.identify(embedded.vectors, tag, top_k, query_ids=query_ids, threshold=threshold), embedded.failures

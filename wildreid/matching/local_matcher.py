@@ -17,7 +17,6 @@ they rank below every scored pair, including pairs with zero matches.
 """
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .keypoints import METHODS, UNIT_VECTOR_METHODS, LocalFeatures, check_descriptors, descriptor_spec, unit_vectors
-from .parallel import WORKER_STATE, limit_threads, process_context, worker_count
+from .parallel import WORKER_STATE, worker_count, worker_pool
 
 GEOMETRIES = ("homography", "none")
 # Lowe ratio per descriptor family when none is given. ALIKED's learned descriptors are less peaked than SIFT's:
@@ -171,12 +170,7 @@ class LocalMatcher:
                 scores[q, used[row]] = self._pair_scores(packed_queries, q, packed_gallery, row)
                 bar.update()
         else:
-            with ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=process_context(),
-                initializer=_init_match_worker,
-                initargs=(self, packed_queries, packed_gallery),
-            ) as pool:
+            with worker_pool(workers, _init_match_worker, (self, packed_queries, packed_gallery)) as pool:
                 # A few queries per task keeps IPC small relative to the matching work.
                 batch = max(1, min(16, len(tasks) // (workers * 8)))
                 blocks = [tasks[i : i + batch] for i in range(0, len(tasks), batch)]
@@ -272,7 +266,6 @@ class LocalMatcher:
 
 
 def _init_match_worker(matcher: LocalMatcher, queries: _Packed, gallery: _Packed) -> None:
-    limit_threads()
     WORKER_STATE.update(matcher=matcher, queries=queries, gallery=gallery)
 
 

@@ -13,11 +13,15 @@ import contextlib
 import json
 import re
 import signal
+import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 PROGRESS_FILE = "wildreid_progress.json"
+# Written into an output folder when a run starts: marks the folder as a training run's (train.py reuses no
+# other non-empty folder) and names the run, so a run prunes and resumes only its own checkpoints.
+RUN_FILE = "wildreid_run.json"
 UNPICKLED_BY_ACCELERATE = re.compile(r"^custom_checkpoint_\d+\.pkl$")
 
 
@@ -28,6 +32,7 @@ class TrainingProgress:
     step: int = 0
     best_map: float = -1.0
     best_step: int = -1
+    run_id: str = ""  # the run that wrote the checkpoint (RUN_FILE); empty in checkpoints older than run ids
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -47,11 +52,14 @@ class TrainingProgress:
             state = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"{path}: not a readable training progress file ({error})") from None
-        kinds = {"step": int, "best_map": (int, float), "best_step": int}
+        kinds = {"step": int, "best_map": (int, float), "best_step": int, "run_id": str}
         names = [item.name for item in fields(cls)]
+        if isinstance(state, dict):
+            state.setdefault("run_id", "")
         if not isinstance(state, dict) or sorted(state) != sorted(names) or not all(
                 isinstance(state[name], kinds[name]) and not isinstance(state[name], bool) for name in names):
-            raise ValueError(f"{path}: expected {{{', '.join(names)}}} numbers, got {state!r}")
+            raise ValueError(f"{path}: expected {{step, best_map, best_step}} numbers and an optional run_id text, "
+                             f"got {state!r}")
         if state["step"] < 0:
             raise ValueError(f"{path}: step must be >= 0, got {state['step']}")
         return cls(**state)
@@ -75,13 +83,50 @@ def find_checkpoint(output_dir: Path, requested: str) -> Path:
         if not (path / PROGRESS_FILE).is_file():
             raise FileNotFoundError(f"checkpoint {path} has no {PROGRESS_FILE}: not a complete wildreid checkpoint")
         return path
-    candidates = sorted(
-        (int(m.group(1)), p) for p in (output_dir / "checkpoints").glob("checkpoint-*")
-        if (m := CHECKPOINT_PATTERN.match(p.name)) and (p / PROGRESS_FILE).is_file()
-    )
+    current = current_run_id(output_dir)
+    candidates = [(step, path) for step, path in run_checkpoints(output_dir)
+                  if current is None or _run_of(path) == current]
     if not candidates:
         raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir / 'checkpoints'}")
     return candidates[-1][1]
+
+
+def run_checkpoints(output_dir: Path, run_id: str | None = None) -> list[tuple[int, Path]]:
+    """(step, folder) of the complete checkpoints under `output_dir/checkpoints`, by step; only those the run
+    `run_id` wrote when given: a run never prunes or resumes a checkpoint that another run (or tool) left."""
+    found = sorted((int(m.group(1)), p) for p in (output_dir / "checkpoints").glob("checkpoint-*")
+                   if (m := CHECKPOINT_PATTERN.match(p.name)) and (p / PROGRESS_FILE).is_file())
+    return [(step, path) for step, path in found if run_id is None or _run_of(path) == run_id]
+
+
+def _run_of(checkpoint: Path) -> str | None:
+    try:
+        return TrainingProgress.load(checkpoint).run_id
+    except ValueError:
+        return None
+
+
+def current_run_id(output_dir: Path) -> str | None:
+    """The id of the run that last started in `output_dir` (RUN_FILE), or None (no run file: a folder
+    written before run ids existed)."""
+    try:
+        run_id = json.loads((output_dir / RUN_FILE).read_text()).get("run_id")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) and run_id else None
+
+
+def start_run(output_dir: Path, resume: bool) -> str:
+    """Mark `output_dir` as this run's and return the run id: a resumed run keeps the folder's id, a new run
+    (also one told to --overwrite_output_dir an earlier run's folder) gets a fresh one."""
+    run_id = current_run_id(output_dir) if resume else None
+    if run_id is None:
+        run_id = uuid.uuid4().hex
+        output_dir.mkdir(parents=True, exist_ok=True)
+        partial = output_dir / (RUN_FILE + ".partial")
+        partial.write_text(json.dumps({"run_id": run_id}))
+        partial.replace(output_dir / RUN_FILE)
+    return run_id
 
 
 def latest_checkpoint_or_none(output_dir: Path) -> Path | None:

@@ -10,7 +10,9 @@ from typing import Any
 import yaml
 
 from ..embedding.embedders import check_model_reference
-from ..outputs import check_output_folder
+from ..embedding.training_record import TRAINING_CONFIG_FILE
+from ..outputs import check_reusable_folder
+from .checkpoints import RUN_FILE
 from .augment import AugmentationConfig
 
 
@@ -70,6 +72,9 @@ class TrainingConfig:
     save_steps: int = 500  # accelerate state checkpoint every N steps (and at the end)
     save_total_limit: int = 2  # checkpoints kept (oldest deleted first)
     output_dir: str = "outputs/run"
+    overwrite_output_dir: bool = False  # train a new model into a non-empty output_dir that is not this run's
+    # (another tool's folder, or an earlier run's without resuming it); files of the same names are replaced,
+    # nothing else there is touched: an earlier run's checkpoints are kept, never resumed from or pruned
     resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest" in output_dir
     push_to_hub: bool = False
     hub_model_id: str | None = None
@@ -111,7 +116,13 @@ class TrainingConfig:
             raise ValueError(f"--weight_interpolation takes ratios strictly between 0 and 1, got {self.weight_interpolation}")
         if self.weight_interpolation and not self.val_datasets:
             raise ValueError("--weight_interpolation chooses its mix on validation: set val_datasets")
-        check_output_folder(self.output_dir, "--output_dir")
+        is_run = check_reusable_folder(self.output_dir, "--output_dir", marker=(RUN_FILE, TRAINING_CONFIG_FILE),
+                                       allow_flag="--overwrite_output_dir", allowed=self.overwrite_output_dir)
+        if is_run and not (self.resume_from_checkpoint or self.overwrite_output_dir):
+            raise FileExistsError(
+                f"--output_dir {self.output_dir} holds an earlier training run; nothing was changed. Pass "
+                "--resume_from_checkpoint latest to continue it, or --overwrite_output_dir to train a new model there "
+                "(its files of the same names are replaced; its checkpoints are kept, never resumed from or pruned)")
         if self.init_from:
             check_model_reference(self.init_from)
 

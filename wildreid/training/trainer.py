@@ -33,8 +33,8 @@ from ..evaluation.protocols import leave_one_out_by_species
 from ..provenance import code_version
 from ..threads import configure_threads, worker_count
 from .augment import build_augmentation
-from .checkpoints import (CHECKPOINT_PATTERN, StopSignal, TrainingProgress, contiguous_weights, find_checkpoint,
-                          latest_checkpoint_or_none, refuse_pickled_objects)
+from .checkpoints import (StopSignal, TrainingProgress, contiguous_weights, find_checkpoint, latest_checkpoint_or_none,
+                          refuse_pickled_objects, run_checkpoints, start_run)
 from .config import TrainingConfig
 from .hub import push_output_to_hub
 from .initialisation import calibrate_neck_statistics, init_head_from_prototypes, pooled_features
@@ -130,6 +130,11 @@ class Trainer:
     def setup(self) -> None:
         """Data loader, prepared model / optimiser / scheduler, and the resumed position."""
         config, accelerator = self.config, self.accelerator
+        # The checkpoint to resume is found before this run marks the folder as its own (start_run).
+        resume_from = find_checkpoint(self.output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint \
+            else None
+        accelerator.wait_for_everyone()
+        run_id = start_run(self.output_dir, resume=resume_from is not None) if accelerator.is_main_process else ""
         self.sampler = SpeciesBalancedBatchSampler(
             self.train_data["identity"], self.train_data["species"],
             config.identities_per_batch, config.images_per_identity, seed=config.seed,
@@ -173,12 +178,12 @@ class Trainer:
         self.scheduler = accelerator.prepare(scheduler)
         self.progress = TrainingProgress()  # saved as JSON by _save_checkpoint, never pickled (see checkpoints.py)
         accelerator.register_save_state_pre_hook(contiguous_weights)
-        if config.resume_from_checkpoint:
-            checkpoint = find_checkpoint(self.output_dir, config.resume_from_checkpoint)
-            refuse_pickled_objects(checkpoint)
-            self.progress = TrainingProgress.load(checkpoint)
-            accelerator.load_state(str(checkpoint))
-            self.print(f"resumed from {checkpoint} at step {self.progress.step}")
+        if resume_from is not None:
+            refuse_pickled_objects(resume_from)
+            self.progress = TrainingProgress.load(resume_from)
+            accelerator.load_state(str(resume_from))
+            self.print(f"resumed from {resume_from} at step {self.progress.step}")
+        self.progress.run_id = run_id  # the checkpoints this run writes, prunes and resumes
 
     def train_step(self, batch: dict) -> torch.Tensor:
         """Forward, backward and (at accumulation boundaries) clip, optimiser and scheduler step."""
@@ -333,8 +338,7 @@ class Trainer:
         if accelerator.is_main_process:
             # Written last: a checkpoint without it was interrupted mid-save and is never resumed from.
             progress.save(directory)
-            kept = sorted((int(m.group(1)), p) for p in directory.parent.iterdir()
-                          if (m := CHECKPOINT_PATTERN.match(p.name)))
+            kept = run_checkpoints(self.output_dir, progress.run_id)  # this run's only, never another's
             for _, old in kept[: max(0, len(kept) - self.config.save_total_limit)]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
