@@ -179,6 +179,8 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
     resume = (directory / "checkpoints").is_dir() and any((directory / "checkpoints").glob("checkpoint-*/wildreid_progress.json"))
     if resume:
         config.resume_from_checkpoint = "latest"
+    else:  # the experiment's own folder: a run interrupted before its first checkpoint starts again there
+        config.overwrite_output_dir = True
     print(f"[train] {name}: {config.max_steps} steps of {config.identities_per_batch}x{config.images_per_identity} "
           f"on {config.datasets}" + (f" from {config.init_from}" if config.init_from else "") +
           (" (resuming)" if resume else ""), flush=True)
