@@ -94,6 +94,8 @@ class UploadFolder:
 
     def __init__(self):
         self._previous = os.environ.get("GRADIO_TEMP_DIR")
+        if self._previous:  # Gradio makes its folder when missing; so must we, to make ours inside it
+            Path(self._previous).mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix="wildreid-app-", dir=self._previous or None))
         os.environ["GRADIO_TEMP_DIR"] = str(self.path)
         self._closed = False
