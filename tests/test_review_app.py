@@ -59,7 +59,8 @@ def test_literal_keeps_plain_names_readable_and_escapes_every_markup_character()
     assert literal("Ñandú 2") == "Ñandú 2"
     assert literal(HOSTILE) == "&#60;img src&#61;x onerror&#61;alert&#40;1&#41;&#62;"
     escaped = literal("".join(chr(c) for c in range(32, 127)))
-    assert not set(escaped) & set("<>\"'`*_[]()!|~{}$\\") and html.unescape(escaped) == "".join(map(chr, range(32, 127)))
+    assert not set(escaped) & set("<>\"'`*_[]()!|~{}$\\")
+    assert html.unescape(escaped) == "".join(map(chr, range(32, 127)))
 
 
 @pytest.mark.parametrize("host, exposed", [("127.0.0.1", False), ("localhost", False), ("::1", False),
@@ -125,7 +126,8 @@ def test_the_app_command_warns_beyond_loopback_passes_the_login_and_removes_uplo
 
     assert main(["app", "--gallery", "g", "--host", "0.0.0.0"]) == 0
     error = capsys.readouterr().err
-    assert "WARNING: the review app listens on every interface" in error and "No login is required" in error
+    assert "WARNING: the review app listens on all network interfaces (0.0.0.0)" in error
+    assert "No login is required" in error
     assert stub.kwargs["server_name"] == "0.0.0.0" and stub.kwargs["auth"] is None
     assert stub.upload.name == "query.jpg" and not stub.upload.exists()  # removed with its folder at exit
     assert not stub.upload.parent.parent.exists() and stub.upload.parent.parent.name.startswith("wildreid-app-")

@@ -43,16 +43,17 @@ def exposure_warning(host: str, port: int, auth: tuple[str, str] | None) -> str 
     """The warning to print when the app listens beyond loopback (None on loopback)."""
     if is_loopback(host):
         return None
-    where = "every interface of this machine" if host.strip("[] ") in ("0.0.0.0", "::", "") else host
-    lines = [f"WARNING: the review app listens on {where} (port {port}), not only on this machine.",
+    where = f"all network interfaces ({host or '0.0.0.0'})" if host.strip("[] ") in ("0.0.0.0", "::", "") else host
+    lines = [f"WARNING: the review app listens on {where}, port {port}: other machines can reach it, not only "
+             "this one.",
              "Anyone who can reach that port can see the gallery's photos and change the gallery (add individuals, "
              "undo decisions)."]
     if auth is None:
         lines.append(f"No login is required: pass --auth user:password (or set {AUTH_ENV}=user:password) to require "
                      "one, or bind to 127.0.0.1 and reach the app through an SSH tunnel.")
     else:
-        lines.append("A login is required (--auth), but plain HTTP carries the password and the photos unencrypted: "
-                     "serve it behind an HTTPS proxy or on a network you trust.")
+        lines.append("A login is required, but plain HTTP carries the password and the photos unencrypted: serve the "
+                     "app behind an HTTPS proxy or on a network you trust.")
     bar = "!" * 100
     return "\n".join([bar, *lines, bar])
 
