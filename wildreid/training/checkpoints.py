@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import signal
 import uuid
 from dataclasses import asdict, dataclass, fields
@@ -97,6 +98,13 @@ def run_checkpoints(output_dir: Path, run_id: str | None = None) -> list[tuple[i
     found = sorted((int(m.group(1)), p) for p in (output_dir / "checkpoints").glob("checkpoint-*")
                    if (m := CHECKPOINT_PATTERN.match(p.name)) and (p / PROGRESS_FILE).is_file())
     return [(step, path) for step, path in found if run_id is None or _run_of(path) == run_id]
+
+
+def prune_checkpoints(output_dir: Path, run_id: str, keep: int) -> None:
+    """Delete the oldest of the run's own checkpoints beyond `keep`; another run's or tool's are never touched."""
+    kept = run_checkpoints(output_dir, run_id)
+    for _, old in kept[: max(0, len(kept) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _run_of(checkpoint: Path) -> str | None:

@@ -10,7 +10,6 @@ import copy
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,7 +33,7 @@ from ..provenance import code_version
 from ..threads import configure_threads, worker_count
 from .augment import build_augmentation
 from .checkpoints import (StopSignal, TrainingProgress, contiguous_weights, find_checkpoint, latest_checkpoint_or_none,
-                          refuse_pickled_objects, run_checkpoints, start_run)
+                          prune_checkpoints, refuse_pickled_objects, start_run)
 from .config import TrainingConfig
 from .hub import push_output_to_hub
 from .initialisation import calibrate_neck_statistics, init_head_from_prototypes, pooled_features
@@ -130,11 +129,10 @@ class Trainer:
     def setup(self) -> None:
         """Data loader, prepared model / optimiser / scheduler, and the resumed position."""
         config, accelerator = self.config, self.accelerator
-        # The checkpoint to resume is found before this run marks the folder as its own (start_run).
-        resume_from = find_checkpoint(self.output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint \
-            else None
+        # (found before start_run marks the folder as this run's)
+        resume_from = config.resume_from_checkpoint and find_checkpoint(self.output_dir, config.resume_from_checkpoint)
         accelerator.wait_for_everyone()
-        run_id = start_run(self.output_dir, resume=resume_from is not None) if accelerator.is_main_process else ""
+        run_id = start_run(self.output_dir, resume=bool(resume_from)) if accelerator.is_main_process else ""
         self.sampler = SpeciesBalancedBatchSampler(
             self.train_data["identity"], self.train_data["species"],
             config.identities_per_batch, config.images_per_identity, seed=config.seed,
@@ -178,7 +176,7 @@ class Trainer:
         self.scheduler = accelerator.prepare(scheduler)
         self.progress = TrainingProgress()  # saved as JSON by _save_checkpoint, never pickled (see checkpoints.py)
         accelerator.register_save_state_pre_hook(contiguous_weights)
-        if resume_from is not None:
+        if resume_from:
             refuse_pickled_objects(resume_from)
             self.progress = TrainingProgress.load(resume_from)
             accelerator.load_state(str(resume_from))
@@ -338,9 +336,7 @@ class Trainer:
         if accelerator.is_main_process:
             # Written last: a checkpoint without it was interrupted mid-save and is never resumed from.
             progress.save(directory)
-            kept = run_checkpoints(self.output_dir, progress.run_id)  # this run's only, never another's
-            for _, old in kept[: max(0, len(kept) - self.config.save_total_limit)]:
-                shutil.rmtree(old, ignore_errors=True)
+            prune_checkpoints(self.output_dir, progress.run_id, keep=self.config.save_total_limit)
         accelerator.wait_for_everyone()
 
     def _save_embedder(self, model, directory: Path) -> None:
