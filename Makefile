@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(MAKE) --no-print-directory install-browser
 	touch $@
 
-.PHONY: install install-browser test demo
+.PHONY: install install-browser test demo docs
 install: $(VENV)/.installed
 
 # Headless Chromium for the review app's browser tests (Debian packages; needs root and apt-get).
@@ -28,6 +28,15 @@ install-browser:
 
 test: $(VENV)/.installed
 	$(PYTHON) -m pytest -q
+
+# The documentation site (mkdocs.yml, docs/) into site/: fails when a results table of the README or a page is
+# stale (re-render: python -m wildreid.cards --root . FILE...), or on a broken link, a missing page or a
+# docstring mkdocstrings cannot read (--strict). CI runs it after the tests.
+DOC_PAGES = README.md $(shell grep -rl --include='*.md' 'results:start' docs)
+docs: $(VENV)/.installed
+	$(PYTHON) -m wildreid.cards --check --root . $(DOC_PAGES) \
+		|| { echo "re-render them: $(PYTHON) -m wildreid.cards --root . $(DOC_PAGES)" >&2; exit 1; }
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # Main job: train the multi-species demo model (CPU, offline, a few minutes), then evaluate it per species.
 demo: $(VENV)/.installed

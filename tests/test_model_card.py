@@ -306,3 +306,14 @@ def test_a_page_reads_results_only_inside_its_root(page_tree):
     with pytest.raises(ModelCardError, match="lies outside"):
         render_page(page)  # root defaults to the page's folder; ../bench is outside it
     assert "| lion | 25.3 | – |" in render_page(page, root=page_tree)
+
+
+def test_the_readme_and_docs_pages_match_their_results_json():
+    """README.md and the documentation pages never drift from the results JSON (`make docs` checks the same)."""
+    repo = Path(__file__).resolve().parents[1]
+    pages = ["README.md"] + sorted(str(p.relative_to(repo)) for p in (repo / "docs").rglob("*.md")
+                                   if "<!-- results:start" in p.read_text(encoding="utf-8"))
+    assert len(pages) > 1
+    result = subprocess.run([sys.executable, "-m", "wildreid.cards", "--check", "--root", ".", *pages], cwd=repo,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
