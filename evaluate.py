@@ -7,8 +7,9 @@ Protocols: leave-one-out (each image queries all others of its set, MiewID's pro
 (--datasets queried against --gallery, MegaDescriptor's), open-set (some query individuals absent from
 the gallery; the "new individual" threshold is fitted on validation data, never on the test queries).
 Models: a wildreid folder or Hub id, `imagenet:tf_efficientnet_lite0` (no training), `timm:<name>`.
-Methods: global embeddings (default); local SIFT retrieval (--method local: one-vs-many LNBNN voting and
-spatial verification, no model needed; --method local-pairwise matches every pair); fusion of both over the
+Methods: global embeddings (default); local retrieval (--method local: one-vs-many LNBNN voting and
+spatial verification, no model needed; --method local-pairwise matches every pair) on SIFT or ALIKED
+keypoints (--local_features sift|aliked); fusion of both over the
 union of their shortlists (--method fusion); auto, the per-species best of those by validation mAP. Fusion
 and auto are fitted on --val_datasets (a training split; closed-set defaults to the --gallery).
 
@@ -20,7 +21,7 @@ import logging
 import sys
 
 from wildreid.evaluation.runner import EvaluationRequest, command_line, run_evaluation
-from wildreid.matching.keypoints import DEFAULT_MAX_KEYPOINTS
+from wildreid.matching.keypoints import ALIKED_VARIANTS, DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, LOCAL_FEATURE_CHOICES
 from wildreid.outputs import check_output_file
 from wildreid.threads import configure_threads
 
@@ -32,13 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", required=True, help="dataset specs to evaluate (queries)")
     parser.add_argument("--protocol", default="leave-one-out", choices=["leave-one-out", "closed-set", "open-set"])
     parser.add_argument("--method", default="global", choices=["global", "local", "local-pairwise", "fusion", "auto"],
-                        help="global: model embeddings; local: one-vs-many SIFT retrieval (no --model); local-pairwise: "
-                             "SIFT matching of every pair; fusion: global and local shortlists united, calibrated on "
+                        help="global: model embeddings; local: one-vs-many local retrieval (no --model); local-pairwise: "
+                             "local matching of every pair; fusion: global and local shortlists united, calibrated on "
                              "--val_datasets; auto: per species the best of global/local/fusion on --val_datasets")
     parser.add_argument("--shortlist", type=int, default=20,
                         help="local/fusion/auto: candidates per query from each shortlist that get verified")
     parser.add_argument("--max_keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS,
-                        help="local/fusion/auto: SIFT keypoints kept per image (bench/keypoint_budget.py compares budgets)")
+                        help="local/fusion/auto: keypoints kept per image (bench/keypoint_budget.py compares budgets)")
+    parser.add_argument("--local_features", choices=LOCAL_FEATURE_CHOICES, default="sift",
+                        help="local/fusion/auto: the local feature extractor, sift (OpenCV) or aliked (learned)")
+    parser.add_argument("--aliked_variant", choices=ALIKED_VARIANTS,
+                        help="with --local_features aliked: n16 (default), n16rot (in-plane rotation), t16 (faster)")
+    parser.add_argument("--local_max_side", type=int, default=DEFAULT_MAX_SIDE,
+                        help="local/fusion/auto: crops resized to this longest side (px) before extraction")
     parser.add_argument("--gallery", nargs="+", default=[], help="gallery specs (closed-set, open-set)")
     parser.add_argument("--val_datasets", nargs="+", default=[],
                         help="open-set: validation queries for the threshold; fusion: calibration set")
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for flag, value, low in (("--batch_size", args.batch_size, 1), ("--num_workers", args.num_workers, 0),
                              ("--shortlist", args.shortlist, 1), ("--image_size", args.image_size, 32),
-                             ("--max_keypoints", args.max_keypoints, 1)):
+                             ("--max_keypoints", args.max_keypoints, 1), ("--local_max_side", args.local_max_side, 16)):
         if value is not None and value < low:
             parser.error(f"{flag} must be >= {low}, got {value}")
     options = vars(args)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wildreid import threads
 from wildreid.matching import LocalFeatureCache, LocalFeatureExtractor, LocalMatcher
 from wildreid.matching import keypoints
 from wildreid.matching.correspondences import verified_correspondences
@@ -77,7 +78,8 @@ def test_features_are_float16_unit_vectors_within_the_budget_and_side(aliked, an
     config = aliked.config
     assert config["max_keypoints"] == 256 and config["max_side"] == SIDE
     assert config["weights_sha256"] == keypoints.ALIKED_SHA256["n16"] and config["weights"] is None
-    tiny = LocalFeatureExtractor("aliked", variant="t16", max_keypoints=64, max_side=96).extract(textured_animal(1, 120))
+    tiny = LocalFeatureExtractor("aliked", variant="t16", max_keypoints=64, max_side=96)
+    tiny = tiny.extract(textured_animal(1, 120))
     assert tiny.descriptors.shape == (64, 64) and tiny.descriptors.dtype == np.float16
 
 
@@ -143,3 +145,95 @@ def test_override_weights_load_and_settings_are_checked(tmp_path):
         LocalFeatureExtractor("sift", variant="n16")
     with pytest.raises(ValueError, match="shipped aliked-n16.pth"):
         LocalFeatureExtractor("aliked", weights_sha256="0" * 64)
+
+
+# ---------------------------------------------------------------------------------------------- galleries
+
+
+@pytest.fixture(scope="module")
+def aliked_gallery(tmp_path_factory):
+    from test_cli import save_model
+    from test_gallery_methods import DATA
+    from wildreid.identification.cli import main
+
+    root = tmp_path_factory.mktemp("aliked_gallery")
+    model = save_model(root / "model", seed=0)
+    common = ["--model", str(model), "--datasets", f"{DATA}:train", "--num_workers", "0", "--max_keypoints", "64",
+              "--local_max_side", "128"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(threads, "available_cores", lambda: 1)  # keypoints in this process: no pool to start
+        assert main(["index", *common, "--output", str(root / "aliked"), "--local-features", "aliked",
+                     "--aliked_variant", "t16"]) == 0
+        assert main(["index", *common, "--output", str(root / "sift"), "--local-features"]) == 0
+        yield root
+
+
+def test_index_records_aliked_and_identify_extracts_queries_the_same_way(aliked_gallery, tmp_path, monkeypatch):
+    import json
+
+    from wildreid.identification import Gallery
+    from wildreid.identification.cli import main
+    from test_gallery_methods import DATA
+
+    gallery = Gallery.load(aliked_gallery / "aliked")
+    config = gallery.local_features_config
+    assert config["method"] == "aliked" and config["variant"] == "t16" and config["max_side"] == 128
+    assert config["weights_sha256"] == keypoints.ALIKED_SHA256["t16"] and config["max_keypoints"] == 64
+    assert Gallery.load(aliked_gallery / "sift").local_features_config["method"] == "sift"  # bare --local-features
+    output = tmp_path / "matches.json"
+    monkeypatch.setattr(threads, "available_cores", lambda: 1)
+    assert main(["identify", "--gallery", str(aliked_gallery / "aliked"), "--datasets", f"{DATA}:test",
+                 "--method", "local", "--output", str(output), "--num_workers", "0"]) == 0
+    assert {r["method"] for r in json.loads(output.read_text())["results"]} == {"local"}
+
+
+def test_a_sift_gallery_refuses_aliked_query_features_naming_both(aliked_gallery, aliked, animals):
+    from wildreid.identification import Gallery
+    from wildreid.identification.gallery_methods import GalleryScorer
+
+    folder = aliked_gallery / "sift"
+    gallery = Gallery.load(folder)
+    scorer = GalleryScorer(gallery, folder, "local")
+    _, query = animals
+    with pytest.raises(ValueError) as error:
+        scorer.identify(gallery.embeddings[:1], [query], [None], ["q"])
+    message = str(error.value)
+    assert "local features are sift" in message and "query 0 have aliked descriptors" in message
+
+
+def test_index_refuses_aliked_settings_without_aliked(aliked_gallery, tmp_path, capsys):
+    from test_gallery_methods import DATA
+    from wildreid.identification.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["index", "--model", str(aliked_gallery / "model"), "--datasets", f"{DATA}:train", "--output",
+              str(tmp_path / "x"), "--local-features", "--aliked_variant", "t16"])
+    assert "--local-features aliked" in capsys.readouterr().err
+
+
+def test_evaluate_local_takes_aliked(monkeypatch):
+    from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 1)
+    data = "synthetic[n_species=1,n_identities=5,images_per_identity=3,image_size=96,seed=4]"
+    results = run_evaluation(EvaluationRequest(datasets=[f"{data}:train"], method="local", num_workers=0,
+                                               local_features="aliked", aliked_variant="t16", max_keypoints=48,
+                                               local_max_side=96))
+    assert results["model"] == "local features (ALIKED)"
+    config = results["local_features"]
+    assert config["method"] == "aliked" and config["variant"] == "t16" and config["max_side"] == 96
+    assert 0 <= results["species"]["synthetic-stripes"]["top1"] <= 1
+    with pytest.raises(ValueError, match="--aliked_variant needs --local_features aliked"):
+        run_evaluation(EvaluationRequest(datasets=[f"{data}:train"], method="local", aliked_variant="t16"))
+
+
+def test_the_review_app_draws_aliked_correspondences(aliked):
+    from wildreid.identification.review.drawing import draw_correspondences, side_by_side
+
+    first = textured_animal(2, size=240)
+    second = rotated_and_scaled(first, 25, 0.8)
+    found = verified_correspondences(LocalMatcher(method="aliked"), aliked.extract(second), aliked.extract(first))
+    assert found.num_inliers >= 15
+    picture = draw_correspondences(second, first, found, max_side=aliked.max_side, upscale=aliked.upscale)
+    plain = side_by_side(second, first)
+    assert picture.shape == plain.shape and np.abs(picture.astype(int) - plain).max() > 100  # lines were drawn

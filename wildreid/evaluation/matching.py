@@ -1,4 +1,4 @@
-"""Local features of an evaluation set: SIFT keypoints of every row's annotated crop (the shared
+"""Local features of an evaluation set: keypoints (SIFT or ALIKED) of every row's annotated crop (the shared
 preprocessing's crop), aligned with the dataset rows; unreadable images are reported and skipped.
 `method_protocols` scores them with any method."""
 

@@ -21,7 +21,7 @@ from ..cards.render import render_results_table
 from ..embedding import Embeddings, LoadedEmbedder, embed_dataset, load_embedder, undecoded
 from ..embedding.training_record import fitted_on_training_images
 from ..matching import LocalFeatureExtractor
-from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS
+from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE
 from ..matching.methods import METHOD_NAMES
 from ..provenance import code_version
 from .plots import figure_paths, plot_cmc_curves, plot_match_grid
@@ -42,7 +42,10 @@ class EvaluationRequest:
     protocol: str = "leave-one-out"
     method: str = "global"  # global, local (one-vs-many SIFT), local-pairwise, fusion (union of shortlists), auto
     shortlist: int = 20  # local / fusion / auto: candidates per query from each shortlist that get verified
-    max_keypoints: int = DEFAULT_MAX_KEYPOINTS  # local / fusion / auto: SIFT keypoints kept per image
+    max_keypoints: int = DEFAULT_MAX_KEYPOINTS  # local / fusion / auto: keypoints kept per image
+    local_features: str = "sift"  # local / fusion / auto: the extractor, "sift" or "aliked"
+    aliked_variant: str | None = None  # with local_features="aliked": n16 (default), n16rot, t16
+    local_max_side: int = DEFAULT_MAX_SIDE  # local / fusion / auto: crops resized to this longest side
     gallery: list[str] = field(default_factory=list)  # closed/open-set gallery specs
     val_datasets: list[str] = field(default_factory=list)  # open-set: validation queries for the threshold
     output: str | None = None
@@ -66,6 +69,8 @@ class EvaluationRequest:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.model is None and self.method not in ("local", "local-pairwise"):
             raise ValueError(f"--model is required for --method {self.method} (only local matching needs none)")
+        if self.aliked_variant and self.local_features != "aliked":
+            raise ValueError("--aliked_variant needs --local_features aliked")
         if self.flip_test and self.model is None:
             raise ValueError("--flip_test changes how --model embeds images; local matching alone has no embeddings")
         if self.exclude_same_encounter and self.protocol == "open-set":
@@ -154,7 +159,8 @@ def run_evaluation(request: EvaluationRequest) -> dict:
             val_gallery=val_gallery_embeddings, training_species=seen,
         )
     results.update({
-        "model": request.model or "local features (SIFT)", "protocol": request.protocol, "method": request.method,
+        "model": request.model or f"local features ({request.local_features.upper()})", "protocol": request.protocol,
+        "method": request.method,
         "datasets": request.datasets, "flip_test": bool(embedder and embedder.flip_test),
         "exclude_same_encounter": request.exclude_same_encounter,
         "gallery": request.gallery or None, "command": request.command, "failures": failures,
@@ -175,10 +181,13 @@ def run_evaluation(request: EvaluationRequest) -> dict:
 
 def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: LoadedEmbedder | None, embed, seen,
                   timings: dict, failures: list) -> dict:
-    """Every method but plain global: SIFT on every crop (and embeddings where the method uses them), then
-    `method_protocols.evaluate_method` per species. Fusion and auto are fitted on --val_datasets, or in
-    closed-set on the --gallery (leave-one-out within it): training splits, never the test queries."""
-    extractor = LocalFeatureExtractor(max_keypoints=request.max_keypoints)
+    """Every method but plain global: local features (--local_features: SIFT or ALIKED) on every crop (and
+    embeddings where the method uses them), then `method_protocols.evaluate_method` per species. Fusion and auto
+    are fitted on --val_datasets, or in closed-set on the --gallery (leave-one-out within it): training splits,
+    never the test queries."""
+    extractor = LocalFeatureExtractor(request.local_features, request.max_keypoints, request.local_max_side,
+                                      **({"variant": request.aliked_variant} if request.local_features == "aliked"
+                                         else {})).load()
     uses_embeddings = request.method in ("fusion", "auto")
 
     def local(dataset: Dataset, desc: str) -> LocalSet:

@@ -3,6 +3,8 @@
     wildreid index --model outputs/cpu_real --datasets lion:train --output galleries/lion [--local-features]
     wildreid index --model outputs/cpu_real --datasets nyala:train --output galleries/nyala --local-features \\
         --max_keypoints 2048            # full-frame flank photos: more keypoints (bench/keypoint_budget.py)
+    wildreid index --model outputs/cpu_real --datasets lion:train --output galleries/lion-aliked \\
+        --local-features aliked [--aliked_variant n16|n16rot|t16] [--local_max_side 512]
     wildreid index --model outputs/cpu_real --datasets dog:train --output galleries/dog --flip_test
     wildreid calibrate --gallery galleries/lion --datasets lion:train --method auto
     wildreid identify --gallery galleries/lion --images photo1.jpg photo2.jpg --output matches.json [--method fusion]
@@ -28,7 +30,7 @@ from ..outputs import check_output_file, check_output_folder
 from ..safe_text import printable
 from ..threads import configure_threads
 from ..embedding.onnx_runtime import RUNTIMES
-from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS
+from ..matching.keypoints import ALIKED_VARIANTS, DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, LOCAL_FEATURE_CHOICES
 from .onnx_export import add_export_command, run_export
 from .store import GalleryBusyError
 from .gallery_methods import MAX_FIT_IMAGES, REQUESTABLE
@@ -63,10 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--model", required=True, help="wildreid model folder or Hub id")
     index.add_argument("--datasets", nargs="+", required=True, help="dataset specs of the known individuals")
     index.add_argument("--output", required=True, help="gallery folder to write")
-    index.add_argument("--local-features", action="store_true", help="also cache SIFT keypoints beside the gallery")
+    index.add_argument("--local-features", nargs="?", const="sift", choices=LOCAL_FEATURE_CHOICES,
+                       help="also cache local features beside the gallery: sift (what a bare --local-features gives) "
+                            "or aliked (learned, kornia; shipped weights); the gallery records the extractor and its "
+                            "queries are extracted the same way")
     index.add_argument("--max_keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS,
-                       help="with --local-features: SIFT keypoints kept per image (the gallery's queries use the same); "
+                       help="with --local-features: keypoints kept per image (the gallery's queries use the same); "
                             "bench/keypoint_budget.py measures budgets per species")
+    index.add_argument("--local_max_side", type=int, default=DEFAULT_MAX_SIDE,
+                       help="with --local-features: each crop is resized so its longest side is this many pixels "
+                            "(small crops upscaled) before keypoints are detected")
+    index.add_argument("--aliked_variant", choices=ALIKED_VARIANTS,
+                       help="with --local-features aliked: n16 (default), n16rot (in-plane rotation), t16 (faster)")
+    index.add_argument("--aliked_weights", help="with --local-features aliked: other .pth weights than the shipped "
+                                                "ones (their SHA-256 is recorded in the gallery)")
     index.add_argument("--flip_test", action="store_true",
                        help="embed each image with its mirror image too and average the two (twice the time; the "
                             "gallery's queries are embedded the same way); evaluate.py --flip_test measures it")
@@ -166,11 +178,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "identify" and args.output:  # output paths are checked before any work
             check_output_file(args.output, "--output")
         if args.command == "index":
-            if args.max_keypoints != DEFAULT_MAX_KEYPOINTS and not args.local_features:
-                parser.error("--max_keypoints sets the gallery's SIFT keypoints: give --local-features with it")
+            if (args.max_keypoints != DEFAULT_MAX_KEYPOINTS or args.local_max_side != DEFAULT_MAX_SIDE) \
+                    and not args.local_features:
+                parser.error("--max_keypoints and --local_max_side set the gallery's local features: give "
+                             "--local-features with them")
+            if (args.aliked_variant or args.aliked_weights) and args.local_features != "aliked":
+                parser.error("--aliked_variant and --aliked_weights need --local-features aliked")
             check_output_folder(args.output, "--output")
             gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
                                              max_keypoints=args.max_keypoints, overwrite=args.overwrite,
+                                             local_max_side=args.local_max_side, aliked_variant=args.aliked_variant,
+                                             aliked_weights=args.aliked_weights,
                                              flip_test=args.flip_test or None, **data)
             print(f"gallery {args.output}: {len(gallery)} images of {len(gallery.identities)} individuals"
                   + (f"; skipped {len(skipped)} unreadable (e.g. {printable(skipped[0].file)}: "

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..matching.descriptor_cache import LocalFeatureCache
-from ..matching.keypoints import LocalFeatures
+from ..matching.keypoints import UNIT_VECTOR_METHODS, LocalFeatures, check_descriptors
 from ..matching.local_matcher import LocalMatcher
 from ..matching.methods import AUTO_CHOICES, AutoMethod, ImageSet
 from ..matching.one_vs_many import DescriptorIndex, OneVsManyMatcher
@@ -158,9 +158,9 @@ class GalleryScorer:
 
     def descriptor_index(self) -> DescriptorIndex | None:
         """The gallery's descriptor index (read or built when first needed); None when the gallery keeps no
-        SIFT keypoints (one-vs-many retrieval indexes SIFT only)."""
+        SIFT or ALIKED keypoints (the families one-vs-many retrieval indexes)."""
         config = self.gallery.local_features_config
-        if config is None or config.get("method", "sift") != "sift":
+        if config is None or config.get("method", "sift") not in UNIT_VECTOR_METHODS:
             return None
         return self._local_index()[0]
 
@@ -266,6 +266,7 @@ class GalleryScorer:
     def _local_scores(self, method: str, species: str | None, embeddings: np.ndarray,
                       features: list[LocalFeatures], rows: np.ndarray) -> np.ndarray:
         index, gallery_features = self._local_index()
+        self.check_query_features(features)
         fusion = self._fusion(species) if method == "fusion" else None
         verifier = LocalMatcher(method=(self.gallery.local_features_config or {}).get("method", "sift"))
         matcher = fusion.retrieval if fusion else OneVsManyMatcher(verifier=verifier)
@@ -280,6 +281,19 @@ class GalleryScorer:
         gallery = ImageSet(metadata["identity"].to_numpy(object)[rows], metadata["species"].to_numpy(object)[rows],
                            self.gallery.embeddings[rows], reference, config)
         return fusion.scores(queries, gallery, votes=votes)
+
+    def check_query_features(self, features: Sequence[LocalFeatures]) -> None:
+        """Raise, naming the gallery's extractor and what the queries' descriptors are, unless every query was
+        extracted with the gallery's family (a SIFT gallery cannot answer ALIKED queries, nor the reverse)."""
+        config = dict(self.gallery.local_features_config or {})
+        method = config.get("method", "sift")
+        for i, item in enumerate(features):
+            try:
+                check_descriptors(item.descriptors, method, f"query {i}", config.get("variant"))
+            except ValueError as error:
+                raise ValueError(f"{self.directory}: the gallery's local features are {method} ({config}); {error}: "
+                                 "extract queries with the gallery's extractor (`LocalFeatureExtractor(**gallery."
+                                 "local_features_config)`, as `wildreid identify` does)") from None
 
     def _result(self, query_id: str, scores: np.ndarray, cosine: np.ndarray, rows: np.ndarray, top_k: int,
                 method: str, threshold: float | None, note: str | None) -> IdentificationResult:

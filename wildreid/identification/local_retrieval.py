@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..matching.descriptor_cache import LocalFeatureCache
-from ..matching.keypoints import LocalFeatures
+from ..matching.keypoints import UNIT_VECTOR_METHODS, LocalFeatures
 from ..matching.one_vs_many import DescriptorIndex
 from . import store
 
@@ -26,9 +26,9 @@ logger = logging.getLogger(__name__)
 def descriptor_index_writer(cache: LocalFeatureCache, image_ids: Sequence[str], index: DescriptorIndex | None = None
                             ) -> Callable[[Path], Path] | None:
     """A writer of the descriptor index of `image_ids` (in gallery order) for `store.write_revision`; None for
-    non-SIFT features, which one-vs-many retrieval does not index. `index`: that index when the caller keeps
+    ORB / AKAZE features, which one-vs-many retrieval does not index (SIFT and ALIKED it does). `index`: that index when the caller keeps
     it up to date (the review app extends it per decision), else it is built from `cache`."""
-    if cache.config.get("method", "sift") != "sift":
+    if cache.config.get("method", "sift") not in UNIT_VECTOR_METHODS:
         return None
     if index is None:
         index = DescriptorIndex.build(cache.get_many(image_ids), cache.config)

@@ -23,7 +23,7 @@ from ..embedding.onnx_runtime import OnnxEmbedder
 from ..embedding.training_record import fitted_on_training_images
 from ..evaluation.protocols import encounters_of
 from ..matching import LocalFeatureCache, LocalFeatureExtractor
-from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS, DESCRIPTOR_BYTES, LocalFeatures
+from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, LocalFeatures
 from . import store
 from .gallery import Gallery
 from .gallery_methods import MAX_FIT_IMAGES, GalleryScorer, fit_method_choice, needs_local
@@ -71,10 +71,15 @@ def _accelerator():
 
 
 def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *, data_dir: str | None = None,
-                  local_features: bool = False, max_keypoints: int = DEFAULT_MAX_KEYPOINTS, batch_size: int = 64,
+                  local_features: bool | str = False, max_keypoints: int = DEFAULT_MAX_KEYPOINTS, batch_size: int = 64,
                   num_workers: int = 2, overwrite: bool = False, runtime: str = "torch",
-                  flip_test: bool | None = None) -> tuple[Gallery, list]:
+                  flip_test: bool | None = None, local_max_side: int = DEFAULT_MAX_SIDE,
+                  aliked_variant: str | None = None, aliked_weights: str | None = None) -> tuple[Gallery, list]:
     """Embed every image of the dataset specs into a new gallery folder; returns it and the skipped images.
+
+    local_features: False, or the extractor of the gallery's keypoint cache, "sift" (True) or "aliked"
+    (`keypoints.LocalFeatureExtractor`, with `max_keypoints`, `local_max_side` and, for ALIKED, the variant and
+    other weights); the gallery records its config and extracts its queries the same way.
 
     The folder's writer lock is taken before anything is embedded, so a second `index` into the same folder
     fails at once; the model is recorded relative to the gallery when it is a local folder."""
@@ -85,13 +90,18 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
     with store.writer_lock(output) if main_process else contextlib.nullcontext():
         if main_process:
             store.check_new_folder(Path(output), overwrite)
-        return _build_gallery(model, datasets, output, accelerator, data_dir=data_dir, local_features=local_features,
+        extractor = None
+        if local_features:  # a bad extractor setting (or ALIKED weights file) fails before anything is embedded
+            extractor = LocalFeatureExtractor(
+                "sift" if local_features is True else local_features, max_keypoints, local_max_side,
+                **({"variant": aliked_variant, "weights": aliked_weights} if local_features == "aliked" else {})).load()
+        return _build_gallery(model, datasets, output, accelerator, data_dir=data_dir, local_features=extractor,
                               max_keypoints=max_keypoints, batch_size=batch_size, num_workers=num_workers,
                               runtime=runtime, flip_test=flip_test)
 
 
 def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, accelerator, *, data_dir: str | None,
-                   local_features: bool, max_keypoints: int, batch_size: int, num_workers: int,
+                   local_features: LocalFeatureExtractor | None, max_keypoints: int, batch_size: int, num_workers: int,
                    runtime: str, flip_test: bool | None) -> tuple[Gallery, list]:
     embedder = load_embedder(model, device=accelerator.device if accelerator else None, runtime=runtime,
                              flip_test=flip_test)
@@ -106,8 +116,8 @@ def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, a
     gallery.add(embedded.vectors, _metadata(dataset, embedded.indices),
                 model_tag(embedder, store.model_reference(model, output)))
     cache = None
-    if local_features:
-        extractor = LocalFeatureExtractor(max_keypoints=max_keypoints)  # recorded in the gallery, reused by its queries
+    if local_features is not None:
+        extractor = local_features  # recorded in the gallery, reused by its queries
         raw = undecoded(dataset).select(embedded.indices.tolist())
         features, failed = extractor.extract_paths(list(raw["image"]), list(raw["bbox"]),
                                                    [t or 0.0 for t in raw["theta"]])
@@ -173,8 +183,7 @@ def _local_features(dataset: Dataset, rows: np.ndarray, config: dict) -> list[Lo
     features, failures = extractor.extract_paths(list(raw["image"]), list(raw["bbox"]), [t or 0.0 for t in raw["theta"]])
     for failure in failures:
         logger.warning("no keypoints for %s: %s", failure.file, failure.reason)
-    empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES[extractor.method]), np.uint8))
-    return [empty if item is None else item for item in features]
+    return [extractor.empty() if item is None else item for item in features]
 
 
 def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, model: str | None = None,

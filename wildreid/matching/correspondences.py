@@ -1,8 +1,8 @@
 """The verified keypoint correspondences behind one local-match score, for explaining a match.
 
 `LocalMatcher` only counts inliers (that is all ranking needs); a reviewer needs to see which points
-matched. `verified_correspondences` runs the same steps on one pair (RootSIFT or Hamming similarity,
-mutual nearest neighbours, Lowe ratio test, MAGSAC++ homography; ALIKED compared by cosine as SIFT is) and returns the point pairs, so
+matched. `verified_correspondences` runs the same steps on one pair (RootSIFT, ALIKED or Hamming
+similarity, mutual nearest neighbours, Lowe ratio test, MAGSAC++ homography) and returns the point pairs, so
 the inlier count it reports equals `LocalMatcher.match_pair(...)[1]` for the same features.
 """
 from __future__ import annotations

@@ -74,7 +74,8 @@ class LocalFeatureCache:
                 keys=np.array(keys, dtype=str) if keys else np.zeros(0, dtype="<U1"),
                 offsets=offsets,
                 keypoints=np.concatenate([i.keypoints for i in items]) if items else np.zeros((0, 2), np.float32),
-                descriptors=np.concatenate([i.descriptors for i in items]) if items else np.zeros((0, width or 128), dtype),
+                descriptors=np.concatenate([i.descriptors for i in items]) if items else
+                np.zeros((0, width or 128), dtype),
             )
         return path
 

@@ -148,7 +148,7 @@ def unit_vectors(descriptors: np.ndarray, method: str, root_sift: bool = True) -
     """(N, D) float32 unit vectors in which the squared L2 distance is compared: RootSIFT (or L2-normalised
     SIFT with `root_sift=False`) for SIFT, the (re-normalised, float16 rounding) ALIKED descriptors as given."""
     if method not in UNIT_VECTOR_METHODS:
-        raise ValueError(f"{method} descriptors are bit strings, not vectors; unit vectors exist for {UNIT_VECTOR_METHODS}")
+        raise ValueError(f"{method} descriptors are bit strings; unit vectors exist for {UNIT_VECTOR_METHODS}")
     vectors = descriptors.astype(np.float32)
     if method == "sift" and root_sift:
         vectors = np.sqrt(vectors / np.maximum(vectors.sum(axis=1, keepdims=True), 1e-6))
@@ -267,8 +267,9 @@ class LocalFeatureExtractor:
 
                     torch.set_num_threads(1)
                 settings = self._aliked
+                shipped = ALIKED_WEIGHTS_DIR / f"aliked-{settings['variant']}.pth"
                 self._detector = load_aliked(
-                    settings["variant"], settings["weights"] or ALIKED_WEIGHTS_DIR / f"aliked-{settings['variant']}.pth",
+                    settings["variant"], settings["weights"] or shipped,
                     settings["weights_sha256"], max_keypoints=self.max_keypoints,
                     detection_threshold=settings["detection_threshold"])
         return self._detector
