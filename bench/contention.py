@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
 
-from bench_common import write_report  # noqa: E402  (imports wildreid only when it writes: the wait policy stays unset)
+from bench_common import rewrite_table, write_report  # noqa: E402  (imports wildreid only when it writes: the wait policy stays unset)
 
 SPIN = "while True: pass"
 SETTINGS = ("new", "old", "new-1")
@@ -105,6 +105,25 @@ def run_child(setting: str, busy: bool, args: argparse.Namespace) -> dict:
 
 
 
+def table(report: dict) -> dict:
+    """The run as one table (rendered into docs/guides/speed.md by `python -m wildreid.cards`)."""
+    rows = []
+    for setting, ratio in report["ratios"].items():
+        alone, busy = report["results"][f"{setting}/alone"], report["results"][f"{setting}/busy"]
+        threads = f"{alone['threads']} thread{'s' * (alone['threads'] != 1)}"
+        rows.append([f"{setting} ({threads}, {alone['omp_wait_policy'] or 'wait policy unset'})",
+                     f"{alone['train_step_s']:.2f} s", f"{busy['train_step_s']:.2f} s",
+                     f"{ratio['train_step_slowdown']:.2f}",
+                     f"{alone['embed_img_per_s']:.1f} img/s", f"{busy['embed_img_per_s']:.1f} img/s",
+                     f"{ratio['embedding_slowdown']:.2f}"])
+    load = ", ".join(f"{x:.2f}" for x in report["load_average_before"])
+    return {"columns": ["Setting", "Train step alone", "Train step busy", "Busy / alone", "Embedding alone",
+                        "Embedding busy", "Busy / alone (embedding)"], "rows": rows,
+            "caption": f"{report['backbone']} at {report['image_size']} px on {report['cpus']} CPUs, median of "
+                       f"{report['steps']} training steps (P x K = 8 x 2) and embedding batches of 16, alone and next "
+                       f"to one spinning process; load average before the run {load}."}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
@@ -113,9 +132,14 @@ def main() -> None:
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "contention.json"))
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=["new", "old"])
     parser.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
+    parser.add_argument("--tables-only", action="store_true", help="rebuild the table of --output from its "
+                        "measurements, measuring nothing")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.backbone, args.image_size, args.steps)))
+        return
+    if args.tables_only:
+        rewrite_table(args.output, table)
         return
 
     load_before = os.getloadavg()
@@ -142,10 +166,10 @@ def main() -> None:
             new, old = results[f"new/{load}"], results[f"old/{load}"]
             print(f"  {load}: old/new training step time x{old['train_step_s'] / new['train_step_s']:.2f}, "
                   f"new/old embedding speed x{new['embed_img_per_s'] / old['embed_img_per_s']:.2f}")
-    write_report(args.output, "contention", {
-        "backbone": args.backbone, "image_size": args.image_size, "steps": args.steps, "cpus": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(), "load_average_before": load_before,
-        "results": results, "ratios": ratios})
+    fields = {"backbone": args.backbone, "image_size": args.image_size, "steps": args.steps, "cpus": os.cpu_count(),
+              "machine": platform.processor() or platform.machine(), "load_average_before": load_before,
+              "results": results, "ratios": ratios}
+    write_report(args.output, "contention", {**fields, "table": table(fields)})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid, not another install
 
-from bench_common import write_report  # noqa: E402
+from bench_common import rewrite_table, write_report  # noqa: E402
 from wildreid.threads import configure_threads  # noqa: E402  (before torch: OpenMP wait policy)
 
 MODELS = [("tf_efficientnet_lite0", 224, True), ("tf_efficientnetv2_s", 384, False)]
@@ -32,13 +32,31 @@ BATCH_SIZES = (1, 16)
 
 
 
+def table(report: dict) -> dict:
+    """The run as one table (rendered into docs/guides/onnx.md by `python -m wildreid.cards`)."""
+    rows = [[f"{row['backbone']}, {row['image_size']} px", row["batch_size"],
+             f"{row['images_per_second']['torch']:.1f}"]
+            + [f"{row['images_per_second'][name]:.1f} ({row['ratio_to_torch'][name]:.2f}x)" for name in ("onnx_fp32", "onnx_int8")]
+            for row in report["results"]]
+    load = ", ".join(f"{x:.2f}" for x in report["load_average_before"])
+    return {"columns": ["Model", "Batch", "torch (img/s)", "ORT fp32 (img/s, x torch)", "ORT int8 (img/s, x torch)"],
+            "rows": rows, "caption": f"Median of {report['repeats']} repeats over {report['images']} lion:val crops, "
+                                     f"{report['threads']} threads on {report['cpus']} CPUs (load average before the "
+                                     f"run {load}); torch {report['torch']}, onnxruntime {report['onnxruntime']}."}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=16, help="lion:val crops timed per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data_dir", help="default $WILDREID_DATA")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "onnx_speed.json"))
+    parser.add_argument("--tables-only", action="store_true", help="rebuild the table of --output from its "
+                        "measurements, measuring nothing")
     args = parser.parse_args()
+    if args.tables_only:
+        rewrite_table(args.output, table)
+        return
     threads = configure_threads()
     load_before = os.getloadavg()
 
@@ -86,10 +104,10 @@ def main() -> None:
                       f"ORT fp32 {speed['onnx_fp32']:6.1f} (x{row['ratio_to_torch']['onnx_fp32']:.2f}, target >= 1.5) | "
                       f"ORT int8 {speed['onnx_int8']:6.1f} (x{row['ratio_to_torch']['onnx_int8']:.2f}, target >= 2.5)",
                       flush=True)
-    write_report(args.output, "onnx_speed", {
-        "threads": threads, "cpus": os.cpu_count(), "load_average_before": load_before, "images": args.images,
-        "repeats": args.repeats, "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
-        "results": results})
+    fields = {"threads": threads, "cpus": os.cpu_count(), "load_average_before": load_before, "images": args.images,
+              "repeats": args.repeats, "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
+              "results": results}
+    write_report(args.output, "onnx_speed", {**fields, "table": table(fields)})
 
 
 if __name__ == "__main__":

@@ -250,13 +250,14 @@ def page_tree(tmp_path):
     """A repository-like tree: results under bench/results, a page in docs/ and a README at the root."""
     (tmp_path / "bench" / "results").mkdir(parents=True)
     (tmp_path / "bench" / "results" / "few_shot.json").write_text(json.dumps(EXPERIMENT))
-    single = {"command": "python bench/one.py", "table": {"columns": ["Set", "Top-1 %"], "rows": [["lion", 50.2]]}}
+    single = {"command": "python bench/one.py", "table": {"columns": ["Set", "Top-1 %"], "rows": [["lion", 50.2]]},
+              "sweep_table": {"columns": ["center_box", "Top-1 %"], "rows": [[0.4, 15.5]]}}
     (tmp_path / "bench" / "results" / "one.json").write_text(json.dumps(single))
     (tmp_path / "docs").mkdir()
     page = tmp_path / "docs" / "results.md"
     page.write_text("# Results\n\nHand-written.\n\n<!-- results:start ../bench/results/few_shot.json#top1 -->\n"
                     "stale\n<!-- results:end -->\n\n<!-- results:start ../bench/results/one.json#main -->\n"
-                    "<!-- results:end -->\n")
+                    "<!-- results:end -->\n<!-- results:start ../bench/results/one.json#sweep -->\n<!-- results:end -->\n")
     readme = tmp_path / "README.md"
     readme.write_text('# x\n\n<!-- results:start bench/results/few_shot.json#top1 columns="all|Species" caption="no" -->\n'
                       "<!-- results:end -->\n")
@@ -268,7 +269,7 @@ def test_a_page_renders_its_tables_without_metadata(page_tree, monkeypatch):
     assert main(["--root", ".", "docs/results.md", "README.md"]) == 0
     page = (page_tree / "docs" / "results.md").read_text()
     assert page.startswith("# Results\n\nHand-written.")  # no YAML metadata, no model-index
-    assert "stale" not in page and "| lion | 25.3 | – |" in page and "| lion | 50.2 |" in page
+    assert "stale" not in page and "| lion | 25.3 | – |" in page and "| lion | 50.2 |" in page and "| 0.4 | 15.5 |" in page
     assert "by `python -m wildreid.cards --root . docs/results.md`; do not edit by hand" in page
     readme = (page_tree / "README.md").read_text()
     assert "| all | Species |" in readme and "| – | lion |" in readme and "| 40.0 | pig \\| farm |" in readme
@@ -317,3 +318,22 @@ def test_the_readme_and_docs_pages_match_their_results_json():
     result = subprocess.run([sys.executable, "-m", "wildreid.cards", "--check", "--root", ".", *pages], cwd=repo,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", ["contention", "onnx_speed"])
+def test_a_bench_table_is_what_its_script_builds_from_the_measurements(script):
+    """The tables the docs render from bench/results/{contention,onnx_speed}.json are the ones the scripts build
+    from the measurements beside them (`--tables-only` rebuilds them), so no figure of them is typed."""
+    import importlib.util
+    import json
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{script}", repo / "bench" / f"{script}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(repo / "bench"))
+    report = json.loads((repo / "bench" / "results" / f"{script}.json").read_text())
+    assert report["table"] == module.table(report)

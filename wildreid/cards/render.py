@@ -19,8 +19,8 @@ Results files are those written by ``evaluate.py``::
 
 Metric values are fractions in [0, 1]; tables show percentages with one decimal.
 
-Results files of another shape name their renderer in a ``"kind"`` field (:data:`RENDERERS`); a file
-without one that carries ``"tables"`` (or one ``"table"``, named ``main``) is an experiment. The built-in
+Results files of another shape name their renderer in a ``"kind"`` field (:data:`RENDERERS`); without one,
+``"tables"`` (or ``"table"``, named ``main``, and ``"NAME_table"``) make a file an experiment. The built-in
 ``"experiment"`` kind (written by ``experiments/``) carries its own tables, already in display units, and
 the provenance of the run; a marker picks one table with a ``#name`` fragment::
 
@@ -172,10 +172,6 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def _minutes(seconds: Any) -> str:
-    return f"{seconds / 60:.1f} min"
-
-
 def load_experiment_table(path: Path, fragment: str) -> tuple[dict, dict]:
     """The experiment results file at ``path`` and the table its marker names (``fragment``, or the only
     table); errors name the file and what is wrong."""
@@ -185,7 +181,8 @@ def load_experiment_table(path: Path, fragment: str) -> tuple[dict, dict]:
         raise ModelCardError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(results.get("command"), str):
         raise ModelCardError(f"{path}: an experiment needs the string 'command' that regenerates it")
-    tables = results.get("tables") or ({"main": results["table"]} if isinstance(results.get("table"), dict) else None)
+    tables = results.get("tables") or {("main" if key == "table" else key.removesuffix("_table")): value
+                                       for key, value in results.items() if key == "table" or key.endswith("_table")}
     if not isinstance(tables, dict) or not tables:
         raise ModelCardError(f"{path}: an experiment needs a non-empty 'tables' object")
     if not fragment:
@@ -231,9 +228,9 @@ def render_experiment_table(results: Mapping[str, Any], table: Mapping[str, Any]
         text += "\n" + table["caption"] + "\n"
     provenance = f"Measured with `{results['command'].strip()}`"
     if results.get("wall_time_s") is not None:
-        provenance += f" in {_minutes(results['wall_time_s'])}"
+        provenance += f" in {results['wall_time_s'] / 60:.1f} min"
         if results.get("compute_time_s") is not None:
-            provenance += f" ({_minutes(results['compute_time_s'])} of training and evaluation, reused steps included)"
+            provenance += f" ({results['compute_time_s'] / 60:.1f} min of training and evaluation, reused steps included)"
     if results.get("hardware_label"):
         provenance += f" on {results['hardware_label']}"
     provenance += f". Rendered from `{source}` by `{command}`; do not edit by hand."
@@ -279,7 +276,7 @@ def _results_kind(card_path: Path, source: str, root: Path | None = None) -> str
     except json.JSONDecodeError as error:
         raise ModelCardError(f"{path}: not valid JSON ({error})") from None
     kind = results.get("kind") if isinstance(results, dict) else None
-    if kind is None and isinstance(results, dict) and ("tables" in results or "table" in results):
+    if kind is None and isinstance(results, dict) and any(key == "tables" or key.endswith("table") for key in results):
         kind = "experiment"  # a bench's results with its own table(s) but no kind
     if kind is not None and kind not in RENDERERS:
         raise ModelCardError(f"{path}: unknown results kind {kind!r}; known: {sorted(RENDERERS)}")
