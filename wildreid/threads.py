@@ -3,7 +3,7 @@
 Importing it sets OpenMP's wait policy to PASSIVE unless the user chose one: torch's OpenMP threads then
 sleep at barriers instead of spinning. Spinning threads on a machine where anything else runs turn each
 barrier into a wait for a thread the OS has parked behind the other program: training steps became ~10x
-slower on a shared 2-core machine (`bench/contention.py` measures it; README "Speed on a busy CPU"). libgomp reads the variable once, when torch loads it, so
+slower on a shared 2-core machine (`bench/contention.py` measures it; docs/guides/speed.md). libgomp reads the variable once, when torch loads it, so
 `wildreid/__init__.py` imports this module before anything else: every entry point gets it.
 
 `configure_threads()` then sets torch's intra-op threads from the cores this process may run on

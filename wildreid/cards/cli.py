@@ -1,5 +1,5 @@
 """`python -m wildreid.cards FILE... [--check] [--root DIR]`: re-render (or check) the results tables of
-model cards and pages (README.md, docs/results.md)."""
+model cards and pages (README.md, docs/results/*.md)."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Regenerate the results tables and model-index of a model card from results JSON.",
     )
     parser.add_argument("cards", type=Path, nargs="+", metavar="card",
-                        help="model card (e.g. model_card.md) or page (README.md, docs/results.md) to render")
+                        help="model card (e.g. model_card.md) or page (README.md, docs/...) to render")
     parser.add_argument("--check", action="store_true", help="exit 1 if a file is out of date; write nothing")
     parser.add_argument("--root", type=Path, help="folder a page's results files may lie in (default: the page's own)")
     args = parser.parse_args(argv)

@@ -38,7 +38,7 @@ A marker may keep some of an experiment table's columns, by their names, and dro
 
 Markdown files without YAML metadata (README.md, the documentation pages in docs/) are pages: their
 blocks render the same way, with no `model-index`; results paths are relative to the page, and may reach
-up to ``--root`` (``python -m wildreid.cards --root . README.md docs/results.md``).
+up to ``--root`` (``python -m wildreid.cards --root . README.md docs/results/identification.md``).
 """
 from __future__ import annotations
 

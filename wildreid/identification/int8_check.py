@@ -4,7 +4,7 @@ int8 moves embeddings a little (mean cosine 0.97-0.99 to fp32 on real crops); wh
 nearest individual changes. Each check image queries the others of its species (leave-one-out); a query's
 margin is the cosine to the nearest image of its own individual minus that to the nearest other individual's
 (> 0: top-1 right). The check lists the queries whose answer int8 changes and their fp32 margins, which tells
-near-ties reordered (bench/onnx_int8_accuracy.py lists them on real sets; README, ONNX Runtime) from lost
+near-ties reordered (bench/onnx_int8_accuracy.py lists them on real sets; docs/guides/onnx.md) from lost
 discrimination.
 """
 from __future__ import annotations
