@@ -63,6 +63,7 @@ ALIKED_SHA256 = {
 # 0: top-k mode, the `max_keypoints` strongest score maxima (SIFT's nfeatures semantics); > 0: only maxima above
 # it, at most `max_keypoints` (LightGlue's default 0.2, which leaves small crops few keypoints).
 DEFAULT_ALIKED_THRESHOLD = 0.0
+_ALIKED_MODELS: dict[tuple, Any] = {}  # loaded (checked) modules of this process, by weights and settings
 
 
 @dataclass
@@ -268,10 +269,13 @@ class LocalFeatureExtractor:
                     torch.set_num_threads(1)
                 settings = self._aliked
                 shipped = ALIKED_WEIGHTS_DIR / f"aliked-{settings['variant']}.pth"
-                self._detector = load_aliked(
-                    settings["variant"], settings["weights"] or shipped,
-                    settings["weights_sha256"], max_keypoints=self.max_keypoints,
-                    detection_threshold=settings["detection_threshold"])
+                key = (str(settings["weights"] or shipped), settings["weights_sha256"], settings["variant"],
+                       self.max_keypoints, settings["detection_threshold"])
+                if key not in _ALIKED_MODELS:  # pool tasks each get a copy of the extractor: load once per process
+                    _ALIKED_MODELS[key] = load_aliked(
+                        settings["variant"], key[0], settings["weights_sha256"], max_keypoints=self.max_keypoints,
+                        detection_threshold=settings["detection_threshold"])
+                self._detector = _ALIKED_MODELS[key]
         return self._detector
 
     def empty(self) -> LocalFeatures:
