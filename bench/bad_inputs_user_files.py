@@ -45,7 +45,7 @@ class UserFileCases:
     def __init__(self, base):
         self.work = base.work / "user_files"
         self.work.mkdir(parents=True, exist_ok=True)
-        self.model, self.images = base.model, base.images
+        self.model, self.images, self.base_other_model = base.model, base.images, base.other_model
         self.gallery = self.work / "gallery"
         done = run(cli("index", "--model", str(self.model), "--datasets", f"folder:{self.images}", "--output",
                        str(self.gallery), "--local-features", "--num_workers", "0"))
@@ -241,12 +241,110 @@ class UserFileCases:
         outside = self.work / "outside.parquet"
         (gallery / name).rename(outside)
         (gallery / name).symlink_to(outside)
-        linked = refused(self.identify("--images", str(self.good)), "symlink", "outside the gallery folder")
+        linked = refused(run(cli("identify", "--gallery", str(gallery), "--images", str(self.good))), "symlink",
+                         "outside the gallery folder")
         manifest["files"]["metadata"]["name"] = str(outside)
         (gallery / "gallery.json").write_text(json.dumps(manifest))
         absolute = refused(run(cli("identify", "--gallery", str(gallery), "--images", str(self.good))),
                            "not a plain name inside the gallery folder")
         return Outcome(linked.handled and absolute.handled, f"symlink: {linked.text}; absolute: {absolute.text}")
+
+
+    # 5. ONNX folders checked at load
+    def onnx_exports(self) -> tuple[Path, Path, Path]:
+        if not hasattr(self, "_exports"):
+            other = self.work / "model_32"
+            run(["-c", "import sys, torch; from modeling_wildreid import WildReIDConfig, WildReIDModel; "
+                 "torch.manual_seed(3); WildReIDModel(WildReIDConfig(backbone='tf_efficientnet_lite0', "
+                 "image_size=32)).save_pretrained(sys.argv[1])", str(other)])
+            exports = []
+            for model, name in ((self.model, "onnx_a"), (self.base_other_model, "onnx_b"), (other, "onnx_32")):
+                done = run(cli("export", "--format", "onnx", "--model", str(model), "--output", str(self.work / name)))
+                assert done.returncode == 0, done.stderr[-2000:]
+                exports.append(self.work / name)
+            self._exports = tuple(exports)
+        return self._exports
+
+    def index_onnx(self, folder: Path) -> subprocess.CompletedProcess:
+        return run(cli("index", "--runtime", "onnx", "--model", str(folder), "--datasets", f"folder:{self.images}",
+                       "--output", str(self.work / "g_onnx"), "--num_workers", "0", "--overwrite"))
+
+    def swapped_onnx_graph(self) -> Outcome:
+        first, second, _ = self.onnx_exports()
+        swapped = self.work / "onnx_swapped"
+        subprocess.run(["cp", "-r", str(first), str(swapped)], check=True)
+        (swapped / "model.onnx").write_bytes((second / "model.onnx").read_bytes())
+        return refused(self.index_onnx(swapped), str(swapped / "model.onnx"), "has SHA-256", "recorded",
+                       "re-export")
+
+    def empty_and_truncated_onnx_graph(self) -> Outcome:
+        first, _, _ = self.onnx_exports()
+        outcomes = []
+        for name, cut in (("empty", 0), ("truncated", 4096)):
+            damaged = self.work / f"onnx_{name}"
+            subprocess.run(["cp", "-r", str(first), str(damaged)], check=True)
+            (damaged / "model.onnx").write_bytes((first / "model.onnx").read_bytes()[:cut])
+            outcomes.append(refused(self.index_onnx(damaged), str(damaged / "model.onnx"), "re-export"))
+        return Outcome(all(o.handled for o in outcomes), " | ".join(o.text for o in outcomes))
+
+    def onnx_graph_of_another_input_size(self) -> Outcome:
+        first, _, small = self.onnx_exports()
+        mixed = self.work / "onnx_mixed"
+        subprocess.run(["cp", "-r", str(first), str(mixed)], check=True)
+        (mixed / "model.onnx").write_bytes((small / "model.onnx").read_bytes())
+        record = json.loads((mixed / "onnx_export.json").read_text())
+        record.pop("graph_sha256", None)  # as an export made before graph hashes were recorded
+        (mixed / "onnx_export.json").write_text(json.dumps(record))
+        return refused(self.index_onnx(mixed), "takes pixel_values of shape", "image_size 64", "re-export")
+
+    # 6. the review app
+    def app_on_all_interfaces(self) -> Outcome:
+        temp = self.work / "gradio_tmp"
+        temp.mkdir(exist_ok=True)
+        app = subprocess.Popen([sys.executable, "-m", "wildreid.identification.cli", "app", "--gallery",
+                                str(self.gallery), "--host", "0.0.0.0", "--port", "7871"], cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO), "GRADIO_TEMP_DIR": str(temp)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        warned = False
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and app.poll() is None and not warned:
+            line = app.stderr.readline()
+            warned = "WARNING" in line and "0.0.0.0" in line
+        app.send_signal(signal.SIGTERM)
+        try:
+            code = app.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            app.kill()
+            code = "killed"
+        left = sorted(p.name for p in temp.glob("wildreid-app-*"))
+        return Outcome(warned and code == 0 and not left, f"warning printed: {warned}; SIGTERM -> exit {code}; "
+                                                          f"upload folders left: {left}")
+
+    def app_malformed_login(self) -> Outcome:
+        flag = refused(run(cli("app", "--gallery", str(self.gallery), "--auth", "nocolon")), "--auth", "no ':'")
+        env = refused(run(cli("app", "--gallery", str(self.gallery)), env={"WILDREID_APP_AUTH": ""}),
+                      "WILDREID_APP_AUTH")
+        return Outcome(flag.handled and env.handled, f"--auth nocolon: {flag.text} | empty $WILDREID_APP_AUTH: {env.text}")
+
+    def app_html_identity(self) -> Outcome:
+        script = """
+import html, numpy as np
+from wildreid.identification.review.scoring import RankedIndividual, Ranking
+from wildreid.identification.review.session import Candidate, Proposal
+from wildreid.identification.review.ui import describe_candidate, describe_suggestion
+name = "lion/<img src=x onerror=alert(1)>"
+picture = np.zeros((4, 8, 3), dtype=np.uint8)
+candidate = Candidate(identity=name, probability=0.9, score=0.8, method="global", image_id=name + ".jpg", photo=0,
+                      global_score=0.8, verified_matches=0, pair=picture, explanation=picture)
+ranking = Ranking("global", [RankedIndividual(name, 0.8, 0.9, 0, 0, 0.8)], False, 0.5, 0.8, None)
+proposal = Proposal("p1", [], None, np.zeros((1, 4), np.float32), [], ranking, [candidate])
+texts = [describe_candidate(1, candidate), describe_suggestion(proposal)]
+print(all("<img" not in text and name in html.unescape(text) for text in texts))
+"""
+        done = run(["-c", script])
+        ok = done.returncode == 0 and done.stdout.strip() == "True"
+        return Outcome(ok, "candidate and suggestion text hold the name escaped, no <img> element" if ok
+                       else done.stderr[-200:] or done.stdout)
 
 
 USER_FILE_CASES: list[tuple[str, str, Callable[[UserFileCases], Outcome]]] = [
@@ -265,4 +363,10 @@ USER_FILE_CASES: list[tuple[str, str, Callable[[UserFileCases], Outcome]]] = [
     ("34.w", "identify --threshold nan", UserFileCases.threshold_nan),
     ("34.w", "file size limit hit during index --overwrite", UserFileCases.disk_full_during_index),
     ("34.w", "gallery.json naming a file outside the folder", UserFileCases.manifest_pointing_outside),
+    ("34.3", "model.onnx swapped for another export's", UserFileCases.swapped_onnx_graph),
+    ("34.w", "empty and truncated model.onnx", UserFileCases.empty_and_truncated_onnx_graph),
+    ("34.w", "model.onnx of another input size (old export)", UserFileCases.onnx_graph_of_another_input_size),
+    ("34.w", "app --host 0.0.0.0, then SIGTERM", UserFileCases.app_on_all_interfaces),
+    ("34.w", "app --auth malformed / empty env", UserFileCases.app_malformed_login),
+    ("34.w", "app: <img> identity in candidate text", UserFileCases.app_html_identity),
 ]
