@@ -42,7 +42,7 @@ docs: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		--num_cpu_threads_per_process $(CPU_THREADS) \
-		train.py --config configs/demo.yaml --output_dir outputs/demo
+		train.py --config configs/demo.yaml --output_dir outputs/demo --overwrite_output_dir
 	$(PYTHON) evaluate.py --model outputs/demo --datasets "$(DEMO_DATA):test" --output outputs/demo/eval/results.json --plots
 
 # README "Identify your animals": a 60-step model on generated stripes, a gallery, its threshold, queries.
@@ -50,7 +50,7 @@ IDENTIFY_DATA := synthetic[n_species=1,n_identities=12,images_per_identity=6,ima
 IDENTIFY_DIR := outputs/identify_demo
 identify-demo: $(VENV)/.installed
 	$(PYTHON) train.py --datasets "$(IDENTIFY_DATA):train" --val_datasets --image_size 96 --max_steps 60 --warmup_steps 10 \
-		--identities_per_batch 4 --images_per_identity 4 --num_workers 0 --output_dir $(IDENTIFY_DIR)/model
+		--identities_per_batch 4 --images_per_identity 4 --num_workers 0 --output_dir $(IDENTIFY_DIR)/model --overwrite_output_dir
 	$(VENV)/bin/wildreid index --model $(IDENTIFY_DIR)/model --datasets "$(IDENTIFY_DATA):train" --output $(IDENTIFY_DIR)/gallery --local-features --overwrite
 	$(VENV)/bin/wildreid calibrate --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):train"
 	$(VENV)/bin/wildreid identify --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):test" --top_k 3
