@@ -231,9 +231,10 @@ CASES: list[tuple[str, str, Callable[[Cases], Outcome]]] = [
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", help="also write the table as JSON (with the git commit)")
+    parser.add_argument("--output", help="also write the table as JSON (with the git commit the run started at)")
     parser.add_argument("--keep", help="work in this folder and keep it (default: a temporary folder)")
     args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="bad_inputs_") as temporary:
         work = Path(args.keep or temporary)
         work.mkdir(parents=True, exist_ok=True)
@@ -252,7 +253,6 @@ def main() -> int:
     handled = sum(row["handled"] for row in rows)
     print(f"{handled}/{len(rows)} handled")
     if args.output:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
         Path(args.output).write_text(json.dumps({"commit": commit, "command": " ".join(sys.argv), "cases": rows},
                                                 indent=1) + "\n")
     return 0 if handled == len(rows) else 1
