@@ -96,6 +96,8 @@ def _report_row_problems(problems: list[tuple[str, str]], skipped: list[tuple[st
     if skipped is not None:
         skipped.extend((where, reason.removeprefix(f"{where}: ")) for where, reason in problems)
         return
+    if len(problems) == 1:
+        raise ValueError(problems[0][1])
     if problems:
         shown = "\n  ".join(reason for _, reason in problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
