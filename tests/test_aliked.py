@@ -237,3 +237,15 @@ def test_the_review_app_draws_aliked_correspondences(aliked):
     picture = draw_correspondences(second, first, found, max_side=aliked.max_side, upscale=aliked.upscale)
     plain = side_by_side(second, first)
     assert picture.shape == plain.shape and np.abs(picture.astype(int) - plain).max() > 100  # lines were drawn
+
+
+def test_multi_scale_aliked_splits_the_budget_across_levels_in_one_frame():
+    extractor = LocalFeatureExtractor("aliked", variant="t16", max_keypoints=90, max_side=160, scales=(1.0, 0.5, 0.25))
+    assert extractor.config["scales"] == [1.0, 0.5, 0.25]
+    features = extractor.extract(textured_animal(3, 200))
+    assert 60 <= len(features) <= 90 and features.descriptors.dtype == np.float16
+    assert features.keypoints.min() >= -0.5 and features.keypoints.max() < 160
+    single = LocalFeatureExtractor("aliked", variant="t16", max_keypoints=90, max_side=160, scales=(1.0,))
+    assert len(single.extract(textured_animal(3, 200))) == 90
+    with pytest.raises(ValueError, match="scales"):
+        LocalFeatureExtractor("aliked", scales=(1.0, 1.5))
