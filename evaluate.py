@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="local/fusion/auto: the local feature extractor, sift (OpenCV) or aliked (learned)")
     parser.add_argument("--aliked_variant", choices=ALIKED_VARIANTS,
                         help="with --local_features aliked: n16 (default), n16rot (in-plane rotation), t16 (faster)")
+    parser.add_argument("--aliked_scales", type=float, nargs="+",
+                        help="with --local_features aliked: pyramid levels, e.g. 1 0.5 0.25 (default 1: one scale)")
     parser.add_argument("--local_max_side", type=int, default=DEFAULT_MAX_SIDE,
                         help="local/fusion/auto: crops resized to this longest side (px) before extraction")
     parser.add_argument("--gallery", nargs="+", default=[], help="gallery specs (closed-set, open-set)")

@@ -163,7 +163,7 @@ def aliked_gallery(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(threads, "available_cores", lambda: 1)  # keypoints in this process: no pool to start
         assert main(["index", *common, "--output", str(root / "aliked"), "--local-features", "aliked",
-                     "--aliked_variant", "t16"]) == 0
+                     "--aliked_variant", "t16", "--aliked_scales", "1", "0.5"]) == 0
         assert main(["index", *common, "--output", str(root / "sift"), "--local-features"]) == 0
         yield root
 
@@ -178,6 +178,7 @@ def test_index_records_aliked_and_identify_extracts_queries_the_same_way(aliked_
     gallery = Gallery.load(aliked_gallery / "aliked")
     config = gallery.local_features_config
     assert config["method"] == "aliked" and config["variant"] == "t16" and config["max_side"] == 128
+    assert config["scales"] == [1.0, 0.5]
     assert config["weights_sha256"] == keypoints.ALIKED_SHA256["t16"] and config["max_keypoints"] == 64
     assert Gallery.load(aliked_gallery / "sift").local_features_config["method"] == "sift"  # bare --local-features
     output = tmp_path / "matches.json"
@@ -223,7 +224,7 @@ def test_evaluate_local_takes_aliked(monkeypatch):
     config = results["local_features"]
     assert config["method"] == "aliked" and config["variant"] == "t16" and config["max_side"] == 96
     assert 0 <= results["species"]["synthetic-stripes"]["top1"] <= 1
-    with pytest.raises(ValueError, match="--aliked_variant needs --local_features aliked"):
+    with pytest.raises(ValueError, match="--aliked_variant and --aliked_scales need --local_features aliked"):
         run_evaluation(EvaluationRequest(datasets=[f"{data}:train"], method="local", aliked_variant="t16"))
 
 

@@ -45,6 +45,7 @@ class EvaluationRequest:
     max_keypoints: int = DEFAULT_MAX_KEYPOINTS  # local / fusion / auto: keypoints kept per image
     local_features: str = "sift"  # local / fusion / auto: the extractor, "sift" or "aliked"
     aliked_variant: str | None = None  # with local_features="aliked": n16 (default), n16rot, t16
+    aliked_scales: list[float] | None = None  # with local_features="aliked": pyramid levels (default [1.0])
     local_max_side: int = DEFAULT_MAX_SIDE  # local / fusion / auto: crops resized to this longest side
     gallery: list[str] = field(default_factory=list)  # closed/open-set gallery specs
     val_datasets: list[str] = field(default_factory=list)  # open-set: validation queries for the threshold
@@ -69,8 +70,8 @@ class EvaluationRequest:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.model is None and self.method not in ("local", "local-pairwise"):
             raise ValueError(f"--model is required for --method {self.method} (only local matching needs none)")
-        if self.aliked_variant and self.local_features != "aliked":
-            raise ValueError("--aliked_variant needs --local_features aliked")
+        if (self.aliked_variant or self.aliked_scales) and self.local_features != "aliked":
+            raise ValueError("--aliked_variant and --aliked_scales need --local_features aliked")
         if self.flip_test and self.model is None:
             raise ValueError("--flip_test changes how --model embeds images; local matching alone has no embeddings")
         if self.exclude_same_encounter and self.protocol == "open-set":
@@ -186,8 +187,8 @@ def _run_matching(request: EvaluationRequest, queries: Dataset, embedder: Loaded
     are fitted on --val_datasets, or in closed-set on the --gallery (leave-one-out within it): training splits,
     never the test queries."""
     extractor = LocalFeatureExtractor(request.local_features, request.max_keypoints, request.local_max_side,
-                                      **({"variant": request.aliked_variant} if request.local_features == "aliked"
-                                         else {})).load()
+                                      **({"variant": request.aliked_variant, "scales": request.aliked_scales}
+                                         if request.local_features == "aliked" else {})).load()
     uses_embeddings = request.method in ("fusion", "auto")
 
     def local(dataset: Dataset, desc: str) -> LocalSet:

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --local-features aliked: n16 (default), n16rot (in-plane rotation), t16 (faster)")
     index.add_argument("--aliked_weights", help="with --local-features aliked: other .pth weights than the shipped "
                                                 "ones (their SHA-256 is recorded in the gallery)")
+    index.add_argument("--aliked_scales", type=float, nargs="+",
+                       help="with --local-features aliked: pyramid levels, e.g. 1 0.5 0.25 (default 1: one scale; "
+                            "bench/aliked_scales.py: the pyramid helps lion's crops at other zooms, not nyala)")
     index.add_argument("--flip_test", action="store_true",
                        help="embed each image with its mirror image too and average the two (twice the time; the "
                             "gallery's queries are embedded the same way); evaluate.py --flip_test measures it")
@@ -182,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
                     and not args.local_features:
                 parser.error("--max_keypoints and --local_max_side set the gallery's local features: give "
                              "--local-features with them")
-            if (args.aliked_variant or args.aliked_weights) and args.local_features != "aliked":
-                parser.error("--aliked_variant and --aliked_weights need --local-features aliked")
+            if (args.aliked_variant or args.aliked_weights or args.aliked_scales) and args.local_features != "aliked":
+                parser.error("--aliked_variant, --aliked_weights and --aliked_scales need --local-features aliked")
             check_output_folder(args.output, "--output")
             gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
                                              max_keypoints=args.max_keypoints, overwrite=args.overwrite,
                                              local_max_side=args.local_max_side, aliked_variant=args.aliked_variant,
-                                             aliked_weights=args.aliked_weights,
+                                             aliked_weights=args.aliked_weights, aliked_scales=args.aliked_scales,
                                              flip_test=args.flip_test or None, **data)
             print(f"gallery {args.output}: {len(gallery)} images of {len(gallery.identities)} individuals"
                   + (f"; skipped {len(skipped)} unreadable (e.g. {printable(skipped[0].file)}: "

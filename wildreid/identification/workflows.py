@@ -74,12 +74,13 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
                   local_features: bool | str = False, max_keypoints: int = DEFAULT_MAX_KEYPOINTS, batch_size: int = 64,
                   num_workers: int = 2, overwrite: bool = False, runtime: str = "torch",
                   flip_test: bool | None = None, local_max_side: int = DEFAULT_MAX_SIDE,
-                  aliked_variant: str | None = None, aliked_weights: str | None = None) -> tuple[Gallery, list]:
+                  aliked_variant: str | None = None, aliked_weights: str | None = None,
+                  aliked_scales: list[float] | None = None) -> tuple[Gallery, list]:
     """Embed every image of the dataset specs into a new gallery folder; returns it and the skipped images.
 
     local_features: False, or the extractor of the gallery's keypoint cache, "sift" (True) or "aliked"
-    (`keypoints.LocalFeatureExtractor`, with `max_keypoints`, `local_max_side` and, for ALIKED, the variant and
-    other weights); the gallery records its config and extracts its queries the same way.
+    (`keypoints.LocalFeatureExtractor`, with `max_keypoints`, `local_max_side` and, for ALIKED, the variant, other
+    weights and pyramid scales); the gallery records its config and extracts its queries the same way.
 
     The folder's writer lock is taken before anything is embedded, so a second `index` into the same folder
     fails at once; the model is recorded relative to the gallery when it is a local folder."""
@@ -94,7 +95,8 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
         if local_features:  # a bad extractor setting (or ALIKED weights file) fails before anything is embedded
             extractor = LocalFeatureExtractor(
                 "sift" if local_features is True else local_features, max_keypoints, local_max_side,
-                **({"variant": aliked_variant, "weights": aliked_weights} if local_features == "aliked" else {})).load()
+                **({"variant": aliked_variant, "weights": aliked_weights, "scales": aliked_scales}
+                   if local_features == "aliked" else {})).load()
         return _build_gallery(model, datasets, output, accelerator, data_dir=data_dir, local_features=extractor,
                               max_keypoints=max_keypoints, batch_size=batch_size, num_workers=num_workers,
                               runtime=runtime, flip_test=flip_test)
