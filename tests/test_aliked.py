@@ -188,6 +188,30 @@ def test_index_records_aliked_and_identify_extracts_queries_the_same_way(aliked_
     assert {r["method"] for r in json.loads(output.read_text())["results"]} == {"local"}
 
 
+def test_calibrate_auto_and_identify_by_fusion_work_off_an_aliked_gallery(aliked_gallery, tmp_path, monkeypatch):
+    import json
+
+    from wildreid.identification import Gallery
+    from wildreid.identification.cli import main
+    from test_gallery_methods import DATA
+
+    folder = tmp_path / "gallery"
+    shutil.copytree(aliked_gallery / "aliked", folder)
+    shutil.copytree(aliked_gallery / "model", tmp_path / "model")  # the gallery names its model relatively
+    monkeypatch.setattr(threads, "available_cores", lambda: 1)
+    assert main(["calibrate", "--gallery", str(folder), "--datasets", f"{DATA}:train", "--method", "auto",
+                 "--num_workers", "0"]) == 0
+    choices = Gallery.load(folder).calibration["method_choice"]
+    assert choices and all(set(c["validation"]) == {"global", "local", "fusion"} for c in choices.values())
+    for method in ("fusion", "auto"):
+        output = tmp_path / f"{method}.json"
+        assert main(["identify", "--gallery", str(folder), "--datasets", f"{DATA}:test", "--method", method,
+                     "--output", str(output), "--num_workers", "0"]) == 0
+        results = json.loads(output.read_text())["results"]
+        assert results and all(r["method"] == (method if method == "fusion" else choices[r["query"].split("/")[0]]
+                                               ["method"]) for r in results)
+
+
 def test_a_sift_gallery_refuses_aliked_query_features_naming_both(aliked_gallery, aliked, animals):
     from wildreid.identification import Gallery
     from wildreid.identification.gallery_methods import GalleryScorer
