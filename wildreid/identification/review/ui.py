@@ -249,17 +249,20 @@ def launch(session: ReviewSession, *, host: str = "127.0.0.1", port: int = 7860,
     sees them. Uploads and the pictures the app serves live in a folder of this app's own
     (`serving.UploadFolder`), removed when this returns (with `prevent_thread_lock=True`, at interpreter exit)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    warning = exposure_warning(host, port, auth)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
     blocking = not kwargs.get("prevent_thread_lock")
-    uploads = UploadFolder()  # before the Blocks are built: components note Gradio's folder when made
-    try:
-        with stop_on_termination() if blocking else contextlib.nullcontext():
+    # A stop request from here on (also while the app is still being built) ends it with its folder removed.
+    with stop_on_termination() if blocking else contextlib.nullcontext():
+        warning = exposure_warning(host, port, auth)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        uploads = UploadFolder()  # before the Blocks are built: components note Gradio's folder when made
+        try:
             app = build_app(session)
             limit = max_upload_bytes or session.max_upload_bytes
             return app.launch(server_name=host, server_port=port, max_file_size=limit, share=False, auth=auth,
                               **kwargs)
-    finally:
-        if blocking:
-            uploads.close()
+        except KeyboardInterrupt:  # stopped before Gradio's own loop took over: a normal end, not a crash
+            return None
+        finally:
+            if blocking:
+                uploads.close()
