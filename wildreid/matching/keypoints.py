@@ -204,7 +204,9 @@ def load_aliked(variant: str, path: str | os.PathLike, expected_sha256: str, *, 
     if unexpected or set(missing) - {"dkd.hw_grid"}:  # hw_grid: a buffer the module computes itself
         raise ValueError(f"{path}: not ALIKED-{variant} weights (missing {sorted(missing)[:5]}, unexpected "
                          f"{sorted(unexpected)[:5]})")
-    return model.eval()
+    # Channels-last: the same keypoints and descriptors (to ~4e-6), ~1.4x faster on one CPU thread at 512 px: the
+    # dense maps' L2 normalisation over channels, ~40 % of the time in NCHW, becomes a contiguous reduction.
+    return model.eval().to(memory_format=torch.channels_last)
 
 
 class LocalFeatureExtractor:
@@ -334,7 +336,8 @@ class LocalFeatureExtractor:
                 continue
             pixels = torch.from_numpy(level if level.flags.writeable else level.copy())
             with torch.inference_mode():
-                found = model(pixels.permute(2, 0, 1)[None].float().div_(255.0))[0]
+                image = pixels.permute(2, 0, 1)[None].float().div_(255.0)
+                found = model(image.contiguous(memory_format=torch.channels_last))[0]
             order = np.argsort(-found.keypoint_scores.float().numpy(), kind="stable")[:budget]
             xy = found.keypoints.float().numpy()[order].reshape(-1, 2)
             if scale != 1.0:  # back to the resized crop's pixel frame (pixel centres, as cv2.resize maps them)
