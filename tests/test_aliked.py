@@ -12,6 +12,7 @@ from PIL import Image
 
 from wildreid import threads
 from wildreid.matching import LocalFeatureCache, LocalFeatureExtractor, LocalMatcher
+from wildreid.matching import aliked as aliked_module
 from wildreid.matching import keypoints
 from wildreid.matching.correspondences import verified_correspondences
 from wildreid.matching.methods import ImageSet, build_method
@@ -113,13 +114,13 @@ def test_a_sift_index_refuses_aliked_queries_naming_both(aliked, animals):
 
 def test_weights_with_another_checksum_are_refused_naming_the_file(tmp_path, monkeypatch):
     bad = tmp_path / "aliked-n16.pth"
-    data = bytearray((keypoints.ALIKED_WEIGHTS_DIR / "aliked-n16.pth").read_bytes())
+    data = bytearray((aliked_module.ALIKED_WEIGHTS_DIR / "aliked-n16.pth").read_bytes())
     data[-100] ^= 0xFF
     bad.write_bytes(bytes(data))
     expected = keypoints.ALIKED_SHA256["n16"]
     actual = keypoints.file_sha256(bad)
     # The shipped file replaced by another one: refused at load, naming the file and both checksums.
-    monkeypatch.setattr(keypoints, "ALIKED_WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(aliked_module, "ALIKED_WEIGHTS_DIR", tmp_path)
     with pytest.raises(ValueError) as error:
         LocalFeatureExtractor("aliked").load()
     assert str(bad) in str(error.value) and expected in str(error.value) and actual in str(error.value)
@@ -133,7 +134,7 @@ def test_weights_with_another_checksum_are_refused_naming_the_file(tmp_path, mon
 
 def test_override_weights_load_and_settings_are_checked(tmp_path):
     copy = tmp_path / "mine.pth"
-    shutil.copy(keypoints.ALIKED_WEIGHTS_DIR / "aliked-t16.pth", copy)
+    shutil.copy(aliked_module.ALIKED_WEIGHTS_DIR / "aliked-t16.pth", copy)
     extractor = LocalFeatureExtractor("aliked", variant="t16", weights=copy, max_keypoints=32, max_side=64).load()
     assert extractor.config["weights_sha256"] == keypoints.ALIKED_SHA256["t16"]
     assert LocalFeatureExtractor(**extractor.config).config == extractor.config  # a recorded config rebuilds it
