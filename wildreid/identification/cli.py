@@ -157,7 +157,10 @@ def _run_app(args: argparse.Namespace) -> int:
     session = open_session(args.gallery, args.model, runtime=args.runtime, review_dir=args.review_dir,
                            method=args.method, top_k=args.top_k, threshold=args.threshold,
                            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
-    launch(session, host=args.host, port=args.port, auth=auth)
+    try:
+        launch(session, host=args.host, port=args.port, auth=auth)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP before Gradio's own loop took over: a normal stop
+        pass
     return 0
 
 

@@ -255,14 +255,13 @@ def launch(session: ReviewSession, *, host: str = "127.0.0.1", port: int = 7860,
         warning = exposure_warning(host, port, auth)
         if warning:
             print(warning, file=sys.stderr, flush=True)
-        uploads = UploadFolder()  # before the Blocks are built: components note Gradio's folder when made
+        uploads = None
         try:
+            uploads = UploadFolder()  # before the Blocks are built: components note Gradio's folder when made
             app = build_app(session)
             limit = max_upload_bytes or session.max_upload_bytes
             return app.launch(server_name=host, server_port=port, max_file_size=limit, share=False, auth=auth,
                               **kwargs)
-        except KeyboardInterrupt:  # stopped before Gradio's own loop took over: a normal end, not a crash
-            return None
         finally:
-            if blocking:
+            if blocking and uploads is not None:
                 uploads.close()
