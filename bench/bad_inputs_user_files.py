@@ -181,7 +181,7 @@ class UserFileCases:
 
     # 4. killed commands leave nothing running or half-written
     def keypoint_workers_die_with_the_command(self) -> Outcome:
-        folder = write_images(self.work / "many", identities=8, per_identity=8, size=512)
+        folder = write_images(self.work / "many", identities=12, per_identity=12, size=512)  # > 128: a pool
         command = [sys.executable, "-m", "wildreid.identification.cli", "index", "--model", str(self.model),
                    "--datasets", f"folder:{folder}", "--output", str(self.work / "g_workers"), "--local-features",
                    "--num_workers", "0"]

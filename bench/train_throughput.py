@@ -21,6 +21,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import timm
@@ -134,7 +135,7 @@ def main() -> None:
             bare_times += time_steps(bare_step, 1, device)
             wildreid_times += time_steps(wildreid_step, 1, device)
 
-        summary = Trainer(config).run()
+        summary = Trainer(replace(config, output_dir=str(root / "run_end_to_end"))).run()  # a run folder of its own
 
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     bare_speed = batch / statistics.median(bare_times)
