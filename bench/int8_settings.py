@@ -52,7 +52,8 @@ def main() -> None:
 
     from hub_datasets.specs import load_specs
     from wildreid.embedding import load_embedder
-    from wildreid.embedding.onnx_runtime import EXPORT_INFO_FILE, GRAPH_HASH_KEY, ONNX_FILE, OnnxEmbedder, file_sha256
+    from wildreid.embedding.onnx_runtime import EXPORT_INFO_FILE, GRAPH_HASH_KEY, ONNX_FILE, OnnxEmbedder
+    from wildreid.records import file_sha256
     from wildreid.identification.onnx_export import calibration_batches, export_onnx, quantize_int8
 
     with tempfile.TemporaryDirectory() as tmp:

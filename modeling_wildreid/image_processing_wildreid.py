@@ -162,15 +162,16 @@ def load_image(source: Any, *, draft_size: int | None = None) -> Image.Image:
             image = _decode(data, draft_size)
         elif isinstance(source, (str, os.PathLike, bytes, bytearray)):
             image = _decode(source, draft_size)
-        elif isinstance(source, Image.Image):
-            image = source
-        elif isinstance(source, torch.Tensor):
-            image = _array_to_pil(source.detach().cpu().numpy())
-        elif isinstance(source, np.ndarray):
-            image = _array_to_pil(source)
-        else:
-            raise ImageLoadError(f"unsupported image type {type(source).__name__}")
-        _check_shape(image.width, image.height)
+        else:  # in memory: the shape rule `_decode` applies to files
+            if isinstance(source, Image.Image):
+                image = source
+            elif isinstance(source, torch.Tensor):
+                image = _array_to_pil(source.detach().cpu().numpy())
+            elif isinstance(source, np.ndarray):
+                image = _array_to_pil(source)
+            else:
+                raise ImageLoadError(f"unsupported image type {type(source).__name__}")
+            _check_shape(image.width, image.height)
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
     except ImageLoadError as error:

@@ -17,6 +17,7 @@ from wildreid.matching import keypoints
 from wildreid.matching.correspondences import verified_correspondences
 from wildreid.matching.methods import ImageSet, build_method
 from wildreid.matching.one_vs_many import DescriptorIndex, OneVsManyMatcher
+from wildreid.records import file_sha256
 
 from test_local_features import textured_animal
 
@@ -118,7 +119,7 @@ def test_weights_with_another_checksum_are_refused_naming_the_file(tmp_path, mon
     data[-100] ^= 0xFF
     bad.write_bytes(bytes(data))
     expected = keypoints.ALIKED_SHA256["n16"]
-    actual = keypoints.file_sha256(bad)
+    actual = file_sha256(bad)
     # The shipped file replaced by another one: refused at load, naming the file and both checksums.
     monkeypatch.setattr(aliked_module, "ALIKED_WEIGHTS_DIR", tmp_path)
     with pytest.raises(ValueError) as error:

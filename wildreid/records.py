@@ -2,6 +2,7 @@
 so a file of another kind or an older layout is refused with its path instead of half-read."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -63,3 +64,15 @@ def json_default(value: Any) -> Any:
     if isinstance(value, (np.ndarray, tuple)):
         return list(value)
     return str(value)
+
+
+def file_sha256(path: str | os.PathLike, fsync: bool = False) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MB blocks: the checksum every record of a file (gallery
+    manifests, ONNX exports, local-feature weights) stores and checks. `fsync`: also flush the file to disk."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+        if fsync:
+            os.fsync(handle.fileno())
+    return digest.hexdigest()

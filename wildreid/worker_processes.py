@@ -1,27 +1,21 @@
 """Worker processes that end with the command that started them, also when it is killed with SIGKILL.
 
 A forkserver worker's parent is the forkserver, which stays up while any worker lives (each worker holds
-its liveness pipe), so a worker cannot wait for its parent: it watches the command's pid instead. The watch
-must start before the worker imports anything heavy (unpickling a task function imports torch, OpenCV,
-scikit-learn: many seconds on a busy machine), so this module imports nothing of wildreid and the pool's real
-initializer travels pickled, to be loaded only once the watch runs.
-
-Before even that, a forkserver worker imports the command's main module (seconds more). So on Linux the
-forkserver itself is guarded: `guard_forkserver` (it preloads this module, see `start_forkserver`) asks the
-kernel for SIGTERM when the command dies (PR_SET_PDEATHSIG) and then SIGKILLs every worker it forked, even
-one still importing, and exits.
+its liveness pipe), and a worker imports the command's main module (torch, OpenCV: seconds) before any code
+of ours runs in it. So on Linux the forkserver itself is guarded: `guard_forkserver` (the forkserver preloads
+this module, see `start_forkserver`) asks the kernel for SIGTERM when the command dies (PR_SET_PDEATHSIG), then
+SIGKILLs every worker it forked, even one still importing, and exits. Where that is not available, `die_with`,
+run first by each worker, watches the command's pid. This module imports nothing of wildreid.
 """
 from __future__ import annotations
 
 import ctypes
 import os
-import pickle
 import select
 import signal
 import sys
 import threading
 import time
-from typing import Callable
 
 GUARD_ENV = "WILDREID_POOL_COMMAND_PID"  # the command's pid, in its forkserver's environment only
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -60,26 +54,16 @@ def guard_forkserver() -> None:
 def _end_workers(signum, frame) -> None:
     me = os.getpid()
     for entry in os.listdir("/proc"):
-        try:
-            parent = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) if entry.isdigit() else 0
-        except (OSError, IndexError, ValueError):
+        if not entry.isdigit():
             continue
-        if parent == me:
-            os.kill(int(entry), signal.SIGKILL)
+        try:  # /proc/<pid>/stat: "pid (name) state ppid ..."; the name may hold spaces and parentheses
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            if parent == me:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):  # the process ended meanwhile
+            continue
     os._exit(1)
-
-
-def initializer_args(initializer: Callable, initargs: tuple = ()) -> tuple[int, bytes]:
-    """`initargs` for a process pool whose `initializer` is `start`: this process's pid and the real
-    initializer, pickled here (by reference: functions are never pickled by value)."""
-    return os.getpid(), pickle.dumps((initializer, initargs))
-
-
-def start(command_pid: int, payload: bytes) -> None:
-    """Process-pool initializer: watch `command_pid`, then load and run the real initializer."""
-    die_with(command_pid)
-    initializer, initargs = pickle.loads(payload)  # our own bytes, made by initializer_args in the command
-    initializer(*initargs)
 
 
 def die_with(command_pid: int) -> None:
@@ -107,7 +91,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
+        pass
     return True
 
 

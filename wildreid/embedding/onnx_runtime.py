@@ -16,7 +16,6 @@ their model tag is unchanged by a re-export of the same weights.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -27,6 +26,7 @@ from torch import nn
 
 from modeling_wildreid import WildReIDConfig, WildReIDImageProcessor, WildReIDModelOutput
 
+from ..records import file_sha256
 from ..threads import default_num_threads
 
 RUNTIMES = ("torch", "onnx")
@@ -36,15 +36,6 @@ EXPORT_INFO_FILE = "onnx_export.json"
 PROCESSOR_FILE = "preprocessor_config.json"
 CONFIG_FILE = "config.json"
 GRAPH_HASH_KEY = "graph_sha256"  # in EXPORT_INFO_FILE: SHA-256 of ONNX_FILE as exported
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in blocks (graphs of large models are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def reexport_hint(folder: Path, export_info: dict | None = None) -> str:

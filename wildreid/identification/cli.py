@@ -22,6 +22,7 @@ preprocessing differ from the gallery's. For big archives run `index` under
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -157,10 +158,8 @@ def _run_app(args: argparse.Namespace) -> int:
     session = open_session(args.gallery, args.model, runtime=args.runtime, review_dir=args.review_dir,
                            method=args.method, top_k=args.top_k, threshold=args.threshold,
                            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, SIGTERM or SIGHUP during start-up: a normal stop
         launch(session, host=args.host, port=args.port, auth=auth)
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP before Gradio's own loop took over: a normal stop
-        pass
     return 0
 
 

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..embedding.onnx_runtime import CONFIG_FILE, EXPORT_INFO_FILE, GRAPH_HASH_KEY, ONNX_FILE, file_sha256
+from ..embedding.onnx_runtime import CONFIG_FILE, EXPORT_INFO_FILE, GRAPH_HASH_KEY, ONNX_FILE
+from ..records import file_sha256
 
 QUANTIZATIONS = ("int8",)
 OPSET = 17

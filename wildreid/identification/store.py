@@ -19,7 +19,6 @@ checksums) still load.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -34,7 +33,7 @@ from filelock import FileLock, Timeout
 
 from ..matching.descriptor_cache import LocalFeatureCache
 from ..outputs import check_reusable_folder
-from ..records import RecordFormat, json_default
+from ..records import RecordFormat, file_sha256, json_default
 from .search import check_embeddings
 
 RECORD = RecordFormat("wildreid-gallery", 1)
@@ -114,7 +113,7 @@ def write_revision(directory: Path, config: dict[str, Any], embeddings: np.ndarr
         written.append(path)
         try:
             write(path)
-            files[role] = {"name": path.name, "sha256": _sha256(path, fsync=True)}
+            files[role] = {"name": path.name, "sha256": file_sha256(path, fsync=True)}
         except OSError as error:  # disk full, file size limit, quota: say which file, leave no partial revision
             for partial in written:
                 partial.unlink(missing_ok=True)
@@ -156,7 +155,7 @@ def current_entry(directory: Path, role: str) -> dict | None:
     if "files" in config:
         return file_entry(config, role)
     legacy = directory / "".join(FILES[role])
-    return {"name": legacy.name, "sha256": _sha256(legacy)} if legacy.is_file() else None
+    return {"name": legacy.name, "sha256": file_sha256(legacy)} if legacy.is_file() else None
 
 
 def checked_file(directory: Path, config: Mapping[str, Any], role: str) -> Path:
@@ -167,7 +166,7 @@ def checked_file(directory: Path, config: Mapping[str, Any], role: str) -> Path:
     path = _confined(directory, entry["name"])
     if not path.is_file():
         raise ValueError(f"{path}: missing, but {directory / CONFIG_FILE} lists it")
-    if _sha256(path) != entry["sha256"]:
+    if file_sha256(path) != entry["sha256"]:
         raise ValueError(f"{path}: checksum differs from {directory / CONFIG_FILE}; the file was changed after "
                          "the gallery was saved")
     return path
@@ -237,16 +236,6 @@ def resolve_model_reference(reference: str, gallery_dir: str | os.PathLike) -> s
     if reference.startswith(("./", "../")):
         return str((Path(gallery_dir) / reference).resolve())
     return reference
-
-
-def _sha256(path: Path, fsync: bool = False) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-        if fsync:
-            os.fsync(handle.fileno())
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from ..records import file_sha256
+
 ALIKED_DIMS = {"n16": 128, "n16rot": 128, "t16": 64}
 ALIKED_VARIANTS = ("n16", "n16rot", "t16")
 DEFAULT_ALIKED_VARIANT = "n16"
@@ -32,10 +34,6 @@ DEFAULT_ALIKED_THRESHOLD = 0.0
 # 31.7 % at (1.0, 0.5), 36.7 % at (1.0, 0.5, 0.25); SIFT 53.3 %.
 DEFAULT_ALIKED_SCALES = (1.0,)
 _MODELS: dict[tuple, Any] = {}  # loaded (checked) modules of this process, by weights and settings
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load(variant: str, path: str | os.PathLike, expected_sha256: str, *, max_keypoints: int,

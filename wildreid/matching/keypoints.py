@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..embedding.images import LoadFailure, check_annotation_lengths, iter_crops
 from . import aliked
-from .aliked import ALIKED_DIMS, ALIKED_SHA256, ALIKED_VARIANTS, DEFAULT_ALIKED_VARIANT, file_sha256  # noqa: F401
+from .aliked import ALIKED_DIMS, ALIKED_SHA256, ALIKED_VARIANTS, DEFAULT_ALIKED_VARIANT  # noqa: F401  (re-exported)
 from .parallel import WORKER_STATE, parallel_map
 
 METHODS = ("sift", "orb", "akaze", "aliked")

@@ -7,6 +7,7 @@ one worker need the usual `if __name__ == "__main__":` guard.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable
 
@@ -38,11 +39,12 @@ def worker_pool(max_workers: int, initializer: Callable | None = None, initargs:
     """The process pool of every parallel step: forkserver workers that end when the command that started them
     ends, also on kill -9 (`wildreid.worker_processes`), single-threaded (`limit_threads`), then
     `initializer(*initargs)`."""
-    return ProcessPoolExecutor(max_workers=max_workers, mp_context=process_context(), initializer=worker_processes.start,
-                               initargs=worker_processes.initializer_args(_prepare_worker, (initializer, initargs)))
+    return ProcessPoolExecutor(max_workers=max_workers, mp_context=process_context(), initializer=_start_worker,
+                               initargs=(os.getpid(), initializer, initargs))
 
 
-def _prepare_worker(initializer: Callable | None, initargs: tuple) -> None:
+def _start_worker(command_pid: int, initializer: Callable | None, initargs: tuple) -> None:
+    worker_processes.die_with(command_pid)
     limit_threads()
     if initializer is not None:
         initializer(*initargs)
