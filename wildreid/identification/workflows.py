@@ -98,13 +98,12 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
                 **({"variant": aliked_variant, "weights": aliked_weights, "scales": aliked_scales}
                    if local_features == "aliked" else {})).load()
         return _build_gallery(model, datasets, output, accelerator, data_dir=data_dir, local_features=extractor,
-                              max_keypoints=max_keypoints, batch_size=batch_size, num_workers=num_workers,
-                              runtime=runtime, flip_test=flip_test)
+                              batch_size=batch_size, num_workers=num_workers, runtime=runtime, flip_test=flip_test)
 
 
 def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, accelerator, *, data_dir: str | None,
-                   local_features: LocalFeatureExtractor | None, max_keypoints: int, batch_size: int, num_workers: int,
-                   runtime: str, flip_test: bool | None) -> tuple[Gallery, list]:
+                   local_features: LocalFeatureExtractor | None, batch_size: int, num_workers: int, runtime: str,
+                   flip_test: bool | None) -> tuple[Gallery, list]:
     embedder = load_embedder(model, device=accelerator.device if accelerator else None, runtime=runtime,
                              flip_test=flip_test)
     center_box = _shared_center_box(datasets)  # before anything is loaded
@@ -118,8 +117,8 @@ def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, a
     gallery.add(embedded.vectors, _metadata(dataset, embedded.indices),
                 model_tag(embedder, store.model_reference(model, output)))
     cache = None
-    if local_features is not None:
-        extractor = local_features  # recorded in the gallery, reused by its queries
+    if local_features is not None:  # the extractor's config is recorded in the gallery, reused by its queries
+        extractor = local_features
         raw = undecoded(dataset).select(embedded.indices.tolist())
         features, failed = extractor.extract_paths(list(raw["image"]), list(raw["bbox"]),
                                                    [t or 0.0 for t in raw["theta"]])
