@@ -34,10 +34,12 @@ from wildreid.matching import LocalFeatureExtractor  # noqa: E402
 from wildreid.matching.methods import ImageSet, build_method  # noqa: E402
 from wildreid.matching.selection import leave_one_out_figures  # noqa: E402
 
+DEFAULT_SPECS = ["lion:train", "nyala:train"]  # training splits: the per-species choice is made here
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--specs", nargs="+", default=["lion:train", "nyala:train"], help="training splits")
+    parser.add_argument("--specs", nargs="+", default=DEFAULT_SPECS, help="training splits")
     parser.add_argument("--images", nargs="+", type=int, default=[60, 80], help="first N images of each spec")
     parser.add_argument("--scales", default="1,0.5,0.25", help="the pyramid's levels")
     parser.add_argument("--variant", default="n16")

@@ -36,6 +36,7 @@ REPO_ROOT = EXPERIMENTS_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # scripts run as `python experiments/x.py` from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
+from hub_datasets.reported_sets import selection_set  # noqa: E402
 from hub_datasets.specs import parse_spec  # noqa: E402
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation  # noqa: E402
 from wildreid.provenance import code_version  # noqa: E402
@@ -96,6 +97,13 @@ def with_params(spec: str, **params: Any) -> str:
 def eval_set(species: str, dry_run: bool = False) -> str:
     spec = EVAL_SETS[species]
     return with_params(spec, max_identities=DRY_IDENTITIES) if dry_run else spec
+
+
+def selection_sets(species: str, dry_run: bool = False) -> tuple[str, str]:
+    """(train, validate) specs of a selection run: four fifths of `species`' training individuals (limited to
+    its `TRAINING_POOL`) and the other fifth, so a recipe is chosen without the reported sets (`EVAL_SETS`)."""
+    pool = {**TRAINING_POOL.get(species, {}), **({"max_identities": DRY_IDENTITIES} if dry_run else {})}
+    return selection_set(species, "train", **pool), selection_set(species, "test", **pool)
 
 
 def train_set(species: str, dry_run: bool = False, **params: Any) -> str:

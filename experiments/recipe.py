@@ -1,6 +1,7 @@
-"""How the experiments' training recipe (`common.base_config`) was chosen: short multi-species runs of a few
-learning-rate / warm-up / normalisation variants, evaluated like every experiment (leave-one-out on
-`common.EVAL_SETS`), next to the untrained ImageNet embedding.
+"""How the experiments' training recipe (`common.base_config`) is chosen: short multi-species runs of a few
+learning-rate / warm-up / normalisation variants, each trained on four fifths of every species' training
+individuals and compared leave-one-out on the other fifth (`common.selection_sets`), next to the untrained
+ImageNet embedding. Never on `common.EVAL_SETS`: those are the sets the experiments report.
 
     python experiments/recipe.py                       # every variant, 150 steps each
     python experiments/recipe.py --variants head_only proto_bb1e-4_freeze50 --steps 300
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     log = common.ExperimentLog(NAME, args)
     dry, species = args.dry_run, sorted(args.species)
     print(f"plan: {len(args.variants)} variants x {args.steps} steps on {species}")
-    specs = [common.eval_set(s, dry) for s in species]
+    train_specs, specs = zip(*(common.selection_sets(s, dry) for s in species))
+    specs = list(specs)
     base = log.add_evaluation("ImageNet", common.evaluate_global(common.IMAGENET, specs, dry_run=dry))
     rows = [["ImageNet (untrained)", "–"] + _cells(base, species)]
     results = {"imagenet": base["species"]}
@@ -44,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         overrides = dict(VARIANTS[variant])
         overrides["init_from"] = common.imagenet_start(dry) if overrides.get("init_from") == "imagenet" else None
         record = log.add_run(common.train_model(
-            f"recipe_{variant}_s{args.steps}_seed{args.seed}", dry_run=dry, force=args.force, seed=args.seed,
-            max_steps=args.steps, datasets=[common.train_set(s, dry) for s in species], **overrides))
+            f"recipe_{variant}_s{args.steps}_seed{args.seed}_heldout_fifth", dry_run=dry, force=args.force, seed=args.seed,
+            max_steps=args.steps, datasets=list(train_specs), **overrides))
         evaluated = log.add_evaluation(variant, common.evaluate_global(common.run_path(record), specs, dry_run=dry,
                                                                        force=args.force))
         settings = ", ".join(f"{k}={v}" for k, v in record["config"].items()
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     table = {
         "columns": ["Variant", "Settings"] + [f"{s} top-1 / mAP" for s in species] + ["Mean top-1", "Mean mAP"],
         "rows": rows,
-        "caption": (f"Top-1 / mAP (%), leave-one-out on {', '.join(specs)}, after {args.steps} steps of 8 x 2 images "
+        "caption": (f"Top-1 / mAP (%), leave-one-out on the held-out fifth of each training split ({', '.join(specs)}), after {args.steps} steps of 8 x 2 images "
                     f"(data of each run in its settings; lite0, ImageNet init, 224 px, seed {args.seed}). A frozen step "
                     "trains only the GeM/BN neck and the ArcFace head."),
     }

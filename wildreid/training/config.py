@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -9,11 +10,15 @@ from typing import Any
 
 import yaml
 
+from hub_datasets.reported_sets import reported_rows_in
+
 from ..embedding.embedders import check_model_reference
 from ..embedding.training_record import TRAINING_CONFIG_FILE
 from ..outputs import check_reusable_folder
 from .checkpoints import RUN_FILE
 from .augment import AugmentationConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -116,6 +121,10 @@ class TrainingConfig:
             raise ValueError(f"--weight_interpolation takes ratios strictly between 0 and 1, got {self.weight_interpolation}")
         if self.weight_interpolation and not self.val_datasets:
             raise ValueError("--weight_interpolation chooses its mix on validation: set val_datasets")
+        for spec in self.val_datasets:  # the best step and mix are chosen there: its figures are no longer unseen
+            if reported_rows_in(spec):
+                logger.warning("val_datasets %s holds images of %s, a set wildreid's tables report: figures on it after "
+                               "this run are not independent of what it chose", spec, reported_rows_in(spec))
         is_run = check_reusable_folder(self.output_dir, "--output_dir", marker=(RUN_FILE, TRAINING_CONFIG_FILE),
                                        allow_flag="--overwrite_output_dir", allowed=self.overwrite_output_dir)
         if is_run and not (self.resume_from_checkpoint or self.overwrite_output_dir):
