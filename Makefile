@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(MAKE) --no-print-directory install-browser
 	touch $@
 
-.PHONY: install install-browser test demo docs
+.PHONY: install install-browser test demo docs ship-model
 install: $(VENV)/.installed
 
 # Headless Chromium for the review app's browser tests (Debian packages; needs root and apt-get).
@@ -54,3 +54,8 @@ identify-demo: $(VENV)/.installed
 	$(VENV)/bin/wildreid index --model $(IDENTIFY_DIR)/model --datasets "$(IDENTIFY_DATA):train" --output $(IDENTIFY_DIR)/gallery --local-features --overwrite
 	$(VENV)/bin/wildreid calibrate --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):train"
 	$(VENV)/bin/wildreid identify --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):test" --top_k 3
+
+# The model wildreid ships (wildreid/default_model/, float16, <= 10 MB), rebuilt from the flagship run after
+# `accelerate launch train.py --config configs/cpu_real.yaml`; its card is model_card.md. Only when the recipe changes.
+ship-model: $(VENV)/.installed
+	$(PYTHON) -m wildreid.embedding.shipped_model outputs/cpu_real --card model_card.md

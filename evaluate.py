@@ -20,6 +20,7 @@ import argparse
 import logging
 import sys
 
+from wildreid.embedding.shipped_model import describe_default, shipped_model
 from wildreid.evaluation.runner import EvaluationRequest, command_line, run_evaluation
 from wildreid.matching.keypoints import ALIKED_VARIANTS, DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, LOCAL_FEATURE_CHOICES
 from wildreid.outputs import check_output_file
@@ -29,7 +30,8 @@ from wildreid.threads import configure_threads
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="wildreid model folder or Hub id, imagenet:<lite name>, or timm:<name>")
+    parser.add_argument("--model", help="wildreid model folder or Hub id, imagenet:<lite name>, or timm:<name> "
+                        "(default: the model wildreid ships, for every method but local ones)")
     parser.add_argument("--datasets", nargs="+", required=True, help="dataset specs to evaluate (queries)")
     parser.add_argument("--protocol", default="leave-one-out", choices=["leave-one-out", "closed-set", "open-set"])
     parser.add_argument("--method", default="global", choices=["global", "local", "local-pairwise", "fusion", "auto"],
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                              ("--max_keypoints", args.max_keypoints, 1), ("--local_max_side", args.local_max_side, 16)):
         if value is not None and value < low:
             parser.error(f"{flag} must be >= {low}, got {value}")
+    if args.model is None and args.method not in ("local", "local-pairwise"):
+        args.model = shipped_model()
+        print(describe_default(None))
     options = vars(args)
     num_threads = options.pop("num_threads")
     request = EvaluationRequest(**options, command=command_line(argv))

@@ -12,7 +12,8 @@ MAX_LINES = 400
 # workers import it before anything heavy.
 RANK = {"threads": -1, "worker_processes": -1, "records": 0, "provenance": 0, "outputs": 0, "safe_text": 0,
         "cards": 0, "embedding": 1, "matching": 2, "evaluation": 3, "training": 4, "identification": 4, "metrics": 5}
-MODULES = sorted(PACKAGE.rglob("*.py"))
+# default_model/ is data: the shipped model folder, whose remote code is a copy of modeling_wildreid.
+MODULES = sorted(path for path in PACKAGE.rglob("*.py") if "default_model" not in path.parts)
 
 
 def _part(path: Path) -> str:

@@ -1,5 +1,6 @@
 """`wildreid` command line: galleries of known individuals and "which one is this, or a new one?".
 
+    wildreid index --datasets folder:photos --output galleries/mine   # the shipped model (no --model)
     wildreid index --model outputs/cpu_real --datasets lion:train --output galleries/lion [--local-features]
     wildreid index --model outputs/cpu_real --datasets nyala:train --output galleries/nyala --local-features \\
         --max_keypoints 2048            # full-frame flank photos: more keypoints (bench/keypoint_budget.py)
@@ -13,6 +14,7 @@
         --calibration_datasets lion:train
     wildreid index --runtime onnx --model outputs/cpu_real-onnx-int8 --datasets lion:train --output galleries/lion-int8
     wildreid app --gallery galleries/lion [--model M] [--host 127.0.0.1] [--port 7860]
+    wildreid publish-model --repo_id my-org/wildreid-lite0 [--model outputs/cpu_real]
 
 `identify` uses the gallery's own model unless --model is given, and refuses a model whose weights or
 preprocessing differ from the gallery's. For big archives run `index` under
@@ -31,6 +33,7 @@ from ..outputs import check_output_file, check_output_folder
 from ..safe_text import printable
 from ..threads import configure_threads
 from ..embedding.onnx_runtime import RUNTIMES
+from ..embedding.shipped_model import describe_default, publish_model_folder, shipped_model
 from ..matching.keypoints import ALIKED_VARIANTS, DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, LOCAL_FEATURE_CHOICES
 from .onnx_export import add_export_command, run_export
 from .store import GalleryBusyError
@@ -63,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     index = commands.add_parser("index", help="embed known individuals into a gallery folder")
-    index.add_argument("--model", required=True, help="wildreid model folder or Hub id")
+    index.add_argument("--model", help="wildreid model folder or Hub id (default: the model wildreid ships, "
+                                       "EfficientNet-Lite0 trained on lion, nyala, dog and pig; wildreid/default_model)")
     index.add_argument("--datasets", nargs="+", required=True, help="dataset specs of the known individuals")
     index.add_argument("--output", required=True, help="gallery folder to write")
     index.add_argument("--local-features", nargs="?", const="sift", choices=LOCAL_FEATURE_CHOICES,
@@ -138,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--runtime", choices=RUNTIMES, default="torch",
                      help="onnx: --model (or the gallery's model) is a `wildreid export --format onnx` folder")
     add_export_command(commands)
+
+    publish = commands.add_parser("publish-model", help="upload a model folder to the Hugging Face Hub")
+    publish.add_argument("--repo_id", required=True, help="Hub model repo, e.g. my-org/wildreid-zebra (created if absent)")
+    publish.add_argument("--model", help="model folder (default: the shipped model); a training output's checkpoints "
+                                         "and logs are left out")
+    publish.add_argument("--private", action="store_true", help="create the repo private")
+    publish.add_argument("--token", help="Hub token (default: $HF_TOKEN or `hf auth login`'s)")
     return parser
 
 
@@ -178,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             print(run_export(args))
             return 0
+        if args.command == "publish-model":
+            print(publish_model_folder(args.model or shipped_model(), args.repo_id, private=args.private,
+                                       token=args.token))
+            return 0
         data = dict(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers,
                     runtime=args.runtime)
         if args.command == "identify" and args.output:  # output paths are checked before any work
@@ -190,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             if (args.aliked_variant or args.aliked_weights or args.aliked_scales) and args.local_features != "aliked":
                 parser.error("--aliked_variant, --aliked_weights and --aliked_scales need --local-features aliked")
             check_output_folder(args.output, "--output")
-            gallery, skipped = build_gallery(args.model, args.datasets, args.output, local_features=args.local_features,
+            print(describe_default(args.model))
+            gallery, skipped = build_gallery(args.model or shipped_model(), args.datasets, args.output, local_features=args.local_features,
                                              max_keypoints=args.max_keypoints, overwrite=args.overwrite,
                                              local_max_side=args.local_max_side, aliked_variant=args.aliked_variant,
                                              aliked_weights=args.aliked_weights, aliked_scales=args.aliked_scales,

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..embedding.shipped_model import publish_model_folder
+
 
 def push_output_to_hub(output_dir: Path, repo_id: str, private: bool = False) -> str:
-    """Upload the output folder (embedder, processor, config, metrics, card) without the checkpoints."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(output_dir),
-                               ignore_patterns=["checkpoints/*", "logs/*", "*/events.out.*"],
-                               commit_message="Upload wildreid model")
-    return commit.commit_url if hasattr(commit, "commit_url") else str(commit)
+    """Upload the output folder (embedder, processor, config, metrics, card) without the checkpoints and logs:
+    the same upload as `wildreid publish-model`."""
+    return publish_model_folder(output_dir, repo_id, private=private)
