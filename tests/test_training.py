@@ -150,11 +150,24 @@ def test_training_writes_a_loadable_embedder_card_and_metrics(tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
 
 
+def test_time_limit_ends_the_run_early_with_its_step_validated_checkpointed_and_saved(tmp_path):
+    with pytest.raises(ValueError, match="--max_train_minutes must be > 0"):
+        tiny_config(tmp_path, max_train_minutes=0).validate()
+    # The limit (6 ms) runs out during setup: the first step is the last, finished as max_steps would finish it.
+    summary = train(tiny_config(tmp_path, max_steps=50, max_train_minutes=1e-4, save_steps=1000))
+    assert (summary["total_steps"], summary["planned_steps"]) == (1, 50)
+    assert [entry["step"] for entry in summary["history"]] == [1] and summary["best_step"] == 1
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["checkpoint-1"]
+
+
 def test_two_process_cpu_ddp_keeps_replicas_identical(tmp_path):
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = run_train_py(yaml_args(tmp_path) + ["--max_steps", "3", "--output_dir", str(out), "--val_datasets", f"{SYNTH}:test"],
+    # (a time limit that does not run out: the main process's clock is broadcast to the other at every step)
+    result = run_train_py(yaml_args(tmp_path) + ["--max_steps", "3", "--output_dir", str(out), "--val_datasets", f"{SYNTH}:test",
+                                                 "--max_train_minutes", "60"],
                           launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "training_summary.json").read_text())

@@ -1,5 +1,5 @@
 """Resumable runs: the loop position saved beside accelerate's state, finding the checkpoint to resume
-from, and stopping cleanly (with a checkpoint) on SIGTERM / SIGINT.
+from, and stopping cleanly (with a checkpoint) on SIGTERM / SIGINT or at a time limit.
 
 A checkpoint folder is not trusted to hold code. Our loop position is JSON (`wildreid_progress.json`),
 never an accelerate "custom object": accelerate unpickles those with `weights_only=False`, which runs
@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import signal
+import time
 import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -157,6 +158,26 @@ class StopSignal:
         if self.received:  # second signal: give up immediately
             raise KeyboardInterrupt
         self.received = signum
+
+
+class TimeLimit:
+    """`max_train_minutes`: whether a run's time is up. The main process's clock decides for every process, so
+    distributed replicas stop at the same step (one that stopped alone would leave the others waiting)."""
+
+    def __init__(self, minutes: float | None, accelerator):
+        self.deadline = None if minutes is None else time.monotonic() + 60 * minutes
+        self.accelerator = accelerator
+
+    def reached(self) -> bool:
+        if self.deadline is None:
+            return False
+        late = time.monotonic() >= self.deadline
+        if self.accelerator.num_processes > 1:
+            import torch
+            from accelerate.utils import broadcast
+
+            late = bool(broadcast(torch.tensor([int(late)], device=self.accelerator.device)).item())
+        return late
 
 
 def contiguous_weights(models, weights: list[dict], output_dir: str) -> None:

@@ -60,6 +60,8 @@ class TrainingConfig:
     # optimisation
     epochs: float | None = None
     max_steps: int | None = None  # wins over epochs when both are set
+    max_train_minutes: float | None = None  # stop earlier once the run has taken this long (setup included): the
+    # step reached is validated, checkpointed and saved as the last one would be, so a time budget ends with a model
     learning_rate: float = 1e-3  # head, neck and pooling
     backbone_learning_rate: float = 2e-4
     weight_decay: float = 1e-4
@@ -146,7 +148,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ValueError(f"--{name} must be an integer >= {low}, got {value!r}")
-        positive = ("learning_rate", "backbone_learning_rate", "arcface_scale", "max_grad_norm", "epochs")
+        positive = ("learning_rate", "backbone_learning_rate", "arcface_scale", "max_grad_norm", "epochs",
+                    "max_train_minutes")
         for name in (*positive, "weight_decay", "min_lr_ratio", "margin_min", "margin_max"):
             value = getattr(self, name)
             if value is None:

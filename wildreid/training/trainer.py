@@ -19,6 +19,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from hub_datasets.specs import load_specs
@@ -32,8 +33,8 @@ from ..evaluation.protocols import leave_one_out_by_species
 from ..provenance import code_version
 from ..threads import configure_threads, worker_count
 from .augment import build_augmentation
-from .checkpoints import (StopSignal, TrainingProgress, contiguous_weights, find_checkpoint, latest_checkpoint_or_none,
-                          prune_checkpoints, refuse_pickled_objects, start_run)
+from .checkpoints import (StopSignal, TimeLimit, TrainingProgress, contiguous_weights, find_checkpoint,
+                          latest_checkpoint_or_none, prune_checkpoints, refuse_pickled_objects, start_run)
 from .config import TrainingConfig
 from .hub import push_output_to_hub
 from .initialisation import calibrate_neck_statistics, init_head_from_prototypes, pooled_features
@@ -205,30 +206,27 @@ class Trainer:
         return loss
 
     def run(self) -> dict:
+        time_limit = TimeLimit(self.config.max_train_minutes, self.accelerator)  # the setup's pooling pass counts
         self.setup()
         config, accelerator, progress = self.config, self.accelerator, self.progress
         model, loader, total_steps = self.prepared_model, self.loader, self.total_steps
         self._write_resolved_config(total_steps)
         if accelerator.is_main_process:
             accelerator.init_trackers("wildreid", config=flat_for_tracker(asdict(config)))
-        self.print(
-            f"training {len(self.identities.names)} identities / {len(self.train_data)} images over species "
-            f"{', '.join(self.species)}; {total_steps} steps of {self.sampler.p}x{self.sampler.k} images "
-            f"x {accelerator.num_processes} processes x {config.gradient_accumulation_steps} accumulation"
-        )
+        self.print(f"training {len(self.identities.names)} identities / {len(self.train_data)} images over species "
+                   f"{', '.join(self.species)}; {total_steps} steps of {self.sampler.p}x{self.sampler.k} images "
+                   f"x {accelerator.num_processes} processes x {config.gradient_accumulation_steps} accumulation")
         history = []
         if config.init_from and progress.step == 0 and self.val_data is not None:
             before = self.validate(model, step=0, label="before adaptation")
             history.append({"step": 0, "phase": "before adaptation", **before})
-
-        from tqdm.auto import tqdm
-
         stop_signal = StopSignal()
         speeds: list[float] = []  # images/s of each logging window, validation and checkpoints excluded
         window_start, window_images = time.perf_counter(), 0
         bar = tqdm(total=total_steps, initial=progress.step, disable=not accelerator.is_local_main_process,
                    desc="training", dynamic_ncols=True)
-        while progress.step < total_steps:
+        done = progress.step >= total_steps
+        while not done:
             consumed = progress.step * config.gradient_accumulation_steps
             epoch, offset = divmod(consumed, len(loader))
             self.sampler.use_epoch(epoch)
@@ -245,7 +243,7 @@ class Trainer:
                     continue
                 progress.step += 1
                 bar.update(1)
-                done = progress.step >= total_steps
+                done = progress.step >= total_steps or time_limit.reached()  # either way: validated and saved
                 if progress.step % 10 == 0 or done:
                     speed = window_images / (time.perf_counter() - window_start)
                     speeds.append(speed)
@@ -376,7 +374,7 @@ class Trainer:
             "replica_fingerprints": fingerprints,
             "best_step": progress.best_step, "best_mean_map": progress.best_map if progress.best_map >= 0 else None,
             "weight_interpolation": getattr(self.model.wildreid.config, "weight_interpolation", None),
-            "total_steps": progress.step, "training_species": self.species,
+            "total_steps": progress.step, "planned_steps": self.total_steps, "training_species": self.species,
             "training_identities": len(self.identities.names), "training_images": len(self.train_data),
             "num_processes": self.accelerator.num_processes, "images_per_second": images_per_second,
             "history": history,
