@@ -106,6 +106,13 @@ def selection_sets(species: str, dry_run: bool = False) -> tuple[str, str]:
     return selection_set(species, "train", **pool), selection_set(species, "test", **pool)
 
 
+def fit_set(species: str, dry_run: bool = False) -> str:
+    """Where fusion and auto are fitted for `species`: its training split (at most 100 individuals, as
+    bench/identification_accuracy.py does: the fit grows with the square of its images)."""
+    spec = TRAIN_SETS[species] if species in ("lion", "pig") else with_params(TRAIN_SETS[species], max_identities=100)
+    return with_params(spec, max_identities=DRY_IDENTITIES) if dry_run else spec
+
+
 def train_set(species: str, dry_run: bool = False, **params: Any) -> str:
     """The training spec of `species` (limited to its `TRAINING_POOL`), with extra sampling `params`."""
     params = {**TRAINING_POOL.get(species, {}), **params}
@@ -180,7 +187,7 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
     if dry_run:
         overrides["max_steps"] = min(int(overrides.get("max_steps") or DRY_STEPS), DRY_STEPS)
         overrides["freeze_backbone_steps"] = min(int(overrides.get("freeze_backbone_steps", 1)), 1)
-    config = base_config(output_dir=str(directory), val_datasets=[], **overrides)
+    config = base_config(output_dir=str(directory), **{"val_datasets": [], **overrides})
     if config.max_steps is None:
         raise ValueError(f"run {name}: set max_steps (the experiments budget steps, not epochs)")
     config.save_steps = max(config.max_steps // 4, 50)  # resumable if interrupted, without much I/O
@@ -227,12 +234,38 @@ def run_path(record: dict) -> str:
     return str(EXPERIMENTS_DIR / record["path"])
 
 
+# What configs/cpu_real.yaml sets beyond base_config: the flagship recipe that `--recipe flagship` runs.
+FLAGSHIP_CONFIG = REPO_ROOT / "configs" / "cpu_real.yaml"
+FLAGSHIP_KEYS = ("head_init", "freeze_backbone_steps", "frozen_backbone_stages", "warmup_steps", "learning_rate",
+                 "backbone_learning_rate", "min_images_per_identity", "image_size", "weight_interpolation")
+RECIPES = ("flagship", "common")
+
+
+def flagship_overrides() -> dict[str, Any]:
+    """The flagship's recipe settings, read from its config so the two never drift apart."""
+    import yaml
+
+    values = yaml.safe_load(FLAGSHIP_CONFIG.read_text())
+    return {key: values[key] for key in FLAGSHIP_KEYS if key in values}
+
+
 def leave_one_species_out(held_out: str, steps: int, *, seed: int = 0, dry_run: bool = False,
-                          force: bool = False) -> dict:
-    """The model trained on every species but `held_out` (zero_shot.py), the start of few_shot.py."""
+                          force: bool = False, recipe: str = "common") -> dict:
+    """The model trained on every species but `held_out` (zero_shot.py), the start of few_shot.py.
+
+    `recipe="flagship"`: configs/cpu_real.yaml's recipe with its validation rule: trained on four fifths of the
+    other species' training individuals, its best step and WiSE-FT mix chosen on the other fifth (never on
+    `held_out`, never on a reported set); `"common"`: `base_config` on the whole training splits, no validation."""
     others = [s for s in SPECIES if s != held_out]
-    return train_model(f"loso_{held_out}_s{steps}_seed{seed}", dry_run=dry_run, force=force, seed=seed,
-                       max_steps=steps, datasets=[train_set(s, dry_run) for s in others])
+    if recipe == "common":
+        return train_model(f"loso_{held_out}_s{steps}_seed{seed}", dry_run=dry_run, force=force, seed=seed,
+                           max_steps=steps, datasets=[train_set(s, dry_run) for s in others])
+    train_specs, validation_specs = zip(*(selection_sets(s, dry_run) for s in others))
+    overrides = flagship_overrides()
+    steps_between = max(steps // 3, 1)  # three validations: the best step is chosen among them
+    return train_model(f"loso_{held_out}_flagship_s{steps}_seed{seed}", dry_run=dry_run, force=force, seed=seed,
+                       max_steps=steps, datasets=list(train_specs), val_datasets=list(validation_specs),
+                       eval_steps=steps_between, **overrides)
 
 
 SHOTS = ("1", "2", "4", "all")
@@ -251,14 +284,15 @@ def imagenet_start(dry_run: bool = False) -> str:
 
 
 def adapt(species: str, shots: str, start: str, *, steps: int, freeze_steps: int, loso_steps: int, seed: int = 0,
-          dry_run: bool = False, force: bool = False) -> dict:
+          dry_run: bool = False, force: bool = False, recipe: str = "common") -> dict:
     """Train on `shots` images per identity ("all": every image) of `species`' training pool, starting from the
     ImageNet embedder (`start="imagenet"`) or from the model that never saw `species` (`start="loso"`).
     Identities with a single image are kept (min_images_per_identity=1) so every size has the same identities."""
     if start == "imagenet":
         init, tag = imagenet_start(dry_run), "imagenet"
     elif start == "loso":
-        init, tag = run_path(leave_one_species_out(species, loso_steps, seed=seed, dry_run=dry_run)), f"loso{loso_steps}"
+        init = run_path(leave_one_species_out(species, loso_steps, seed=seed, dry_run=dry_run, recipe=recipe))
+        tag = f"loso{loso_steps}" + ("_flagship" if recipe == "flagship" else "")
     else:
         raise ValueError(f"start must be imagenet or loso, got {start!r}")
     sampling = {} if shots == "all" else {"max_images_per_identity": int(shots)}

@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.common_arguments(parser, steps=50, steps_help="adaptation steps of every run")
     parser.add_argument("--freeze-steps", type=int, default=15, help="steps training only neck and head")
-    parser.add_argument("--loso-steps", type=int, default=300, help="steps of the leave-one-species-out start models")
+    parser.add_argument("--loso-steps", type=int, default=1800, help="steps of the leave-one-species-out start models")
+    parser.add_argument("--recipe", choices=common.RECIPES, default="flagship",
+                        help="recipe of the start models (zero_shot.py's; flagship: configs/cpu_real.yaml's)")
     parser.add_argument("--shots", nargs="+", default=list(common.SHOTS), choices=common.SHOTS)
     args = parser.parse_args(argv)
     log = common.ExperimentLog(NAME, args)
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     curves: dict = {}
     for name in species:
         spec = common.eval_set(name, dry)
-        loso = log.add_run(common.leave_one_species_out(name, args.loso_steps, seed=args.seed, dry_run=dry))
+        loso = log.add_run(common.leave_one_species_out(name, args.loso_steps, seed=args.seed, dry_run=dry,
+                                                               recipe=args.recipe))
         starts = {"loso": common.run_path(loso), "imagenet": common.IMAGENET}
         curves[name] = {}
         for start, model in starts.items():
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
             points = [{"shots": "0", "training_images": 0, **common.summary_metrics(before["species"][name])}]
             for shots in args.shots:
                 record = log.add_run(common.adapt(name, shots, start, steps=args.steps, freeze_steps=args.freeze_steps,
-                                                  loso_steps=args.loso_steps, seed=args.seed, dry_run=dry, force=args.force))
+                                                  loso_steps=args.loso_steps, seed=args.seed, dry_run=dry, force=args.force,
+                                                  recipe=args.recipe))
                 after = log.add_evaluation(f"{name} {start} {shots}", common.evaluate_global(
                     common.run_path(record), [spec], dry_run=dry, force=args.force))
                 points.append({"shots": shots, "training_images": record["training_images"],
