@@ -199,26 +199,45 @@ def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, mo
     `encounter`): what a query of a new sighting will meet; the threshold is fitted as before."""
     with store.writer_lock(gallery_dir, create=False):  # load, calibrate and save as one step
         gallery, embedder, tag = _gallery_and_model(gallery_dir, model, runtime)
-        method = method or ("auto" if gallery.local_features_config else "global")
-        if needs_local(method) and gallery.local_features_config is None:
-            raise ValueError(f"{gallery_dir}: --method {method} needs the gallery's keypoints; rebuild it with "
-                             "`wildreid index --local-features`, or use --method global")
+        method = _calibration_method(gallery, method, str(gallery_dir))  # refused before any image is loaded
         dataset = _load_queries(datasets, gallery, data_dir, gallery_dir)
         fitted_on_training_images(embedder.name, datasets, f"{gallery_dir}'s threshold and method choice")
-        embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
-                                 num_workers=num_workers, desc="calibrating")
-        identities = np.asarray(dataset["identity"], dtype=object)[embedded.indices]
-        image_ids = np.asarray(dataset["image_id"], dtype=object)[embedded.indices]
-        threshold = gallery.calibrate_new_individual_threshold(embedded.vectors, identities, tag,
-                                                               query_image_ids=list(image_ids))
-        features = (_local_features(dataset, embedded.indices, gallery.local_features_config)
-                    if needs_local(method) else None)
-        encounters = encounters_of(dataset)[embedded.indices] if exclude_same_encounter else None
-        choices = fit_method_choice(method, embedded.vectors, identities,
-                                    np.asarray(dataset["species"], dtype=object)[embedded.indices], features,
-                                    gallery.local_features_config, max_images=max_fit_images, encounters=encounters)
-        gallery.calibration["method_choice"] = choices
+        threshold, choices = fit_calibration(gallery, embedder, tag, dataset, method=method, batch_size=batch_size,
+                                             num_workers=num_workers, max_fit_images=max_fit_images,
+                                             exclude_same_encounter=exclude_same_encounter, where=str(gallery_dir))
         gallery.save(gallery_dir, overwrite=True)
+    return threshold, choices
+
+
+def _calibration_method(gallery: Gallery, method: str | None, where: str) -> str:
+    """The method to fit: `method`, by default auto where the gallery has keypoints and global where it has none."""
+    method = method or ("auto" if gallery.local_features_config else "global")
+    if needs_local(method) and gallery.local_features_config is None:
+        raise ValueError(f"{where}: --method {method} needs the gallery's keypoints; rebuild it with "
+                         "`wildreid index --local-features`, or use --method global")
+    return method
+
+
+def fit_calibration(gallery: Gallery, embedder: LoadedEmbedder, tag: ModelTag, dataset: Dataset, *,
+                    method: str | None = None, batch_size: int = 64, num_workers: int = 2,
+                    max_fit_images: int | None = MAX_FIT_IMAGES, exclude_same_encounter: bool = False,
+                    where: str = "the gallery") -> tuple[float, dict]:
+    """What `calibrate_gallery` fits, on a gallery in memory (not saved): the threshold and score calibration from
+    the labelled `dataset` (loaded as the gallery's queries are), then the per-species method choice."""
+    method = _calibration_method(gallery, method, where)
+    embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
+                             num_workers=num_workers, desc="calibrating")
+    identities = np.asarray(dataset["identity"], dtype=object)[embedded.indices]
+    image_ids = np.asarray(dataset["image_id"], dtype=object)[embedded.indices]
+    threshold = gallery.calibrate_new_individual_threshold(embedded.vectors, identities, tag,
+                                                           query_image_ids=list(image_ids))
+    features = (_local_features(dataset, embedded.indices, gallery.local_features_config)
+                if needs_local(method) else None)
+    encounters = encounters_of(dataset)[embedded.indices] if exclude_same_encounter else None
+    choices = fit_method_choice(method, embedded.vectors, identities,
+                                np.asarray(dataset["species"], dtype=object)[embedded.indices], features,
+                                gallery.local_features_config, max_images=max_fit_images, encounters=encounters)
+    gallery.calibration["method_choice"] = choices
     return threshold, choices
 
 
