@@ -11,7 +11,7 @@ MAX_LINES = 400
 # wildreid/__init__.py imports it first, before anything loads torch; worker_processes beside it, since pool
 # workers import it before anything heavy.
 RANK = {"threads": -1, "worker_processes": -1, "records": 0, "provenance": 0, "outputs": 0, "safe_text": 0,
-        "cards": 0, "embedding": 1, "matching": 2, "evaluation": 3, "training": 4, "identification": 4, "metrics": 5}
+        "cards": 0, "embedding": 1, "matching": 2, "evaluation": 3, "training": 4, "identification": 5, "metrics": 5}
 # default_model/ is data: the shipped model folder, whose remote code is a copy of modeling_wildreid.
 MODULES = sorted(path for path in PACKAGE.rglob("*.py") if "default_model" not in path.parts)
 

@@ -14,6 +14,7 @@
         --calibration_datasets lion:train
     wildreid index --runtime onnx --model outputs/cpu_real-onnx-int8 --datasets lion:train --output galleries/lion-int8
     wildreid app --gallery galleries/lion [--model M] [--host 127.0.0.1] [--port 7860]
+    wildreid adapt --gallery galleries/lion [--budget_minutes 15]   # fine-tune its model on its own photos
     wildreid publish-model --repo_id my-org/wildreid-lite0 [--model outputs/cpu_real]
 
 `identify` uses the gallery's own model unless --model is given, and refuses a model whose weights or
@@ -35,6 +36,7 @@ from ..threads import configure_threads
 from ..embedding.onnx_runtime import RUNTIMES
 from ..embedding.shipped_model import describe_default, publish_model_folder, shipped_model
 from ..matching.keypoints import ALIKED_VARIANTS, DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, LOCAL_FEATURE_CHOICES
+from .adapt import add_adapt_command, run_adapt
 from .onnx_export import add_export_command, run_export
 from .store import GalleryBusyError
 from .gallery_methods import MAX_FIT_IMAGES, REQUESTABLE
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--runtime", choices=RUNTIMES, default="torch",
                      help="onnx: --model (or the gallery's model) is a `wildreid export --format onnx` folder")
     add_export_command(commands)
+    add_adapt_command(commands)
 
     publish = commands.add_parser("publish-model", help="upload a model folder to the Hugging Face Hub")
     publish.add_argument("--repo_id", required=True, help="Hub model repo, e.g. my-org/wildreid-zebra (created if absent)")
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             print(run_export(args))
             return 0
+        if args.command == "adapt":
+            return run_adapt(args)
         if args.command == "publish-model":
             print(publish_model_folder(args.model or shipped_model(), args.repo_id, private=args.private,
                                        token=args.token))
