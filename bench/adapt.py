@@ -1,0 +1,143 @@
+"""`wildreid adapt` on species its start model never saw: top-1 / mAP on individuals never in the gallery, before
+and after, and the command's wall time.
+
+For each species: the start model (lite0's ImageNet weights saved as a wildreid model folder, or `--start_model`,
+e.g. a leave-one-species-out model of experiments/zero_shot.py), a gallery of the species' training split
+(`wildreid index`), `wildreid adapt` on it with its default budget, then the species' evaluation split, whose
+individuals were never in the gallery, leave-one-out (as evaluate.py and training's validation measure) with the
+start model and with the model the gallery holds after adapt (the start model again when adapt did not install).
+
+    python bench/adapt.py                                    # lion (train / val) and nyala (train / test)
+    python bench/adapt.py --start_model experiments/runs/<loso-lion> --species lion
+    python bench/adapt.py --set tiny 'csv[species=zebra]:photos/labels.csv' 'csv[species=zebra]:photos/new.csv' \\
+        --max_steps 10 --output /tmp/adapt.json              # a quick check on other data
+
+Real data comes from $WILDREID_DATA (default ../shared/data). Writes JSON with the git commit to
+bench/results/adapt.json; galleries and work folders go under --work_dir (git-ignored: they derive from the data).
+Target (issue 31): at least +10 pp top-1 on both species, each adapt within 20 minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's wildreid (and its commit in the JSON), not another install
+
+from bench_common import write_report  # noqa: E402
+
+SETS = {"lion": ("lion:train", "lion:val"), "nyala": ("nyala:train", "nyala:test")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--species", nargs="+", choices=sorted(SETS), default=sorted(SETS))
+    parser.add_argument("--set", nargs=3, action="append", default=[], metavar=("NAME", "GALLERY_SPEC", "EVAL_SPEC"),
+                        help="another species: the gallery's spec and the evaluation spec (replaces --species)")
+    parser.add_argument("--start_model", help="wildreid model folder to start from (default: ImageNet lite0 at 224 px)")
+    parser.add_argument("--budget_minutes", type=float, help="passed to adapt (default: adapt's own)")
+    parser.add_argument("--max_steps", type=int, help="passed to adapt (default: what its budget allows)")
+    parser.add_argument("--local_features", action="store_true", help="index with SIFT keypoints (calibration: auto)")
+    parser.add_argument("--num_threads", type=int, help="torch threads of every command (default: wildreid's)")
+    parser.add_argument("--data_dir", help="real data (default $WILDREID_DATA, ../shared/data)")
+    parser.add_argument("--work_dir", default=str(REPO / "bench" / "runs" / "adapt"))
+    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "adapt.json"))
+    args = parser.parse_args()
+    sets = {name: (gallery, evaluation) for name, gallery, evaluation in args.set} or \
+        {name: SETS[name] for name in args.species}
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    start_model = args.start_model or str(imagenet_model(work / "imagenet-lite0"))
+    rows = {name: run_set(name, gallery, evaluation, start_model, work / name, args)
+            for name, (gallery, evaluation) in sets.items()}
+    print_table(rows)
+    write_report(args.output, "adapt", {
+        "start_model": args.start_model or "ImageNet tf_efficientnet_lite0 at 224 px (with_imagenet_backbone)",
+        "adapt_options": adapt_options(args), "num_threads": args.num_threads, "sets": rows,
+        "table": table(rows)})
+
+
+def imagenet_model(folder: Path) -> Path:
+    """Lite0's ImageNet weights as a wildreid model folder (neck uninitialised, as `imagenet:tf_efficientnet_lite0`)."""
+    if not (folder / "config.json").is_file():
+        from modeling_wildreid import WildReIDConfig, WildReIDModel
+
+        WildReIDModel.with_imagenet_backbone(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=224)) \
+            .save_pretrained(folder)
+    return folder
+
+
+def adapt_options(args) -> list[str]:
+    return ((["--budget_minutes", str(args.budget_minutes)] if args.budget_minutes else [])
+            + (["--max_steps", str(args.max_steps)] if args.max_steps else []))
+
+
+def wildreid(args, *command: str) -> float:
+    """Run a `wildreid` command as a user would (its output shown); returns its wall time in seconds."""
+    threads = ["--num_threads", str(args.num_threads)] if args.num_threads else []
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "wildreid.identification.cli", *command, *threads], cwd=REPO, check=True)
+    return time.perf_counter() - started
+
+
+def run_set(name: str, gallery_spec: str, eval_spec: str, start_model: str, folder: Path, args) -> dict:
+    gallery = folder / "gallery"
+    for leftover in (gallery, folder / "gallery.adapt"):  # each run indexes and adapts from scratch
+        shutil.rmtree(leftover, ignore_errors=True)
+    data = ["--data_dir", args.data_dir] if args.data_dir else []
+    index_seconds = wildreid(args, "index", "--model", start_model, "--datasets", gallery_spec, "--output",
+                             str(gallery), *data, *(["--local-features"] if args.local_features else []))
+    adapt_seconds = wildreid(args, "adapt", "--gallery", str(gallery), *adapt_options(args))
+    result = json.loads((folder / "gallery.adapt" / "result.json").read_text())
+    from wildreid.identification import store
+
+    adapted_model = store.resolve_model_reference(store.read_config(gallery)["model"]["model_name_or_path"], gallery)
+    before, after = evaluate(start_model, eval_spec, args), evaluate(adapted_model, eval_spec, args)
+    return {"gallery_spec": gallery_spec, "eval_spec": eval_spec, "installed": result["installed"],
+            "before": before, "after": after, "top1_gain_pp": 100 * (after["top1"] - before["top1"]),
+            "map_gain_pp": 100 * (after["map"] - before["map"]), "adapt_seconds": adapt_seconds,
+            "index_seconds": index_seconds, "adapt_held_out": {"before": result["before"]["mean"],
+                                                                "after": result["after"]["mean"]},
+            "adapt_plan": result["plan"], "adapt_training": result["training"]}
+
+
+def evaluate(model: str, spec: str, args) -> dict:
+    """Leave-one-out top-1 / mAP over the species of `spec`, as evaluate.py's global protocol."""
+    from hub_datasets.specs import load_specs
+    from wildreid.embedding import embed_dataset, load_embedder
+    from wildreid.evaluation.protocols import leave_one_out_by_species
+    from wildreid.threads import configure_threads
+
+    configure_threads(args.num_threads)
+    embedder = load_embedder(model)
+    dataset = load_specs([spec], data_dir=args.data_dir)
+    embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=64, num_workers=2,
+                             desc=f"evaluating {Path(model).name}")
+    results = leave_one_out_by_species(dataset, embedded)
+    return {"top1": results["mean"]["top1"], "map": results["mean"]["map"], "queries": results["mean"]["n_queries"],
+            "model": model}
+
+
+def table(rows: dict) -> dict:
+    return {"columns": ["Set", "Evaluated on", "Top-1 before / after", "mAP before / after", "Gain (pp top-1)",
+                        "Installed", "adapt wall time (min)"],
+            "rows": [[name, row["eval_spec"], f"{100 * row['before']['top1']:.1f} / {100 * row['after']['top1']:.1f}",
+                      f"{100 * row['before']['map']:.1f} / {100 * row['after']['map']:.1f}",
+                      round(row["top1_gain_pp"], 1), "yes" if row["installed"] else "no",
+                      round(row["adapt_seconds"] / 60, 1)] for name, row in rows.items()]}
+
+
+def print_table(rows: dict) -> None:
+    result = table(rows)
+    print(" | ".join(result["columns"]))
+    for row in result["rows"]:
+        print(" | ".join(str(cell) for cell in row))
+
+
+if __name__ == "__main__":
+    main()
