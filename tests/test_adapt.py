@@ -1,5 +1,6 @@
 """`wildreid adapt`: held-out individuals chosen and measured, a better model installed as a new revision (the old one
-kept loadable, `--undo` back), a worse one not installed, kill -9 leaving the gallery as it was and a rerun resuming.
+kept loadable, `--undo` back), a worse one not installed, Ctrl-C and kill -9 leaving the gallery as it was and a
+rerun resuming.
 Tiny generated photos and a 64 px lite0, a few training steps."""
 from __future__ import annotations
 
@@ -141,26 +142,37 @@ def test_a_worse_model_is_not_installed_and_the_gallery_stays_as_it_was(source, 
     assert not result["installed"] and describe(result["after"]) in out
 
 
-def test_kill_9_during_training_leaves_the_gallery_identical_and_the_same_command_resumes(source, tmp_path, capsys):
+def test_ctrl_c_and_kill_9_during_training_leave_the_gallery_identical_and_the_same_command_resumes(
+        source, tmp_path, capsys):
     gallery_dir = fresh(source, "imagenet", tmp_path)
     files = folder_bytes(gallery_dir)
     command = ["adapt", "--gallery", str(gallery_dir), "--max_steps", "20", "--num_workers", "0", "--num_threads", "1",
                "--weight_interpolation"]
-    process = subprocess.Popen([sys.executable, "-m", "wildreid.identification.cli", *command], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "imagenet" / "gallery.adapt" / "run" / "checkpoints"
-    deadline = time.time() + 300
-    while not list(checkpoints.glob("checkpoint-*/wildreid_progress.json")):
-        assert process.poll() is None and time.time() < deadline, "adapt ended before its first checkpoint"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    assert folder_bytes(gallery_dir) == files
-    Gallery.load(gallery_dir)
+
+    def stop_after_a_checkpoint(sig: int, past_step: int) -> tuple[int, str]:
+        """Run the command until a checkpoint beyond `past_step` is complete, send `sig`; its step and output."""
+        process = subprocess.Popen([sys.executable, "-m", "wildreid.identification.cli", *command], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        deadline = time.time() + 300
+        while not (steps := [int(p.parent.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*/*progress.json")
+                             if int(p.parent.name.split("-")[1]) > past_step]):
+            assert process.poll() is None and time.time() < deadline, "adapt ended before a new checkpoint"
+            time.sleep(0.2)
+        process.send_signal(sig)
+        out, _ = process.communicate(timeout=120)
+        assert folder_bytes(gallery_dir) == files
+        Gallery.load(gallery_dir)
+        return max(steps), out
+
+    # Ctrl-C: the trainer checkpoints the step it is at and adapt says how to go on.
+    interrupted_at, out = stop_after_a_checkpoint(signal.SIGINT, 0)
+    assert "adapt stopped: the gallery is unchanged; run the same command again to resume" in out
+    stop_after_a_checkpoint(signal.SIGKILL, interrupted_at)  # resumed there, then killed outright
     assert main(command) == 0
     out = capsys.readouterr().out
     assert "resuming the adaptation planned in" in out
-    assert re.search(r"resumed from \S+checkpoint-\d+ at step [1-9]", out)  # not from the start
+    assert re.search(rf"resumed from \S+checkpoint-\d+ at step (?!{interrupted_at}\b)[1-9]", out)  # the kill's
     result = json.loads((tmp_path / "imagenet" / "gallery.adapt" / "result.json").read_text())
     assert result["training"]["total_steps"] == 20
 
