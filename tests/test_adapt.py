@@ -23,6 +23,7 @@ from wildreid.identification.adapt_data import choose_holdout, describe
 from wildreid.identification.adapt_plan import MIN_STEPS, steps_for_budget
 from wildreid.identification.cli import main
 from wildreid.identification.gallery import Gallery
+from wildreid.identification.review import open_session
 from wildreid.identification.workflows import build_gallery, calibrate_gallery, identify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +114,8 @@ def test_a_better_model_becomes_a_new_revision_identify_uses_and_undo_leaves(sou
     (answer,), _ = identify(gallery_dir, images=[photo], method="global", num_workers=0)
     assert answer.candidates[0].score == pytest.approx(1.0, abs=1e-4)
     identify(gallery_dir, images=[photo], num_workers=0)  # and by the method calibration chose
+    session = open_session(gallery_dir, review_dir=tmp_path / "review")  # the review app: the same model, no --model
+    assert session.model_tag.same_embedding_space(Gallery.load(gallery_dir).model_tag)
     kept = gallery_dir / "revisions" / before["revision"]
     assert Gallery.load(kept).model_tag.revision == before["model"]["revision"]  # the old revision still answers
     identify(kept, images=[photo], num_workers=0)
