@@ -202,7 +202,7 @@ def _print_plan(plan: dict, deadline: float) -> None:
           f"({plan['steps_chosen_by']}; {fields['frozen_backbone_stages']} backbone stages frozen, head from "
           f"prototypes, learning rates {fields['learning_rate']:g} / {fields['backbone_learning_rate']:g})"
           + (f", a step takes {timing['seconds_per_step']:.2f} s here" if timing["seconds_per_step"] else "")
-          + f"; done by {finish:%H:%M} at the latest (--budget_minutes {plan['request']['budget_minutes']:g})")
+          + f"; done by about {finish:%H:%M} (--budget_minutes {plan['request']['budget_minutes']:g})")
     print(f"start (the gallery's model as it is): {describe(plan['before'])}")
 
 
