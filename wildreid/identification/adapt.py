@@ -38,7 +38,8 @@ from ..evaluation.protocols import encounters_of
 from . import store
 from .adapt_data import (HOLDOUT, IMAGES_FILE, MIN_PHOTOS, GalleryImages, choose_holdout, describe, gallery_images,
                          holdout_figures, write_images)
-from .adapt_install import install, undo
+from .adapt_install import install
+from .revisions import undo
 from .adapt_plan import (OVERRIDABLE, PLAN_FILE, RUN_DIR, load_plan, measure_step_seconds, recipe, save_plan, schedule,
                          seconds_after_training, steps_for_budget, training_config)
 from .gallery import Gallery

@@ -46,6 +46,9 @@ class Gallery:
         self.local_features_config: dict[str, Any] | None = None
         # `center_box` of the specs the photos came from: query photos without a box are cropped the same way.
         self.center_box: float | None = None
+        # The revision under `revisions/` whose model this one's replaced (`wildreid adapt`, or `calibrate` choosing
+        # the embedding): `revisions.undo` returns to it. Carried by every later save of the same model.
+        self.replaced_revision: str | None = None
         self._index: EmbeddingIndex | None = None
         self._codes: np.ndarray | None = None  # identity code of each gallery row
         self._identity_names: np.ndarray | None = None  # identity name of each code
@@ -266,7 +269,7 @@ class Gallery:
                 created=self.created, updated=self.updated, calibration=self.calibration,
                 search={"approximate_threshold": self.approximate_threshold},
                 local_features=None if self.local_features_config is None else {"config": self.local_features_config},
-                center_box=self.center_box,
+                center_box=self.center_box, replaced_revision=self.replaced_revision,
             )
             revision = store.write_revision(directory, config, self.embeddings, self.metadata, local_features, kept,
                                             write_index, kept_index)
@@ -291,6 +294,7 @@ class Gallery:
         gallery.calibration = config.get("calibration")
         gallery.local_features_config = (config.get("local_features") or {}).get("config")
         gallery.center_box = config.get("center_box")
+        gallery.replaced_revision = config.get("replaced_revision")
         gallery._loaded_revision = (directory.resolve(), config.get("revision"))
         return gallery
 

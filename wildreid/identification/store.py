@@ -8,8 +8,9 @@
     descriptor_index.<revision>.npz    optional, with the keypoint cache: its RootSIFT descriptors in one faiss index
                                        (`DescriptorIndex.to_npz`), for one-vs-many local retrieval
     .gallery.lock                      held by the one process allowed to write the gallery
-    models/, revisions/                `wildreid adapt`'s installed models and the revisions it replaced
-                                       (`adapt_install`); a save never touches sub-folders
+    models/, revisions/                `wildreid adapt`'s installed models, and the revisions a model switch
+                                       (adapt, or calibrate choosing the embedding) replaced (`revisions`);
+                                       a save never touches sub-folders
 
 A save writes a new revision's files under new names beside the current ones, then switches to them by
 replacing `gallery.json` in one atomic rename, then deletes the old revision's files: a save killed at any
