@@ -210,6 +210,7 @@ def test_calibrate_takes_exclude_same_encounter(monkeypatch):
     import wildreid.identification.cli as cli
 
     seen = {}
-    monkeypatch.setattr(cli, "calibrate_gallery", lambda *args, **kwargs: seen.update(kwargs) or (0.5, {}))
+    monkeypatch.setattr(cli, "calibrate_choosing_embedding", lambda *args, **kwargs: seen.update(kwargs)
+                        or {"threshold": 0.5, "choices": {}, "embedding": None})
     assert main(["calibrate", "--gallery", "g", "--datasets", f"{DATA}:train", "--exclude_same_encounter"]) == 0
     assert seen["exclude_same_encounter"] is True

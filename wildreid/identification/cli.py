@@ -8,6 +8,7 @@
         --local-features aliked [--aliked_variant n16|n16rot|t16] [--local_max_side 512]
     wildreid index --model outputs/cpu_real --datasets dog:train --output galleries/dog --flip_test
     wildreid calibrate --gallery galleries/lion --datasets lion:train --method auto
+    wildreid calibrate --gallery galleries/lion --datasets lion:train --models imagenet:tf_efficientnet_lite0 runs/x
     wildreid identify --gallery galleries/lion --images photo1.jpg photo2.jpg --output matches.json [--method fusion]
     wildreid identify --gallery galleries/lion --datasets csv:/data/new_photos.csv --output matches.csv
     wildreid export --format onnx --model outputs/cpu_real --output outputs/cpu_real-onnx-int8 --quantize int8 \\
@@ -40,7 +41,8 @@ from .adapt import add_adapt_command, run_adapt
 from .onnx_export import add_export_command, run_export
 from .store import GalleryBusyError
 from .gallery_methods import MAX_FIT_IMAGES, REQUESTABLE
-from .workflows import build_gallery, calibrate_gallery, identify
+from .embedding_choice import IMAGENET_LITE0, calibrate_choosing_embedding, describe_choice
+from .workflows import build_gallery, identify
 from .results import write_results
 
 
@@ -99,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--gallery", required=True)
     calibrate.add_argument("--datasets", nargs="+", required=True, help="validation specs (known and new individuals)")
     calibrate.add_argument("--model", help="default: the model the gallery was built with")
+    calibrate.add_argument("--models", nargs="*", metavar="MODEL",
+                           help="models to weigh against the gallery's own: each embeds the labelled images and has "
+                                "the method chosen on them, and the best by validation mAP becomes the gallery's "
+                                "embedding (a new revision; `adapt --undo` goes back). Default: the shipped model and "
+                                f"{IMAGENET_LITE0} when the gallery holds one of them, else none; the flag alone: "
+                                "none (the gallery's model only)")
     calibrate.add_argument("--method", choices=REQUESTABLE,
                            help="scoring method to fit per species on the labelled images (auto: the best by validation "
                                 "mAP; default auto when the gallery has keypoints, else global)")
@@ -220,9 +228,13 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"; skipped {len(skipped)} unreadable (e.g. {printable(skipped[0].file)}: "
                      f"{printable(skipped[0].reason)})" if skipped else ""))
         elif args.command == "calibrate":
-            threshold, choices = calibrate_gallery(args.gallery, args.datasets, model=args.model, method=args.method,
-                                                   max_fit_images=args.max_fit_images or None,
-                                                   exclude_same_encounter=args.exclude_same_encounter, **data)
+            calibrated = calibrate_choosing_embedding(
+                args.gallery, args.datasets, model=args.model, models=args.models, method=args.method,
+                max_fit_images=args.max_fit_images or None, exclude_same_encounter=args.exclude_same_encounter,
+                report=lambda line: print(printable(line)), **data)
+            threshold, choices = calibrated["threshold"], calibrated["choices"]
+            if calibrated["embedding"]:
+                print(printable(describe_choice(calibrated["embedding"], args.gallery)))
             print(f"gallery {args.gallery}: new-individual threshold {threshold:.4f} (cosine)")
             for species, choice in choices.items():
                 figures = ", ".join(f"{name} top-1 {100 * f['top1']:.1f} mAP {100 * f['map']:.1f}"

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,7 @@ def _shared_center_box(specs: list[str]) -> float | None:
     return next(iter(values.values()), None)
 
 
-def _load_queries(specs: list[str], gallery: Gallery, data_dir: str | None, gallery_dir: str | os.PathLike,
+def load_queries(specs: list[str], gallery: Gallery, data_dir: str | None, gallery_dir: str | os.PathLike,
                   skipped: list[tuple[str, str]] | None = None) -> Dataset:
     """Query specs loaded as the gallery's photos were cropped: rows without a box get the gallery's
     `center_box` (a spec asking for another is warned about, naming both). `skipped`: see `load_specs`."""
@@ -167,7 +168,7 @@ def load_gallery_embedder(gallery: Gallery, gallery_dir: str | os.PathLike, mode
                          device=device, runtime=runtime, flip_test=gallery.model_tag.flip_test)
 
 
-def _gallery_and_model(gallery_dir: str | os.PathLike, model: str | None,
+def gallery_and_model(gallery_dir: str | os.PathLike, model: str | None,
                        runtime: str) -> tuple[Gallery, LoadedEmbedder, ModelTag]:
     gallery = Gallery.load(gallery_dir)
     embedder = load_gallery_embedder(gallery, gallery_dir, model, runtime)
@@ -176,7 +177,7 @@ def _gallery_and_model(gallery_dir: str | os.PathLike, model: str | None,
     return gallery, embedder, tag
 
 
-def _local_features(dataset: Dataset, rows: np.ndarray, config: dict) -> list[LocalFeatures]:
+def local_features_of(dataset: Dataset, rows: np.ndarray, config: dict) -> list[LocalFeatures]:
     """Keypoints of the dataset's `rows` with a gallery's extractor settings; an image whose keypoints
     cannot be computed gets none (it is then answered with the global method, which says so)."""
     extractor = LocalFeatureExtractor(**config)
@@ -198,9 +199,9 @@ def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, mo
     `exclude_same_encounter` the method is fitted and chosen without pairs of one encounter (the images'
     `encounter`): what a query of a new sighting will meet; the threshold is fitted as before."""
     with store.writer_lock(gallery_dir, create=False):  # load, calibrate and save as one step
-        gallery, embedder, tag = _gallery_and_model(gallery_dir, model, runtime)
-        method = _calibration_method(gallery, method, str(gallery_dir))  # refused before any image is loaded
-        dataset = _load_queries(datasets, gallery, data_dir, gallery_dir)
+        gallery, embedder, tag = gallery_and_model(gallery_dir, model, runtime)
+        method = calibration_method(gallery, method, str(gallery_dir))  # refused before any image is loaded
+        dataset = load_queries(datasets, gallery, data_dir, gallery_dir)
         fitted_on_training_images(embedder.name, datasets, f"{gallery_dir}'s threshold and method choice")
         threshold, choices = fit_calibration(gallery, embedder, tag, dataset, method=method, batch_size=batch_size,
                                              num_workers=num_workers, max_fit_images=max_fit_images,
@@ -209,7 +210,7 @@ def calibrate_gallery(gallery_dir: str | os.PathLike, datasets: list[str], *, mo
     return threshold, choices
 
 
-def _calibration_method(gallery: Gallery, method: str | None, where: str) -> str:
+def calibration_method(gallery: Gallery, method: str | None, where: str) -> str:
     """The method to fit: `method`, by default auto where the gallery has keypoints and global where it has none."""
     method = method or ("auto" if gallery.local_features_config else "global")
     if needs_local(method) and gallery.local_features_config is None:
@@ -224,21 +225,52 @@ def fit_calibration(gallery: Gallery, embedder: LoadedEmbedder, tag: ModelTag, d
                     where: str = "the gallery") -> tuple[float, dict]:
     """What `calibrate_gallery` fits, on a gallery in memory (not saved): the threshold and score calibration from
     the labelled `dataset` (loaded as the gallery's queries are), then the per-species method choice."""
-    method = _calibration_method(gallery, method, where)
-    embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
-                             num_workers=num_workers, desc="calibrating")
-    identities = np.asarray(dataset["identity"], dtype=object)[embedded.indices]
-    image_ids = np.asarray(dataset["image_id"], dtype=object)[embedded.indices]
-    threshold = gallery.calibrate_new_individual_threshold(embedded.vectors, identities, tag,
-                                                           query_image_ids=list(image_ids))
-    features = (_local_features(dataset, embedded.indices, gallery.local_features_config)
-                if needs_local(method) else None)
-    encounters = encounters_of(dataset)[embedded.indices] if exclude_same_encounter else None
-    choices = fit_method_choice(method, embedded.vectors, identities,
-                                np.asarray(dataset["species"], dtype=object)[embedded.indices], features,
-                                gallery.local_features_config, max_images=max_fit_images, encounters=encounters)
+    method = calibration_method(gallery, method, where)
+    images = embed_calibration_images(embedder, dataset, batch_size=batch_size, num_workers=num_workers)
+    threshold = fit_threshold(gallery, tag, images)
+    choices = choose_methods(method, images, dataset, gallery, max_fit_images=max_fit_images,
+                             exclude_same_encounter=exclude_same_encounter)
     gallery.calibration["method_choice"] = choices
     return threshold, choices
+
+
+@dataclass
+class CalibrationImages:
+    """The labelled calibration images that loaded (`rows` of their dataset), embedded by one model."""
+
+    vectors: np.ndarray
+    rows: np.ndarray
+    identities: np.ndarray
+    image_ids: np.ndarray
+    species: np.ndarray
+
+
+def embed_calibration_images(embedder: LoadedEmbedder, dataset: Dataset, *, batch_size: int = 64,
+                             num_workers: int = 2, desc: str = "calibrating") -> CalibrationImages:
+    embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
+                             num_workers=num_workers, desc=desc)
+    identities, image_ids, species = (np.asarray(dataset[name], dtype=object)[embedded.indices]
+                                      for name in ("identity", "image_id", "species"))
+    return CalibrationImages(embedded.vectors, embedded.indices, identities, image_ids, species)
+
+
+def fit_threshold(gallery: Gallery, tag: ModelTag, images: CalibrationImages) -> float:
+    """The new-individual threshold and score calibration (replacing `gallery.calibration`); calibration images that
+    are gallery images are left out of their own search."""
+    return gallery.calibrate_new_individual_threshold(images.vectors, images.identities, tag,
+                                                      query_image_ids=list(images.image_ids))
+
+
+def choose_methods(method: str, images: CalibrationImages, dataset: Dataset, gallery: Gallery, *,
+                   features: list[LocalFeatures] | None = None, max_fit_images: int | None = MAX_FIT_IMAGES,
+                   exclude_same_encounter: bool = False) -> dict:
+    """The per-species method choice (`fit_method_choice`) on the calibration images' embeddings; `features`: their
+    keypoints when already extracted (they do not depend on the model), else extracted here when `method` needs them."""
+    if features is None and needs_local(method):
+        features = local_features_of(dataset, images.rows, gallery.local_features_config)
+    encounters = encounters_of(dataset)[images.rows] if exclude_same_encounter else None
+    return fit_method_choice(method, images.vectors, images.identities, images.species, features,
+                             gallery.local_features_config, max_images=max_fit_images, encounters=encounters)
 
 
 def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None, datasets: list[str] | None = None,
@@ -255,7 +287,7 @@ def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None,
         raise ValueError("give query --images or --datasets (one of them)")
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"the new-individual threshold must be a finite number, got {threshold}")
-    gallery, embedder, tag = _gallery_and_model(gallery_dir, model, runtime)
+    gallery, embedder, tag = gallery_and_model(gallery_dir, model, runtime)
     scorer = GalleryScorer(gallery, gallery_dir, method)
     extractor = LocalFeatureExtractor(**gallery.local_features_config) if scorer.uses_local else None
     if images:
@@ -270,14 +302,14 @@ def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None,
             return gallery.identify_images(images, embed, tag, top_k, batch_size=batch_size, threshold=threshold)
         return _identify_images_by_method(scorer, extractor, images, embed, top_k, batch_size, threshold)
     unusable: list[tuple[str, str]] = []  # rows whose photo is missing or unreadable: listed, never fatal
-    dataset = _load_queries(datasets, gallery, data_dir, gallery_dir, skipped=unusable)
+    dataset = load_queries(datasets, gallery, data_dir, gallery_dir, skipped=unusable)
     embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                              num_workers=num_workers, desc="identifying")
     embedded.failures[:0] = [LoadFailure(row, reason) for row, reason in unusable]
     query_ids = list(np.asarray(dataset["image_id"], dtype=object)[embedded.indices])
     if extractor is None:
         return gallery.identify(embedded.vectors, tag, top_k, query_ids=query_ids, threshold=threshold), embedded.failures
-    features = _local_features(dataset, embedded.indices, gallery.local_features_config)
+    features = local_features_of(dataset, embedded.indices, gallery.local_features_config)
     species = list(np.asarray(dataset["species"], dtype=object)[embedded.indices])
     return scorer.identify(embedded.vectors, features, species, query_ids, top_k, threshold), embedded.failures
 
