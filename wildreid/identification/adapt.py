@@ -297,7 +297,9 @@ def add_adapt_command(commands) -> None:
     adapt.add_argument("--weight_interpolation", type=float, nargs="*",
                        help="WiSE-FT ratios to validate after training (default 0.25 0.5 0.75; the flag alone: none)")
     adapt.add_argument("--work_dir", help="work folder (default: <gallery>.adapt beside the gallery)")
-    adapt.add_argument("--undo", action="store_true", help="switch the gallery back to the revision adapt replaced")
+    adapt.add_argument("--undo", action="store_true",
+                       help="switch the gallery back to the revision whose model adapt (or calibrate's choice of "
+                            "embedding) replaced")
     adapt.add_argument("--batch_size", type=int, default=64, help="images per embedding batch")
     adapt.add_argument("--num_workers", type=int, default=2, help="image-loading processes (at most the cores)")
     adapt.add_argument("--num_threads", type=int,
@@ -309,7 +311,7 @@ def run_adapt(args) -> int:
     if args.undo:
         done = undo(Path(args.gallery))
         print(f"{args.gallery}: back to the model of revision {done['restored']} as revision {done['revision']} "
-              f"(the adapted revision is kept in {Path(args.gallery) / 'revisions' / done['kept']})")
+              f"(the revision it replaces is kept in {Path(args.gallery) / 'revisions' / done['kept']})")
         return 0
     overrides = {name: getattr(args, name) for name in OVERRIDABLE}
     try:
