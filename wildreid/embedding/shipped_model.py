@@ -59,6 +59,8 @@ def save_shipped_model(trained: str | Path, destination: str | Path, card: str |
         if size > MAX_SHIPPED_BYTES:
             raise ValueError(f"the shipped model would take {size / 2**20:.1f} MB, over the "
                              f"{MAX_SHIPPED_BYTES / 2**20:.0f} MB a repository copy may; ship a smaller backbone")
+        for path in (staging, *staging.rglob("*")):  # mkdtemp's 0700 would hide an installed copy from other users
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if destination.exists():
             shutil.rmtree(destination)
         staging.rename(destination)
