@@ -1,7 +1,7 @@
 """The README's "Identify your animals" runs as written and prints what the README shows.
 
-The test reads the section's commands from README.md itself (the shell variable, train.py, `wildreid index`,
-`calibrate`, `identify`), runs them in a fresh folder on the generated data they name, and compares the
+The test reads the section's commands from README.md itself (the shell variable, `wildreid index` with the
+shipped model, `calibrate`, `identify`), runs them in a fresh folder on the generated data they name, and compares the
 printed lines with the README's output block: every line shown must appear, with its counts, method names,
 query file and decision as shown (decimals may differ from one CPU to another and are compared as numbers,
 not digits). The prose's count of queries called new must hold too, and the `wildreid app` line must be a
@@ -120,8 +120,10 @@ def test_the_quickstart_section_parses():
     """Fast: the section keeps its shape (the slow test above runs it)."""
     readme = quickstart()
     programs = [words[0] for words in readme["commands"] if not re.fullmatch(r"[A-Z_]+=.*", words[0])]
-    assert programs == ["python", "wildreid", "wildreid", "wildreid"]
+    assert programs == ["wildreid", "wildreid", "wildreid"]
     assert [words[1] for words in readme["commands"] if words[0] == "wildreid"] == ["index", "calibrate", "identify"]
+    index = next(words for words in readme["commands"] if words[:2] == ["wildreid", "index"])
+    assert "--model" not in index, "the quickstart is the path of a new user: the shipped model, no training"
     assert readme["shown"] and 0 <= readme["called_new"] <= readme["queries"]
 
 
