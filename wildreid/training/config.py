@@ -124,9 +124,9 @@ class TrainingConfig:
         if self.weight_interpolation and not self.val_datasets:
             raise ValueError("--weight_interpolation chooses its mix on validation: set val_datasets")
         for spec in self.val_datasets:  # the best step and mix are chosen there: its figures are no longer unseen
-            if reported_rows_in(spec):
+            if reported := reported_rows_in(spec):
                 logger.warning("val_datasets %s holds images of %s, a set wildreid's tables report: figures on it after "
-                               "this run are not independent of what it chose", spec, reported_rows_in(spec))
+                               "this run are not independent of what it chose", spec, reported)
         is_run = check_reusable_folder(self.output_dir, "--output_dir", marker=(RUN_FILE, TRAINING_CONFIG_FILE),
                                        allow_flag="--overwrite_output_dir", allowed=self.overwrite_output_dir)
         if is_run and not (self.resume_from_checkpoint or self.overwrite_output_dir):

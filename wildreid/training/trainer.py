@@ -28,6 +28,7 @@ from modeling_wildreid import WildReIDConfig, WildReIDForMetricLearning, WildReI
 from ..cards import training_card, write_model_card
 from ..embedding import ReIDImageDataset, collate, embed_dataset, load_wildreid_model
 from ..embedding.data import ignore_stop_signals
+from ..embedding.shipped_model import publish_model_folder
 from ..embedding.training_record import TRAINING_CONFIG_FILE
 from ..evaluation.protocols import leave_one_out_by_species
 from ..provenance import code_version
@@ -36,7 +37,6 @@ from .augment import build_augmentation
 from .checkpoints import (StopSignal, TimeLimit, TrainingProgress, contiguous_weights, find_checkpoint,
                           latest_checkpoint_or_none, prune_checkpoints, refuse_pickled_objects, start_run)
 from .config import TrainingConfig
-from .hub import push_output_to_hub
 from .initialisation import calibrate_neck_statistics, init_head_from_prototypes, pooled_features
 from .normalisation import early_stage_parameters, set_train_modes, track_neck_statistics
 from .optimization import parameter_groups
@@ -387,7 +387,7 @@ class Trainer:
             if (self.output_dir / VALIDATION_RESULTS).is_file():
                 write_model_card(self.output_dir / "README.md", command="train.py")
             if self.config.push_to_hub:
-                url = push_output_to_hub(self.output_dir, self.config.hub_model_id, private=self.config.hub_private)
+                url = publish_model_folder(self.output_dir, self.config.hub_model_id, private=self.config.hub_private)
                 self.print(f"pushed to {url}")
         self.accelerator.wait_for_everyone()
         return summary
