@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from model_testing import lite0_model
 
 from hub_datasets.synthetic import generate_rows
-from modeling_wildreid import WildReIDConfig, WildReIDModel
 from wildreid.identification import store
 from wildreid.identification.adapt_data import choose_holdout, describe
 from wildreid.identification.adapt_plan import MIN_STEPS, steps_for_budget
@@ -48,12 +47,7 @@ def source(tmp_path_factory):
         lines.append(f"{name},{individual},{individual}-{index // 2}")
     (photos / "labels.csv").write_text("\n".join(lines) + "\n")
     for kind in ("imagenet", "off_neck"):
-        model = WildReIDModel.with_imagenet_backbone(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64))
-        if kind == "off_neck":
-            with torch.no_grad():
-                model.neck.norm.running_var.fill_(1e30)
-                model.neck.norm.running_var[0] = 1.0
-        model.save_pretrained(root / kind / "model")
+        lite0_model(broken_neck=kind == "off_neck").save_pretrained(root / kind / "model")
         build_gallery(str(root / kind / "model"), [f"csv[species=zebra]:{photos / 'labels.csv'}"],
                       root / kind / "gallery", local_features=kind == "off_neck", num_workers=0)
     return root

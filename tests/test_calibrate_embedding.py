@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_testing import lite0_model
 
 from hub_datasets.synthetic import generate_rows
 from modeling_wildreid import WildReIDConfig, WildReIDModel
@@ -49,12 +50,7 @@ def source(tmp_path_factory):
     random_model = WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64))
     random_model.save_pretrained(root / "models" / "random")
     for kind in ("poor", "good"):
-        model = WildReIDModel.with_imagenet_backbone(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64))
-        if kind == "poor":
-            with torch.no_grad():
-                model.neck.norm.running_var.fill_(1e30)
-                model.neck.norm.running_var[0] = 1.0
-        model.save_pretrained(root / "models" / kind)
+        lite0_model(broken_neck=kind == "poor").save_pretrained(root / "models" / kind)
     for kind, model, spec, keypoints in (
             ("poor", "poor", f"csv[species=zebra]:{photos / 'indexed.csv'}", True),
             ("good", "good", f"csv[species=zebra]:{photos / 'indexed.csv'}", False),
