@@ -2,13 +2,15 @@
 and after, and the command's wall time.
 
 For each species: the start model (lite0's ImageNet weights saved as a wildreid model folder, or `--start_model`,
-e.g. a leave-one-species-out model of experiments/zero_shot.py), a gallery of the species' training split
-(`wildreid index`), `wildreid adapt` on it with its default budget, then the species' evaluation split, whose
-individuals were never in the gallery, leave-one-out (as evaluate.py and training's validation measure) with the
-start model and with the model the gallery holds after adapt (the start model again when adapt did not install).
+e.g. the species' leave-one-species-out model of experiments/zero_shot.py, which never saw it), a gallery of the
+species' training split (`wildreid index`), `wildreid adapt` on it with its default budget, then the species'
+evaluation split, whose individuals were never in the gallery, leave-one-out (as evaluate.py and training's
+validation measure) with the start model and with the model the gallery holds after adapt (the start model again
+when adapt did not install).
 
     python bench/adapt.py                                    # lion (train / val) and nyala (train / test)
-    python bench/adapt.py --start_model experiments/runs/<loso-lion> --species lion
+    python bench/adapt.py --start_model lion=experiments/runs/loso_lion_flagship_s600_seed0 \\
+        nyala=experiments/runs/loso_nyala_flagship_s600_seed0  # models that never saw them
     python bench/adapt.py --set tiny 'csv[species=zebra]:photos/labels.csv' 'csv[species=zebra]:photos/new.csv' \\
         --max_steps 10 --output /tmp/adapt.json              # a quick check on other data
 
@@ -29,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid (and its commit in the JSON), not another install
 
-from bench_common import write_report  # noqa: E402
+from bench_common import leave_one_out_figures, write_report  # noqa: E402
 
 SETS = {"lion": ("lion:train", "lion:val"), "nyala": ("nyala:train", "nyala:test")}
 
@@ -39,7 +41,9 @@ def main() -> None:
     parser.add_argument("--species", nargs="+", choices=sorted(SETS), default=sorted(SETS))
     parser.add_argument("--set", nargs=3, action="append", default=[], metavar=("NAME", "GALLERY_SPEC", "EVAL_SPEC"),
                         help="another species: the gallery's spec and the evaluation spec (replaces --species)")
-    parser.add_argument("--start_model", help="wildreid model folder to start from (default: ImageNet lite0 at 224 px)")
+    parser.add_argument("--start_model", nargs="+", default=[], metavar="[SPECIES=]MODEL",
+                        help="wildreid model folder to start from, for every set or per set as NAME=FOLDER (default: "
+                             "ImageNet lite0 at 224 px)")
     parser.add_argument("--budget_minutes", type=float, help="passed to adapt (default: adapt's own)")
     parser.add_argument("--max_steps", type=int, help="passed to adapt (default: what its budget allows)")
     parser.add_argument("--local_features", action="store_true", help="index with SIFT keypoints (calibration: auto)")
@@ -52,14 +56,30 @@ def main() -> None:
         {name: SETS[name] for name in args.species}
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    start_model = args.start_model or str(imagenet_model(work / "imagenet-lite0"))
-    rows = {name: run_set(name, gallery, evaluation, start_model, work / name, args)
+    starts = start_models(args.start_model, sets, work)
+    rows = {name: run_set(name, gallery, evaluation, starts[name], work / name, args)
             for name, (gallery, evaluation) in sets.items()}
     print_table(rows)
     write_report(args.output, "adapt", {
-        "start_model": args.start_model or "ImageNet tf_efficientnet_lite0 at 224 px (with_imagenet_backbone)",
+        "start_model": {name: describe_start(start) for name, start in starts.items()},
         "adapt_options": adapt_options(args), "num_threads": args.num_threads, "sets": rows,
         "table": table(rows)})
+
+
+def start_models(values: list[str], sets: dict, work: Path) -> dict[str, str]:
+    """Each set's start model: `NAME=FOLDER` for that set, a bare FOLDER for the rest, else ImageNet lite0."""
+    named = dict(value.split("=", 1) for value in values if "=" in value)
+    bare = [value for value in values if "=" not in value]
+    if len(bare) > 1 or set(named) - set(sets):
+        raise SystemExit(f"--start_model takes one FOLDER and NAME=FOLDER for sets of {sorted(sets)}; got {values}")
+    default = bare[0] if bare else None
+    return {name: named.get(name) or default or str(imagenet_model(work / "imagenet-lite0")) for name in sets}
+
+
+def describe_start(model: str) -> dict:
+    """What a start model is, for the report: its folder and the species it trained on (none for ImageNet)."""
+    config = json.loads((Path(model) / "config.json").read_text())
+    return {"model": model, "training_species": config.get("training_species") or []}
 
 
 def imagenet_model(folder: Path) -> Path:
@@ -97,8 +117,10 @@ def run_set(name: str, gallery_spec: str, eval_spec: str, start_model: str, fold
     from wildreid.identification import store
 
     adapted_model = store.resolve_model_reference(store.read_config(gallery)["model"]["model_name_or_path"], gallery)
-    before, after = evaluate(start_model, eval_spec, args), evaluate(adapted_model, eval_spec, args)
-    return {"gallery_spec": gallery_spec, "eval_spec": eval_spec, "installed": result["installed"],
+    before, after = (leave_one_out_figures(model, eval_spec, args.data_dir, args.num_threads)
+                     for model in (start_model, adapted_model))
+    return {"gallery_spec": gallery_spec, "eval_spec": eval_spec, "start": describe_start(start_model),
+            "installed": result["installed"],
             "before": before, "after": after, "top1_gain_pp": 100 * (after["top1"] - before["top1"]),
             "map_gain_pp": 100 * (after["map"] - before["map"]), "adapt_seconds": adapt_seconds,
             "index_seconds": index_seconds, "adapt_held_out": {"before": result["before"]["mean"],
@@ -106,30 +128,18 @@ def run_set(name: str, gallery_spec: str, eval_spec: str, start_model: str, fold
             "adapt_plan": result["plan"], "adapt_training": result["training"]}
 
 
-def evaluate(model: str, spec: str, args) -> dict:
-    """Leave-one-out top-1 / mAP over the species of `spec`, as evaluate.py's global protocol."""
-    from hub_datasets.specs import load_specs
-    from wildreid.embedding import embed_dataset, load_embedder
-    from wildreid.evaluation.protocols import leave_one_out_by_species
-    from wildreid.threads import configure_threads
-
-    configure_threads(args.num_threads)
-    embedder = load_embedder(model)
-    dataset = load_specs([spec], data_dir=args.data_dir)
-    embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=64, num_workers=2,
-                             desc=f"evaluating {Path(model).name}")
-    results = leave_one_out_by_species(dataset, embedded)
-    return {"top1": results["mean"]["top1"], "map": results["mean"]["map"], "queries": results["mean"]["n_queries"],
-            "model": model}
-
-
 def table(rows: dict) -> dict:
-    return {"columns": ["Set", "Evaluated on", "Top-1 before / after", "mAP before / after", "Gain (pp top-1)",
+    return {"columns": ["Set", "Start model", "Evaluated on", "Top-1 before / after", "mAP before / after", "Gain (pp top-1)",
                         "Installed", "adapt wall time (min)"],
-            "rows": [[name, row["eval_spec"], f"{100 * row['before']['top1']:.1f} / {100 * row['after']['top1']:.1f}",
+            "rows": [[name, start_label(row["start"]), row["eval_spec"], f"{100 * row['before']['top1']:.1f} / {100 * row['after']['top1']:.1f}",
                       f"{100 * row['before']['map']:.1f} / {100 * row['after']['map']:.1f}",
                       round(row["top1_gain_pp"], 1), "yes" if row["installed"] else "no",
                       round(row["adapt_seconds"] / 60, 1)] for name, row in rows.items()]}
+
+
+def start_label(start: dict) -> str:
+    species = start["training_species"]
+    return f"trained on {', '.join(species)} only" if species else "ImageNet lite0"
 
 
 def print_table(rows: dict) -> None:

@@ -39,3 +39,23 @@ def rewrite_table(output: str | os.PathLike, build) -> None:
     report["table"] = build(report)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"rewrote the table of {path}")
+
+
+def leave_one_out_figures(model: str, spec: str, data_dir: str | None = None, num_threads: int | None = None) -> dict:
+    """Leave-one-out top-1 / mAP of `model` over the species of `spec`, as evaluate.py's global protocol (a
+    benchmark's "what the evaluation split says", next to what a command chose on training-side data)."""
+    from pathlib import Path
+
+    from hub_datasets.specs import load_specs
+    from wildreid.embedding import embed_dataset, load_embedder
+    from wildreid.evaluation.protocols import leave_one_out_by_species
+    from wildreid.threads import configure_threads
+
+    configure_threads(num_threads)
+    embedder = load_embedder(model)
+    dataset = load_specs([spec], data_dir=data_dir)
+    embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=64, num_workers=2,
+                             desc=f"evaluating {Path(model).name}")
+    results = leave_one_out_by_species(dataset, embedded)
+    return {"top1": results["mean"]["top1"], "map": results["mean"]["map"], "queries": results["mean"]["n_queries"],
+            "model": model}

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.common_arguments(parser, steps=50, steps_help="adaptation steps of every run")
     parser.add_argument("--freeze-steps", type=int, default=15, help="steps training only neck and head")
-    parser.add_argument("--loso-steps", type=int, default=1800, help="steps of the leave-one-species-out start models")
+    parser.add_argument("--loso-steps", type=int, default=common.LOSO_STEPS, help="steps of the leave-one-species-out start models")
     parser.add_argument("--recipe", choices=common.RECIPES, default="flagship",
                         help="recipe of the start models (zero_shot.py's; flagship: configs/cpu_real.yaml's)")
     parser.add_argument("--shots", nargs="+", default=list(common.SHOTS), choices=common.SHOTS)

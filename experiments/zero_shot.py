@@ -7,7 +7,7 @@ on the same images, and auto (global / local / fusion, chosen and fitted on the 
 split, as a user's labelled gallery would be) with the zero-shot model as its global input. The models trained
 here are the starting points of `few_shot.py`.
 
-    python experiments/zero_shot.py                          # 4 models x 1,800 steps of the flagship recipe
+    python experiments/zero_shot.py                          # 4 models x 600 steps of the flagship recipe
     python experiments/zero_shot.py --species lion --recipe common --steps 300
     python experiments/zero_shot.py --dry-run
 """
@@ -24,7 +24,7 @@ NAME = "zero_shot"
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.common_arguments(parser, steps=1800, steps_help="training steps of each leave-one-species-out model")
+    common.common_arguments(parser, steps=common.LOSO_STEPS, steps_help="training steps of each leave-one-species-out model")
     parser.add_argument("--recipe", choices=common.RECIPES, default="flagship",
                         help="flagship: configs/cpu_real.yaml's recipe and validation rule; common: base_config")
     parser.add_argument("--no-local", action="store_true", help="skip SIFT and auto")
