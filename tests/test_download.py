@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hub_datasets.download import ANNOTATION_RULES, SourceManifest, _shrink, annotation_rows, main
+from hub_datasets.download import _shrink, main
+from hub_datasets.source_manifests import ANNOTATION_RULES, SourceManifest, annotation_rows
 from hub_datasets.specs import load_specs
 
 SHORT_COMMIT = "d58c9b5"
