@@ -291,7 +291,9 @@ def adapt(species: str, shots: str, start: str, *, steps: int, freeze_steps: int
           dry_run: bool = False, force: bool = False, recipe: str = "common") -> dict:
     """Train on `shots` images per identity ("all": every image) of `species`' training pool, starting from the
     ImageNet embedder (`start="imagenet"`) or from the model that never saw `species` (`start="loso"`).
-    Identities with a single image are kept (min_images_per_identity=1) so every size has the same identities."""
+    Identities with a single image are kept (min_images_per_identity=1) so every size has the same identities.
+    `recipe="flagship"` adapts with the flagship's settings (frozen stages, prototype head, learning rates) from
+    either start; there is nothing to validate on here, so no WiSE-FT mix."""
     if start == "imagenet":
         init, tag = imagenet_start(dry_run), "imagenet"
     elif start == "loso":
@@ -300,9 +302,15 @@ def adapt(species: str, shots: str, start: str, *, steps: int, freeze_steps: int
     else:
         raise ValueError(f"start must be imagenet or loso, got {start!r}")
     sampling = {} if shots == "all" else {"max_images_per_identity": int(shots)}
-    return train_model(f"adapt_{species}_{tag}_n{shots}_s{steps}_f{freeze_steps}_seed{seed}", dry_run=dry_run,
-                       force=force, seed=seed, max_steps=steps, freeze_backbone_steps=freeze_steps, init_from=init,
-                       min_images_per_identity=1, datasets=[train_set(species, dry_run, **sampling)])
+    settings = {key: value for key, value in flagship_overrides().items()
+                if key not in ("weight_interpolation", "freeze_backbone_steps", "min_images_per_identity")} \
+        if recipe == "flagship" else {}
+    name = f"adapt_{species}_{tag}_n{shots}_s{steps}_f{freeze_steps}_seed{seed}"
+    if recipe == "flagship" and start == "imagenet":
+        name += "_flagship"  # the loso tag already says it
+    return train_model(name, dry_run=dry_run, force=force, seed=seed, **settings, max_steps=steps,
+                       freeze_backbone_steps=freeze_steps, init_from=init, min_images_per_identity=1,
+                       datasets=[train_set(species, dry_run, **sampling)])
 
 
 # ----------------------------------------------------------------------------- evaluation

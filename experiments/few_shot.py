@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             f"adaptation steps ({args.freeze_steps} with the backbone frozen) on n training images per identity of the "
             f"species' training pool ({_pool_note(species)}); 0 = before adaptation. 'from other species': the "
             f"leave-one-species-out model of zero_shot.py ({args.loso_steps} steps); 'from ImageNet': lite0 ImageNet "
-            f"weights through the same adaptation. Seed {args.seed}.")}
+            f"weights through the same adaptation ({args.recipe} recipe). Seed {args.seed}.")}
         reporting.print_table(tables[key], f"Few-shot adaptation, {title}")
     sizes = {name: [p["training_images"] for p in curves[name]["loso"]] for name in species}
     tables["sizes"] = {"columns": ["Species"] + [f"{s} img/id" for s in ["0", *args.shots]],
