@@ -1,6 +1,6 @@
 """`wildreid adapt --gallery G`: fine-tune the gallery's model on the gallery's own labelled photos, in one command.
 
-    wildreid adapt --gallery galleries/lion                    # about 18 minutes, then installed or not
+    wildreid adapt --gallery galleries/lion                    # about 15 minutes, then installed or not
     wildreid adapt --gallery galleries/lion --budget_minutes 30 --max_steps 2000 --learning_rate 5e-4
     wildreid adapt --gallery galleries/lion --undo              # back to the revision adapt replaced
 
@@ -47,9 +47,9 @@ from .workflows import load_gallery_embedder, model_tag
 
 RESULT_FILE = "result.json"  # the outcome: before / after figures, installed or not
 TRAINED_FILE = "trained.json"  # written when training finished: a rerun goes straight to measuring
-# The whole command's default wall time: issue 31 allows 20 minutes on 2 cores; 2 are left for a shared machine's
-# load, which the plan's step time (measured at the start) cannot foresee.
-DEFAULT_BUDGET_MINUTES = 18.0
+# The whole command's default wall time (bench/results/adapt.json measured it: 10.5 and 16.7 minutes, the latter
+# on a machine another job loaded; the plan's step time, measured at the start, cannot foresee such load).
+DEFAULT_BUDGET_MINUTES = 15.0
 
 
 def adapt_gallery(gallery_dir: str | Path, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, max_steps: int | None = None,
