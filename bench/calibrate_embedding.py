@@ -1,7 +1,7 @@
 """`wildreid calibrate` choosing the embedding for a species its model never saw (issue 31, part 2).
 
 A user's fifth species is one the shipped model never trained on. Here each dev species plays that part: its
-gallery (the species' training split) is indexed with its leave-one-species-out model (experiments/zero_shot.py,
+gallery (the species' training split, embeddings only) is indexed with its leave-one-species-out model (experiments/zero_shot.py,
 trained on the other species only), and `wildreid calibrate` on the gallery's own labelled images weighs it against
 ImageNet lite0 (`--models`), choosing per gallery by validation mAP as it chooses methods. Reported per species:
 - each candidate's validation figures and the choice (training-side images only: the gallery's own),
@@ -106,8 +106,10 @@ def table(rows: dict) -> dict:
                       *[f"{percent(row['evaluation'][m]['top1'])} / {percent(row['evaluation'][m]['map'])}"
                         for m in models],
                       "yes" if row["choice_agrees"] else "no"] for name, row in rows.items()],
-            "caption": "Validation mAP: calibrate's figure (mean chosen-method mAP, leave-one-out on the gallery's own "
-                       "labelled images). Evaluation split: leave-one-out on individuals never in the gallery."}
+            "caption": "Galleries of embeddings only (indexed without keypoints), so calibrate chooses between the two "
+                       "embeddings. Validation mAP: calibrate's figure (mean chosen-method mAP, leave-one-out on the "
+                       "gallery's own labelled images). Evaluation split: leave-one-out on individuals never in the "
+                       "gallery; 'Choice agrees': the gallery embeds with the model of the higher evaluation mAP."}
 
 
 if __name__ == "__main__":

@@ -35,9 +35,12 @@ def percent(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 1)
 
 
-def selection_table(summary: dict, species: list[str]) -> dict:
-    """One row per validation of the run (steps, then WiSE-FT mixes), the saved one marked."""
-    chosen_step, chosen_mix = summary["best_step"], summary.get("weight_interpolation")
+def selection_table(summary: dict, species: list[str], transfer: dict | None = None) -> dict:
+    """One row per validation of the run (steps, then WiSE-FT mixes), the saved one marked: the run's own choice,
+    or the share `experiments/transfer_mix.py` chose by leave-one-species-out transfer (`transfer`)."""
+    chosen_step = summary["best_step"]
+    chosen_mix = summary.get("weight_interpolation") if transfer is None else (
+        None if transfer["share"] == 1.0 else transfer["share"])
     rows = []
     for entry in summary["history"]:
         mix = entry.get("alpha")  # WiSE-FT entries: the fine-tuned weights' share
@@ -49,7 +52,11 @@ def selection_table(summary: dict, species: list[str]) -> dict:
                                for s in species] + [percent(entry["mean"]["map"]), "saved" if saved else ""])
     return {"columns": ["Weights", *[f"{s} top-1 / mAP" for s in species], "Mean mAP %", ""], "rows": rows,
             "caption": "Top-1 / mAP (%), leave-one-out on the held-out fifth of each species' training individuals "
-                       "(never trained on, never reported). The saved weights are the row with the best mean mAP."}
+                       "(never trained on, never reported). " + (
+                           "The saved weights are the row with the best mean mAP." if transfer is None else
+                           f"The saved weights keep {transfer['share']:g} of the fine-tuning: the share that "
+                           "transferred best to species the models never saw (leave-one-species-out, "
+                           "experiments/transfer_mix.py), not the best row here.")}
 
 
 def reported_rows(model: str, data_dir: str | None, num_workers: int, eval_output: str) -> dict:
@@ -98,6 +105,8 @@ def main() -> None:
     configure_threads(None)
     summary = json.loads((Path(args.model) / "training_summary.json").read_text())
     species = sorted(summary["training_species"])
+    transfer_file = Path(args.model) / "transfer_mix.json"  # written by experiments/transfer_mix.py --apply
+    transfer = json.loads(transfer_file.read_text()) if transfer_file.is_file() else None
     figures = reported_rows(args.model, args.data_dir, args.num_workers, args.eval_output)
     weights = Path(args.model) / "model.safetensors"
     from wildreid.records import file_sha256
@@ -107,8 +116,9 @@ def main() -> None:
         "training": {key: summary.get(key) for key in ("best_step", "best_mean_map", "weight_interpolation",
                                                         "total_steps", "training_images", "training_identities",
                                                         "images_per_second", "git_commit", "git_dirty")},
-        "reported": figures,
-        "tables": {"selection": selection_table(summary, species), "reported": reported_table(figures, species)},
+        "transfer_mix": transfer, "reported": figures,
+        "tables": {"selection": selection_table(summary, species, transfer),
+                   "reported": reported_table(figures, species)},
     })
 
 
