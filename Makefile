@@ -55,7 +55,10 @@ identify-demo: $(VENV)/.installed
 	$(VENV)/bin/wildreid calibrate --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):train"
 	$(VENV)/bin/wildreid identify --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):test" --top_k 3
 
-# The model wildreid ships (wildreid/default_model/, float16, <= 10 MB), rebuilt from the flagship run after
-# `accelerate launch train.py --config configs/cpu_real.yaml`; its card is model_card.md. Only when the recipe changes.
+# The model wildreid ships (wildreid/default_model/, float16, <= 10 MB; its card is model_card.md), only when the
+# recipe changes: `accelerate launch train.py --config configs/cpu_real.yaml`, then the run at the WiSE-FT share that
+# transferred best to species its leave-one-species-out models never saw (`python experiments/zero_shot.py`, then
+# `python experiments/transfer_mix.py --apply outputs/cpu_real --apply-output outputs/cpu_real_transfer`).
+SHIP_FROM ?= outputs/cpu_real_transfer
 ship-model: $(VENV)/.installed
-	$(PYTHON) -m wildreid.embedding.shipped_model outputs/cpu_real --card model_card.md
+	$(PYTHON) -m wildreid.embedding.shipped_model $(SHIP_FROM) --card model_card.md
