@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid (and its commit in the JSON), not another install
 
-from bench_common import leave_one_out_figures, write_report  # noqa: E402
+from bench_common import leave_one_out_figures, run_wildreid, write_report  # noqa: E402
 
 SETS = {"lion": ("lion:train", "lion:val"), "nyala": ("nyala:train", "nyala:test")}
 
@@ -97,22 +95,16 @@ def adapt_options(args) -> list[str]:
             + (["--max_steps", str(args.max_steps)] if args.max_steps else []))
 
 
-def wildreid(args, *command: str) -> float:
-    """Run a `wildreid` command as a user would (its output shown); returns its wall time in seconds."""
-    threads = ["--num_threads", str(args.num_threads)] if args.num_threads else []
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "wildreid.identification.cli", *command, *threads], cwd=REPO, check=True)
-    return time.perf_counter() - started
-
-
 def run_set(name: str, gallery_spec: str, eval_spec: str, start_model: str, folder: Path, args) -> dict:
     gallery = folder / "gallery"
     for leftover in (gallery, folder / "gallery.adapt"):  # each run indexes and adapts from scratch
         shutil.rmtree(leftover, ignore_errors=True)
     data = ["--data_dir", args.data_dir] if args.data_dir else []
-    index_seconds = wildreid(args, "index", "--model", start_model, "--datasets", gallery_spec, "--output",
-                             str(gallery), *data, *(["--local-features"] if args.local_features else []))
-    adapt_seconds = wildreid(args, "adapt", "--gallery", str(gallery), *adapt_options(args))
+    index_seconds = run_wildreid("index", "--model", start_model, "--datasets", gallery_spec, "--output",
+                                 str(gallery), *data, *(["--local-features"] if args.local_features else []),
+                                 num_threads=args.num_threads)
+    adapt_seconds = run_wildreid("adapt", "--gallery", str(gallery), *adapt_options(args),
+                                 num_threads=args.num_threads)
     result = json.loads((folder / "gallery.adapt" / "result.json").read_text())
     from wildreid.identification import store
 

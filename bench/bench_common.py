@@ -59,3 +59,18 @@ def leave_one_out_figures(model: str, spec: str, data_dir: str | None = None, nu
     results = leave_one_out_by_species(dataset, embedded)
     return {"top1": results["mean"]["top1"], "map": results["mean"]["map"], "queries": results["mean"]["n_queries"],
             "model": model}
+
+
+def run_wildreid(*command: str, num_threads: int | None = None) -> float:
+    """Run a `wildreid` command as a user would, from the repository root (its output shown); returns its wall
+    time in seconds."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    threads = ["--num_threads", str(num_threads)] if num_threads else []
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "wildreid.identification.cli", *command, *threads],
+                   cwd=Path(__file__).resolve().parents[1], check=True)
+    return time.perf_counter() - started

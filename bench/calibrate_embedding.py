@@ -1,8 +1,8 @@
 """`wildreid calibrate` choosing the embedding for a species its model never saw (issue 31, part 2).
 
 A user's fifth species is one the shipped model never trained on. Here each dev species plays that part: its
-gallery (the species' training split, embeddings only) is indexed with its leave-one-species-out model (experiments/zero_shot.py,
-trained on the other species only), and `wildreid calibrate` on the gallery's own labelled images weighs it against
+gallery (the species' training split, embeddings only) is indexed with its leave-one-species-out model
+(experiments/zero_shot.py, trained on the other species only), and `wildreid calibrate` on the gallery's own labelled images weighs it against
 ImageNet lite0 (`--models`), choosing per gallery by validation mAP as it chooses methods. Reported per species:
 - each candidate's validation figures and the choice (training-side images only: the gallery's own),
 - the model the gallery embeds with after calibrate (what `identify` answers with),
@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid (and its commit in the JSON), not another install
 
-from bench_common import leave_one_out_figures, write_report  # noqa: E402
+from bench_common import leave_one_out_figures, run_wildreid, write_report  # noqa: E402
 
 SETS = {"lion": ("lion:train", "lion:val"), "nyala": ("nyala:train", "nyala:test"),
         "dog": ("dog[max_identities=100]:train", "dog[max_identities=100]:test"), "pig": ("pig:train", "pig:test")}
@@ -55,26 +53,18 @@ def main() -> None:
     write_report(args.output, "calibrate_embedding", {"num_threads": args.num_threads, "sets": rows, "table": result})
 
 
-def wildreid(args, *command: str) -> float:
-    """Run a `wildreid` command as a user would (its output shown); returns its wall time in seconds."""
-    threads = ["--num_threads", str(args.num_threads)] if args.num_threads else []
-    data = ["--data_dir", args.data_dir] if args.data_dir else []
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "wildreid.identification.cli", *command, *data, *threads], cwd=REPO,
-                   check=True)
-    return time.perf_counter() - started
-
-
 def run_species(name: str, model: str, folder: Path, args) -> dict:
     from wildreid.identification import store
     from wildreid.identification.gallery import Gallery
 
     gallery_spec, eval_spec = SETS[name]
+    data = ["--data_dir", args.data_dir] if args.data_dir else []
     gallery = folder / "gallery"
     shutil.rmtree(gallery, ignore_errors=True)  # each run indexes and calibrates from scratch
-    index_seconds = wildreid(args, "index", "--model", model, "--datasets", gallery_spec, "--output", str(gallery))
-    calibrate_seconds = wildreid(args, "calibrate", "--gallery", str(gallery), "--datasets", gallery_spec,
-                                 "--models", IMAGENET)
+    index_seconds = run_wildreid("index", "--model", model, "--datasets", gallery_spec, "--output", str(gallery), *data,
+                                 num_threads=args.num_threads)
+    calibrate_seconds = run_wildreid("calibrate", "--gallery", str(gallery), "--datasets", gallery_spec,
+                                     "--models", IMAGENET, *data, num_threads=args.num_threads)
     choice = Gallery.load(gallery).calibration["embedding_choice"]
     in_use = label(store.read_config(gallery)["model"]["model_name_or_path"])
     evaluation = {label(m): leave_one_out_figures(m, eval_spec, args.data_dir, args.num_threads)
