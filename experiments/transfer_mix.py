@@ -55,9 +55,9 @@ def write_mix(model_dir: Path, share: float, destination: Path) -> Path:
     partial = destination.with_name(destination.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
-    from wildreid.embedding import load_embedder  # the processor travels with the model folder
+    from transformers import AutoImageProcessor  # the processor travels with the model folder
 
-    load_embedder(str(model_dir)).processor.save_pretrained(partial)
+    AutoImageProcessor.from_pretrained(str(model_dir), trust_remote_code=True).save_pretrained(partial)
     partial.replace(destination)
     return destination
 
