@@ -1,10 +1,11 @@
 """The small-crop gap: why a plain SIFT recipe can beat wildreid's one-vs-many local retrieval on small crops.
 
-The plain recipe (issue 30's reference row, not a wildreid option): OpenCV SIFT with nfeatures=512 on the grey crop
-resized so its longest side is 512 px (cv2.resize, bilinear), mutual nearest neighbours (plain L2) that pass Lowe's
-0.8 ratio in both directions, score = their count, the top 20 re-ranked by RANSAC homography inliers (5 px, 2,000
-iterations). It is compared, leave-one-out on the same crops, with wildreid's one-vs-many retrieval and with
-ablations that each change one thing, so the gap is attributed to a step instead of guessed:
+The plain recipe (`plain_recipe.py`, issue 30's reference row, not a wildreid option): OpenCV SIFT with
+nfeatures=512 on the grey crop resized so its longest side is 512 px (cv2.resize, bilinear), mutual nearest
+neighbours (plain L2) that pass Lowe's 0.8 ratio in both directions, score = their count, the top 20 re-ranked by
+RANSAC homography inliers (5 px, 2,000 iterations). It is compared, leave-one-out on the same crops, with
+wildreid's one-vs-many retrieval and with ablations that each change one thing, so the gap is attributed to a
+step instead of guessed:
 
 - `one-vs-many`: wildreid as shipped (SIFT 512 kp at 512 px, upscaled; RootSIFT LNBNN votes; top 20 verified by
   MAGSAC 8 px; score = vote share + 0.02 log(1 + inliers));
@@ -32,79 +33,15 @@ from bench_common import limit_threads, write_report  # noqa: E402
 
 limit_threads()
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from feature_cache import local_features  # noqa: E402
-from wildreid.matching import LocalFeatureExtractor, LocalFeatures  # noqa: E402
-from wildreid.matching.one_vs_many import OneVsManyMatcher, local_scores  # noqa: E402
+from plain_recipe import SETTINGS, plain_counts, plain_sift, reranked  # noqa: E402
+from wildreid.matching import LocalFeatureExtractor  # noqa: E402
+from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
 from wildreid.matching.selection import leave_one_out_figures  # noqa: E402
 
-RATIO, SHORTLIST, RANSAC_PX, RANSAC_ITERS = 0.8, 20, 5.0, 2000
 DEFAULT_SPEC = "lion:train"  # a training split: fixes chosen here are never measured on a reported set
-
-
-def plain_matches(a: LocalFeatures, b: LocalFeatures) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i in a, j in b): mutual nearest neighbours by L2 that pass the ratio test both ways."""
-    if len(a) < 2 or len(b) < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    x, y = a.descriptors.astype(np.float32), b.descriptors.astype(np.float32)
-    squared = np.maximum((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T, 0.0)
-    two_a = np.partition(squared, 1, axis=1)[:, :2]  # each a keypoint's two nearest in b
-    two_b = np.partition(squared, 1, axis=0)[:2, :]  # each b keypoint's two nearest in a
-    nearest_b, nearest_a = squared.argmin(axis=1), squared.argmin(axis=0)
-    rows = np.arange(len(x))
-    mutual = nearest_a[nearest_b] == rows
-    ratio_a = two_a[:, 0] < RATIO**2 * two_a[:, 1]  # squared distances: squared ratio
-    ratio_b = (two_b[0] < RATIO**2 * two_b[1])[nearest_b]
-    keep = np.flatnonzero(mutual & ratio_a & ratio_b)
-    return keep, nearest_b[keep]
-
-
-def ransac_inliers(a: LocalFeatures, b: LocalFeatures, i: np.ndarray, j: np.ndarray) -> int:
-    if len(i) < 4:
-        return 0
-    try:
-        _, mask = cv2.findHomography(a.keypoints[i], b.keypoints[j], cv2.RANSAC, RANSAC_PX, maxIters=RANSAC_ITERS)
-    except cv2.error:
-        return 0
-    return 0 if mask is None else int(mask.sum())
-
-
-def plain_counts(features: list[LocalFeatures]) -> np.ndarray:
-    """(N, N) plain-recipe match counts, leave-one-out (the measure is symmetric: each pair once)."""
-    n = len(features)
-    counts = np.full((n, n), -np.inf, dtype=np.float32)
-    for q in range(n):
-        for g in range(q + 1, n):
-            counts[q, g] = counts[g, q] = len(plain_matches(features[q], features[g])[0])
-    return counts
-
-
-def reranked(features: list[LocalFeatures], first: np.ndarray, shortlist: int = SHORTLIST) -> np.ndarray:
-    """Each row's top `shortlist` by `first` re-ranked by RANSAC inliers of the plain matches (then the count),
-    above every other image (which keeps its `first` order)."""
-    scores = first.astype(np.float64) - 1e6
-    for q in range(len(features)):
-        top = np.argsort(-first[q], kind="stable")[:shortlist]
-        for g in top[np.isfinite(first[q, top])]:
-            i, j = plain_matches(features[q], features[g])
-            scores[q, g] = 1e3 * ransac_inliers(features[q], features[g], i, j) + len(i)
-    np.fill_diagonal(scores, -np.inf)
-    return scores
-
-
-def plain_sift(crop_gray: np.ndarray, side: int = 512, upscale: bool = True) -> LocalFeatures:
-    """The plain recipe's own extraction: longest side to `side` (bilinear), SIFT nfeatures=512, raw descriptors."""
-    height, width = crop_gray.shape
-    scale = side / max(height, width)
-    if scale < 1.0 or upscale:
-        crop_gray = cv2.resize(crop_gray, (max(1, round(width * scale)), max(1, round(height * scale))))
-    keypoints, descriptors = cv2.SIFT_create(nfeatures=512).detectAndCompute(crop_gray, None)
-    if descriptors is None:
-        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
-    xy = np.array([kp.pt for kp in keypoints], np.float32).reshape(-1, 2)
-    return LocalFeatures(xy, np.clip(np.rint(descriptors), 0, 255).astype(np.uint8))
 
 
 def crops_gray(dataset, rows: np.ndarray) -> list[np.ndarray]:
@@ -177,7 +114,7 @@ def main() -> None:
         "spec": args.spec, "images": len(features), "median_crop_wh": [float(np.median(sizes[:, 1])),
                                                                        float(np.median(sizes[:, 0]))],
         "leave_one_out_percent": figures, "seconds": seconds,
-        "plain_recipe": {"ratio": RATIO, "shortlist": SHORTLIST, "ransac_px": RANSAC_PX, "iterations": RANSAC_ITERS},
+        "plain_recipe": SETTINGS,
     })
 
 
