@@ -303,7 +303,7 @@ def add_adapt_command(commands) -> None:
     adapt.add_argument("--work_dir", help="work folder (default: <gallery>.adapt beside the gallery)")
     adapt.add_argument("--undo", action="store_true",
                        help="switch the gallery back to the revision whose model adapt (or calibrate's choice of "
-                            "embedding) replaced")
+                            "embedding or keypoint extractor) replaced")
     adapt.add_argument("--batch_size", type=int, default=64, help="images per embedding batch")
     adapt.add_argument("--num_workers", type=int, default=2, help="image-loading processes (at most the cores)")
     adapt.add_argument("--num_threads", type=int,
@@ -314,7 +314,7 @@ def run_adapt(args) -> int:
     """Run `wildreid adapt` from parsed flags; Ctrl-C outside training (which checkpoints first) stops the same way."""
     if args.undo:
         done = undo(Path(args.gallery))
-        print(f"{args.gallery}: back to the model of revision {done['restored']} as revision {done['revision']} "
+        print(f"{args.gallery}: back to the model and keypoints of revision {done['restored']} as revision {done['revision']} "
               f"(the revision it replaces is kept in {Path(args.gallery) / 'revisions' / done['kept']})")
         return 0
     overrides = {name: getattr(args, name) for name in OVERRIDABLE}

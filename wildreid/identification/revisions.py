@@ -1,8 +1,10 @@
-"""A gallery switched to another embedding model as one new revision, the replaced revision kept loadable, and back.
+"""A gallery switched to another embedding model (or keypoint extractor) as one new revision, the replaced revision kept
+loadable, and back.
 
 `wildreid adapt` (its adapted model) and `wildreid calibrate` (the embedding it chose) switch a gallery's model the same
 way, under the gallery's writer lock: every gallery image embedded with the new model (`embed_gallery_again`; the
-keypoint cache is kept, keypoints do not depend on the model), then the current revision kept as a gallery folder of
+keypoint cache is kept, keypoints do not depend on the model, unless calibrate also chose another extractor, whose
+keypoint cache and descriptor index the new revision then holds), then the current revision kept as a gallery folder of
 its own, `revisions/<revision>/` (`keep_revision`: its files hard-linked, its model path made relative to there), then
 the new revision saved with `Gallery.replaced_revision` naming the kept one. `identify --gallery
 <gallery>/revisions/<revision>` still answers as before, and `undo` (`wildreid adapt --undo`) switches back. A store
@@ -16,13 +18,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from datasets import Dataset
+
 from hub_datasets.specs import load_specs
 
 from ..embedding import LoadedEmbedder, embed_dataset
+from ..matching.descriptor_cache import LocalFeatureCache
 from ..records import json_default
 from . import store
 from .adapt_data import gallery_images, write_images
 from .gallery import Gallery
+from .local_retrieval import load_descriptor_index
 from .model_tag import ModelTag
 
 REVISIONS_DIR = "revisions"
@@ -34,9 +40,21 @@ def embed_gallery_again(current: Gallery, gallery_dir: Path, embedder: LoadedEmb
     """The current gallery's images read again from the paths `index` recorded and embedded with `embedder` (tag
     `tag`), in a new uncalibrated gallery with the same metadata, crop and keypoint cache; `work` holds the CSV that
     names them. Any image that cannot be embedded again is an error: the gallery must keep every individual."""
+    return embedded_again(current, read_gallery_again(current, gallery_dir, work), embedder, tag,
+                          batch_size=batch_size, num_workers=num_workers, desc=desc)
+
+
+def read_gallery_again(current: Gallery, gallery_dir: Path, work: Path) -> Dataset:
+    """The current gallery's images, one row each in gallery order, read from the paths `index` recorded and
+    cropped as they were; `work` holds the CSV that names them."""
     everything = write_images(gallery_images(current, gallery_dir), {}, work, current.center_box,
                               name=EMBED_AGAIN_FILE)
-    dataset = load_specs([everything.spec()])
+    return load_specs([everything.spec()])
+
+
+def embedded_again(current: Gallery, dataset: Dataset, embedder: LoadedEmbedder, tag: ModelTag, *, batch_size: int,
+                   num_workers: int, desc: str) -> Gallery:
+    """`embed_gallery_again` of the gallery's images as `read_gallery_again` gives them."""
     embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=batch_size,
                              num_workers=num_workers, desc=desc)
     if embedded.failures:
@@ -80,11 +98,12 @@ def keep_revision(gallery_dir: Path) -> Path:
     return target
 
 
-def switch(gallery_dir: Path, switched: Gallery, kept: Path) -> str:
+def switch(gallery_dir: Path, switched: Gallery, kept: Path, local_features: LocalFeatureCache | None = None) -> str:
     """Save `switched` as the gallery's new revision, recording `kept` (`keep_revision`) as the one it replaced;
-    call under the writer lock. Returns the new revision's name."""
+    call under the writer lock. `local_features`: a keypoint cache of another extractor to save with it (its
+    descriptor index built), else the current one is kept. Returns the new revision's name."""
     switched.replaced_revision = kept.name
-    switched.save(gallery_dir, overwrite=True)
+    switched.save(gallery_dir, local_features=local_features, overwrite=True)
     return store.read_config(gallery_dir)["revision"]
 
 
@@ -108,6 +127,11 @@ def undo(gallery_dir: Path) -> dict[str, Any]:
         kept = keep_revision(gallery_dir)
         previous.model_tag = replace(previous.model_tag, model_name_or_path=_moved_reference(
             previous.model_tag.model_name_or_path, previous_dir, gallery_dir))
-        previous.save(gallery_dir, overwrite=True)
+        keypoints = index = None
+        if previous.local_features_config != current.local_features_config:  # calibrate switched the extractor
+            keypoints = Gallery.load_local_features(previous_dir, previous.local_features_config)
+            index, _ = load_descriptor_index(previous_dir, list(previous.metadata["image_id"]),
+                                             previous.local_features_config, keypoints)
+        previous.save(gallery_dir, local_features=keypoints, descriptor_index=index, overwrite=True)
     return {"restored": current.replaced_revision, "kept": kept.name,
             "revision": store.read_config(gallery_dir)["revision"]}
