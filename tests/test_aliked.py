@@ -202,7 +202,7 @@ def test_calibrate_auto_and_identify_by_fusion_work_off_an_aliked_gallery(aliked
     shutil.copytree(aliked_gallery / "model", tmp_path / "model")  # the gallery names its model relatively
     monkeypatch.setattr(threads, "available_cores", lambda: 1)
     assert main(["calibrate", "--gallery", str(folder), "--datasets", f"{DATA}:train", "--method", "auto",
-                 "--num_workers", "0"]) == 0
+                 "--local-features", "--num_workers", "0"]) == 0  # kept ALIKED, not weighed against SIFT
     choices = Gallery.load(folder).calibration["method_choice"]
     assert choices and all(set(c["validation"]) == {"global", "local", "fusion"} for c in choices.values())
     for method in ("fusion", "auto"):

@@ -79,7 +79,7 @@ def test_a_better_embedding_becomes_the_gallerys_and_identify_app_and_undo_follo
     gallery_dir = fresh(source, "poor", tmp_path)
     before = store.read_config(gallery_dir)
     assert main(["calibrate", "--gallery", str(gallery_dir), "--datasets", calibration_spec(source),
-                 "--models", IMAGENET_LITE0, *FAST]) == 0
+                 "--models", IMAGENET_LITE0, "--local-features", *FAST]) == 0  # SIFT kept: test_calibrate_extractor
     out = capsys.readouterr().out
     assert "choosing" in out and "among 2 models (../../models/poor, imagenet:tf_efficientnet_lite0)" in out, out
     scores = candidate_scores(out)

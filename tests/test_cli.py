@@ -58,9 +58,11 @@ def test_identify_images_reports_bad_files_and_keeps_going(gallery, tmp_path, ca
 
 def test_calibrate_then_identify_dataset_to_csv(gallery, tmp_path):
     # Validation needs known individuals (gallery photos, each left out of its own search) and new ones.
-    assert main(["calibrate", "--gallery", str(gallery / "gallery"), "--datasets", f"{DATA}:test",
+    # --local-features alone: the gallery's SIFT, not weighed against ALIKED (tests/test_calibrate_extractor.py)
+    assert main(["calibrate", "--gallery", str(gallery / "gallery"), "--datasets", f"{DATA}:test", "--local-features",
                  "--num_workers", "0"]) == 2  # only new individuals: refused, nothing to balance against
-    assert main(["calibrate", "--gallery", str(gallery / "gallery"), "--datasets", DATA, "--num_workers", "0"]) == 0
+    assert main(["calibrate", "--gallery", str(gallery / "gallery"), "--datasets", DATA, "--local-features",
+                 "--num_workers", "0"]) == 0
     threshold = Gallery.load(gallery / "gallery").calibration["new_individual_threshold"]
     output = tmp_path / "matches.csv"
     assert main(["identify", "--gallery", str(gallery / "gallery"), "--datasets", f"{DATA}:test", "--output",

@@ -36,7 +36,7 @@ def calibrated(galleries, tmp_path_factory):
     shutil.copytree(galleries / "local", folder)
     shutil.copytree(galleries / "model", folder.parent / "model")  # the gallery names its model relatively
     assert main(["calibrate", "--gallery", str(folder), "--datasets", f"{DATA}:train", "--method", "auto",
-                 "--num_workers", "0"]) == 0
+                 "--local-features", "--num_workers", "0"]) == 0  # its SIFT, not weighed against ALIKED
     return folder
 
 
@@ -210,7 +210,7 @@ def test_calibrate_takes_exclude_same_encounter(monkeypatch):
     import wildreid.identification.cli as cli
 
     seen = {}
-    monkeypatch.setattr(cli, "calibrate_choosing_embedding", lambda *args, **kwargs: seen.update(kwargs)
-                        or {"threshold": 0.5, "choices": {}, "embedding": None})
+    monkeypatch.setattr(cli, "calibrate_choosing_features", lambda *args, **kwargs: seen.update(kwargs)
+                        or {"threshold": 0.5, "choices": {}, "embedding": None, "extractor": None})
     assert main(["calibrate", "--gallery", "g", "--datasets", f"{DATA}:train", "--exclude_same_encounter"]) == 0
     assert seen["exclude_same_encounter"] is True

@@ -9,6 +9,7 @@
     wildreid index --model outputs/cpu_real --datasets dog:train --output galleries/dog --flip_test
     wildreid calibrate --gallery galleries/lion --datasets lion:train --method auto
     wildreid calibrate --gallery galleries/lion --datasets lion:train --models imagenet:tf_efficientnet_lite0 runs/x
+    wildreid calibrate --gallery galleries/lion --datasets lion:train --local-features   # keep its extractor
     wildreid identify --gallery galleries/lion --images photo1.jpg photo2.jpg --output matches.json [--method fusion]
     wildreid identify --gallery galleries/lion --datasets csv:/data/new_photos.csv --output matches.csv
     wildreid export --format onnx --model outputs/cpu_real --output outputs/cpu_real-onnx-int8 --quantize int8 \\
@@ -41,7 +42,8 @@ from .adapt import add_adapt_command, run_adapt
 from .onnx_export import add_export_command, run_export
 from .store import GalleryBusyError
 from .gallery_methods import MAX_FIT_IMAGES, REQUESTABLE
-from .embedding_choice import IMAGENET_LITE0, calibrate_choosing_embedding, describe_choice
+from .embedding_choice import IMAGENET_LITE0, calibrate_choosing_features, describe_choice
+from .extractor_choice import describe_extractor_choice
 from .workflows import build_gallery, identify
 from .results import write_results
 
@@ -107,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 "embedding (a new revision; `adapt --undo` goes back). Default: the shipped model and "
                                 f"{IMAGENET_LITE0} when the gallery holds one of them, else none; the flag alone: "
                                 "none (the gallery's model only)")
+    calibrate.add_argument("--local-features", "--local_features", nargs="*", choices=LOCAL_FEATURE_CHOICES,
+                           metavar="EXTRACTOR", dest="local_features",
+                           help="keypoint extractors to weigh against the gallery's own (sift, aliked: ALIKED-n16), at "
+                                "the gallery's keypoints per image and side: each extracts keypoints of the labelled "
+                                "images once and has the method chosen on them with each model, and the best pairing "
+                                "by validation mAP becomes the gallery's (a new revision, its images' keypoints "
+                                "extracted again; `adapt --undo` goes back). Default: the other of sift and aliked "
+                                "when the gallery has local features; the flag alone: none (the gallery's extractor "
+                                "only). A gallery without local features is given none")
     calibrate.add_argument("--method", choices=REQUESTABLE,
                            help="scoring method to fit per species on the labelled images (auto: the best by validation "
                                 "mAP; default auto when the gallery has keypoints, else global)")
@@ -228,13 +239,16 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"; skipped {len(skipped)} unreadable (e.g. {printable(skipped[0].file)}: "
                      f"{printable(skipped[0].reason)})" if skipped else ""))
         elif args.command == "calibrate":
-            calibrated = calibrate_choosing_embedding(
-                args.gallery, args.datasets, model=args.model, models=args.models, method=args.method,
+            calibrated = calibrate_choosing_features(
+                args.gallery, args.datasets, model=args.model, models=args.models,
+                local_features=args.local_features, method=args.method,
                 max_fit_images=args.max_fit_images or None, exclude_same_encounter=args.exclude_same_encounter,
                 report=lambda line: print(printable(line)), **data)
             threshold, choices = calibrated["threshold"], calibrated["choices"]
-            if calibrated["embedding"]:
-                print(printable(describe_choice(calibrated["embedding"], args.gallery)))
+            for record, describe in ((calibrated["embedding"], describe_choice),
+                                     (calibrated["extractor"], describe_extractor_choice)):
+                if record:
+                    print(printable(describe(record, args.gallery)))
             print(f"gallery {args.gallery}: new-individual threshold {threshold:.4f} (cosine)")
             for species, choice in choices.items():
                 figures = ", ".join(f"{name} top-1 {100 * f['top1']:.1f} mAP {100 * f['map']:.1f}"

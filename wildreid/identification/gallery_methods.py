@@ -39,6 +39,8 @@ REQUESTABLE = ("auto", *AUTO_CHOICES)
 # Images per species the method choice is fitted on: the leave-one-out fit grows with the square of the images
 # (about 15 min for dog's 480 on 2 CPU cores), and a few hundred images choose as well as thousands.
 MAX_FIT_IMAGES = 500
+# What calibrate weighs embedding models and keypoint extractors by (`mean_chosen_map`).
+CHOSEN_BY = "mean over species of the chosen method's validation mAP, leave-one-out on the calibration images"
 NO_KEYPOINTS_NOTE = "no keypoints in the query: answered with the global method"
 
 
@@ -105,6 +107,33 @@ class PhotoScores:
         """(R,) each row's best score over the photos, and the photo that gave it."""
         photo = self.scores.argmax(axis=0)
         return self.scores[photo, np.arange(self.scores.shape[1])], photo
+
+
+def fitted_images(identities: Sequence[Any], species: Sequence[Any], max_images: int | None = MAX_FIT_IMAGES,
+                  seed: int = 0) -> np.ndarray:
+    """Which images `fit_method_choice` fits on (a mask): per species, whole individuals up to `max_images`; what
+    needs keypoints before the fit (extracting the others would be wasted)."""
+    identities = np.asarray([str(i) for i in identities], dtype=object)
+    species = np.asarray(["" if s is None else str(s) for s in species], dtype=object)
+    mask = np.zeros(len(identities), dtype=bool)
+    for name in set(species):
+        mask |= _whole_individuals(identities, species == name, max_images, seed)
+    return mask
+
+
+def chosen_figures(choices: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per species, the chosen method and its validation figures (of a `fit_method_choice` result)."""
+    return {name: {"method": choice["method"], "top1": choice["validation"][choice["method"]]["top1"],
+                   "map": choice["validation"][choice["method"]]["map"],
+                   "validation_queries": choice["validation_queries"]}
+            for name, choice in choices.items()}
+
+
+def mean_chosen_map(choices: dict[str, dict[str, Any]]) -> float | None:
+    """`CHOSEN_BY`: the mean over species of the chosen method's validation mAP; None when no species could be
+    validated."""
+    maps = [figures["map"] for figures in chosen_figures(choices).values()]
+    return float(np.mean(maps)) if maps else None
 
 
 def _whole_individuals(identities: np.ndarray, mask: np.ndarray, max_images: int | None, seed: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from ..matching import LocalFeatureCache, LocalFeatureExtractor
 from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, LocalFeatures
 from . import store
 from .gallery import Gallery
-from .gallery_methods import MAX_FIT_IMAGES, GalleryScorer, fit_method_choice, needs_local
+from .gallery_methods import MAX_FIT_IMAGES, GalleryScorer, fit_method_choice, fitted_images, needs_local
 from .model_tag import ModelTag, preprocessing_signature, weights_content_hash
 
 logger = logging.getLogger(__name__)
@@ -120,13 +120,12 @@ def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, a
     cache = None
     if local_features is not None:  # the extractor's config is recorded in the gallery, reused by its queries
         extractor = local_features
-        raw = undecoded(dataset).select(embedded.indices.tolist())
-        features, failed = extractor.extract_paths(list(raw["image"]), list(raw["bbox"]),
-                                                   [t or 0.0 for t in raw["theta"]])
+        features, failed = keypoints_of_rows(dataset, embedded.indices, extractor)
         if failed:  # embedded but not matchable: the cache must cover every gallery image
             raise ValueError(f"local features failed for {len(failed)} embedded images, e.g. {failed[0].file}: "
                              f"{failed[0].reason}")
-        cache = LocalFeatureCache.from_features(raw["image_id"], features, extractor.config)
+        cache = LocalFeatureCache.from_features(np.asarray(dataset["image_id"], dtype=object)[embedded.indices],
+                                                features, extractor.config)
     if accelerator is None or accelerator.is_main_process:
         gallery.save(output, local_features=cache, overwrite=True)  # checked under the lock above
     return gallery, embedded.failures
@@ -177,12 +176,19 @@ def gallery_and_model(gallery_dir: str | os.PathLike, model: str | None,
     return gallery, embedder, tag
 
 
+def keypoints_of_rows(dataset: Dataset, rows: np.ndarray, extractor: LocalFeatureExtractor
+                      ) -> tuple[list[LocalFeatures | None], list[LoadFailure]]:
+    """`extractor.extract_paths` on the dataset's `rows` (each cropped to its box and rotation): one entry per row,
+    None where the image failed, and the failures."""
+    raw = undecoded(dataset).select(rows.tolist())
+    return extractor.extract_paths(list(raw["image"]), list(raw["bbox"]), [t or 0.0 for t in raw["theta"]])
+
+
 def local_features_of(dataset: Dataset, rows: np.ndarray, config: dict) -> list[LocalFeatures]:
     """Keypoints of the dataset's `rows` with a gallery's extractor settings; an image whose keypoints
     cannot be computed gets none (it is then answered with the global method, which says so)."""
     extractor = LocalFeatureExtractor(**config)
-    raw = undecoded(dataset).select(rows.tolist())
-    features, failures = extractor.extract_paths(list(raw["image"]), list(raw["bbox"]), [t or 0.0 for t in raw["theta"]])
+    features, failures = keypoints_of_rows(dataset, rows, extractor)
     for failure in failures:
         logger.warning("no keypoints for %s: %s", failure.file, failure.reason)
     return [extractor.empty() if item is None else item for item in features]
@@ -262,15 +268,31 @@ def fit_threshold(gallery: Gallery, tag: ModelTag, images: CalibrationImages) ->
 
 
 def choose_methods(method: str, images: CalibrationImages, dataset: Dataset, gallery: Gallery, *,
-                   features: list[LocalFeatures] | None = None, max_fit_images: int | None = MAX_FIT_IMAGES,
-                   exclude_same_encounter: bool = False) -> dict:
-    """The per-species method choice (`fit_method_choice`) on the calibration images' embeddings; `features`: their
-    keypoints when already extracted (they do not depend on the model), else extracted here when `method` needs them."""
+                   features: list[LocalFeatures] | None = None, extractor_config: dict | None = None,
+                   max_fit_images: int | None = MAX_FIT_IMAGES, exclude_same_encounter: bool = False) -> dict:
+    """The per-species method choice (`fit_method_choice`) on the calibration images' embeddings. `features`: their
+    keypoints (`keypoints_to_fit`) when already extracted (they do not depend on the model), made by
+    `extractor_config` (default the gallery's), else extracted here when `method` needs them."""
+    config = extractor_config or gallery.local_features_config
     if features is None and needs_local(method):
-        features = local_features_of(dataset, images.rows, gallery.local_features_config)
+        features = keypoints_to_fit(dataset, images, config, max_fit_images)
     encounters = encounters_of(dataset)[images.rows] if exclude_same_encounter else None
-    return fit_method_choice(method, images.vectors, images.identities, images.species, features,
-                             gallery.local_features_config, max_images=max_fit_images, encounters=encounters)
+    return fit_method_choice(method, images.vectors, images.identities, images.species, features, config,
+                             max_images=max_fit_images, encounters=encounters)
+
+
+def keypoints_to_fit(dataset: Dataset, images: CalibrationImages, config: dict, max_fit_images: int | None,
+                     extracted: dict[int, LocalFeatures] | None = None) -> list[LocalFeatures]:
+    """Keypoints of the calibration `images` (aligned with their rows) for the method choice: only the images it is
+    fitted on (`fitted_images`) are read, the others get none. `extracted`: keypoints by dataset row made with
+    `config` earlier, reused, and extended with those extracted now."""
+    extracted = {} if extracted is None else extracted
+    fitted = images.rows[fitted_images(images.identities, images.species, max_fit_images)]
+    missing = np.asarray([row for row in fitted.tolist() if row not in extracted], dtype=int)
+    if len(missing):
+        extracted.update(zip(missing.tolist(), local_features_of(dataset, missing, config)))
+    empty = LocalFeatureExtractor(**config).empty()
+    return [extracted.get(row, empty) for row in images.rows.tolist()]
 
 
 def identify(gallery_dir: str | os.PathLike, *, images: list[str] | None = None, datasets: list[str] | None = None,
