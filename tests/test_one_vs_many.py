@@ -80,6 +80,48 @@ def test_approximate_index_reports_recall_and_round_trips(tmp_path):
         DescriptorIndex.load(tmp_path, expected_extractor={**EXTRACTOR, "max_keypoints": 256})
 
 
+def test_compressed_index_round_trips_finds_each_image_and_reports_recall_against_exact(tmp_path):
+    rng = np.random.default_rng(4)
+    images = [_features(rng, _descriptors(rng, 60)) for _ in range(20)]
+    queries = [_features(rng, _jitter(rng, image.descriptors)) for image in images]
+    compressed = DescriptorIndex.build(images, EXTRACTOR, index_type="ivfpq", nprobe=64)
+    assert compressed.config["index"].startswith("ivfpq") and "pq64x8" in compressed.config["index"]
+    assert compressed.index.code_size == 64  # 128-d RootSIFT in 64 bytes instead of 512
+    votes = OneVsManyMatcher(k=2, shortlist=0, index_type="ivfpq").votes(queries, compressed, progress=False)
+    assert np.mean(votes.argmax(axis=1) == np.arange(20)) >= 0.9
+    exact = DescriptorIndex.build(images, EXTRACTOR, index_type="exact")
+    vectors = exact.index.reconstruct_n(0, 200)
+    assert 0.3 <= compressed.recall(vectors, k=5, exact=exact) <= 1.0
+    with pytest.raises(ValueError, match="needs the exact index"):
+        compressed.recall(vectors, k=5)
+    compressed.to_npz(tmp_path / "index.npz", [f"image{i}" for i in range(20)])
+    loaded, image_ids = DescriptorIndex.from_npz(tmp_path / "index.npz", expected_extractor=EXTRACTOR)
+    assert loaded.config == compressed.config and image_ids[3] == "image3"
+    np.testing.assert_array_equal(loaded.search(vectors, 5)[1], compressed.search(vectors, 5)[1])
+    compressed.save(tmp_path / "saved")
+    assert DescriptorIndex.load(tmp_path / "saved").config["index"] == compressed.config["index"]
+
+
+def test_compressed_codes_follow_the_descriptor_width():
+    rng = np.random.default_rng(6)
+    tiny = {"method": "aliked", "variant": "t16", "max_keypoints": 512, "max_side": 512, "upscale": True}
+    images = [_features(rng, rng.standard_normal((50, 64)).astype(np.float16)) for _ in range(8)]
+    index = DescriptorIndex.build(images, tiny, index_type="ivfpq")
+    assert index.index.code_size == 32 and index.config["descriptor"] == "aliked-l2"
+
+
+def test_index_types_are_checked_and_tiny_sets_cannot_train_codes():
+    rng = np.random.default_rng(5)
+    images = [_features(rng, _descriptors(rng, 30)) for _ in range(3)]
+    with pytest.raises(ValueError, match="unknown descriptor index type"):
+        DescriptorIndex.build(images, EXTRACTOR, index_type="hnsw")
+    with pytest.raises(ValueError, match="unknown descriptor index type"):
+        OneVsManyMatcher(index_type="pq")
+    with pytest.raises(ValueError, match="at least 256 descriptors"):
+        DescriptorIndex.build(images, EXTRACTOR, index_type="ivfpq")
+    assert DescriptorIndex.build(images, EXTRACTOR, index_type="ivf").config["index"].startswith("ivf")
+
+
 def test_adding_images_to_an_index_votes_as_building_it_with_them():
     rng = np.random.default_rng(3)
     images = [_features(rng, _descriptors(rng, 30)) for _ in range(5)] + [_features(rng, _descriptors(rng, 0))]

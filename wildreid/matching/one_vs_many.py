@@ -18,207 +18,25 @@ descriptors as given (L2-normalised, 128-d; 64-d for t16); both are unit vectors
 verifier's ratio test read the same distances. The index records the extractor's config, and a query whose
 descriptors are of another family is refused, naming both.
 
-The index is exact (`faiss.IndexFlatL2`) up to `exact_limit` descriptors and an inverted file
-(`IndexIVFFlat`, nlist ~ 4 sqrt(N), nprobe 16) beyond; `DescriptorIndex.recall` measures the approximate
-index against exact search on a sample of queries.
+The index (`wildreid.matching.descriptor_index.DescriptorIndex`, imported from here too) is exact
+(`faiss.IndexFlatL2`) up to `exact_limit` descriptors and an inverted file (`IndexIVFFlat`, nlist ~ 4 sqrt(N),
+nprobe 16) beyond, unless the matcher's `index_type` asks for one kind ("ivfpq": compressed codes for galleries
+whose float32 descriptors outgrow memory); `DescriptorIndex.recall` measures an approximate index against exact
+search on a sample of queries.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
-import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from .keypoints import UNIT_VECTOR_METHODS, LocalFeatures, check_descriptors, config_descriptor_spec, unit_vectors
+from .descriptor_index import INDEX_TYPES, DescriptorIndex
+from .keypoints import LocalFeatures
 from .local_matcher import LocalMatcher
 
-INDEX_FORMAT = "wildreid-descriptor-index"
-INDEX_FORMAT_VERSION = 1
-INDEX_FILE = "descriptors.faiss"
-INDEX_META_FILE = "descriptors.json"
-OWNERS_FILE = "descriptor_owners.npy"
 INLIER_WEIGHT = 0.02
-
-
-def root_sift(descriptors: np.ndarray) -> np.ndarray:
-    """RootSIFT (Arandjelovic & Zisserman 2012): square root of the L1-normalised SIFT vector; unit L2 norm,
-    so squared L2 distances of RootSIFT are the Hellinger kernel's."""
-    return unit_vectors(descriptors, "sift")
-
-
-DESCRIPTOR_SPACES = {"sift": "rootsift", "aliked": "aliked-l2"}
-
-
-class DescriptorIndex:
-    """All descriptors of a set of images in one faiss index, each remembering its image (`owners`)."""
-
-    def __init__(self, index: faiss.Index, owners: np.ndarray, num_images: int, config: dict[str, Any]):
-        self.index, self.owners, self.num_images, self.config = index, owners, int(num_images), dict(config)
-
-    @classmethod
-    def build(cls, features: Sequence[LocalFeatures], extractor_config: dict[str, Any], *,
-              exact_limit: int = 200_000, nprobe: int = 16, seed: int = 0) -> "DescriptorIndex":
-        method = extractor_config.get("method", "sift")
-        if method not in UNIT_VECTOR_METHODS:
-            raise ValueError(f"one-vs-many retrieval indexes SIFT (as RootSIFT) or ALIKED descriptors; got method "
-                             f"{method!r}")
-        vectors, owners = _indexed_vectors(features, 0, dict(extractor_config))
-        dim = vectors.shape[1]
-        if len(vectors) <= exact_limit:
-            index, kind = faiss.IndexFlatL2(dim), "exact"
-        else:
-            nlist = int(4 * np.sqrt(len(vectors)))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
-            rng = np.random.default_rng(seed)
-            sample = vectors[rng.choice(len(vectors), size=min(len(vectors), 64 * nlist), replace=False)]
-            index.train(sample)
-            index.nprobe = nprobe
-            kind = f"ivf{nlist},nprobe{nprobe}"
-        index.add(vectors)
-        config = {"extractor": dict(extractor_config), "descriptor": DESCRIPTOR_SPACES[method], "index": kind}
-        return cls(index, owners, len(features), config)
-
-    def __len__(self) -> int:
-        return int(self.index.ntotal)
-
-    @property
-    def method(self) -> str:
-        """The descriptor family indexed ("sift" or "aliked")."""
-        return self.config["extractor"].get("method", "sift")
-
-    def query_vectors(self, descriptors: np.ndarray, what: str = "query descriptors") -> np.ndarray:
-        """Query descriptors in the index's space; descriptors of another family are refused, naming both."""
-        extractor = self.config["extractor"]
-        try:
-            check_descriptors(descriptors, self.method, what, extractor.get("variant"))
-        except ValueError as error:
-            raise ValueError(f"{error}: the descriptor index holds features of {extractor}; extract the queries the "
-                             "same way") from None
-        return unit_vectors(descriptors, self.method)
-
-    def add(self, features: Sequence[LocalFeatures]) -> None:
-        """Index more images after the indexed ones, in place (the review app adds a decision's photos this
-        way instead of rebuilding). An inverted file keeps its trained centroids and an exact index stays
-        exact past `exact_limit`; `build` (`wildreid index`) chooses again."""
-        vectors, owners = _indexed_vectors(features, self.num_images, self.config["extractor"])
-        self.index.add(vectors)
-        self.owners = np.concatenate([self.owners, owners])
-        self.num_images += len(features)
-
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, owners) of each vector's k nearest descriptors; L2 distances (not squared), owner -1
-        where fewer than k exist."""
-        k = min(k, len(self))
-        if k == 0 or len(vectors) == 0:
-            return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int32)
-        squared, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        owners = np.where(ids >= 0, self.owners[np.maximum(ids, 0)], -1)
-        return np.sqrt(np.maximum(squared, 0.0)), owners
-
-    def recall(self, vectors: np.ndarray, k: int, sample: int = 2000, seed: int = 0) -> float | None:
-        """Fraction of the exact k nearest neighbours the index returns, on a sample of `vectors`; None
-        for an exact index (recall 1 by construction)."""
-        if not isinstance(self.index, faiss.IndexIVF) or len(vectors) == 0:
-            return None
-        rng = np.random.default_rng(seed)
-        chosen = vectors[rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)]
-        self.index.make_direct_map()
-        flat = faiss.IndexFlatL2(self.index.d)
-        flat.add(self.index.reconstruct_n(0, self.index.ntotal))
-        _, exact = flat.search(chosen, k)
-        _, approx = self.index.search(chosen, k)
-        return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(directory / INDEX_FILE))
-        np.save(directory / OWNERS_FILE, self.owners, allow_pickle=False)
-        meta = {"format": INDEX_FORMAT, "version": INDEX_FORMAT_VERSION, "num_images": self.num_images, **self.config}
-        (directory / INDEX_META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike, expected_extractor: dict[str, Any] | None = None) -> "DescriptorIndex":
-        """Load an index saved by `save`; refused, with both configs named, when it was built with other
-        extractor settings than `expected_extractor`."""
-        directory = Path(directory)
-        meta_path = directory / INDEX_META_FILE
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{meta_path}: cannot read the descriptor index description ({error})") from error
-        if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: not a {INDEX_FORMAT} v{INDEX_FORMAT_VERSION} index")
-        _check_extractor(directory, meta.get("extractor"), expected_extractor)
-        index = faiss.read_index(str(directory / INDEX_FILE))
-        owners = np.load(directory / OWNERS_FILE, allow_pickle=False)
-        if len(owners) != index.ntotal:
-            raise ValueError(f"{directory}: {len(owners)} descriptor owners for {index.ntotal} indexed descriptors")
-        config = {key: meta[key] for key in ("extractor", "descriptor", "index")}
-        return cls(index, owners, meta["num_images"], config)
-
-    def to_npz(self, path: str | os.PathLike, image_ids: Sequence[str]) -> Path:
-        """One `.npz` of plain arrays (a gallery's `descriptor_index` file): the faiss index serialized
-        (`faiss.serialize_index`), `owners`, the indexed images' ids and the JSON config."""
-        if len(image_ids) != self.num_images:
-            raise ValueError(f"{len(image_ids)} image ids for a descriptor index of {self.num_images} images")
-        path = Path(path)
-        meta = {"format": INDEX_FORMAT, "version": INDEX_FORMAT_VERSION, "num_images": self.num_images, **self.config}
-        with open(path, "wb") as handle:  # a file handle stops numpy from appending ".npz"
-            np.savez(handle, index=faiss.serialize_index(self.index), owners=self.owners,
-                     image_ids=np.array([str(i) for i in image_ids], dtype=str) if len(image_ids) else
-                     np.zeros(0, dtype="<U1"), config=np.array(json.dumps(meta, sort_keys=True)))
-        return path
-
-    @classmethod
-    def from_npz(cls, path: str | os.PathLike, expected_extractor: dict[str, Any] | None = None
-                 ) -> tuple["DescriptorIndex", list[str]]:
-        """The index and its images' ids from `to_npz`'s file; refused, with both configs named, when it was
-        built with other extractor settings than `expected_extractor`. Pickled objects are never loaded."""
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-            meta = json.loads(str(arrays["config"]))
-        except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"{path}: not a readable descriptor index ({error})") from error
-        if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_FORMAT_VERSION:
-            raise ValueError(f"{path}: not a {INDEX_FORMAT} v{INDEX_FORMAT_VERSION} index")
-        _check_extractor(path, meta.get("extractor"), expected_extractor)
-        if missing := {"index", "owners", "image_ids"} - set(arrays):
-            raise ValueError(f"{path}: descriptor index lacks arrays {sorted(missing)}")
-        index = faiss.deserialize_index(arrays["index"])
-        owners, image_ids = arrays["owners"].astype(np.int32), [str(i) for i in arrays["image_ids"]]
-        if len(owners) != index.ntotal or len(image_ids) != meta["num_images"]:
-            raise ValueError(f"{path}: {len(owners)} owners for {index.ntotal} descriptors, {len(image_ids)} image ids "
-                             f"for {meta['num_images']} images")
-        config = {key: meta[key] for key in ("extractor", "descriptor", "index")}
-        return cls(index, owners, meta["num_images"], config), image_ids
-
-
-def _indexed_vectors(features: Sequence[LocalFeatures], first_owner: int, extractor_config: dict[str, Any]
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(unit vectors, owner image of each) of `features`, their images numbered from `first_owner`."""
-    method = extractor_config.get("method", "sift")
-    for i, item in enumerate(features):
-        check_descriptors(item.descriptors, method, f"features[{i}]", extractor_config.get("variant"))
-    owners = np.repeat(np.arange(first_owner, first_owner + len(features), dtype=np.int32), [len(f) for f in features])
-    width = config_descriptor_spec(extractor_config)[0] or (features[0].descriptors.shape[1] if features else 128)
-    vectors = unit_vectors(np.concatenate([f.descriptors for f in features]), method) if len(owners) else \
-        np.zeros((0, width), np.float32)
-    return vectors, owners
-
-
-def _check_extractor(source: Path, built_with: Any, expected: dict[str, Any] | None) -> None:
-    if expected is not None and built_with != dict(expected):
-        raise ValueError(f"{source}: descriptor index was built with local features {built_with}, "
-                         f"but this matcher extracts {dict(expected)}; rebuild the index")
 
 
 @dataclass
@@ -230,7 +48,10 @@ class OneVsManyMatcher:
         shortlist: images per query re-scored by spatial verification (B).
         verifier: the pairwise matcher whose MAGSAC inlier count re-scores the shortlist; its settings serve either
             descriptor family (`verifier_for`: the indexed family's).
-        exact_limit: index exactly up to this many gallery descriptors, approximately (IVF) beyond.
+        index_type: "auto" (exact up to `exact_limit` gallery descriptors, IVF-Flat beyond), "exact", "ivf" or
+            "ivfpq" (see `wildreid.matching.descriptor_index`).
+        exact_limit: index exactly up to this many gallery descriptors, approximately (IVF) beyond ("auto").
+        nprobe: inverted lists searched per descriptor by an inverted-file index.
         search_rows: query descriptors per faiss search, from consecutive queries: one query's few hundred rows
             a call left faiss's blocked BLAS search ~6x slower for the same votes (bench/lnbnn_voting_speed.py);
             1 searches each query alone.
@@ -239,11 +60,14 @@ class OneVsManyMatcher:
     k: int = 4
     shortlist: int = 20
     verifier: LocalMatcher | None = None
+    index_type: str = "auto"
     exact_limit: int = 200_000
     nprobe: int = 16
     search_rows: int = 4096
 
     def __post_init__(self):
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"unknown descriptor index type {self.index_type!r}; choose one of {INDEX_TYPES}")
         if self.k < 1 or self.shortlist < 0 or self.search_rows < 1:
             raise ValueError(f"need k >= 1, shortlist >= 0 and search_rows >= 1, got k={self.k}, "
                              f"shortlist={self.shortlist}, search_rows={self.search_rows}")
@@ -255,7 +79,8 @@ class OneVsManyMatcher:
         return self.verifier.for_method(method)
 
     def build_index(self, gallery: Sequence[LocalFeatures], extractor_config: dict[str, Any]) -> DescriptorIndex:
-        return DescriptorIndex.build(gallery, extractor_config, exact_limit=self.exact_limit, nprobe=self.nprobe)
+        return DescriptorIndex.build(gallery, extractor_config, index_type=self.index_type,
+                                     exact_limit=self.exact_limit, nprobe=self.nprobe)
 
     def votes(self, queries: Sequence[LocalFeatures], index: DescriptorIndex, *, leave_one_out: bool = False,
               progress: bool = True) -> np.ndarray:
