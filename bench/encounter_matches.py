@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import identification_accuracy as accuracy  # noqa: E402  (sets the threads, puts this checkout first)
-from feature_cache import embeddings, local_features  # noqa: E402
+from feature_cache import boxed, embeddings, local_features  # noqa: E402
 
 from wildreid.evaluation.method_protocols import image_set  # noqa: E402
 from wildreid.matching import LocalFeatureExtractor  # noqa: E402
@@ -39,7 +39,6 @@ from wildreid.matching.methods import FusionMethod, GlobalMethod, OneVsManyLocal
 from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
 from wildreid.matching.union_fusion import UnionFusion  # noqa: E402
 from wildreid.provenance import code_version  # noqa: E402
-from hub_datasets.specs import DatasetSpec, parse_spec  # noqa: E402
 
 SETS = {name: accuracy.SETS[name] for name in ("nyala-test", "nyala-closed")}
 TRAINING_SPLIT = accuracy.SETS["nyala-test"][2]  # where the center_box fraction is chosen
@@ -61,15 +60,6 @@ def figures(scores: np.ndarray, queries, gallery) -> dict:
     return {**entry, "cross_encounter_top1": strict["top1"], "cross_encounter_map": strict["map"],
             "cross_encounter_queries": strict["n_queries"], "cross_encounter_skipped": strict["n_skipped"],
             "correct_top1": int(right.sum()), "correct_top1_same_encounter": int(same_sighting.sum())}
-
-
-def boxed(spec: str | None, fraction: float) -> str | None:
-    """`spec` with `center_box=fraction` (unchanged for the whole photo, 1)."""
-    if spec is None or fraction == 1:
-        return spec
-    parsed = parse_spec(spec)
-    params = tuple(sorted({**dict(parsed.params), "center_box": fraction}.items()))
-    return str(DatasetSpec(parsed.kind, parsed.name, parsed.location, parsed.split, params))
 
 
 def load(spec: str, cache: Path, extractor: LocalFeatureExtractor):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hub_datasets.specs import load_specs, parse_spec
+from hub_datasets.specs import DatasetSpec, load_specs, parse_spec
 from wildreid.embedding import Embeddings, embed_dataset, load_embedder
 from wildreid.evaluation.matching import LocalSet, extract_local_set
 from wildreid.matching import LocalFeatureExtractor, LocalFeatures
@@ -24,6 +24,15 @@ def crop_stamp(spec: str) -> str:
     """What changes the crops of a spec's images beyond their id (`center_box`): part of every cache key."""
     center_box = dict(parse_spec(spec).params).get("center_box")
     return "" if center_box is None else f"+center_box={center_box}"
+
+
+def boxed(spec: str | None, fraction: float) -> str | None:
+    """`spec` with `center_box=fraction` (unchanged for the whole photo, 1)."""
+    if spec is None or fraction == 1:
+        return spec
+    parsed = parse_spec(spec)
+    params = tuple(sorted({**dict(parsed.params), "center_box": fraction}.items()))
+    return str(DatasetSpec(parsed.kind, parsed.name, parsed.location, parsed.split, params))
 
 
 def model_stamp(model: str) -> str:

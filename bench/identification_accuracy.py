@@ -1,5 +1,6 @@
-"""Which method identifies individuals best, per set: ImageNet lite0, the trained model, pairwise SIFT,
-one-vs-many local retrieval, union fusion and auto, with the time each takes.
+"""Which method identifies individuals best, per set: ImageNet lite0, the trained model, pairwise SIFT, the plain
+SIFT recipe (`plain_recipe.py`), one-vs-many local retrieval and union fusion with SIFT and with ALIKED features,
+auto with SIFT and auto choosing among both extractors, with the time each takes.
 
 Sets (real data, `$WILDREID_DATA`): leave-one-out on lion:val, nyala:test, dog[max_identities=100]:test,
 pig:test, and closed-set lion and nyala (hub_datasets `closed_set` split, test queried against train).
@@ -14,7 +15,8 @@ and fusion's global input stays ImageNet lite0: the only labelled images to fit 
 own training images, on which its scores are inflated (measured: lion 45.2 % with it vs 48.4 % local alone).
 A `--model` trained with individuals held out of each training split (`resplit_from`, e.g.
 `pig[resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]:train`) has fusion and auto fitted on
-those held-out individuals instead of the split it trained on.
+those held-out individuals instead of the split it trained on. `--center-box 0.4` adds nyala-test and nyala-closed
+twins scored on the middle of each photo (`center_box`, every method and its fit).
 
     python bench/identification_accuracy.py --model outputs/cpu_real --closed-set-model outputs/cpu_closed_set
 
@@ -30,6 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,16 +44,19 @@ from identification_tables import print_table, tables  # noqa: E402
 
 limit_threads()
 
-from feature_cache import embeddings, local_features  # noqa: E402  (thread settings first)
-from hub_datasets.specs import load_specs  # noqa: E402
+from feature_cache import boxed, embeddings, local_features  # noqa: E402  (thread settings first)
+from hub_datasets.specs import load_specs, parse_spec  # noqa: E402
+from identification_methods import EXTRACTOR_LABELS, choose_across_extractors, pairwise, plain_recipe  # noqa: E402
+from plain_recipe import PlainSiftExtractor  # noqa: E402
 from wildreid.embedding.training_record import held_out_spec  # noqa: E402
 from wildreid.evaluation.method_protocols import image_set  # noqa: E402
 from wildreid.evaluation.metrics import NoAnswerableQueryError, retrieval_metrics_from_similarity  # noqa: E402
 from wildreid.matching import LocalFeatureExtractor  # noqa: E402
-from wildreid.matching.keypoints import DEFAULT_MAX_KEYPOINTS  # noqa: E402
-from wildreid.matching.methods import AutoMethod, FusionMethod, GlobalMethod, OneVsManyLocalMethod, PairwiseLocalMethod  # noqa: E402
+from wildreid.matching.image_set import ImageSet  # noqa: E402
+from wildreid.matching.keypoints import ALIKED_VARIANTS, DEFAULT_ALIKED_VARIANT, DEFAULT_MAX_KEYPOINTS, LOCAL_FEATURE_CHOICES  # noqa: E402
+from wildreid.matching.methods import AutoMethod, FusionMethod, GlobalMethod, OneVsManyLocalMethod  # noqa: E402
 from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
-from wildreid.matching.selection import known_groups, ranking_figures, validation_pairs  # noqa: E402
+from wildreid.matching.selection import known_groups, validation_pairs  # noqa: E402
 from wildreid.matching.union_fusion import UnionFusion  # noqa: E402
 from wildreid.provenance import code_version  # noqa: E402
 
@@ -68,6 +74,9 @@ SETS = {
     "nyala-closed": ("nyala[split_strategy=closed_set]:test", "nyala[split_strategy=closed_set]:train",
                      "nyala[split_strategy=closed_set]:train"),
 }
+# --center-box adds a twin of these cropped to the photo's middle: nyala's photos are loosely cropped, and the shared
+# background of a sighting's two photos is what the local matcher finds (docs: "Same-sighting matches on nyala").
+BOXED = ("nyala-test", "nyala-closed")
 PUBLISHED = {"lion-closed": 25.16, "nyala-closed": 36.45}  # MegaDescriptor-L-384, wildlife-tools baselines
 RESULTS = Path(__file__).parent / "results" / "identification_accuracy.json"
 
@@ -103,9 +112,19 @@ def measure(scores: np.ndarray, queries, gallery) -> dict:
     return entry
 
 
-def global_rows(name: str, record: dict, models: list[str], cache: Path) -> None:
+def chosen_sets(args) -> dict[str, tuple]:
+    """--sets, each nyala set followed by its twin cropped to the photo's central part with --center-box."""
+    sets = {}
+    for name in args.sets:
+        sets[name] = SETS[name]
+        if args.center_box is not None and name in BOXED:
+            sets[f"{name} center_box={args.center_box:g}"] = tuple(boxed(spec, args.center_box) for spec in SETS[name])
+    return sets
+
+
+def global_rows(name: str, specs: tuple, record: dict, models: list[str], cache: Path) -> None:
     """Top-1 / mAP of each model's embeddings (cosine) on the set, into `record["methods"]`."""
-    query_spec, gallery_spec, _ = SETS[name]
+    query_spec, gallery_spec, _ = specs
     for model in models:
         label = "ImageNet lite0" if model == IMAGENET else "trained model"
         parts = []
@@ -135,10 +154,10 @@ def choose_flip(model: str, validation_spec: str, dataset, cache: Path) -> tuple
     return figures["flipped"]["map"] > figures["plain"]["map"], figures
 
 
-def trained_model(name: str, args) -> str | None:
+def trained_model(specs: tuple, args) -> str | None:
     """The set's trained model: --closed-set-model on the closed-set rows (--model saw their test images in
     training), --model on the leave-one-out sets."""
-    return args.closed_set_model if SETS[name][1] is not None else args.model
+    return args.closed_set_model if specs[1] is not None else args.model
 
 
 def resighted(images) -> bool:
@@ -148,32 +167,50 @@ def resighted(images) -> bool:
             and bool(validation_pairs(images.identities, images.encounters).any()))
 
 
-def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> dict:
-    query_spec, gallery_spec, validation_spec = SETS[name]
+class Split(NamedTuple):
+    """One set's images as one extractor's features see them."""
+    queries: ImageSet
+    gallery: ImageSet | None  # None: leave-one-out
+    validation: ImageSet | None  # None: nothing is fitted on these features (the plain recipe's)
+
+
+def run_set(name: str, specs: tuple, args, cache: Path, extractors: dict[str, LocalFeatureExtractor]) -> dict:
+    query_spec, gallery_spec, validation_spec = specs
     closed = gallery_spec is not None
-    trained = trained_model(name, args)
+    trained = trained_model(specs, args)
     fusion_model = trained if args.fusion_model == "trained" and trained and not closed else IMAGENET
     # A model that held individuals out of its training split (resplit_from) has fusion fitted on those instead.
     validation_spec = held_out_spec(fusion_model, validation_spec) or validation_spec
-    datasets, locals_, embedded = {}, {}, {}
+    datasets, features, embedded = {}, {}, {}
     for spec in dict.fromkeys(s for s in (query_spec, gallery_spec, validation_spec) if s):
-        datasets[spec], locals_[spec] = local_features(spec, cache, extractor, args.workers)
+        for kind, extractor in extractors.items():
+            datasets[spec], features[kind, spec] = local_features(spec, cache, extractor, args.workers)
     flip, flip_validation = choose_flip(fusion_model, validation_spec, datasets[validation_spec], cache)
     for spec, dataset in datasets.items():
         embedded[spec] = embeddings(fusion_model, spec, dataset, cache, flip)
 
-    def images(spec: str):
-        return image_set(datasets[spec], embedded[spec], locals_[spec], extractor.config)
+    def split(kind: str, config: dict, validation: bool = True) -> Split:
+        def images(spec: str):
+            return image_set(datasets[spec], embedded[spec], features[kind, spec], config)
 
+        queries, gallery = images(query_spec), images(gallery_spec) if closed else None
+        if closed:  # closed set: only queries whose individual is in the gallery
+            queries = queries.part(np.isin(queries.identities, list(set(gallery.identities))))
+        return Split(queries, gallery, images(validation_spec) if validation else None)
+
+    splits = {kind: split(kind, extractor.config) for kind, extractor in extractors.items()}
+    for other in splits.values():
+        same_images(other, splits["sift"])
     record: dict = {"queries": query_spec, "gallery": gallery_spec, "validation": validation_spec,
                     "fusion_global_model": fusion_model, "fusion_global_model_sha256": weights_sha256(fusion_model),
                     "fusion_global_flip_test": flip, "flip_test_validation": flip_validation,
-                    "local_features": extractor.config, "methods": {}}
-    queries = images(query_spec)
-    gallery = images(gallery_spec) if closed else None
-    if closed:  # closed set: only queries whose individual is in the gallery
-        queries = queries.part(np.isin(queries.identities, list(set(gallery.identities))))
-    validation = images(validation_spec)
+                    "local_features": extractors["sift"].config, "methods": {}}
+    if "aliked" in extractors:
+        record["aliked_local_features"] = extractors["aliked"].config
+    center_box = dict(parse_spec(query_spec).params).get("center_box")
+    if center_box is not None:
+        record["center_box"] = float(center_box)
+    queries, gallery, validation = splits["sift"]
     # Fitted across sightings, fusion does not learn to trust the other photo of the query's own sighting (found by
     # its background, README "Same-sighting matches on nyala"); the metrics stay as published.
     across = bool(args.fit_across_sightings and resighted(validation))
@@ -181,70 +218,65 @@ def run_set(name: str, args, cache: Path, extractor: LocalFeatureExtractor) -> d
     record["n_queries"], record["n_gallery"] = len(queries), len(gallery) if closed else len(queries)
     record["fusion_global_input"] = measure(GlobalMethod().scores(queries, gallery), queries, gallery)
 
-    def timed(label: str, method, *, fit: bool = False) -> np.ndarray:
+    def timed(label: str, method, images: Split, *, fit: bool = False) -> np.ndarray:
         entry = {}
         if fit:
             tick = time.perf_counter()
-            entry["fit"] = method.fit(validation, across)
+            entry["fit"] = method.fit(images.validation, across)
             entry["fit_seconds"] = round(time.perf_counter() - tick, 1)
         tick = time.perf_counter()
-        scores = method.scores(queries, gallery)
+        scores = method.scores(images.queries, images.gallery)
         entry["seconds"] = round(time.perf_counter() - tick, 1)
-        entry.update(measure(scores, queries, gallery))
+        entry.update(measure(scores, images.queries, images.gallery))
         record["methods"][label] = entry
         print(f"  {name:13s} {label:22s} top-1 {100 * entry['top1']:5.1f}  mAP {100 * entry['map']:5.1f}  "
               f"{entry['seconds']:7.1f} s", flush=True)
         return scores
 
-    global_rows(name, record, [IMAGENET] + ([trained] if trained else []), cache)
-    one_vs_many = timed("one-vs-many local", OneVsManyLocalMethod(OneVsManyMatcher(shortlist=args.shortlist),
-                                                                 num_workers=args.workers))
+    def one_vs_many() -> OneVsManyLocalMethod:
+        return OneVsManyLocalMethod(OneVsManyMatcher(shortlist=args.shortlist), num_workers=args.workers)
+
+    def fusion() -> FusionMethod:
+        return FusionMethod(UnionFusion(shortlist=args.shortlist, num_workers=args.workers))
+
+    global_rows(name, specs, record, [IMAGENET] + ([trained] if trained else []), cache)
+    sift_local = timed("one-vs-many local", one_vs_many(), splits["sift"])
     if not args.skip_pairwise:
-        pairwise(record, queries, gallery, one_vs_many, args)
-    fusion = FusionMethod(UnionFusion(shortlist=args.shortlist, num_workers=args.workers))
-    timed("union fusion", fusion, fit=True)
-    auto = AutoMethod(fusion.fusion)
+        pairwise(record, queries, gallery, sift_local, args)
+        plain = PlainSiftExtractor()
+        for spec in (query_spec, gallery_spec):
+            if spec:
+                features["plain", spec] = local_features(spec, cache, plain, args.workers)[1]
+        plain_images = same_images(split("plain", plain.config, validation=False), splits["sift"])
+        plain_recipe(record, plain_images.queries, plain_images.gallery, args)
+    fusions = {"sift": fusion()}
+    timed("union fusion", fusions["sift"], splits["sift"], fit=True)
+    auto = AutoMethod(fusions["sift"].fusion)
     auto.choose(record["methods"]["union fusion"]["fit"])  # the same validation figures: fitted once
-    timed("auto", auto)
+    timed("auto", auto, splits["sift"])
     record["methods"]["auto"]["chosen"] = auto.choice
+    if "aliked" in extractors:
+        timed("one-vs-many ALIKED", one_vs_many(), splits["aliked"])
+        fusions["aliked"] = fusion()
+        timed("union fusion ALIKED", fusions["aliked"], splits["aliked"], fit=True)
+        fits = {"sift": record["methods"]["union fusion"]["fit"], "aliked": record["methods"]["union fusion ALIKED"]["fit"]}
+        chosen, validation_map = choose_across_extractors(fits)
+        kind = "aliked" if chosen.endswith(EXTRACTOR_LABELS["aliked"]) else "sift"
+        auto = AutoMethod(fusions[kind].fusion, choice=chosen.split()[0])
+        timed("auto (SIFT or ALIKED)", auto, splits[kind])
+        record["methods"]["auto (SIFT or ALIKED)"].update(chosen=chosen, validation_map=validation_map)
     if name in PUBLISHED:
         record["published_megadescriptor_l384_top1"] = PUBLISHED[name]
     return record
 
 
-def pairwise(record: dict, queries, gallery, one_vs_many: np.ndarray, args) -> None:
-    """Pairwise SIFT, on a seeded sample of `--pairwise-queries` queries where the set has more (its time
-    extrapolated to all queries, and one-vs-many measured on the same sample for a like-for-like row)."""
-    everyone = len(queries)
-    sample = np.arange(everyone)
-    if args.pairwise_queries and everyone > args.pairwise_queries:
-        sample = np.sort(np.random.default_rng(0).choice(everyone, size=args.pairwise_queries, replace=False))
-    chosen = np.zeros(everyone, dtype=bool)
-    chosen[sample] = True
-    reference = queries if gallery is None else gallery
-    matcher = PairwiseLocalMethod(num_workers=args.workers).matcher
-    tick = time.perf_counter()
-    if gallery is None and len(sample) == everyone:
-        scores = matcher.score_within(queries.local, num_workers=args.workers, progress=False)
-    else:
-        scores = matcher.score(queries.part(chosen).local, reference.local, num_workers=args.workers, progress=False)
-    seconds = time.perf_counter() - tick
-    own_image = None  # leave-one-out: a sampled query's own column is ignored
-    if gallery is None:
-        own_image = np.zeros((len(sample), everyone), dtype=bool)
-        own_image[np.arange(len(sample)), sample] = True
-
-    def figures(matrix: np.ndarray) -> dict:
-        return ranking_figures(matrix, queries.identities[sample], reference.identities, excluded=own_image)
-
-    entry = {**figures(scores),  # rows: the sampled queries
-             "queries_scored": len(sample), "seconds_measured": round(seconds, 1),
-             "seconds": round(seconds * everyone / len(sample), 1)}
-    if len(sample) < everyone:
-        entry["one_vs_many_on_the_same_queries"] = figures(one_vs_many[sample])
-    record["methods"]["SIFT pairwise"] = entry
-    print(f"  {'':13s} {'SIFT pairwise':22s} top-1 {100 * entry['top1']:5.1f}  mAP {100 * entry['map']:5.1f}  "
-          f"{entry['seconds']:7.1f} s ({len(sample)} of {everyone} queries)", flush=True)
+def same_images(images: Split, sift: Split) -> Split:
+    """`images` after checking they are SIFT's images row for row: every column must score the same queries."""
+    for mine, reference in zip(images, sift):
+        if mine is not None and not np.array_equal(mine.identities, reference.identities):
+            raise RuntimeError("an image readable by one extractor was not by another: the columns would score "
+                               "different queries")
+    return images
 
 
 def write_results(output: Path, sets: dict, command: str, seconds: float | None) -> None:
@@ -264,13 +296,23 @@ def main() -> None:
     parser.add_argument("--shortlist", type=int, default=20, help="B: candidates per query from each shortlist")
     parser.add_argument("--workers", type=int, default=1, help="processes for local matching")
     parser.add_argument("--skip-pairwise", action="store_true",
-                        help="do not rerun pairwise SIFT (the slowest method; it does not depend on the model): "
-                             "a set's earlier pairwise row stays, marked with the commit that measured it")
+                        help="do not rerun pairwise SIFT nor the plain recipe (the slowest methods; neither depends on "
+                             "the model): a set's earlier rows of them stay, marked with the commit that measured them")
     parser.add_argument("--pairwise-queries", type=int, default=150,
-                        help="pairwise SIFT on a seeded sample of this many queries where a set has more (0: all)")
+                        help="pairwise SIFT and the plain recipe on a seeded sample of this many queries where a set "
+                             "has more (0: all)")
     parser.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS,
-                        help="SIFT keypoints per image for one-vs-many, fusion and auto (bench/keypoint_budget.py "
-                             "measures the budget on the training splits); pairwise SIFT, the baseline, needs the default")
+                        help="keypoints per image for one-vs-many, fusion and auto, SIFT and ALIKED alike "
+                             "(bench/keypoint_budget.py measures the budget on the training splits); pairwise SIFT, "
+                             "the baseline, needs the default")
+    parser.add_argument("--local-features", nargs="+", choices=LOCAL_FEATURE_CHOICES, default=list(LOCAL_FEATURE_CHOICES),
+                        help="extractors of the local columns: sift (the main table's) and aliked, which adds "
+                             "one-vs-many and fusion with ALIKED and auto choosing among both extractors")
+    parser.add_argument("--aliked-variant", choices=ALIKED_VARIANTS, default=DEFAULT_ALIKED_VARIANT,
+                        help="ALIKED weights (shipped): n16, n16rot or t16 (about twice as fast)")
+    parser.add_argument("--center-box", type=float,
+                        help="also score nyala-test and nyala-closed (when in --sets) on the central fraction of each "
+                             "photo, e.g. 0.4 (bench/encounter_matches.py chose it on nyala's training split)")
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/wildreid/bench"))
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--fusion-model", choices=("imagenet", "trained"), default="trained",
@@ -291,9 +333,14 @@ def main() -> None:
     if args.max_keypoints != DEFAULT_MAX_KEYPOINTS and not args.skip_pairwise:
         parser.error(f"pairwise SIFT is the plain-SIFT baseline ({DEFAULT_MAX_KEYPOINTS} keypoints): with --max-keypoints "
                      f"{args.max_keypoints} give --skip-pairwise")
+    if "sift" not in args.local_features:
+        parser.error("--local-features needs sift: the main table, auto and the claims are SIFT's; aliked adds to them")
+    if args.center_box is not None and not 0 < args.center_box < 1:
+        parser.error(f"--center-box is a fraction of the photo in (0, 1), got {args.center_box}")
+    sets = chosen_sets(args)
     if args.keep_trained_rows:
-        for name in args.sets:
-            if trained_model(name, args) or SETS[name][1] is None:
+        for name, specs in sets.items():
+            if trained_model(specs, args) or specs[1] is None:
                 parser.error(f"--keep-trained-rows keeps only closed-set rows whose model is not given; {name} "
                              "is leave-one-out (its fusion uses the trained model) or has its model given")
     command = "python bench/identification_accuracy.py" + (f" --model {args.model}" if args.model else "") + (
@@ -301,29 +348,35 @@ def main() -> None:
         f" --max-keypoints {args.max_keypoints} --skip-pairwise --output {args.output}"
         if args.max_keypoints != DEFAULT_MAX_KEYPOINTS else "") + (
         " --fit-across-sightings" if args.fit_across_sightings else "") + (
-        " --keep-trained-rows" if args.keep_trained_rows else "")
+        " --keep-trained-rows" if args.keep_trained_rows else "") + (
+        " --local-features sift" if args.local_features == ["sift"] else "") + (
+        f" --aliked-variant {args.aliked_variant}" if args.aliked_variant != DEFAULT_ALIKED_VARIANT else "") + (
+        f" --center-box {args.center_box:g}" if args.center_box is not None else "")
     if args.tables_only:  # the sets, and the command and time that measured them, stay as they were
         write_results(output, previous, earlier_run.get("command", command), earlier_run.get("wall_time_s"))
         print_table(previous)
         return
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    extractor = LocalFeatureExtractor(max_keypoints=args.max_keypoints)
+    extractors = {"sift": LocalFeatureExtractor(max_keypoints=args.max_keypoints)}
+    if "aliked" in args.local_features:  # its weights checked now, not after the first sets
+        extractors["aliked"] = LocalFeatureExtractor("aliked", args.max_keypoints, variant=args.aliked_variant).load()
     started = time.perf_counter()
     version = code_version()  # before the run: the code that produced these numbers
-    for name in args.sets:
+    for name, specs in sets.items():
         print(f"[{name}]", flush=True)
         # Sets of earlier runs stay in the file (each records its own commit), so sets can be run separately.
         if args.global_only:
-            trained = trained_model(name, args)
-            global_rows(name, previous[name], [IMAGENET] + ([trained] if trained else []), cache)
+            trained = trained_model(specs, args)
+            global_rows(name, specs, previous[name], [IMAGENET] + ([trained] if trained else []), cache)
             previous[name]["global_rows_version"] = version
         else:
             # The exact invocation too: sets run by separate processes are merged into one file.
-            record = {**run_set(name, args, cache, extractor), **version,
+            record = {**run_set(name, specs, args, cache, extractors), **version,
                       "command": " ".join(["python bench/identification_accuracy.py", *sys.argv[1:]])}
             # Rows that do not depend on what this run measured may come from the earlier run of the set.
-            for label, keep in (("SIFT pairwise", args.skip_pairwise), ("trained model", args.keep_trained_rows)):
+            for label, keep in (("SIFT pairwise", args.skip_pairwise), ("plain recipe", args.skip_pairwise),
+                                ("trained model", args.keep_trained_rows)):
                 earlier = previous.get(name, {}).get("methods", {}).get(label)
                 if keep and earlier:
                     record["methods"][label] = {**earlier, "carried_from_commit": earlier.get(

@@ -1,5 +1,6 @@
-"""The tables of `identification_accuracy.py`'s results file (main, speed, method choice), apart from the
-measuring so that `--tables-only` and the model card rebuild them without touching data or models."""
+"""The tables of `identification_accuracy.py`'s results file (main, speed, method choice, across sightings, and
+SIFT against ALIKED and the plain recipe), apart from the measuring so that `--tables-only` and the model card
+rebuild them without touching data or models."""
 from __future__ import annotations
 
 
@@ -12,10 +13,81 @@ def global_input_label(record: dict) -> str:
 
 BASELINES = ("ImageNet lite0", "SIFT pairwise")
 COLUMNS = ("ImageNet lite0", "trained model", "SIFT pairwise", "one-vs-many local", "union fusion", "auto")
+# The local-feature tables put each SIFT method beside its ALIKED counterpart; the plain recipe is the reference.
+LOCAL = "auto (SIFT or ALIKED)"
+LOCAL_COLUMNS = {"one-vs-many local": "one-vs-many SIFT", "one-vs-many ALIKED": "one-vs-many ALIKED",
+                 "union fusion": "fusion SIFT", "union fusion ALIKED": "fusion ALIKED", "auto": "auto SIFT",
+                 LOCAL: LOCAL, "plain recipe": "plain recipe"}
 
 
 def _pair(entry: dict | None) -> str | None:
     return None if entry is None else f"{100 * entry['top1']:.1f} / {100 * entry['map']:.1f}"
+
+
+def _seconds(entry: dict | None, key: str = "seconds") -> float | None:
+    return None if entry is None else entry.get(key)
+
+
+def _across(methods: dict, labels) -> tuple[int | None, list]:
+    """Re-sighted queries and each method's across-sightings pair (None: the set records no encounters)."""
+    across = {label: (methods.get(label) or {}).get("across_sightings") for label in labels}
+    if not any(across.values()):
+        return None, []
+    answerable = next(entry["n_queries"] for entry in across.values() if entry)
+    return answerable, [_pair(across[label]) for label in labels]
+
+
+def local_feature_tables(sets: dict) -> dict:
+    """SIFT against ALIKED and the plain recipe: accuracy, across sightings, auto's choice and time."""
+    rows, across_rows, choice_rows, speed_rows = [], [], [], []
+    for name, record in sets.items():
+        methods = record["methods"]
+        auto = methods.get(LOCAL, {})
+        rows.append([name, record["n_queries"], *(_pair(methods.get(label)) for label in LOCAL_COLUMNS),
+                     auto.get("chosen")])
+        answerable, pairs = _across(methods, LOCAL_COLUMNS)
+        if answerable is not None:
+            across_rows.append([name, answerable, *pairs])
+        fusions = methods["union fusion"], methods.get("union fusion ALIKED")
+        sift, aliked = (None if fusion is None else fusion["fit"]["validation"] for fusion in fusions)
+        choice_rows.append([name, *(None if fit is None else round(100 * fit[method]["map"], 1) for fit, method in
+                                    ((sift, "global"), (sift, "local"), (sift, "fusion"), (aliked, "local"),
+                                     (aliked, "fusion"))), auto.get("chosen")])
+        plain = methods.get("plain recipe")
+        speed_rows.append([name, record["n_queries"], record["n_gallery"], methods["one-vs-many local"]["seconds"],
+                           _seconds(methods.get("one-vs-many ALIKED")), *(_seconds(f) for f in fusions),
+                           *(_seconds(f, "fit_seconds") for f in fusions), _seconds(plain),
+                           None if plain is None else plain["queries_scored"]])
+    pairs = [f"{label} top-1 / mAP" for label in LOCAL_COLUMNS.values()]
+    plain_note = ("The plain recipe: OpenCV SIFT (512 features, longest side 512 px), mutual nearest neighbours "
+                  "passing Lowe's 0.8 ratio both ways, their count, the top 20 re-ranked by RANSAC homography "
+                  "inliers (5 px, 2,000 iterations); it matches every pair, so it runs on pairwise SIFT's seeded "
+                  "sample of queries where a set is large, its time extrapolated to all.")
+    return {
+        "local_features": {
+            "columns": ["Set", "Queries", *pairs, f"{LOCAL} chose"], "rows": rows,
+            "caption": "Top-1 % / mAP %, as in the main table, with ALIKED (n16, 512 keypoints at 512 px unless the "
+                       "JSON's aliked_local_features says otherwise) in place of SIFT. Auto (SIFT or ALIKED) chooses "
+                       "among global, local and fusion with either extractor by validation mAP on the training split, "
+                       "as auto does among SIFT's. " + plain_note},
+        "local_features_across_sightings": {
+            "columns": ["Set", "Queries (re-sighted)", *pairs], "rows": across_rows,
+            "caption": "The local-feature columns without the photos of a query's own encounter, as in the "
+                       "across-sightings table; the plain recipe on its sample of queries."},
+        "local_features_choice": {
+            "columns": ["Set", "Validation mAP global", "local SIFT", "fusion SIFT", "local ALIKED", "fusion ALIKED",
+                        f"{LOCAL} chose"], "rows": choice_rows,
+            "caption": "What auto (SIFT or ALIKED) chose by: validation mAP on the training split alone, fitted as in "
+                       "the choice table. Columns cheapest first (ALIKED extracts ~5x slower than SIFT, more than "
+                       "fusion adds); a tie keeps the cheaper."},
+        "local_features_speed": {
+            "columns": ["Set", "Queries", "Gallery", "One-vs-many SIFT (s)", "One-vs-many ALIKED (s)",
+                        "Fusion SIFT (s)", "Fusion ALIKED (s)", "Fusion fit SIFT (s)", "Fusion fit ALIKED (s)",
+                        "Plain recipe (s)", "Plain recipe queries timed"], "rows": speed_rows,
+            "caption": "Scoring time after feature extraction, 1 thread per process, as in the speed table; "
+                       "extracting ALIKED features costs 0.6 s per image on one thread, SIFT's 0.1 s "
+                       "(bench/results/aliked_speed.json)."},
+    }
 
 
 def tables(sets: dict) -> dict:
@@ -23,10 +95,9 @@ def tables(sets: dict) -> dict:
     main_rows, speed_rows, choice_rows, across_rows = [], [], [], []
     for name, record in sets.items():
         methods = record["methods"]
-        across = {label: methods[label].get("across_sightings") for label in COLUMNS if label in methods}
-        if any(across.values()):
-            answerable = next(entry["n_queries"] for entry in across.values() if entry)
-            across_rows.append([name, answerable, *(_pair(across.get(label)) for label in COLUMNS)])
+        answerable, pairs = _across(methods, COLUMNS)
+        if answerable is not None:
+            across_rows.append([name, answerable, *pairs])
         best = max((methods[label]["top1"] for label in BASELINES if label in methods), default=None)
         auto = methods["auto"]
         main_rows.append([name, record["n_queries"], *(_pair(methods.get(label)) for label in COLUMNS),
@@ -75,13 +146,16 @@ def tables(sets: dict) -> dict:
             "rows": across_rows,
             "caption": "The sets that record encounters (nyala's sightings: both flanks of one animal at one moment), "
                        "scored without the photos of a query's own encounter: matching a new sighting to known "
-                       "individuals. Queries whose individual has no photo from another encounter are not counted. A dash: not "
-                       "measured that way (pairwise SIFT scores a sample of queries; a row carried from an earlier run)."},
+                       "individuals. Queries whose individual has no photo from another encounter are not counted. Pairwise "
+                       "SIFT: on its sample of queries where a set is large. A dash: not measured that way (a row "
+                       "carried from a run before this table counted it)."},
+        **local_feature_tables(sets),
     }
 
 
 def print_table(sets: dict) -> None:
-    table = tables(sets)["main"]
-    print("\n| " + " | ".join(table["columns"]) + " |")
-    for row in table["rows"]:
-        print("| " + " | ".join("–" if cell is None else str(cell) for cell in row) + " |")
+    built = tables(sets)
+    for table in (built["main"], built["local_features"]):
+        print("\n| " + " | ".join(table["columns"]) + " |")
+        for row in table["rows"]:
+            print("| " + " | ".join("–" if cell is None else str(cell) for cell in row) + " |")
