@@ -280,9 +280,13 @@ def same_images(images: Split, sift: Split) -> Split:
 
 
 def write_results(output: Path, sets: dict, command: str, seconds: float | None) -> None:
+    """`command` and `seconds` are this run's; where the file's sets were measured by several runs (sets run
+    separately are merged), the file's command is each of theirs, joined to rerun them in turn, with no one time."""
+    commands = list(dict.fromkeys(record.get("command", command) for record in sets.values())) or [command]
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({
-        "kind": "experiment", "experiment": "identification_accuracy", "command": command, "wall_time_s": seconds,
+        "kind": "experiment", "experiment": "identification_accuracy", "command": " && ".join(commands),
+        "wall_time_s": seconds if len(commands) == 1 else None,
         "hardware_label": f"{os.cpu_count()} CPU cores, 1 thread per process", "tables": tables(sets), "sets": sets,
     }, indent=1) + "\n")
 
