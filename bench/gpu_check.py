@@ -33,8 +33,9 @@ from wildreid.provenance import code_version  # noqa: E402
 
 DRY_RUN = dict(backbone="tf_efficientnet_lite0", image_size=64, identities_per_batch=2, images_per_identity=2,
                num_workers=0, eval_batch_size=8, neck_calibration_images=16)
-
-
+# The dry run's parts on one thread: under wildreid's OMP_WAIT_POLICY=PASSIVE, which they inherit, two threads
+# spent the tiny bf16 CPU steps waking each other (train_throughput's dry run 76 s on 2 threads, 26 s on 1).
+DRY_RUN_THREADS = {"WILDREID_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
 def write_photos(root: Path, identities: int, per_identity: int, photo_size: int) -> str:
@@ -123,6 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.dry_run:
         args.steps, args.identities, args.per_identity, args.photo_size, args.inference_batch = 2, 6, 4, 96, 8
+        os.environ.update(DRY_RUN_THREADS)
 
     import torch
 
