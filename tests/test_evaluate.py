@@ -110,8 +110,9 @@ def test_metric_module_loads_through_the_bridge_from_the_repo_root():
               "r = m.compute(predictions=[[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], references=['a', 'a', 'b', 'b']); "
               "assert r['top1'] == 1.0, r; print('ok')")
     # `python -c` from the root: '' leads sys.path, so a plain `import evaluate` would get evaluate.py.
-    shadowed = subprocess.run([sys.executable, "-c", "import evaluate; print(evaluate.__file__)"], cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
+    shadowed = subprocess.run(  # found, not imported: importing evaluate.py would load torch for nothing
+        [sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec('evaluate').origin)"], cwd=REPO,
+        capture_output=True, text=True, timeout=300)
     assert shadowed.stdout.strip().endswith("evaluate.py")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
