@@ -68,3 +68,19 @@ def write_png_bomb(path: Path, side: int = 30000) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
     return path
+
+
+def write_indexed_and_calibration_photos(photos: Path) -> None:
+    """Twelve generated individuals of five photos in `photos`: `indexed.csv` lists two of each (a gallery's),
+    `calibration.csv` the other three (labelled photos to calibrate on)."""
+    from hub_datasets.synthetic import generate_rows
+
+    photos.mkdir(parents=True, exist_ok=True)
+    indexed, calibration = ["image,identity"], ["image,identity"]
+    for row in generate_rows(n_species=1, n_identities=12, images_per_identity=5, image_size=96, seed=3):
+        name = row["image_id"].replace("/", "_")
+        (photos / name).write_bytes(row["image"]["bytes"])
+        shot = int(Path(name).stem.rsplit("_", 1)[1])
+        (indexed if shot < 2 else calibration).append(f"{name},{row['identity'].split('/')[-1]}")
+    (photos / "indexed.csv").write_text("\n".join(indexed) + "\n")
+    (photos / "calibration.csv").write_text("\n".join(calibration) + "\n")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_datasets_testing import write_indexed_and_calibration_photos
 from model_testing import lite0_model
 
-from hub_datasets.synthetic import generate_rows
 from modeling_wildreid import WildReIDConfig, WildReIDModel
 from wildreid.embedding.shipped_model import SHIPPED_MODEL
 from wildreid.identification import store
@@ -37,15 +37,7 @@ def source(tmp_path_factory):
     ImageNet weights at 64 px); and `random_in_memory`, the random model on generated photos never written to disk."""
     root = tmp_path_factory.mktemp("calibrate_embedding")
     photos = root / "photos"
-    photos.mkdir()
-    indexed, calibration = ["image,identity"], ["image,identity"]
-    for row in generate_rows(n_species=1, n_identities=12, images_per_identity=5, image_size=96, seed=3):
-        name = row["image_id"].replace("/", "_")
-        (photos / name).write_bytes(row["image"]["bytes"])
-        shot = int(Path(name).stem.rsplit("_", 1)[1])
-        (indexed if shot < 2 else calibration).append(f"{name},{row['identity'].split('/')[-1]}")
-    (photos / "indexed.csv").write_text("\n".join(indexed) + "\n")
-    (photos / "calibration.csv").write_text("\n".join(calibration) + "\n")
+    write_indexed_and_calibration_photos(photos)
     torch.manual_seed(0)
     random_model = WildReIDModel(WildReIDConfig(backbone="tf_efficientnet_lite0", image_size=64))
     random_model.save_pretrained(root / "models" / "random")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hub_datasets_testing import write_indexed_and_calibration_photos
 from model_testing import lite0_model
 
-from hub_datasets.synthetic import generate_rows
 from wildreid import threads
 from wildreid.identification import store
 from wildreid.identification.cli import main
@@ -44,15 +44,7 @@ def source(tmp_path_factory):
     and galleries of the indexed photos: `aliked`, `sift` (their keypoints) and `plain` (none)."""
     root = tmp_path_factory.mktemp("calibrate_extractor")
     photos = root / "photos"
-    photos.mkdir()
-    indexed, calibration = ["image,identity"], ["image,identity"]
-    for row in generate_rows(n_species=1, n_identities=12, images_per_identity=5, image_size=96, seed=3):
-        name = row["image_id"].replace("/", "_")
-        (photos / name).write_bytes(row["image"]["bytes"])
-        shot = int(Path(name).stem.rsplit("_", 1)[1])
-        (indexed if shot < 2 else calibration).append(f"{name},{row['identity'].split('/')[-1]}")
-    (photos / "indexed.csv").write_text("\n".join(indexed) + "\n")
-    (photos / "calibration.csv").write_text("\n".join(calibration) + "\n")
+    write_indexed_and_calibration_photos(photos)
     lite0_model(broken_neck=True).save_pretrained(root / "model")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(threads, "available_cores", lambda: 1)
