@@ -214,3 +214,35 @@ def test_calibrate_takes_exclude_same_encounter(monkeypatch):
                         or {"threshold": 0.5, "choices": {}, "embedding": None, "extractor": None})
     assert main(["calibrate", "--gallery", "g", "--datasets", f"{DATA}:train", "--exclude_same_encounter"]) == 0
     assert seen["exclude_same_encounter"] is True
+
+
+def test_a_compressed_descriptor_index_is_kept_by_every_save_and_rebuild(galleries, tmp_path):
+    folder = tmp_path / "ivfpq"
+    assert main(["index", "--model", str(galleries / "model"), "--datasets", f"{DATA}:train", "--output", str(folder),
+                 "--local-features", "--descriptor_index", "ivfpq", "--num_workers", "0"]) == 0
+    gallery = Gallery.load(folder)
+    assert gallery.descriptor_index_type == "ivfpq"
+    image_ids = list(gallery.metadata["image_id"])
+    index, _ = load_descriptor_index(folder, image_ids, gallery.local_features_config)
+    assert index.config["index"].startswith("ivfpq")  # 64-byte codes, not the exact index "auto" gives here
+    gallery.save(folder, local_features=Gallery.load_local_features(folder), overwrite=True)  # a later revision
+    manifest = json.loads((folder / "gallery.json").read_text())
+    assert manifest["local_features"]["index_type"] == "ivfpq"
+    (folder / manifest["files"].pop("descriptor_index")["name"]).unlink()  # as an older folder: rebuilt in memory
+    (folder / "gallery.json").write_text(json.dumps(manifest))
+    rebuilt, _ = load_descriptor_index(folder, image_ids, gallery.local_features_config,
+                                       index_type=Gallery.load(folder).descriptor_index_type)
+    assert rebuilt.config["index"].startswith("ivfpq")
+    output = tmp_path / "matches.json"
+    assert main(["identify", "--gallery", str(folder), "--datasets", f"{DATA}:test", "--method", "local",
+                 "--output", str(output), "--num_workers", "0"]) == 0
+    results = json.loads(output.read_text())["results"]
+    assert results and {r["method"] for r in results} == {"local"}
+
+
+def test_index_refuses_a_descriptor_index_without_local_features(galleries, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["index", "--model", str(galleries / "model"), "--datasets", f"{DATA}:train",
+              "--output", str(tmp_path / "plain"), "--descriptor_index", "ivfpq"])
+    assert stopped.value.code == 2 and not (tmp_path / "plain").exists()
+    assert "give --local-features" in capsys.readouterr().err

@@ -37,6 +37,7 @@ from ..safe_text import printable
 from ..threads import configure_threads
 from ..embedding.onnx_runtime import RUNTIMES
 from ..embedding.shipped_model import describe_default, publish_model_folder, shipped_model
+from ..matching.descriptor_index import INDEX_TYPES
 from ..matching.keypoints import ALIKED_VARIANTS, DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, LOCAL_FEATURE_CHOICES
 from .adapt import add_adapt_command, run_adapt
 from .onnx_export import add_export_command, run_export
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--aliked_scales", type=float, nargs="+",
                        help="with --local-features aliked: pyramid levels, e.g. 1 0.5 0.25 (default 1: one scale; "
                             "bench/aliked_scales.py: the pyramid helps lion's crops at other zooms, not nyala)")
+    index.add_argument("--descriptor_index", choices=INDEX_TYPES, default="auto",
+                       help="with --local-features: the index one-vs-many retrieval searches. auto: exact up to "
+                            "200,000 descriptors (~400 images), an inverted file (ivf) beyond; ivfpq: 64 bytes a "
+                            "descriptor instead of 512 (a 100,000-image gallery's index in ~5 GB instead of ~25), at "
+                            "some cost in votes (bench/local_index_scale.py)")
     index.add_argument("--flip_test", action="store_true",
                        help="embed each image with its mirror image too and average the two (twice the time; the "
                             "gallery's queries are embedded the same way); evaluate.py --flip_test measures it")
@@ -222,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "identify" and args.output:  # output paths are checked before any work
             check_output_file(args.output, "--output")
         if args.command == "index":
-            if (args.max_keypoints != DEFAULT_MAX_KEYPOINTS or args.local_max_side != DEFAULT_MAX_SIDE) \
-                    and not args.local_features:
-                parser.error("--max_keypoints and --local_max_side set the gallery's local features: give "
-                             "--local-features with them")
+            if (args.max_keypoints != DEFAULT_MAX_KEYPOINTS or args.local_max_side != DEFAULT_MAX_SIDE
+                    or args.descriptor_index != "auto") and not args.local_features:
+                parser.error("--max_keypoints, --local_max_side and --descriptor_index set the gallery's local "
+                             "features: give --local-features with them")
             if (args.aliked_variant or args.aliked_weights or args.aliked_scales) and args.local_features != "aliked":
                 parser.error("--aliked_variant, --aliked_weights and --aliked_scales need --local-features aliked")
             check_output_folder(args.output, "--output")
@@ -234,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                                              max_keypoints=args.max_keypoints, overwrite=args.overwrite,
                                              local_max_side=args.local_max_side, aliked_variant=args.aliked_variant,
                                              aliked_weights=args.aliked_weights, aliked_scales=args.aliked_scales,
+                                             descriptor_index=args.descriptor_index,
                                              flip_test=args.flip_test or None, **data)
             print(f"gallery {args.output}: {len(gallery)} images of {len(gallery.identities)} individuals"
                   + (f"; skipped {len(skipped)} unreadable (e.g. {printable(skipped[0].file)}: "

@@ -44,6 +44,9 @@ class Gallery:
         self.created = store.now()
         self.updated = self.created
         self.local_features_config: dict[str, Any] | None = None
+        # Kind of the descriptor index over those keypoints (`DescriptorIndex.build`'s index_type): "ivfpq" keeps a
+        # large gallery's descriptors compressed; every save and in-memory rebuild uses it.
+        self.descriptor_index_type: str = "auto"
         # `center_box` of the specs the photos came from: query photos without a box are cropped the same way.
         self.center_box: float | None = None
         # The revision under `revisions/` whose model this one's replaced (`wildreid adapt`, or `calibrate` choosing
@@ -256,7 +259,7 @@ class Gallery:
                     raise ValueError(f"local-feature cache lacks {len(missing)} gallery images, e.g. {missing[:3]}")
                 self.local_features_config = dict(local_features.config)
                 write_index = descriptor_index_writer(local_features, list(self.metadata["image_id"]),
-                                                      descriptor_index)
+                                                      descriptor_index, self.descriptor_index_type)
             elif self.local_features_config is not None and (directory / store.CONFIG_FILE).exists():
                 kept = store.current_entry(directory, "local_features")
                 kept_index = store.current_entry(directory, "descriptor_index") if kept else None
@@ -268,7 +271,8 @@ class Gallery:
                         "species": sorted(self.metadata["species"].dropna().unique().tolist())},
                 created=self.created, updated=self.updated, calibration=self.calibration,
                 search={"approximate_threshold": self.approximate_threshold},
-                local_features=None if self.local_features_config is None else {"config": self.local_features_config},
+                local_features=None if self.local_features_config is None else {
+                    "config": self.local_features_config, "index_type": self.descriptor_index_type},
                 center_box=self.center_box, replaced_revision=self.replaced_revision,
             )
             revision = store.write_revision(directory, config, self.embeddings, self.metadata, local_features, kept,
@@ -293,6 +297,7 @@ class Gallery:
         gallery.updated = config.get("updated", gallery.updated)
         gallery.calibration = config.get("calibration")
         gallery.local_features_config = (config.get("local_features") or {}).get("config")
+        gallery.descriptor_index_type = (config.get("local_features") or {}).get("index_type", "auto")
         gallery.center_box = config.get("center_box")
         gallery.replaced_revision = config.get("replaced_revision")
         gallery._loaded_revision = (directory.resolve(), config.get("revision"))

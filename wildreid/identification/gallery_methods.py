@@ -203,7 +203,7 @@ class GalleryScorer:
                 self._local = (self._given_index, self._keypoints.get_many(image_ids))
             else:
                 self._local = load_descriptor_index(self.directory, image_ids, self.gallery.local_features_config,
-                                                    self._keypoints)
+                                                    self._keypoints, self.gallery.descriptor_index_type)
         return self._local
 
     def require_fusion(self, species: Sequence[str]) -> None:

@@ -23,26 +23,28 @@ from . import store
 logger = logging.getLogger(__name__)
 
 
-def descriptor_index_writer(cache: LocalFeatureCache, image_ids: Sequence[str], index: DescriptorIndex | None = None
-                            ) -> Callable[[Path], Path] | None:
+def descriptor_index_writer(cache: LocalFeatureCache, image_ids: Sequence[str], index: DescriptorIndex | None = None,
+                            index_type: str = "auto") -> Callable[[Path], Path] | None:
     """A writer of the descriptor index of `image_ids` (in gallery order) for `store.write_revision`; None for
-    ORB / AKAZE features, which one-vs-many retrieval does not index (SIFT and ALIKED it does). `index`: that index when the caller keeps
-    it up to date (the review app extends it per decision), else it is built from `cache`."""
+    ORB / AKAZE features, which one-vs-many retrieval does not index (SIFT and ALIKED it does). `index`: that index
+    when the caller keeps it up to date (the review app extends it per decision), else one of `index_type` is built
+    from `cache`."""
     if cache.config.get("method", "sift") not in UNIT_VECTOR_METHODS:
         return None
     if index is None:
-        index = DescriptorIndex.build(cache.get_many(image_ids), cache.config)
+        index = DescriptorIndex.build(cache.get_many(image_ids), cache.config, index_type=index_type)
     elif index.num_images != len(image_ids):
         raise ValueError(f"the descriptor index holds {index.num_images} images, the gallery {len(image_ids)}")
     return lambda path: index.to_npz(path, image_ids)
 
 
 def load_descriptor_index(directory: str | os.PathLike, image_ids: Sequence[str],
-                          extractor_config: Mapping[str, Any] | None, cache: LocalFeatureCache | None = None
-                          ) -> tuple[DescriptorIndex, list[LocalFeatures]]:
+                          extractor_config: Mapping[str, Any] | None, cache: LocalFeatureCache | None = None,
+                          index_type: str = "auto") -> tuple[DescriptorIndex, list[LocalFeatures]]:
     """The descriptor index over the gallery images `image_ids` (in that order) and their keypoints.
 
     cache: the gallery's keypoint cache when the caller has read it already (else it is read here).
+    index_type: the gallery's kind of index, for one built here when the saved one is absent or stale.
     Raises ValueError when the gallery has no keypoint cache, or when the cache or index was made with other
     extractor settings than `extractor_config` (the gallery's)."""
     directory = Path(directory)
@@ -68,4 +70,4 @@ def load_descriptor_index(directory: str | os.PathLike, image_ids: Sequence[str]
             return index, features
         logger.warning("%s indexes %d images, the gallery has %d: rebuilt in memory", path, len(indexed_ids),
                        len(image_ids))
-    return DescriptorIndex.build(features, dict(extractor_config)), features
+    return DescriptorIndex.build(features, dict(extractor_config), index_type=index_type), features

@@ -71,6 +71,7 @@ def same_images(current: Gallery, vectors, tag: ModelTag) -> Gallery:
     switched.add(vectors, current.metadata, tag)
     switched.created, switched.center_box = current.created, current.center_box
     switched.local_features_config = current.local_features_config  # keypoints do not depend on the model: kept
+    switched.descriptor_index_type = current.descriptor_index_type
     return switched
 
 
@@ -131,7 +132,7 @@ def undo(gallery_dir: Path) -> dict[str, Any]:
         if previous.local_features_config != current.local_features_config:  # calibrate switched the extractor
             keypoints = Gallery.load_local_features(previous_dir, previous.local_features_config)
             index, _ = load_descriptor_index(previous_dir, list(previous.metadata["image_id"]),
-                                             previous.local_features_config, keypoints)
+                                             previous.local_features_config, keypoints, previous.descriptor_index_type)
         previous.save(gallery_dir, local_features=keypoints, descriptor_index=index, overwrite=True)
     return {"restored": current.replaced_revision, "kept": kept.name,
             "revision": store.read_config(gallery_dir)["revision"]}

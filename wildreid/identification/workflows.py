@@ -24,6 +24,7 @@ from ..embedding.onnx_runtime import OnnxEmbedder
 from ..embedding.training_record import fitted_on_training_images
 from ..evaluation.protocols import encounters_of
 from ..matching import LocalFeatureCache, LocalFeatureExtractor
+from ..matching.descriptor_index import INDEX_TYPES
 from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, LocalFeatures
 from . import store
 from .gallery import Gallery
@@ -76,12 +77,14 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
                   num_workers: int = 2, overwrite: bool = False, runtime: str = "torch",
                   flip_test: bool | None = None, local_max_side: int = DEFAULT_MAX_SIDE,
                   aliked_variant: str | None = None, aliked_weights: str | None = None,
-                  aliked_scales: list[float] | None = None) -> tuple[Gallery, list]:
+                  aliked_scales: list[float] | None = None, descriptor_index: str = "auto") -> tuple[Gallery, list]:
     """Embed every image of the dataset specs into a new gallery folder; returns it and the skipped images.
 
     local_features: False, or the extractor of the gallery's keypoint cache, "sift" (True) or "aliked"
     (`keypoints.LocalFeatureExtractor`, with `max_keypoints`, `local_max_side` and, for ALIKED, the variant, other
     weights and pyramid scales); the gallery records its config and extracts its queries the same way.
+    descriptor_index: the kind of index over those keypoints (`DescriptorIndex.build`'s index_type; "ivfpq"
+    compresses each descriptor to 64 bytes for galleries whose float32 descriptors outgrow memory).
 
     The folder's writer lock is taken before anything is embedded, so a second `index` into the same folder
     fails at once; the model is recorded relative to the gallery when it is a local folder."""
@@ -93,18 +96,21 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
         if main_process:
             store.check_new_folder(Path(output), overwrite)
         extractor = None
+        if descriptor_index not in INDEX_TYPES:
+            raise ValueError(f"unknown descriptor index type {descriptor_index!r}; choose one of {INDEX_TYPES}")
         if local_features:  # a bad extractor setting (or ALIKED weights file) fails before anything is embedded
             extractor = LocalFeatureExtractor(
                 "sift" if local_features is True else local_features, max_keypoints, local_max_side,
                 **({"variant": aliked_variant, "weights": aliked_weights, "scales": aliked_scales}
                    if local_features == "aliked" else {})).load()
         return _build_gallery(model, datasets, output, accelerator, data_dir=data_dir, local_features=extractor,
-                              batch_size=batch_size, num_workers=num_workers, runtime=runtime, flip_test=flip_test)
+                              batch_size=batch_size, num_workers=num_workers, runtime=runtime, flip_test=flip_test,
+                              descriptor_index=descriptor_index)
 
 
 def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, accelerator, *, data_dir: str | None,
                    local_features: LocalFeatureExtractor | None, batch_size: int, num_workers: int, runtime: str,
-                   flip_test: bool | None) -> tuple[Gallery, list]:
+                   flip_test: bool | None, descriptor_index: str) -> tuple[Gallery, list]:
     embedder = load_embedder(model, device=accelerator.device if accelerator else None, runtime=runtime,
                              flip_test=flip_test)
     center_box = _shared_center_box(datasets)  # before anything is loaded
@@ -114,7 +120,7 @@ def _build_gallery(model: str, datasets: list[str], output: str | os.PathLike, a
     if len(embedded.indices) == 0:
         raise ValueError(f"no image of {datasets} could be embedded")
     gallery = Gallery()
-    gallery.center_box = center_box
+    gallery.center_box, gallery.descriptor_index_type = center_box, descriptor_index
     gallery.add(embedded.vectors, _metadata(dataset, embedded.indices),
                 model_tag(embedder, store.model_reference(model, output)))
     cache = None

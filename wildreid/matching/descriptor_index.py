@@ -104,7 +104,7 @@ class DescriptorIndex:
             needed = max(nlist, 2 ** pq_layout(dim)[1] if index_type == "ivfpq" else 1)
             if total < needed:
                 raise ValueError(f"a {index_type} descriptor index needs at least {needed} descriptors to train on, "
-                                 f"got {total}; use index_type 'exact' or 'auto'")
+                                 f"got {total}; use index_type 'exact' or 'auto' (`wildreid index --descriptor_index`)")
             size = min(total, TRAINING_PER_LIST * nlist)
             index.train(_training_sample(features, counts, size, method, seed))
             index.nprobe = nprobe

@@ -328,6 +328,7 @@ class ReviewSession:
             rebuilt.add(old.embeddings[keep], old.metadata[keep].reset_index(drop=True), old.model_tag)
             rebuilt.calibration, rebuilt.created = old.calibration, old.created
             rebuilt.local_features_config = old.local_features_config
+            rebuilt.descriptor_index_type = old.descriptor_index_type
             if self.local_cache is not None:
                 self.local_cache = LocalFeatureCache.from_features(
                     rebuilt.metadata["image_id"], self.local_cache.get_many(rebuilt.metadata["image_id"]),
