@@ -3,7 +3,8 @@ end-to-end model as the number of training images per identity grows, per specie
 cross.
 
 End-to-end: lite0 from ImageNet trained on n images per identity of the species' training pool (the
-'from ImageNet' arm of few_shot.py: the same runs, reused when present), 0 = untrained ImageNet embedding.
+'from ImageNet' arm of few_shot.py at the same --recipe: the same runs, reused when present), 0 = untrained
+ImageNet embedding.
 Local features: SIFT matching needs no training, so its score on the evaluation set is the same at every
 size (a flat line). Both are evaluated leave-one-out on the species' evaluation set. The crossover is the
 smallest size from which the end-to-end model's top-1 (and, separately, its mAP) stays at or above SIFT's.
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--freeze-steps", type=int, default=15, help="steps training only neck and head")
     parser.add_argument("--shots", nargs="+", default=list(common.SHOTS), choices=common.SHOTS)
     parser.add_argument("--no-local", action="store_true", help="skip SIFT")
+    parser.add_argument("--recipe", choices=common.RECIPES, default="flagship",
+                        help="training settings of the end-to-end runs (flagship: configs/cpu_real.yaml's frozen "
+                             "stages, prototype head and learning rates; the same runs as few_shot.py's ImageNet arm)")
     args = parser.parse_args(argv)
     log = common.ExperimentLog(NAME, args)
     dry, species = args.dry_run, sorted(args.species)
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{name} ImageNet", common.evaluate_global(common.IMAGENET, [spec], dry_run=dry))["species"][name])}]
         for shots in args.shots:
             record = log.add_run(common.adapt(name, shots, "imagenet", steps=args.steps, freeze_steps=args.freeze_steps,
-                                              loso_steps=0, seed=args.seed, dry_run=dry, force=args.force))
+                                              loso_steps=0, seed=args.seed, dry_run=dry, force=args.force,
+                                              recipe=args.recipe))
             after = log.add_evaluation(f"{name} {shots}", common.evaluate_global(
                 common.run_path(record), [spec], dry_run=dry, force=args.force))["species"][name]
             points.append({"shots": shots, "training_images": record["training_images"], **common.summary_metrics(after)})
@@ -72,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         "columns": ["Species", "SIFT top-1"] + [f"model {s} img/id" for s in sizes] + ["Crossover"],
         "rows": rows,
         "caption": (f"Top-1 (%), leave-one-out on {', '.join(common.eval_set(s, dry) for s in species)}. Model: lite0 "
-                    f"from ImageNet trained {args.steps} steps ({args.freeze_steps} with the backbone frozen) on n "
+                    f"from ImageNet trained {args.steps} steps ({args.freeze_steps} with the backbone frozen; {args.recipe} "
+                    f"recipe) on n "
                     f"images per identity of the species' training pool ({', '.join(common.train_set(s) for s in species)}); "
                     f"0 = untrained. SIFT needs no "
                     f"training: one value per species. Seed {args.seed}."),
