@@ -58,6 +58,12 @@ class Gallery:
         self._score_calibrator: Calibrator | None = None
         self._loaded_revision: tuple[Path, str | None] | None = None  # (folder, revision) this copy was read from
 
+    def keep_local_features_of(self, other: "Gallery") -> None:
+        """Carry `other`'s keypoint settings (extractor config, descriptor index kind) to this gallery of the same
+        images: keypoints do not depend on the model, and a rebuild keeps them."""
+        self.local_features_config = other.local_features_config
+        self.descriptor_index_type = other.descriptor_index_type
+
     def __len__(self) -> int:
         return len(self.embeddings)
 

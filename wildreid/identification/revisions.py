@@ -70,8 +70,7 @@ def same_images(current: Gallery, vectors, tag: ModelTag) -> Gallery:
     switched = Gallery(tag, approximate_threshold=current.approximate_threshold)
     switched.add(vectors, current.metadata, tag)
     switched.created, switched.center_box = current.created, current.center_box
-    switched.local_features_config = current.local_features_config  # keypoints do not depend on the model: kept
-    switched.descriptor_index_type = current.descriptor_index_type
+    switched.keep_local_features_of(current)
     return switched
 
 

@@ -24,7 +24,7 @@ from ..embedding.onnx_runtime import OnnxEmbedder
 from ..embedding.training_record import fitted_on_training_images
 from ..evaluation.protocols import encounters_of
 from ..matching import LocalFeatureCache, LocalFeatureExtractor
-from ..matching.descriptor_index import INDEX_TYPES
+from ..matching.descriptor_index import check_index_type
 from ..matching.keypoints import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, LocalFeatures
 from . import store
 from .gallery import Gallery
@@ -96,8 +96,7 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
         if main_process:
             store.check_new_folder(Path(output), overwrite)
         extractor = None
-        if descriptor_index not in INDEX_TYPES:
-            raise ValueError(f"unknown descriptor index type {descriptor_index!r}; choose one of {INDEX_TYPES}")
+        check_index_type(descriptor_index)  # before anything is embedded
         if local_features:  # a bad extractor setting (or ALIKED weights file) fails before anything is embedded
             extractor = LocalFeatureExtractor(
                 "sift" if local_features is True else local_features, max_keypoints, local_max_side,

@@ -51,6 +51,12 @@ MAX_TRAINING_VECTORS = 1_048_576
 ADD_CHUNK_IMAGES = 256
 
 
+def check_index_type(index_type: str) -> None:
+    """Refuse an unknown `index_type`, naming the known ones (early, before any work that would need the index)."""
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"unknown descriptor index type {index_type!r}; choose one of {INDEX_TYPES}")
+
+
 def pq_layout(dim: int) -> tuple[int, int]:
     """(sub-vectors, bits per code) of the IVF-PQ codes of `dim`-d descriptors: 2 components a sub-vector, 8 bits.
     Chosen on 300 nyala:train SIFT images (see the module docstring): 4 components a sub-vector halved the memory
@@ -78,8 +84,7 @@ class DescriptorIndex:
         if method not in UNIT_VECTOR_METHODS:
             raise ValueError(f"one-vs-many retrieval indexes SIFT (as RootSIFT) or ALIKED descriptors; got method "
                              f"{method!r}")
-        if index_type not in INDEX_TYPES:
-            raise ValueError(f"unknown descriptor index type {index_type!r}; choose one of {INDEX_TYPES}")
+        check_index_type(index_type)
         for i, item in enumerate(features):
             check_descriptors(item.descriptors, method, f"features[{i}]", extractor_config.get("variant"))
         counts = np.array([len(f) for f in features], dtype=np.int64)

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .descriptor_index import INDEX_TYPES, DescriptorIndex
+from .descriptor_index import DescriptorIndex, check_index_type
 from .keypoints import LocalFeatures
 from .local_matcher import LocalMatcher
 
@@ -66,8 +66,7 @@ class OneVsManyMatcher:
     search_rows: int = 4096
 
     def __post_init__(self):
-        if self.index_type not in INDEX_TYPES:
-            raise ValueError(f"unknown descriptor index type {self.index_type!r}; choose one of {INDEX_TYPES}")
+        check_index_type(self.index_type)
         if self.k < 1 or self.shortlist < 0 or self.search_rows < 1:
             raise ValueError(f"need k >= 1, shortlist >= 0 and search_rows >= 1, got k={self.k}, "
                              f"shortlist={self.shortlist}, search_rows={self.search_rows}")

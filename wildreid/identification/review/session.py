@@ -327,8 +327,7 @@ class ReviewSession:
             rebuilt = Gallery(old.model_tag, approximate_threshold=old.approximate_threshold)
             rebuilt.add(old.embeddings[keep], old.metadata[keep].reset_index(drop=True), old.model_tag)
             rebuilt.calibration, rebuilt.created = old.calibration, old.created
-            rebuilt.local_features_config = old.local_features_config
-            rebuilt.descriptor_index_type = old.descriptor_index_type
+            rebuilt.keep_local_features_of(old)
             if self.local_cache is not None:
                 self.local_cache = LocalFeatureCache.from_features(
                     rebuilt.metadata["image_id"], self.local_cache.get_many(rebuilt.metadata["image_id"]),
