@@ -90,18 +90,6 @@ def size_study(results: dict) -> list:
             "yes" if all(pattern) else ("partly" if any(pattern) or len({c["crossover"] for c in curves.values()}) > 1 else "no")]
 
 
-def published(results: dict) -> list[list]:
-    names = [n for n in ("lion", "nyala") if n in results]
-    rows = []
-    methods = {n: [k for k in results[n] if k.startswith(("global", "local", "fusion"))] for n in names}
-    best = {n: max(methods[n], key=lambda k: results[n][k]["top1"]) for n in names}
-    rows.append(["Our best method vs MegaDescriptor-L-384's published closed-set top-1 (different split)",
-                 ", ".join(f"{n} {100 * results[n]['published_top1']:.2f} %" for n in names),
-                 ", ".join(f"{n} {100 * results[n][best[n]]['top1']:.1f} % ({best[n].replace('_', ' ')})" for n in names),
-                 _verdict([results[n][best[n]]["top1"] >= results[n]["published_top1"] for n in names], "reached", "not reached")])
-    return rows  # fusion's claim: the union-fusion row of `identification` (the top-30 re-rank is retired)
-
-
 def identification(sets: dict) -> list[list]:
     """Rows from bench/identification_accuracy.py: union fusion vs its inputs, one-vs-many vs pairwise SIFT, and
     the best method on the closed-set rows vs MegaDescriptor's published figures."""
@@ -161,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     log = common.ExperimentLog(NAME, args)
     rows, missing = [], []
     for name, build in (("multi_vs_single", multi_vs_single), ("zero_shot", zero_shot), ("few_shot", few_shot),
-                        ("size_study", size_study), ("published_comparison", published)):
+                        ("size_study", size_study)):
         results = _load(name)
         if results is None:
             missing.append(name)

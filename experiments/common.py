@@ -210,7 +210,7 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
         "config": {key: getattr(config, key) for key in (
             "learning_rate", "backbone_learning_rate", "warmup_steps", "freeze_backbone_steps",
             "identities_per_batch", "images_per_identity", "min_images_per_identity", "image_size", "seed",
-            "backbone_norm", "neck_norm")},
+            "backbone_norm", "neck_norm", "frozen_backbone_stages", "head_init")},
         **code_version(),
     }
     shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # finished: the embedder is all we need
@@ -251,6 +251,17 @@ def flagship_overrides() -> dict[str, Any]:
 
     values = yaml.safe_load(FLAGSHIP_CONFIG.read_text())
     return {key: values[key] for key in FLAGSHIP_KEYS if key in values}
+
+
+def recipe_settings(recipe: str) -> dict[str, Any]:
+    """`train_model` overrides of a fixed-budget run at `recipe`: the flagship's settings (frozen stages, prototype
+    head, learning rates, warm-up) without its WiSE-FT mixes, which need a validation set such runs do not have;
+    nothing for "common" (`base_config` as it is)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if recipe == "common":
+        return {}
+    return {key: value for key, value in flagship_overrides().items() if key != "weight_interpolation"}
 
 
 def leave_one_species_out(held_out: str, steps: int, *, seed: int = 0, dry_run: bool = False,
@@ -302,9 +313,8 @@ def adapt(species: str, shots: str, start: str, *, steps: int, freeze_steps: int
     else:
         raise ValueError(f"start must be imagenet or loso, got {start!r}")
     sampling = {} if shots == "all" else {"max_images_per_identity": int(shots)}
-    settings = {key: value for key, value in flagship_overrides().items()
-                if key not in ("weight_interpolation", "freeze_backbone_steps", "min_images_per_identity")} \
-        if recipe == "flagship" else {}
+    settings = {key: value for key, value in recipe_settings(recipe).items()
+                if key not in ("freeze_backbone_steps", "min_images_per_identity")}
     name = f"adapt_{species}_{tag}_n{shots}_s{steps}_f{freeze_steps}_seed{seed}"
     if recipe == "flagship" and start == "imagenet":
         name += "_flagship"  # the loso tag already says it

@@ -20,15 +20,19 @@ import reporting
 NAME = "multi_vs_single"
 
 
-def run_name(kind: str, species: list[str], steps: int, seed: int) -> str:
-    return f"{kind}_{'-'.join(species)}_s{steps}_seed{seed}"
+def run_name(kind: str, species: list[str], steps: int, seed: int, recipe: str) -> str:
+    return f"{kind}_{'-'.join(species)}_s{steps}_seed{seed}" + ("_flagship" if recipe == "flagship" else "")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.common_arguments(parser, steps=800, steps_help="steps of the multi-species model (each single-species "
                                                           "model gets steps / number of species)")
+    parser.add_argument("--recipe", choices=common.RECIPES, default="flagship",
+                        help="training settings of both arms (flagship: configs/cpu_real.yaml's frozen stages, "
+                             "prototype head and learning rates, at a fixed step budget)")
     args = parser.parse_args(argv)
+    settings = common.recipe_settings(args.recipe)
     log = common.ExperimentLog(NAME, args)
     species = sorted(args.species)
     dry = args.dry_run
@@ -38,8 +42,8 @@ def main(argv: list[str] | None = None) -> None:
 
     eval_specs = [common.eval_set(s, dry) for s in species]
     multi = log.add_run(common.train_model(
-        run_name("multi", species, args.steps, args.seed), dry_run=dry, force=args.force, seed=args.seed,
-        max_steps=args.steps, datasets=[common.train_set(s, dry) for s in species]))
+        run_name("multi", species, args.steps, args.seed, args.recipe), dry_run=dry, force=args.force, seed=args.seed,
+        **settings, max_steps=args.steps, datasets=[common.train_set(s, dry) for s in species]))
     multi_results = log.add_evaluation("multi-species model", common.evaluate_global(
         common.run_path(multi), eval_specs, dry_run=dry, force=args.force,
         label=f"wildreid-lite0-{len(species)}species (experiments/{multi['path']})",
@@ -51,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     gains_top1, gains_map = [], []
     for name in species:
         single = log.add_run(common.train_model(
-            run_name("single", [name], single_steps, args.seed), dry_run=dry, force=args.force, seed=args.seed,
-            max_steps=single_steps, datasets=[common.train_set(name, dry)]))
+            run_name("single", [name], single_steps, args.seed, args.recipe), dry_run=dry, force=args.force,
+            seed=args.seed, **settings, max_steps=single_steps, datasets=[common.train_set(name, dry)]))
         single_results = log.add_evaluation(f"single-species {name}", common.evaluate_global(
             common.run_path(single), [common.eval_set(name, dry)], dry_run=dry, force=args.force))
         m, s, b = multi_results["species"][name], single_results["species"][name], imagenet["species"][name]
@@ -77,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "caption": (f"Leave-one-out on held-out identities ({', '.join(eval_specs)}), percentages. Multi: one "
                     f"model, {args.steps} steps on {', '.join(common.train_set(s, dry) for s in species)}; single: "
-                    f"one model per species, {single_steps} steps each (the multi model's per-species share). "
-                    f"Gain = multi - single. Seed {args.seed}."),
+                    f"one model per species, {single_steps} steps each (the multi model's per-species share); both at the "
+                    f"{args.recipe} recipe. Gain = multi - single. Seed {args.seed}."),
     }
     reporting.print_table(table, "Multi-species vs single-species")
     log.write({"main": table}, results)
