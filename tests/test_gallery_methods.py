@@ -218,8 +218,10 @@ def test_calibrate_takes_exclude_same_encounter(monkeypatch):
 
 def test_a_compressed_descriptor_index_is_kept_by_every_save_and_rebuild(galleries, tmp_path):
     folder = tmp_path / "ivfpq"
+    # 32 keypoints an image: about a thousand descriptors, enough to train the PQ codebooks (256 each) in seconds
+    # (the default budget's ~18,000 took about 12 s per build, and this test builds four times).
     assert main(["index", "--model", str(galleries / "model"), "--datasets", f"{DATA}:train", "--output", str(folder),
-                 "--local-features", "--descriptor_index", "ivfpq", "--num_workers", "0"]) == 0
+                 "--local-features", "--max_keypoints", "32", "--descriptor_index", "ivfpq", "--num_workers", "0"]) == 0
     gallery = Gallery.load(folder)
     assert gallery.descriptor_index_type == "ivfpq"
     image_ids = list(gallery.metadata["image_id"])
