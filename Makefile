@@ -26,8 +26,9 @@ install-browser:
 		echo "note: install chromium and chromium-driver (as root: apt-get install chromium chromium-driver) to run the browser tests"; \
 	fi
 
+# On every core (pytest-xdist); a test file stays on one worker, so its module fixtures are built once.
 test: $(VENV)/.installed
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto --dist loadfile
 
 # The documentation site (mkdocs.yml, docs/) into site/: fails when a results table of the README or a page is
 # stale (re-render: python -m wildreid.cards --root . FILE...), or on a broken link, a missing page or a

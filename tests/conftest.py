@@ -9,6 +9,13 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (`make test` runs `-n auto`), the workers share the cores: each worker's torch, and the
+# commands its tests start, get their share instead of every worker taking all of them. A value the user set wins.
+# (wildreid is not imported here: the Hub stand-in below must set its variables before any HF library loads.)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("WILDREID_NUM_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 # Session-wide local Hub stand-in; sets HF_ENDPOINT & co. before any test imports an HF library.
 pytest_plugins = ["hub_stub"]
 
@@ -24,3 +31,10 @@ def shared_data() -> Path:
     if not (root / "lion" / "annotations.csv").is_file():
         pytest.skip(f"real data not found at {root} (set WILDREID_DATA to the folder holding lion/, nyala/, dog/, pig/)")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files holding a test marked slow run first (a stable sort keeps the rest in order): under `make test`'s
+    `-n auto --dist loadfile`, a long file handed out last would keep one worker busy while the others idle."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

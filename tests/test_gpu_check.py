@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_writes_every_part(tmp_path):
     output = tmp_path / "gpu_check.json"
     done = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--output", str(output)], cwd=REPO,

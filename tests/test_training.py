@@ -178,6 +178,7 @@ def test_two_process_cpu_ddp_keeps_replicas_identical(tmp_path):
     assert len(list((out / "checkpoints" / "checkpoint-3").glob("random_states_*.pkl"))) == 2
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     common = yaml_args(tmp_path) + ["--max_steps", "8", "--save_steps", "2", "--val_datasets"]
     reference = run_train_py(common + ["--output_dir", str(tmp_path / "straight")])
