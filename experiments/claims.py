@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     rows += [[f"({name} not run)", "–", "–", "–", "–"] for name in missing]
     table = {"columns": ["Claim", "Published", "Measured here", "Held here?", "Measured at"], "rows": rows,
              "caption": "Built from experiments/results/*.json and bench/results/identification_accuracy.json by the "
-                        "rules in experiments/claims.py. 'Measured at': the commit of the results file; rows without "
-                        "one come from 150-200-step models of the recipe before configs/cpu_real.yaml, not from the "
-                        "shipped model."}
+                        "rules in experiments/claims.py. 'Measured at': the commit(s) that wrote the results file."}
     reporting.print_table(table, "Claims")
     log.write({"main": table}, {"missing": missing})
 
