@@ -11,10 +11,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Under pytest-xdist (`make test` runs `-n auto`), the workers share the cores: each worker's torch, and the
 # commands its tests start, get their share instead of every worker taking all of them. A value the user set wins.
-# (wildreid is not imported here: the Hub stand-in below must set its variables before any HF library loads.)
+# (wildreid.threads imports only `os`: no HF library loads before the Hub stand-in below sets its variables.)
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ.setdefault("WILDREID_NUM_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+    from wildreid.threads import NUM_THREADS_ENV, available_cores
+
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault(NUM_THREADS_ENV, str(max(1, available_cores() // _workers)))
 
 # Session-wide local Hub stand-in; sets HF_ENDPOINT & co. before any test imports an HF library.
 pytest_plugins = ["hub_stub"]
