@@ -1,15 +1,15 @@
 """Local features at gallery scale: extraction and index build time, descriptor-index memory per image, what
-100,000 images would take, and how far compressed (IVF-PQ) LNBNN votes stray from exact ones.
+100,000 images would take, and how far compressed (IVF-SQ8, IVF-PQ) LNBNN votes stray from exact ones.
 
 For each extractor (SIFT and ALIKED-n16 by default, 512 keypoints, 512 px), on the first --images images of a
 training split (nyala:train: 1,213 images, 179 individuals):
   (a) extraction time (reading, cropping, resizing, detecting; --workers processes of one thread each) and the
-      build time of each descriptor index (`DescriptorIndex.build(index_type=...)`: exact, IVF-Flat, IVF-PQ);
+      build time of each descriptor index (`DescriptorIndex.build(index_type=...)`: exact, IVF-Flat, IVF-SQ8, IVF-PQ);
   (b) memory per image of each index (its faiss serialization, the owner of each descriptor, and IVF-PQ's
       precomputed distance table, which faiss rebuilds on load): exact float32, float16 storage (a
-      `faiss.IndexScalarQuantizer` fp16 of the same vectors, built here only to weigh it), IVF-Flat, IVF-PQ, and
-      IVF-SQ8 (8-bit scalar-quantized components in IVF-Flat's lists, built here only: the other compression a
-      gallery could take); and of the keypoints and descriptors a gallery keeps for spatial verification;
+      `faiss.IndexScalarQuantizer` fp16 of the same vectors, built here only to weigh it), IVF-Flat, IVF-SQ8 (8-bit
+      components in IVF-Flat's lists: `auto`'s choice past its exact limit) and IVF-PQ; and of the keypoints and
+      descriptors a gallery keeps for spatial verification;
   (c) the projection to --project images (100,000) in --memory-gb (16): index and kept features in GiB, whether
       they fit, extraction hours on one thread, and the LNBNN search time per query (exact: linear in the
       descriptors; inverted files: in the descriptors scanned, nprobe x N / nlist, which overstates IVF-PQ, whose
@@ -47,11 +47,12 @@ import numpy as np  # noqa: E402
 from hub_datasets.specs import load_specs  # noqa: E402
 from wildreid.evaluation.matching import extract_local_set  # noqa: E402
 from wildreid.matching import LocalFeatureExtractor  # noqa: E402
-from wildreid.matching.descriptor_index import TRAINING_PER_LIST, DescriptorIndex, inverted_lists  # noqa: E402
+from wildreid.matching.descriptor_index import INDEX_TYPES as BUILT_TYPES  # noqa: E402
+from wildreid.matching.descriptor_index import DescriptorIndex, inverted_lists  # noqa: E402
 from wildreid.matching.one_vs_many import OneVsManyMatcher, shortlist_by_score, voted  # noqa: E402
 
-INDEX_TYPES = ("exact", "ivf", "ivfpq")  # DescriptorIndex.build's
-VOTED = INDEX_TYPES + ("ivf-sq8",)
+INDEX_TYPES = tuple(kind for kind in BUILT_TYPES if kind != "auto")  # each kind DescriptorIndex.build makes
+INVERTED = tuple(kind for kind in INDEX_TYPES if kind != "exact")
 GIB = 2**30
 
 
@@ -78,21 +79,6 @@ def fixed_bytes(index: faiss.Index, nlist: int) -> int:
     if isinstance(index, faiss.IndexIVFPQ):
         size += (nlist * index.pq.M + index.d) * index.pq.ksub * 4
     return size
-
-
-def scalar_quantized(exact: DescriptorIndex, seed: int) -> DescriptorIndex:
-    """The exact index's vectors in an inverted file of 8-bit scalar-quantized components (`IndexIVFScalarQuantizer`,
-    128 bytes a 128-d descriptor; not a `DescriptorIndex.build` type), with IVF-Flat's lists, training and nprobe:
-    the compression a gallery could take instead of IVF-PQ's."""
-    vectors = exact.index.reconstruct_n(0, exact.index.ntotal)
-    nlist = inverted_lists(len(vectors))
-    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(exact.index.d), exact.index.d, nlist,
-                                          faiss.ScalarQuantizer.QT_8bit)
-    rng = np.random.default_rng(seed)
-    index.train(vectors[rng.choice(len(vectors), size=min(len(vectors), TRAINING_PER_LIST * nlist), replace=False)])
-    index.add(vectors)
-    index.nprobe = OneVsManyMatcher().nprobe
-    return DescriptorIndex(index, exact.owners, exact.num_images, {**exact.config, "index": f"ivf{nlist},sq8"})
 
 
 def vote_figures(votes: np.ndarray, exact: np.ndarray, identities: np.ndarray, shortlist: int) -> dict:
@@ -130,9 +116,6 @@ def measure(name: str, dataset, args) -> dict:
         print(f"{name}: {indexes[kind].config['index']} index of {descriptors} descriptors built in {build[kind]:.0f} s",
               flush=True)
     exact = indexes["exact"]
-    tick = time.perf_counter()
-    indexes["ivf-sq8"] = scalar_quantized(exact, args.seed)
-    build["ivf-sq8"] = time.perf_counter() - tick
     half = faiss.IndexScalarQuantizer(exact.index.d, faiss.ScalarQuantizer.QT_fp16)
     half.add(exact.index.reconstruct_n(0, exact.index.ntotal))
     stored = {kind: stored_bytes(index.index, index.owners) for kind, index in indexes.items()}
@@ -145,11 +128,11 @@ def measure(name: str, dataset, args) -> dict:
     matcher = OneVsManyMatcher()
     queries = min(args.queries, images)
     votes, vote_seconds = {}, {}
-    for kind in VOTED:
+    for kind in INDEX_TYPES:
         tick = time.perf_counter()
         votes[kind] = matcher.votes(features[:queries], indexes[kind], leave_one_out=True, progress=False)
         vote_seconds[kind] = (time.perf_counter() - tick) / queries
-    agreement = {kind: vote_figures(votes[kind], votes["exact"], identities, matcher.shortlist) for kind in VOTED}
+    agreement = {kind: vote_figures(votes[kind], votes["exact"], identities, matcher.shortlist) for kind in INDEX_TYPES}
     row = {"extractor": name, "config": extractor.config, "images": images, "descriptors": descriptors,
            "extraction_seconds": round(extraction, 1), "extraction_seconds_per_image": round(extraction / images, 3),
            "build_seconds": {kind: round(s, 2) for kind, s in build.items()},
@@ -170,7 +153,7 @@ def projection(indexes: dict, growing: dict, kept: float, extraction_per_image: 
     target = int(args.project * descriptors / images)  # descriptors at the projected size
     scan = {"exact": target / descriptors,  # brute force: every descriptor
             **{kind: target / descriptors * inverted_lists(descriptors) / inverted_lists(target)
-               for kind in ("ivf", "ivfpq", "ivf-sq8")}}  # nprobe lists of N / nlist descriptors each
+               for kind in INVERTED}}  # nprobe lists of N / nlist descriptors each
     rows = {}
     for kind, per in growing.items():
         index = indexes[kind]
@@ -191,7 +174,7 @@ def print_row(row: dict) -> None:
     print(f"| index | build s | bytes/image | bytes/image at {projected['images']:,} | GiB at {projected['images']:,} | fits {projected['memory_gib']} GiB "
           f"(+ kept features {projected['kept_features_gib']} GiB) | vote s/query | projected s/query | best voted "
           f"= exact | shortlist overlap | top-1 by votes |\n|---|---|---|---|---|---|---|---|---|---|---|")
-    for kind in ("exact", "float16", "ivf", "ivfpq", "ivf-sq8"):
+    for kind in ("exact", "float16", *INVERTED):
         p, votes = projected["indexes"][kind], row["votes"].get(kind, {})
         cells = [kind, row["build_seconds"].get(kind, "-"), row["bytes_per_image"][kind], p["bytes_per_image"],
                  p["index_gib"],

@@ -69,9 +69,9 @@ def test_queries_searched_together_vote_as_searched_alone(leave_one_out):
 def test_approximate_index_reports_recall_and_round_trips(tmp_path):
     rng = np.random.default_rng(2)
     images = [_features(rng, _descriptors(rng, 200)) for _ in range(20)]
-    index = DescriptorIndex.build(images, EXTRACTOR, exact_limit=1000, nprobe=64)
-    assert index.config["index"].startswith("ivf")
-    recall = index.recall(index.index.reconstruct_n(0, 100), k=5)
+    index = DescriptorIndex.build(images, EXTRACTOR, index_type="ivf", nprobe=64)
+    assert index.config["index"].startswith("ivf") and "sq8" not in index.config["index"]
+    recall = index.recall(index.index.reconstruct_n(0, 100), k=5)  # IVF-Flat holds its vectors: no exact index
     assert 0.5 <= recall <= 1.0
     index.save(tmp_path)
     loaded = DescriptorIndex.load(tmp_path, expected_extractor=EXTRACTOR)
@@ -100,6 +100,27 @@ def test_compressed_index_round_trips_finds_each_image_and_reports_recall_agains
     np.testing.assert_array_equal(loaded.search(vectors, 5)[1], compressed.search(vectors, 5)[1])
     compressed.save(tmp_path / "saved")
     assert DescriptorIndex.load(tmp_path / "saved").config["index"] == compressed.config["index"]
+
+
+def test_auto_past_the_exact_limit_keeps_8_bit_codes_that_vote_as_exact(tmp_path):
+    rng = np.random.default_rng(7)
+    images = [_features(rng, _descriptors(rng, 60)) for _ in range(20)]
+    queries = [_features(rng, _jitter(rng, image.descriptors)) for image in images]
+    small = DescriptorIndex.build(images, EXTRACTOR, exact_limit=len(images) * 60)
+    assert small.config["index"] == "exact"
+    coded = DescriptorIndex.build(images, EXTRACTOR, exact_limit=1000, nprobe=64)
+    assert ",sq8," in coded.config["index"] and coded.index.code_size == 128  # a byte per RootSIFT component
+    matcher = OneVsManyMatcher(k=2, shortlist=0)
+    votes, exact_votes = (matcher.votes(queries, index, progress=False) for index in (coded, small))
+    np.testing.assert_array_equal(votes.argmax(axis=1), exact_votes.argmax(axis=1))
+    vectors = small.index.reconstruct_n(0, 200)
+    assert 0.5 <= coded.recall(vectors, k=5, exact=small) <= 1.0
+    with pytest.raises(ValueError, match="needs the exact index"):  # its codes are not the descriptors
+        coded.recall(vectors, k=5)
+    coded.to_npz(tmp_path / "index.npz", [f"image{i}" for i in range(20)])
+    loaded, _ = DescriptorIndex.from_npz(tmp_path / "index.npz", expected_extractor=EXTRACTOR)
+    assert loaded.config == coded.config
+    np.testing.assert_array_equal(loaded.search(vectors, 5)[1], coded.search(vectors, 5)[1])
 
 
 def test_compressed_codes_follow_the_descriptor_width():

@@ -96,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "bench/aliked_scales.py: the pyramid helps lion's crops at other zooms, not nyala)")
     index.add_argument("--descriptor_index", choices=INDEX_TYPES, default="auto",
                        help="with --local-features: the index one-vs-many retrieval searches. auto: exact up to "
-                            "200,000 descriptors (~400 images), an inverted file (ivf) beyond; ivfpq: 64 bytes a "
-                            "descriptor instead of 512 (a 100,000-image gallery's index in ~5 GB instead of ~25), at "
-                            "some cost in votes (bench/local_index_scale.py)")
+                            "200,000 descriptors (~400 images), an inverted file of 8-bit codes (ivfsq8: ~140 bytes a "
+                            "descriptor, votes as an uncompressed ivf's) beyond; ivfpq: 76 bytes (a 100,000-image "
+                            "gallery's index in ~4.6 GiB instead of ~6.7), at some cost in votes "
+                            "(bench/local_index_scale.py)")
     index.add_argument("--flip_test", action="store_true",
                        help="embed each image with its mirror image too and average the two (twice the time; the "
                             "gallery's queries are embedded the same way); evaluate.py --flip_test measures it")

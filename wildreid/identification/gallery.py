@@ -44,8 +44,8 @@ class Gallery:
         self.created = store.now()
         self.updated = self.created
         self.local_features_config: dict[str, Any] | None = None
-        # Kind of the descriptor index over those keypoints (`DescriptorIndex.build`'s index_type): "ivfpq" keeps a
-        # large gallery's descriptors compressed; every save and in-memory rebuild uses it.
+        # Kind of the descriptor index over those keypoints (`DescriptorIndex.build`'s index_type): "auto" compresses
+        # past its exact limit, "ivfpq" further; every save and in-memory rebuild uses it.
         self.descriptor_index_type: str = "auto"
         # `center_box` of the specs the photos came from: query photos without a box are cropped the same way.
         self.center_box: float | None = None

@@ -83,8 +83,8 @@ def build_gallery(model: str, datasets: list[str], output: str | os.PathLike, *,
     local_features: False, or the extractor of the gallery's keypoint cache, "sift" (True) or "aliked"
     (`keypoints.LocalFeatureExtractor`, with `max_keypoints`, `local_max_side` and, for ALIKED, the variant, other
     weights and pyramid scales); the gallery records its config and extracts its queries the same way.
-    descriptor_index: the kind of index over those keypoints (`DescriptorIndex.build`'s index_type; "ivfpq"
-    compresses each descriptor to 64 bytes for galleries whose float32 descriptors outgrow memory).
+    descriptor_index: the kind of index over those keypoints (`DescriptorIndex.build`'s index_type; "auto"
+    is exact for small galleries and IVF-SQ8 beyond, "ivfpq" compresses each descriptor to 64 bytes of codes).
 
     The folder's writer lock is taken before anything is embedded, so a second `index` into the same folder
     fails at once; the model is recorded relative to the gallery when it is a local folder."""

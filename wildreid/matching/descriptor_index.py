@@ -8,17 +8,21 @@ SIFT descriptors are indexed as RootSIFT, ALIKED descriptors as given; both are 
 - "exact": `faiss.IndexFlatL2`, float32 vectors (512 bytes a 128-d descriptor);
 - "ivf": an inverted file of float32 vectors (`IndexIVFFlat`, nlist ~ 4 sqrt(N), nprobe 16): as large as exact,
   each descriptor searched among the lists nearest to it only;
+- "ivfsq8": the inverted file with each component quantized to 8 bits (`IndexIVFScalarQuantizer`, QT_8bit, 128
+  bytes a 128-d descriptor, about 140 with the lists' ids): on 1,000 nyala:train images (~512k descriptors, 200
+  leave-one-out queries, bench/local_index_scale.py) its best-voted image agreed with the exact index's as often as
+  IVF-Flat's (SIFT 92.5 % both; ALIKED-n16 85.5 % against 85.0 %), with the same top-1 by votes and vote time, at
+  27 % of IVF-Flat's memory;
 - "ivfpq": the inverted file with product-quantized codes (`IndexIVFPQ`, `pq_layout`: dim / 2 sub-vectors of
-  2 components, 8 bits each, 64 bytes a 128-d descriptor, 32 for ALIKED-t16's 64-d): for galleries whose float32
-  descriptors outgrow memory (100,000 images of 512 keypoints are 26 GB of them). Its distances are estimates,
-  so the LNBNN votes move: on 300 nyala:train images (SIFT, 153k descriptors, 100 leave-one-out queries) the
-  best-voted image agreed with the exact index's for 91 % of queries (IVF-Flat 94 %; 4 components a code,
-  32 bytes: 83 %), with the same top-1 by votes (28 %); bench/local_index_scale.py measures it at 1,000 images.
-  Searching builds distance tables per probed list, ~3x IVF-Flat's time at that size, and faiss keeps a
-  precomputed table of nlist x dim / 2 x 256 float32 beside the codes (1 GiB at 16,384 lists);
-- "auto" (default): exact up to `exact_limit` descriptors, "ivf" beyond. It never picks "ivfpq": IVF-Flat fits
-  16 GB up to ~60,000 images of 512 descriptors, and below that compression only costs votes; the caller who
-  needs it asks for it.
+  2 components, 8 bits each, 64 bytes a 128-d descriptor, 32 for ALIKED-t16's 64-d): half of IVF-SQ8's memory, for
+  galleries whose descriptors outgrow even that. Its distances are estimates, so the LNBNN votes move: in the same
+  run the best-voted image agreed with the exact index's for 91.5 % (SIFT) and 83.5 % (ALIKED) of queries (4
+  components a code, 32 bytes, on 300 images: 83 %). Searching builds distance tables per probed list, 2-3x
+  IVF-SQ8's time, and faiss keeps a precomputed table of nlist x dim / 2 x 256 float32 beside the codes (1 GiB at
+  16,384 lists);
+- "auto" (default): exact up to `exact_limit` descriptors, "ivfsq8" beyond: an inverted file's votes at no loss
+  against IVF-Flat, and 100,000 images of 512 SIFT descriptors in ~6.7 GiB where IVF-Flat needs ~25 (the run's
+  projection). Galleries indexed before "ivfsq8" existed keep their IVF-Flat index until indexed again.
 
 Inverted files train their centroids (and codebooks) on at most `MAX_TRAINING_VECTORS` descriptors drawn across
 all images, and descriptors are added `ADD_CHUNK_IMAGES` images at a time, so building never holds every
@@ -42,7 +46,7 @@ INDEX_FILE = "descriptors.faiss"
 INDEX_META_FILE = "descriptors.json"
 OWNERS_FILE = "descriptor_owners.npy"
 DESCRIPTOR_SPACES = {"sift": "rootsift", "aliked": "aliked-l2"}
-INDEX_TYPES = ("auto", "exact", "ivf", "ivfpq")
+INDEX_TYPES = ("auto", "exact", "ivf", "ivfsq8", "ivfpq")
 # k-means trains on 64 descriptors per inverted list, at most 1,048,576 in all (512 MB of float32 128-d vectors;
 # ~25 min of k-means on one thread, scaled from 12 s for 1,565 lists on 100k): nlist stops growing at 16,384, past
 # ~16.7M descriptors (~33,000 images of 512), and lists grow longer beyond (a search scans more of them).
@@ -91,13 +95,16 @@ class DescriptorIndex:
         total = int(counts.sum())
         dim = config_descriptor_spec(extractor_config)[0] or (features[0].descriptors.shape[1] if features else 128)
         if index_type == "auto":
-            index_type = "exact" if total <= exact_limit else "ivf"
+            index_type = "exact" if total <= exact_limit else "ivfsq8"
         if index_type == "exact":
             index, kind = faiss.IndexFlatL2(dim), "exact"
         else:
             nlist = inverted_lists(total)
             if index_type == "ivf":
                 index, kind = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist), f"ivf{nlist},nprobe{nprobe}"
+            elif index_type == "ivfsq8":
+                index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit)
+                kind = f"ivf{nlist},sq8,nprobe{nprobe}"
             else:
                 subvectors, bits = pq_layout(dim)
                 index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, subvectors, bits)
@@ -147,8 +154,8 @@ class DescriptorIndex:
         self.num_images += len(features)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, owners) of each vector's k nearest descriptors; L2 distances (not squared; IVF-PQ's are
-        estimated from the codes), owner -1 where fewer than k exist."""
+        """(distances, owners) of each vector's k nearest descriptors; L2 distances (not squared; IVF-PQ's and
+        IVF-SQ8's are estimated from the codes), owner -1 where fewer than k exist."""
         k = min(k, len(self))
         if k == 0 or len(vectors) == 0:
             return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int32)
@@ -160,7 +167,7 @@ class DescriptorIndex:
                exact: "DescriptorIndex | None" = None) -> float | None:
         """Fraction of the exact k nearest neighbours the index returns, on a sample of `vectors`; None for an
         exact index (recall 1 by construction). `exact`: the same descriptors in an exact index, needed for
-        IVF-PQ (its codes are not the descriptors); an IVF-Flat index holds them itself."""
+        IVF-PQ and IVF-SQ8 (their codes are not the descriptors); an IVF-Flat index holds them itself."""
         if not isinstance(self.index, faiss.IndexIVF) or len(vectors) == 0:
             return None
         if exact is None:

@@ -19,9 +19,9 @@ verifier's ratio test read the same distances. The index records the extractor's
 descriptors are of another family is refused, naming both.
 
 The index (`wildreid.matching.descriptor_index.DescriptorIndex`, imported from here too) is exact
-(`faiss.IndexFlatL2`) up to `exact_limit` descriptors and an inverted file (`IndexIVFFlat`, nlist ~ 4 sqrt(N),
-nprobe 16) beyond, unless the matcher's `index_type` asks for one kind ("ivfpq": compressed codes for galleries
-whose float32 descriptors outgrow memory); `DescriptorIndex.recall` measures an approximate index against exact
+(`faiss.IndexFlatL2`) up to `exact_limit` descriptors and an inverted file of 8-bit codes (`IndexIVFScalarQuantizer`,
+nlist ~ 4 sqrt(N), nprobe 16) beyond, unless the matcher's `index_type` asks for one kind ("ivf": float32 lists;
+"ivfpq": product-quantized codes, half IVF-SQ8's memory); `DescriptorIndex.recall` measures an approximate index against exact
 search on a sample of queries.
 """
 from __future__ import annotations
@@ -48,8 +48,8 @@ class OneVsManyMatcher:
         shortlist: images per query re-scored by spatial verification (B).
         verifier: the pairwise matcher whose MAGSAC inlier count re-scores the shortlist; its settings serve either
             descriptor family (`verifier_for`: the indexed family's).
-        index_type: "auto" (exact up to `exact_limit` gallery descriptors, IVF-Flat beyond), "exact", "ivf" or
-            "ivfpq" (see `wildreid.matching.descriptor_index`).
+        index_type: "auto" (exact up to `exact_limit` gallery descriptors, IVF-SQ8 beyond), "exact", "ivf",
+            "ivfsq8" or "ivfpq" (see `wildreid.matching.descriptor_index`).
         exact_limit: index exactly up to this many gallery descriptors, approximately (IVF) beyond ("auto").
         nprobe: inverted lists searched per descriptor by an inverted-file index.
         search_rows: query descriptors per faiss search, from consecutive queries: one query's few hundred rows
