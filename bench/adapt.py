@@ -6,7 +6,8 @@ e.g. the species' leave-one-species-out model of experiments/zero_shot.py, which
 species' training split (`wildreid index`), `wildreid adapt` on it with its default budget, then the species'
 evaluation split, whose individuals were never in the gallery, leave-one-out (as evaluate.py and training's
 validation measure) with the start model and with the model the gallery holds after adapt (the start model again
-when adapt did not install).
+when adapt did not install); where the evaluation split records encounters (nyala), also across sightings: without
+the other photos of a query's own encounter, as adapt's own before / after measure.
 
     python bench/adapt.py                                    # lion (train / val) and nyala (train / test)
     python bench/adapt.py --start_model lion=experiments/runs/loso_lion_flagship_s600_seed0 \\
@@ -109,7 +110,7 @@ def run_set(name: str, gallery_spec: str, eval_spec: str, start_model: str, fold
     from wildreid.identification import store
 
     adapted_model = store.resolve_model_reference(store.read_config(gallery)["model"]["model_name_or_path"], gallery)
-    before, after = (leave_one_out_figures(model, eval_spec, args.data_dir, args.num_threads)
+    before, after = (leave_one_out_figures(model, eval_spec, args.data_dir, args.num_threads, across_sightings=True)
                      for model in (start_model, adapted_model))
     return {"gallery_spec": gallery_spec, "eval_spec": eval_spec, "start": describe_start(start_model),
             "installed": result["installed"],
@@ -122,11 +123,19 @@ def run_set(name: str, gallery_spec: str, eval_spec: str, start_model: str, fold
 
 def table(rows: dict) -> dict:
     return {"columns": ["Set", "Start model", "Evaluated on", "Top-1 before / after", "mAP before / after", "Gain (pp top-1)",
-                        "Installed", "adapt wall time (min)"],
-            "rows": [[name, start_label(row["start"]), row["eval_spec"], f"{100 * row['before']['top1']:.1f} / {100 * row['after']['top1']:.1f}",
-                      f"{100 * row['before']['map']:.1f} / {100 * row['after']['map']:.1f}",
-                      round(row["top1_gain_pp"], 1), "yes" if row["installed"] else "no",
+                        "Across sightings: top-1 before / after", "Installed", "adapt wall time (min)"],
+            "rows": [[name, start_label(row["start"]), row["eval_spec"], before_after(row, "top1"),
+                      before_after(row, "map"), round(row["top1_gain_pp"], 1),
+                      before_after(row, "top1", "across_sightings"), "yes" if row["installed"] else "no",
                       round(row["adapt_seconds"] / 60, 1)] for name, row in rows.items()]}
+
+
+def before_after(row: dict, metric: str, protocol: str | None = None) -> str:
+    """"before / after" in %, over all queries or under `protocol` ("-" where the set records no encounters)."""
+    before, after = ((row[when].get(protocol) if protocol else row[when]) for when in ("before", "after"))
+    if not before or not after:
+        return "-"
+    return f"{100 * before[metric]:.1f} / {100 * after[metric]:.1f}"
 
 
 def start_label(start: dict) -> str:

@@ -41,14 +41,17 @@ def rewrite_table(output: str | os.PathLike, build) -> None:
     print(f"rewrote the table of {path}")
 
 
-def leave_one_out_figures(model: str, spec: str, data_dir: str | None = None, num_threads: int | None = None) -> dict:
+def leave_one_out_figures(model: str, spec: str, data_dir: str | None = None, num_threads: int | None = None, *,
+                          across_sightings: bool = False) -> dict:
     """Leave-one-out top-1 / mAP of `model` over the species of `spec`, as evaluate.py's global protocol (a
-    benchmark's "what the evaluation split says", next to what a command chose on training-side data)."""
+    benchmark's "what the evaluation split says", next to what a command chose on training-side data).
+    `across_sightings`: also the figures without the other photos of a query's own encounter, under
+    "across_sightings", where the set records encounters (None where it does not)."""
     from pathlib import Path
 
     from hub_datasets.specs import load_specs
     from wildreid.embedding import embed_dataset, load_embedder
-    from wildreid.evaluation.protocols import leave_one_out_by_species
+    from wildreid.evaluation.protocols import encounters_of, leave_one_out_by_species
     from wildreid.threads import configure_threads
 
     configure_threads(num_threads)
@@ -56,9 +59,14 @@ def leave_one_out_figures(model: str, spec: str, data_dir: str | None = None, nu
     dataset = load_specs([spec], data_dir=data_dir)
     embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=64, num_workers=2,
                              desc=f"evaluating {Path(model).name}")
-    results = leave_one_out_by_species(dataset, embedded)
-    return {"top1": results["mean"]["top1"], "map": results["mean"]["map"], "queries": results["mean"]["n_queries"],
-            "model": model}
+    figures = {}
+    for key, exclude in (("all", False), ("across_sightings", True)):
+        if exclude and not (across_sightings and any(e is not None for e in encounters_of(dataset))):
+            figures[key] = None
+            continue
+        mean = leave_one_out_by_species(dataset, embedded, exclude_same_encounter=exclude)["mean"]
+        figures[key] = {"top1": mean["top1"], "map": mean["map"], "queries": mean["n_queries"]}
+    return {**figures.pop("all"), "model": model, **(figures if across_sightings else {})}
 
 
 def run_wildreid(*command: str, num_threads: int | None = None) -> float:
