@@ -1,5 +1,5 @@
-"""How `wildreid adapt` trains: the recipe (`train.py --init_from` on the gallery's own photos, with the choices of
-the cpu_real recipe), a step budget fitted to `--budget_minutes` from step and embedding times measured on this
+"""How `wildreid adapt` trains: the recipe (`train.py --init_from` on the gallery's own photos, the cpu_real recipe
+with more of the backbone trained, faster), a step budget fitted to `--budget_minutes` from step and embedding times measured on this
 machine, and the plan file that makes a rerun of the same command resume instead of starting over."""
 from __future__ import annotations
 
