@@ -59,14 +59,15 @@ def leave_one_out_figures(model: str, spec: str, data_dir: str | None = None, nu
     dataset = load_specs([spec], data_dir=data_dir)
     embedded = embed_dataset(embedder.model, dataset, embedder.processor, batch_size=64, num_workers=2,
                              desc=f"evaluating {Path(model).name}")
-    figures = {}
-    for key, exclude in (("all", False), ("across_sightings", True)):
-        if exclude and not (across_sightings and any(e is not None for e in encounters_of(dataset))):
-            figures[key] = None
-            continue
-        mean = leave_one_out_by_species(dataset, embedded, exclude_same_encounter=exclude)["mean"]
-        figures[key] = {"top1": mean["top1"], "map": mean["map"], "queries": mean["n_queries"]}
-    return {**figures.pop("all"), "model": model, **(figures if across_sightings else {})}
+    def figures(exclude_same_encounter: bool) -> dict:
+        mean = leave_one_out_by_species(dataset, embedded, exclude_same_encounter=exclude_same_encounter)["mean"]
+        return {"top1": mean["top1"], "map": mean["map"], "queries": mean["n_queries"]}
+
+    result = {**figures(False), "model": model}
+    if across_sightings:
+        recorded = any(encounter is not None for encounter in encounters_of(dataset))
+        result["across_sightings"] = figures(True) if recorded else None
+    return result
 
 
 def run_wildreid(*command: str, num_threads: int | None = None) -> float:

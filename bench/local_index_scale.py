@@ -47,8 +47,7 @@ import numpy as np  # noqa: E402
 from hub_datasets.specs import load_specs  # noqa: E402
 from wildreid.evaluation.matching import extract_local_set  # noqa: E402
 from wildreid.matching import LocalFeatureExtractor  # noqa: E402
-from wildreid.matching.descriptor_index import INDEX_TYPES as BUILT_TYPES  # noqa: E402
-from wildreid.matching.descriptor_index import DescriptorIndex, inverted_lists  # noqa: E402
+from wildreid.matching.descriptor_index import INDEX_TYPES as BUILT_TYPES, DescriptorIndex, inverted_lists  # noqa: E402
 from wildreid.matching.one_vs_many import OneVsManyMatcher, shortlist_by_score, voted  # noqa: E402
 
 INDEX_TYPES = tuple(kind for kind in BUILT_TYPES if kind != "auto")  # each kind DescriptorIndex.build makes
@@ -132,7 +131,8 @@ def measure(name: str, dataset, args) -> dict:
         tick = time.perf_counter()
         votes[kind] = matcher.votes(features[:queries], indexes[kind], leave_one_out=True, progress=False)
         vote_seconds[kind] = (time.perf_counter() - tick) / queries
-    agreement = {kind: vote_figures(votes[kind], votes["exact"], identities, matcher.shortlist) for kind in INDEX_TYPES}
+    agreement = {kind: vote_figures(votes[kind], votes["exact"], identities, matcher.shortlist)
+                 for kind in INDEX_TYPES}
     row = {"extractor": name, "config": extractor.config, "images": images, "descriptors": descriptors,
            "extraction_seconds": round(extraction, 1), "extraction_seconds_per_image": round(extraction / images, 3),
            "build_seconds": {kind: round(s, 2) for kind, s in build.items()},

@@ -1,6 +1,6 @@
 """How `wildreid adapt` trains: the recipe (`train.py --init_from` on the gallery's own photos, the cpu_real recipe
-with more of the backbone trained, faster), a step budget fitted to `--budget_minutes` from step and embedding times measured on this
-machine, and the plan file that makes a rerun of the same command resume instead of starting over."""
+with more of the backbone trained, faster), a step budget fitted to `--budget_minutes` from step and embedding times
+measured on this machine, and the plan file that makes a rerun of the same command resume instead of starting over."""
 from __future__ import annotations
 
 import math

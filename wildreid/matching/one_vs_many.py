@@ -19,10 +19,10 @@ verifier's ratio test read the same distances. The index records the extractor's
 descriptors are of another family is refused, naming both.
 
 The index (`wildreid.matching.descriptor_index.DescriptorIndex`, imported from here too) is exact
-(`faiss.IndexFlatL2`) up to `exact_limit` descriptors and an inverted file of 8-bit codes (`IndexIVFScalarQuantizer`,
-nlist ~ 4 sqrt(N), nprobe 16) beyond, unless the matcher's `index_type` asks for one kind ("ivf": float32 lists;
-"ivfpq": product-quantized codes, half IVF-SQ8's memory); `DescriptorIndex.recall` measures an approximate index against exact
-search on a sample of queries.
+(`faiss.IndexFlatL2`) up to `exact_limit` descriptors and an inverted file of 8-bit codes
+(`IndexIVFScalarQuantizer`, nlist ~ 4 sqrt(N), nprobe 16) beyond, unless the matcher's `index_type` asks for one kind
+("ivf": float32 lists; "ivfpq": product-quantized codes, half IVF-SQ8's memory); `DescriptorIndex.recall` measures an
+approximate index against exact search on a sample of queries.
 """
 from __future__ import annotations
 
