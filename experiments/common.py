@@ -41,6 +41,7 @@ from hub_datasets.specs import parse_spec  # noqa: E402
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation  # noqa: E402
 from wildreid.provenance import code_version  # noqa: E402
 from wildreid.training import TrainingConfig, train  # noqa: E402
+from wildreid.training.checkpoints import run_checkpoints  # noqa: E402
 
 RUNS_DIR = EXPERIMENTS_DIR / "runs"
 RESULTS_DIR = EXPERIMENTS_DIR / "results"
@@ -168,9 +169,14 @@ def results_path(name: str, dry_run: bool) -> Path:
 # ----------------------------------------------------------------------------- training
 
 
-def train_model(name: str, *, dry_run: bool = False, force: bool = False, **overrides: Any) -> dict:
+def train_model(name: str, *, dry_run: bool = False, force: bool = False, keep_checkpoints: bool = False,
+                **overrides: Any) -> dict:
     """Train `base_config(**overrides)` into `runs/<name>/` unless it is already there; returns the run's record
     (path, steps, wall time of the training itself, data sizes, whether it was reused).
+
+    `keep_checkpoints`: keep the run's four evenly spaced checkpoints (their steps in the record's
+    "checkpoints"), so that another step than the saved best can be weighed later (transfer_mix.py); a finished
+    run without them is trained again.
 
     Without an `init_from` override, training starts from the saved ImageNet embedder (`imagenet_start`), so
     the identity head starts at each identity's mean ImageNet embedding; `init_from=None` starts the head at
@@ -181,7 +187,10 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
     record_path = directory / "experiment_run.json"
     if record_path.is_file() and not force:
         record = json.loads(record_path.read_text())
-        return {**record, "reused": True}
+        if not keep_checkpoints or record.get("checkpoints"):
+            return {**record, "reused": True}
+        print(f"[train] {name}: trained without keeping its checkpoints; training it again to keep them", flush=True)
+        force = True
     if force and directory.exists():
         shutil.rmtree(directory)
     if dry_run:
@@ -191,6 +200,8 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
     if config.max_steps is None:
         raise ValueError(f"run {name}: set max_steps (the experiments budget steps, not epochs)")
     config.save_steps = max(config.max_steps // 4, 50)  # resumable if interrupted, without much I/O
+    if keep_checkpoints:
+        config.save_total_limit = -(-config.max_steps // config.save_steps)
     resume = (directory / "checkpoints").is_dir() and any((directory / "checkpoints").glob("checkpoint-*/wildreid_progress.json"))
     if resume:
         config.resume_from_checkpoint = "latest"
@@ -213,7 +224,10 @@ def train_model(name: str, *, dry_run: bool = False, force: bool = False, **over
             "backbone_norm", "neck_norm", "frozen_backbone_stages", "head_init")},
         **code_version(),
     }
-    shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # finished: the embedder is all we need
+    if keep_checkpoints:
+        record["checkpoints"] = [step for step, _ in run_checkpoints(directory)]
+    else:
+        shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # finished: the embedder is all we need
     record_path.write_text(json.dumps(record, indent=2))
     print(f"[train] {name}: done in {wall / 60:.1f} min", flush=True)
     return {**record, "reused": False}
@@ -265,7 +279,7 @@ def recipe_settings(recipe: str) -> dict[str, Any]:
 
 
 def leave_one_species_out(held_out: str, steps: int, *, seed: int = 0, dry_run: bool = False,
-                          force: bool = False, recipe: str = "common") -> dict:
+                          force: bool = False, recipe: str = "common", keep_checkpoints: bool = False) -> dict:
     """The model trained on every species but `held_out` (zero_shot.py), the start of few_shot.py.
 
     `recipe="flagship"`: configs/cpu_real.yaml's recipe with its validation rule: trained on four fifths of the
@@ -280,7 +294,7 @@ def leave_one_species_out(held_out: str, steps: int, *, seed: int = 0, dry_run: 
     steps_between = max(steps // 3, 1)  # three validations: the best step is chosen among them
     return train_model(f"loso_{held_out}_flagship_s{steps}_seed{seed}", dry_run=dry_run, force=force, seed=seed,
                        max_steps=steps, datasets=list(train_specs), val_datasets=list(validation_specs),
-                       eval_steps=steps_between, **overrides)
+                       eval_steps=steps_between, keep_checkpoints=keep_checkpoints, **overrides)
 
 
 SHOTS = ("1", "2", "4", "all")

@@ -11,11 +11,18 @@ above 0 with the best mean mAP over the held-out species is the mix for unseen s
 is measured for reference but not shipped: `wildreid calibrate` already weighs ImageNet lite0 against the shipped
 model on every new gallery, so the shipped model is the trained weights that transfer best.
 
+`--checkpoints` also weighs the step (results: transfer_step_mix.json): the leave-one-species-out models keep
+their four evenly spaced checkpoints (trained again if they did not), and every (step, share) point is measured
+the same way; the point with the best mean mAP is the one for unseen species, and `chosen_without` records, for
+each species, the point the other three choose (what a zero-shot figure may use without peeking).
+
 `--apply RUN --apply-output DIR` writes that mix of a trained run (the flagship: outputs/cpu_real) as a model
-folder, with the run's records and a note of how the mix was chosen; `make ship-model` ships such a folder.
+folder, with the run's records and a note of how the mix was chosen; `make ship-model` ships such a folder. With
+`--checkpoints`, RUN must have kept its checkpoints over a schedule of the same `--steps`.
 
     python experiments/transfer_mix.py                               # after zero_shot.py (same --steps)
     python experiments/transfer_mix.py --apply outputs/cpu_real --apply-output outputs/cpu_real_transfer
+    python experiments/transfer_mix.py --checkpoints --shares 0 0.25 0.5 1   # the step too
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ from pathlib import Path
 
 import common
 import reporting
+import yaml
 
 NAME = "transfer_mix"
+STEP_NAME = "transfer_step_mix"  # --checkpoints: the step weighed too
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 RUN_RECORDS = ("training_summary.json", "training_config.yaml", "wildreid_run.json", "validation_results.json",
                "start_embedder.safetensors")
@@ -40,17 +49,36 @@ def saved_share(model_dir: Path) -> float:
     return 1.0 if saved is None else float(saved)
 
 
-def write_mix(model_dir: Path, share: float, destination: Path) -> Path:
-    """The run's start plus `share` of its fine-tuning (best step minus start), as a model folder. The run saved
-    start + a x (fine-tuned - start) for its own mix a, so `share / a` of the saved change is that point."""
+def checkpoint_state(model_dir: Path, step: int) -> dict:
+    """The embedder's weights in `model_dir`'s kept checkpoint of `step` (unmixed: the trainer's own state)."""
+    from safetensors.torch import load_file
+
+    from wildreid.training.checkpoints import run_checkpoints
+
+    kept = dict(run_checkpoints(model_dir))
+    if step not in kept:
+        raise SystemExit(f"{model_dir} kept no checkpoint of step {step} (it has {sorted(kept) or 'none'}): "
+                         "train it with its checkpoints kept")
+    prefix = "wildreid."  # WildReIDForMetricLearning's embedder; the identity head is not part of a model folder
+    return {key[len(prefix):]: value for key, value in load_file(kept[step] / "model.safetensors").items()
+            if key.startswith(prefix)}
+
+
+def write_mix(model_dir: Path, share: float, destination: Path, step: int | None = None) -> Path:
+    """The run's start plus `share` of its fine-tuning, as a model folder: of its best step (the saved weights:
+    they are start + a x (fine-tuned - start) for the run's own mix a, so `share / a` of the saved change is that
+    point), or of its kept checkpoint of `step`."""
     from modeling_wildreid import WildReIDModel
     from wildreid.training.weight_interpolation import interpolate_state, load_start_weights
 
     if (destination / "config.json").is_file():
         return destination
     model = WildReIDModel.from_pretrained(str(model_dir))
-    model.load_state_dict(interpolate_state(load_start_weights(model_dir), model.state_dict(),
-                                            share / saved_share(model_dir)))
+    if step is None:
+        tuned, ratio = model.state_dict(), share / saved_share(model_dir)
+    else:
+        tuned, ratio = checkpoint_state(model_dir, step), share
+    model.load_state_dict(interpolate_state(load_start_weights(model_dir), tuned, ratio))
     model.config.weight_interpolation = None if share == 1.0 else share  # what config.json says a mix is
     partial = destination.with_name(destination.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -62,35 +90,69 @@ def write_mix(model_dir: Path, share: float, destination: Path) -> Path:
     return destination
 
 
+def point_key(step: int | None, share: float) -> str:
+    """"0.25" (a share of the best step), "300@0.25" (of step 300), "0" (the start, whatever the step)."""
+    return f"{share:g}" if step is None or share == 0 else f"{step}@{share:g}"
+
+
 def measure(held_out: str, shares: list[float], args, log: common.ExperimentLog) -> dict:
     record = log.add_run(common.leave_one_species_out(held_out, args.steps, seed=args.seed, dry_run=args.dry_run,
-                                          recipe="flagship"))
+                                                      recipe="flagship", keep_checkpoints=args.checkpoints))
     if not record["reused"] and not args.dry_run:
         print(f"note: {record['path']} was not there and has just been trained (zero_shot.py trains it too)")
     model_dir = Path(common.run_path(record))
     spec = common.fit_set(held_out, args.dry_run)
+    steps = record["checkpoints"] if args.checkpoints else [None]
     figures = {}
-    for share in shares:
-        saved = share == saved_share(model_dir)
-        folder = model_dir if saved else write_mix(model_dir, share, model_dir / "transfer_mix" / f"share{share:g}")
-        result = log.add_evaluation(f"{held_out} share {share:g}", common.evaluate_global(
-            str(folder), [spec], dry_run=args.dry_run, force=args.force))
-        figures[f"{share:g}"] = common.summary_metrics(result["species"][held_out])
+    for step in steps:
+        for share in shares:
+            key = point_key(step, share)
+            if key in figures:
+                continue
+            if step is None and share == saved_share(model_dir):
+                folder = model_dir
+            else:
+                folder = write_mix(model_dir, share, model_dir / "transfer_mix" / f"share{key.replace('@', '_')}",
+                                   step=None if share == 0 else step)
+            result = log.add_evaluation(f"{held_out} {key}", common.evaluate_global(
+                str(folder), [spec], dry_run=args.dry_run, force=args.force))
+            figures[key] = common.summary_metrics(result["species"][held_out])
     return {"model": common.shown_path(str(model_dir)), "saved_share": saved_share(model_dir), "set": spec,
             "figures": figures}
 
 
-def apply_mix(run: Path, share: float, destination: Path, chosen_by: dict) -> None:
-    """`run`'s weights at `share` of its fine-tuning, with its records and how the share was chosen."""
+def best_point(results: dict, species: list[str], points: list[str]) -> str:
+    """The trained point (share above 0) with the best mean mAP over `species`; a tie keeps more fine-tuning."""
+    trained = [p for p in points if p != "0"] or points
+    mean = {p: sum(results[h]["figures"][p]["map"] for h in species) / len(species) for p in trained}
+    return max(trained, key=lambda p: (mean[p], float(p.split("@")[-1]), int(p.split("@")[0]) if "@" in p else 0))
+
+
+def apply_mix(run: Path, point: tuple[int | None, float], steps: int, destination: Path, chosen_by: dict) -> None:
+    """`run`'s weights at the chosen point (step, share of its fine-tuning), with its records and how the point
+    was chosen. A step is a point of a `steps`-step schedule: `run` must have trained one."""
+    step, share = point
     if destination.exists():
         raise SystemExit(f"{destination} exists: remove it or name another --apply-output")
-    write_mix(run, share, destination)
+    if step is not None:
+        planned = yaml.safe_load((run / "training_config.yaml").read_text()).get("resolved_total_steps")
+        if planned != steps:
+            raise SystemExit(f"the chosen step {step} is a point of a {steps}-step schedule; {run} trained {planned}")
+    write_mix(run, share, destination, step=step)
     for name in RUN_RECORDS:
         if (run / name).is_file():
             shutil.copy2(run / name, destination / name)
-    (destination / "transfer_mix.json").write_text(json.dumps({"run": str(run), "share": share, **chosen_by},
-                                                              indent=1) + "\n")
-    print(f"wrote {destination}: {run} with {share:g} of its fine-tuning kept")
+    (destination / "transfer_mix.json").write_text(json.dumps({"run": str(run), "share": share, "step": step,
+                                                               **chosen_by}, indent=1) + "\n")
+    print(f"wrote {destination}: {run}" + (f" at step {step}" if step is not None else "")
+          + f" with {share:g} of its fine-tuning kept")
+
+
+def point_label(key: str) -> str:
+    if key == "0":
+        return "start (share 0)"
+    step, _, share = key.rpartition("@")
+    return (f"step {step}, " if step else "best step, ") + f"share {share}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,39 +160,43 @@ def main(argv: list[str] | None = None) -> None:
     common.common_arguments(parser, steps=common.LOSO_STEPS, steps_help="steps of the leave-one-species-out models (zero_shot.py's)")
     parser.add_argument("--shares", type=float, nargs="+", default=list(SHARES),
                         help="shares of the fine-tuning kept, 0 (the start) to 1 (the saved weights)")
-    parser.add_argument("--apply", help="a trained run folder (outputs/cpu_real) to write at the chosen share")
+    parser.add_argument("--checkpoints", action="store_true",
+                        help="weigh every kept checkpoint's step too (the models keep their checkpoints)")
+    parser.add_argument("--apply", help="a trained run folder (outputs/cpu_real) to write at the chosen point")
     parser.add_argument("--apply-output", help="where --apply writes the mixed model folder")
     args = parser.parse_args(argv)
     if bool(args.apply) != bool(args.apply_output):
         parser.error("--apply and --apply-output go together")
     if any(not 0.0 <= share <= 1.0 for share in args.shares):
         parser.error(f"--shares must lie in [0, 1], got {args.shares}")
-    log = common.ExperimentLog(NAME, args)
+    log = common.ExperimentLog(STEP_NAME if args.checkpoints else NAME, args)
     species, shares = sorted(args.species), sorted(set(args.shares))
     results = {held_out: measure(held_out, shares, args, log) for held_out in species}
-    mean_map = {f"{s:g}": sum(results[h]["figures"][f"{s:g}"]["map"] for h in species) / len(species) for s in shares}
-    mean_top1 = {f"{s:g}": sum(results[h]["figures"][f"{s:g}"]["top1"] for h in species) / len(species) for s in shares}
-    trained = [s for s in shares if s > 0] or shares
-    chosen = max(trained, key=lambda s: (mean_map[f"{s:g}"], s))  # a tie keeps more of the fine-tuning
-    best_overall = max(shares, key=lambda s: (mean_map[f"{s:g}"], s))
-    rows = [[h, results[h]["set"], *[f"{reporting.percent(results[h]['figures'][f'{s:g}']['top1'])} / "
-                                     f"{reporting.percent(results[h]['figures'][f'{s:g}']['map'])}" for s in shares]]
-            for h in species]
-    rows.append(["mean", "", *[f"{reporting.percent(mean_top1[f'{s:g}'])} / {reporting.percent(mean_map[f'{s:g}'])}"
-                               for s in shares]])
-    table = {"columns": ["Held-out species", "Measured on", *[f"share {s:g}: top-1 / mAP" for s in shares]],
+    points = [key for key in results[species[0]]["figures"] if all(key in results[h]["figures"] for h in species)]
+    mean_map = {p: sum(results[h]["figures"][p]["map"] for h in species) / len(species) for p in points}
+    mean_top1 = {p: sum(results[h]["figures"][p]["top1"] for h in species) / len(species) for p in points}
+    chosen = best_point(results, species, points)
+    best_overall = max(points, key=lambda p: mean_map[p])
+    chosen_without = {h: best_point(results, [o for o in species if o != h], points) for h in species}
+    step, _, share = chosen.rpartition("@")
+    rows = [[point_label(p), *[f"{reporting.percent(results[h]['figures'][p]['top1'])} / "
+                               f"{reporting.percent(results[h]['figures'][p]['map'])}" for h in species],
+             f"{reporting.percent(mean_top1[p])} / {reporting.percent(mean_map[p])}"] for p in points]
+    table = {"columns": ["Weights", *[f"{h}: top-1 / mAP" for h in species], "mean: top-1 / mAP"],
              "rows": rows,
-             "caption": (f"Leave-one-out top-1 / mAP (%) on each held-out species' training split, by the "
-                         f"leave-one-species-out model ({args.steps} steps, flagship recipe) mixed with its start "
-                         f"(share 0: ImageNet lite0 with the run's calibrated neck; 1: its best step unmixed). "
-                         f"Chosen: share {chosen:g}, the best mean mAP of the trained shares (above 0)"
-                         + (f"; share {best_overall:g} scored higher still." if best_overall != chosen else "."))}
-    reporting.print_table(table, "WiSE-FT mix for unseen species")
-    chosen_by = {"chosen_share": chosen, "best_share_overall": best_overall, "mean_map": mean_map,
-                 "mean_top1": mean_top1,
-                 "loso_steps": args.steps, "species": species}
+             "caption": (f"Leave-one-out top-1 / mAP (%) on each held-out species' training split "
+                         f"({', '.join(results[h]['set'] for h in species)}), by its leave-one-species-out model "
+                         f"({args.steps} steps, flagship recipe) mixed with its start (share 0: ImageNet lite0 with "
+                         f"the run's calibrated neck; 1: unmixed). Chosen: {point_label(chosen)}, the best mean mAP "
+                         f"of the trained points (share above 0)"
+                         + (f"; {point_label(best_overall)} scored higher still." if best_overall != chosen else "."))}
+    reporting.print_table(table, "Which weights transfer to unseen species")
+    chosen_by = {"chosen_share": float(share), "chosen_step": int(step) if step else None, "chosen_point": chosen,
+                 "best_point_overall": best_overall, "chosen_without": chosen_without, "mean_map": mean_map,
+                 "mean_top1": mean_top1, "loso_steps": args.steps, "species": species}
     if args.apply:
-        apply_mix(Path(args.apply), chosen, Path(args.apply_output), {**chosen_by, "command": log.command})
+        apply_mix(Path(args.apply), (chosen_by["chosen_step"], float(share)), args.steps, Path(args.apply_output),
+                  {**chosen_by, "command": log.command})
     log.write({"main": table}, {"species": results, **chosen_by})
 
 
