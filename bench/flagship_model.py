@@ -35,28 +35,54 @@ def percent(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 1)
 
 
-def selection_table(summary: dict, species: list[str], transfer: dict | None = None) -> dict:
+def selection_table(summary: dict, species: list[str], transfer: dict | None = None,
+                    shipped: dict | None = None) -> dict:
     """One row per validation of the run (steps, then WiSE-FT mixes), the saved one marked: the run's own choice,
-    or the share `experiments/transfer_mix.py` chose by leave-one-species-out transfer (`transfer`)."""
+    or the point `experiments/transfer_mix.py` chose by leave-one-species-out transfer (`transfer`): a share of
+    the best step, or of a kept checkpoint's step, whose validation on the same sets (`shipped`) is its own row."""
     chosen_step = summary["best_step"]
     chosen_mix = summary.get("weight_interpolation") if transfer is None else (
         None if transfer["share"] == 1.0 else transfer["share"])
+    checkpoint_point = transfer is not None and transfer.get("step") is not None
+
+    def cells(entry: dict) -> list:
+        return [f"{percent(entry['species'][s]['top1'])} / {percent(entry['species'][s]['map'])}"
+                for s in species] + [percent(entry["mean"]["map"])]
+
     rows = []
     for entry in summary["history"]:
         mix = entry.get("alpha")  # WiSE-FT entries: the fine-tuned weights' share
         label = f"step {entry['step']}" + (f", {mix:g} x fine-tuned + {1 - mix:g} x start" if mix is not None else "")
-        saved = (mix == chosen_mix and mix is not None) or (mix is None and chosen_mix is None
-                                                             and entry["step"] == chosen_step
-                                                             and entry.get("phase") != "weight interpolation")
-        rows.append([label] + [f"{percent(entry['species'][s]['top1'])} / {percent(entry['species'][s]['map'])}"
-                               for s in species] + [percent(entry["mean"]["map"]), "saved" if saved else ""])
+        saved = not checkpoint_point and ((mix == chosen_mix and mix is not None) or (
+            mix is None and chosen_mix is None and entry["step"] == chosen_step
+            and entry.get("phase") != "weight interpolation"))
+        rows.append([label, *cells(entry), "saved" if saved else ""])
+    if checkpoint_point:
+        share = transfer["share"]
+        rows.append([f"checkpoint of step {transfer['step']}" + (
+            f", {share:g} x fine-tuned + {1 - share:g} x start" if share != 1.0 else ""), *cells(shipped), "saved"])
+    if transfer is None:
+        saved_note = "The saved weights are the row with the best mean mAP."
+    else:
+        point = (f"step {transfer['step']}'s checkpoint with {transfer['share']:g} of its fine-tuning"
+                 if checkpoint_point else f"{transfer['share']:g} of the fine-tuning")
+        saved_note = (f"The saved weights keep {point}: the point that transferred best to species the models "
+                      "never saw (leave-one-species-out, experiments/transfer_mix.py), not the best row here.")
     return {"columns": ["Weights", *[f"{s} top-1 / mAP" for s in species], "Mean mAP %", ""], "rows": rows,
             "caption": "Top-1 / mAP (%), leave-one-out on the held-out fifth of each species' training individuals "
-                       "(never trained on, never reported). " + (
-                           "The saved weights are the row with the best mean mAP." if transfer is None else
-                           f"The saved weights keep {transfer['share']:g} of the fine-tuning: the share that "
-                           "transferred best to species the models never saw (leave-one-species-out, "
-                           "experiments/transfer_mix.py), not the best row here.")}
+                       "(never trained on, never reported). " + saved_note}
+
+
+def shipped_validation(model: str, data_dir: str | None, num_workers: int) -> dict:
+    """The saved weights on the run's own validation sets (the held-out fifth), as a history entry."""
+    import yaml
+
+    from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
+
+    validation = yaml.safe_load((Path(model) / "training_config.yaml").read_text())["val_datasets"]
+    result = run_evaluation(EvaluationRequest(datasets=validation, model=model, data_dir=data_dir,
+                                              num_workers=num_workers))
+    return {"species": result["species"], "mean": result["mean"]}
 
 
 def reported_rows(model: str, data_dir: str | None, num_workers: int, eval_output: str) -> dict:
@@ -107,6 +133,8 @@ def main() -> None:
     species = sorted(summary["training_species"])
     transfer_file = Path(args.model) / "transfer_mix.json"  # written by experiments/transfer_mix.py --apply
     transfer = json.loads(transfer_file.read_text()) if transfer_file.is_file() else None
+    shipped = (shipped_validation(args.model, args.data_dir, args.num_workers)
+               if transfer is not None and transfer.get("step") is not None else None)
     figures = reported_rows(args.model, args.data_dir, args.num_workers, args.eval_output)
     weights = Path(args.model) / "model.safetensors"
     from wildreid.records import file_sha256
@@ -117,7 +145,8 @@ def main() -> None:
                                                         "total_steps", "training_images", "training_identities",
                                                         "images_per_second", "git_commit", "git_dirty")},
         "transfer_mix": transfer, "reported": figures,
-        "tables": {"selection": selection_table(summary, species, transfer),
+        "shipped_validation": shipped,
+        "tables": {"selection": selection_table(summary, species, transfer, shipped),
                    "reported": reported_table(figures, species)},
     })
 

@@ -10,16 +10,37 @@ here are the starting points of `few_shot.py`.
     python experiments/zero_shot.py                          # 4 models x 600 steps of the flagship recipe
     python experiments/zero_shot.py --species lion --recipe common --steps 300
     python experiments/zero_shot.py --dry-run
+    python experiments/zero_shot.py --weights transfer          # after transfer_mix.py --checkpoints
+
+`--weights transfer` scores each held-out species with its model at the (step, share) point that the *other*
+species chose by leave-one-species-out transfer (transfer_step_mix.json's `chosen_without`): the way the shipped
+model's point is chosen, without looking at the species being scored.
 """
 
 from __future__ import annotations
 
 import argparse
 
+import json
+from pathlib import Path
+
 import common
 import reporting
+import transfer_mix
 
 NAME = "zero_shot"
+
+
+def transfer_point(record: dict, held_out: str, args) -> str:
+    """`record`'s model at the point the other held-out species chose (transfer_step_mix.json), as a folder."""
+    chosen = json.loads(common.results_path(transfer_mix.STEP_NAME, args.dry_run).read_text())["results"]
+    if chosen["loso_steps"] != args.steps:
+        raise SystemExit(f"{transfer_mix.STEP_NAME}.json weighed {chosen['loso_steps']}-step models, not {args.steps}")
+    step, _, share = chosen["chosen_without"][held_out].rpartition("@")
+    key = transfer_mix.point_key(int(step) if step else None, float(share))
+    model_dir = Path(common.run_path(record))
+    return str(transfer_mix.write_mix(model_dir, float(share), model_dir / "transfer_mix" / f"share{key.replace('@', '_')}",
+                                      step=int(step) if step else None))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", choices=common.RECIPES, default="flagship",
                         help="flagship: configs/cpu_real.yaml's recipe and validation rule; common: base_config")
     parser.add_argument("--no-local", action="store_true", help="skip SIFT and auto")
+    parser.add_argument("--weights", choices=("best", "transfer"), default="best",
+                        help="best: each model's saved weights (its best step on held-out individuals of its own "
+                             "species); transfer: the point the other held-out species chose (transfer_mix.py "
+                             "--checkpoints)")
     args = parser.parse_args(argv)
     log = common.ExperimentLog(NAME, args)
     dry, species = args.dry_run, sorted(args.species)
@@ -38,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         spec = common.eval_set(held_out, dry)
         record = log.add_run(common.leave_one_species_out(held_out, args.steps, seed=args.seed, dry_run=dry,
                                                           force=args.force, recipe=args.recipe))
+        model = common.run_path(record) if args.weights == "best" else transfer_point(record, held_out, args)
         zero = log.add_evaluation(f"zero-shot {held_out}", common.evaluate_global(
-            common.run_path(record), [spec], dry_run=dry, force=args.force))["species"][held_out]
+            model, [spec], dry_run=dry, force=args.force))["species"][held_out]
         if zero["seen_in_training"]:
             raise RuntimeError(f"{record['path']} has seen {held_out}: not a zero-shot model")
         base = log.add_evaluation(f"ImageNet {held_out}", common.evaluate_global(
@@ -47,9 +73,10 @@ def main(argv: list[str] | None = None) -> None:
         sift = None if args.no_local else log.add_evaluation(f"SIFT {held_out}", common.evaluate_local(
             [spec], dry_run=dry, force=args.force))["species"][held_out]
         auto = None if args.no_local else log.add_evaluation(f"auto {held_out}", common.evaluate(
-            common.run_path(record), [spec], method="auto", val_datasets=[common.fit_set(held_out, dry)],
+            model, [spec], method="auto", val_datasets=[common.fit_set(held_out, dry)],
             dry_run=dry, force=args.force))["species"][held_out]
-        results[held_out] = {"trained_on": record["datasets"], "zero_shot": common.summary_metrics(zero),
+        results[held_out] = {"trained_on": record["datasets"], "model": common.shown_path(model),
+                             "zero_shot": common.summary_metrics(zero),
                              "imagenet": common.summary_metrics(base), "sift": common.summary_metrics(sift) if sift else None,
                              "auto": common.summary_metrics(auto) if auto else None}
         rows.append([held_out, ", ".join(s for s in common.SPECIES if s != held_out), zero["n_queries"],
@@ -65,7 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "caption": (f"Leave-one-out on the held-out species' evaluation set ({', '.join(common.eval_set(s, dry) for s in species)}), "
                     f"percentages. Zero-shot: lite0 trained {args.steps} steps on the other species' training splits "
-                    f"({args.recipe} recipe, seed {args.seed}); it never saw the held-out species. SIFT: one-vs-many "
+                    f"({args.recipe} recipe, seed {args.seed}); it never saw the held-out species"
+                    + ("" if args.weights == "best" else "; its weights are the (step, share of the fine-tuning) "
+                       "point the other held-out species chose (transfer_mix.py --checkpoints)")
+                    + ". SIFT: one-vs-many "
                     "local retrieval, no training. Auto: per species the best of global (the zero-shot model), "
                     "local and fusion by validation mAP on the held-out species' training split (common.fit_set)."),
     }
