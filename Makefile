@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(MAKE) --no-print-directory install-browser
 	touch $@
 
-.PHONY: install install-browser test demo docs ship-model
+.PHONY: install install-browser test demo docs shipped-run ship-model
 install: $(VENV)/.installed
 
 # Headless Chromium for the review app's browser tests (Debian packages; needs root and apt-get).
@@ -57,9 +57,18 @@ identify-demo: $(VENV)/.installed
 	$(VENV)/bin/wildreid identify --gallery $(IDENTIFY_DIR)/gallery --datasets "$(IDENTIFY_DATA):test" --top_k 3
 
 # The model wildreid ships (wildreid/default_model/, float16, <= 10 MB; its card is model_card.md), only when the
-# recipe changes: `accelerate launch train.py --config configs/cpu_real.yaml`, then the run at the WiSE-FT share that
-# transferred best to species its leave-one-species-out models never saw (`python experiments/zero_shot.py`, then
-# `python experiments/transfer_mix.py --apply outputs/cpu_real --apply-output outputs/cpu_real_transfer`).
+# recipe changes. Its weights are the point that transferred best to species never trained on: a checkpoint step of
+# the flagship recipe over a 600-step schedule (the leave-one-species-out models' budget) and the share of that
+# step's fine-tuning kept, chosen by `python experiments/transfer_mix.py --checkpoints` on the held-out species'
+# training splits. `make shipped-run` trains that schedule on the four species, keeping its checkpoints, and writes
+# the chosen point to SHIP_FROM (the leave-one-species-out models are trained first if missing); `make ship-model`
+# then stores it in the package.
+SHIPPED_RUN ?= outputs/cpu_real_s600
 SHIP_FROM ?= outputs/cpu_real_transfer
+SHIP_SHARES ?= 0 0.25 0.5 0.75 1
+shipped-run: $(VENV)/.installed
+	$(PYTHON) train.py --config configs/cpu_real.yaml --max_steps 600 --eval_steps 200 --save_steps 150 \
+		--save_total_limit 4 --output_dir $(SHIPPED_RUN)
+	$(PYTHON) experiments/transfer_mix.py --checkpoints --shares $(SHIP_SHARES) --apply $(SHIPPED_RUN) --apply-output $(SHIP_FROM)
 ship-model: $(VENV)/.installed
 	$(PYTHON) -m wildreid.embedding.shipped_model $(SHIP_FROM) --card model_card.md

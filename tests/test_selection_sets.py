@@ -77,6 +77,16 @@ def test_the_recipe_experiment_chooses_on_the_held_out_fifth():
     assert "selection_sets" in used and not used & {"EVAL_SETS", "eval_set"}
 
 
+def test_the_shipped_point_is_chosen_on_the_held_out_species_training_splits():
+    """transfer_mix.py chooses the shipped model's step and share, and zero_shot.py reads that choice: the
+    held-out species are measured on their training splits (`fit_set`), never their reported sets."""
+    used = {node.attr for node in ast.walk(ast.parse((REPO / "experiments" / "transfer_mix.py").read_text()))
+            if isinstance(node, ast.Attribute)}
+    assert "fit_set" in used and not used & {"EVAL_SETS", "eval_set"}
+    check_training_side(list(module_literal(REPO / "experiments" / "common.py", "TRAIN_SETS").values()),
+                        "experiments/common.py TRAIN_SETS (fit_set's splits)")
+
+
 def test_a_choice_on_a_reported_set_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"val_datasets of x\.yaml: 'dog\[max_identities=100\]:test' holds images "
                                          r"of dog:test.*dog\[resplit_from=train"):

@@ -1,7 +1,8 @@
 """The model wildreid ships: what `wildreid index`, `app` and `evaluate.py` embed with when `--model` is omitted.
 
-It is the flagship CPU run (`configs/cpu_real.yaml`: EfficientNet-Lite0, lion + nyala + dog + pig) at the share of
-its fine-tuning that transferred best to species never trained on (`experiments/transfer_mix.py`), stored as a
+It is the flagship CPU recipe (`configs/cpu_real.yaml`: EfficientNet-Lite0, lion + nyala + dog + pig) at the
+point -- checkpoint step and share of its fine-tuning -- that transferred best to species never trained on
+(`make shipped-run`, `experiments/transfer_mix.py --checkpoints`), stored as a
 float16 model folder inside the package (`wildreid/default_model/`, <= 10 MB, so it installs with wildreid and
 works offline), with its processor, remote code and model card. `AutoModel.from_pretrained(SHIPPED_MODEL,
 trust_remote_code=True)` loads it like any Hub model (weights cast back to float32). It is replaced only when the
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="rebuild the shipped model folder from a training output")
-    parser.add_argument("trained", help="model folder: configs/cpu_real.yaml's run at transfer_mix's share")
+    parser.add_argument("trained", help="model folder: the point transfer_mix.py chose (make shipped-run writes it)")
     parser.add_argument("--card", default="model_card.md", help="the model card, copied as the folder's README.md")
     parser.add_argument("--output", default=str(SHIPPED_MODEL))
     args = parser.parse_args(argv)
