@@ -52,7 +52,9 @@ def selection_table(summary: dict, species: list[str], transfer: dict | None = N
     rows = []
     for entry in summary["history"]:
         mix = entry.get("alpha")  # WiSE-FT entries: the fine-tuned weights' share
-        label = f"step {entry['step']}" + (f", {mix:g} x fine-tuned + {1 - mix:g} x start" if mix is not None else "")
+        # a mix is of the best step's weights (runs before the trainer said so recorded the last step)
+        label = (f"step {entry['step']}" if mix is None else
+                 f"step {chosen_step}, {mix:g} x fine-tuned + {1 - mix:g} x start")
         saved = not checkpoint_point and ((mix == chosen_mix and mix is not None) or (
             mix is None and chosen_mix is None and entry["step"] == chosen_step
             and entry.get("phase") != "weight interpolation"))

@@ -317,7 +317,8 @@ class Trainer:
             self._write_json(VALIDATION_RESULTS, {**metrics, "model": str(self.output_dir), "step": progress.best_step,
                                                   "protocol": f"leave-one-out on {', '.join(self.config.val_datasets)}",
                                                   "weight_interpolation": alpha})
-        return [{"step": progress.step, "phase": "weight interpolation", **entry} for entry in tried]
+        # The mixes are of the best step's weights, whatever step training ended at.
+        return [{"step": progress.best_step, "phase": "weight interpolation", **entry} for entry in tried]
 
     def _non_finite_message(self, progress: TrainingProgress, what: str) -> str:
         last = latest_checkpoint_or_none(self.output_dir)
