@@ -1,4 +1,5 @@
-"""Which WiSE-FT mix transfers best to a species the model never saw (issue 33, part 2).
+"""Which weights -- WiSE-FT mix, and with `--checkpoints` the step -- transfer best to a species the model never saw
+(issue 33, part 2).
 
 A trained run keeps the weights that validate best on held-out individuals of the species it trained on; for a
 species a user brings, keeping less of the fine-tuning (mixing the weights back towards the ImageNet start) may
@@ -22,7 +23,7 @@ folder, with the run's records and a note of how the mix was chosen; `make ship-
 
     python experiments/transfer_mix.py                               # after zero_shot.py (same --steps)
     python experiments/transfer_mix.py --apply outputs/cpu_real --apply-output outputs/cpu_real_transfer
-    python experiments/transfer_mix.py --checkpoints --shares 0 0.25 0.5 1   # the step too
+    python experiments/transfer_mix.py --checkpoints --shares 0 0.25 0.5 0.75 1   # the step too (make shipped-run)
 """
 
 from __future__ import annotations
