@@ -96,6 +96,21 @@ def point_key(step: int | None, share: float) -> str:
     return f"{share:g}" if step is None or share == 0 else f"{step}@{share:g}"
 
 
+def parse_point(key: str) -> tuple[int | None, float]:
+    """(step or None, share) of a `point_key`."""
+    step, _, share = key.rpartition("@")
+    return (int(step) if step else None), float(share)
+
+
+def point_folder(model_dir: Path, step: int | None, share: float) -> Path:
+    """The run's weights at a point as a model folder (written once, under the run's transfer_mix/)."""
+    if step is None and share == saved_share(model_dir):
+        return model_dir
+    key = point_key(step, share)
+    return write_mix(model_dir, share, model_dir / "transfer_mix" / f"share{key.replace('@', '_')}",
+                     step=None if share == 0 else step)
+
+
 def measure(held_out: str, shares: list[float], args, log: common.ExperimentLog) -> dict:
     record = log.add_run(common.leave_one_species_out(held_out, args.steps, seed=args.seed, dry_run=args.dry_run,
                                                       recipe="flagship", keep_checkpoints=args.checkpoints))
@@ -110,11 +125,7 @@ def measure(held_out: str, shares: list[float], args, log: common.ExperimentLog)
             key = point_key(step, share)
             if key in figures:
                 continue
-            if step is None and share == saved_share(model_dir):
-                folder = model_dir
-            else:
-                folder = write_mix(model_dir, share, model_dir / "transfer_mix" / f"share{key.replace('@', '_')}",
-                                   step=None if share == 0 else step)
+            folder = point_folder(model_dir, step, share)
             result = log.add_evaluation(f"{held_out} {key}", common.evaluate_global(
                 str(folder), [spec], dry_run=args.dry_run, force=args.force))
             figures[key] = common.summary_metrics(result["species"][held_out])
@@ -126,7 +137,7 @@ def best_point(results: dict, species: list[str], points: list[str]) -> str:
     """The trained point (share above 0) with the best mean mAP over `species`; a tie keeps more fine-tuning."""
     trained = [p for p in points if p != "0"] or points
     mean = {p: sum(results[h]["figures"][p]["map"] for h in species) / len(species) for p in trained}
-    return max(trained, key=lambda p: (mean[p], float(p.split("@")[-1]), int(p.split("@")[0]) if "@" in p else 0))
+    return max(trained, key=lambda p: (mean[p], parse_point(p)[1], parse_point(p)[0] or 0))
 
 
 def apply_mix(run: Path, point: tuple[int | None, float], steps: int, destination: Path, chosen_by: dict) -> None:
@@ -152,8 +163,8 @@ def apply_mix(run: Path, point: tuple[int | None, float], steps: int, destinatio
 def point_label(key: str) -> str:
     if key == "0":
         return "start (share 0)"
-    step, _, share = key.rpartition("@")
-    return (f"step {step}, " if step else "best step, ") + f"share {share}"
+    step, share = parse_point(key)
+    return (f"step {step}, " if step is not None else "best step, ") + f"share {share:g}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = best_point(results, species, points)
     best_overall = max(points, key=lambda p: mean_map[p])
     chosen_without = {h: best_point(results, [o for o in species if o != h], points) for h in species}
-    step, _, share = chosen.rpartition("@")
+    step, share = parse_point(chosen)
     rows = [[point_label(p), *[f"{reporting.percent(results[h]['figures'][p]['top1'])} / "
                                f"{reporting.percent(results[h]['figures'][p]['map'])}" for h in species],
              f"{reporting.percent(mean_top1[p])} / {reporting.percent(mean_map[p])}"] for p in points]
@@ -192,11 +203,11 @@ def main(argv: list[str] | None = None) -> None:
                          f"of the trained points (share above 0)"
                          + (f"; {point_label(best_overall)} scored higher still." if best_overall != chosen else "."))}
     reporting.print_table(table, "Which weights transfer to unseen species")
-    chosen_by = {"chosen_share": float(share), "chosen_step": int(step) if step else None, "chosen_point": chosen,
+    chosen_by = {"chosen_share": share, "chosen_step": step, "chosen_point": chosen,
                  "best_point_overall": best_overall, "chosen_without": chosen_without, "mean_map": mean_map,
                  "mean_top1": mean_top1, "loso_steps": args.steps, "species": species}
     if args.apply:
-        apply_mix(Path(args.apply), (chosen_by["chosen_step"], float(share)), args.steps, Path(args.apply_output),
+        apply_mix(Path(args.apply), (step, share), args.steps, Path(args.apply_output),
                   {**chosen_by, "command": log.command})
     log.write({"main": table}, {"species": results, **chosen_by})
 

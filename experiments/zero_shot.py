@@ -20,7 +20,6 @@ model's point is chosen, without looking at the species being scored.
 from __future__ import annotations
 
 import argparse
-
 import json
 from pathlib import Path
 
@@ -31,16 +30,12 @@ import transfer_mix
 NAME = "zero_shot"
 
 
-def transfer_point(record: dict, held_out: str, args) -> str:
-    """`record`'s model at the point the other held-out species chose (transfer_step_mix.json), as a folder."""
+def transfer_points(args) -> dict[str, tuple[int | None, float]]:
+    """Each held-out species' point as the other held-out species chose it (transfer_step_mix.json)."""
     chosen = json.loads(common.results_path(transfer_mix.STEP_NAME, args.dry_run).read_text())["results"]
     if chosen["loso_steps"] != args.steps:
         raise SystemExit(f"{transfer_mix.STEP_NAME}.json weighed {chosen['loso_steps']}-step models, not {args.steps}")
-    step, _, share = chosen["chosen_without"][held_out].rpartition("@")
-    key = transfer_mix.point_key(int(step) if step else None, float(share))
-    model_dir = Path(common.run_path(record))
-    return str(transfer_mix.write_mix(model_dir, float(share), model_dir / "transfer_mix" / f"share{key.replace('@', '_')}",
-                                      step=int(step) if step else None))
+    return {held_out: transfer_mix.parse_point(key) for held_out, key in chosen["chosen_without"].items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log = common.ExperimentLog(NAME, args)
     dry, species = args.dry_run, sorted(args.species)
+    points = transfer_points(args) if args.weights == "transfer" else {}
     print(f"plan: {len(species)} leave-one-species-out models x {args.steps} steps = {len(species) * args.steps} "
           "training steps; ImageNet and SIFT on each held-out evaluation set")
     rows, results = [], {}
@@ -63,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         spec = common.eval_set(held_out, dry)
         record = log.add_run(common.leave_one_species_out(held_out, args.steps, seed=args.seed, dry_run=dry,
                                                           force=args.force, recipe=args.recipe))
-        model = common.run_path(record) if args.weights == "best" else transfer_point(record, held_out, args)
+        model = (str(transfer_mix.point_folder(Path(common.run_path(record)), *points[held_out])) if points
+                 else common.run_path(record))
         zero = log.add_evaluation(f"zero-shot {held_out}", common.evaluate_global(
             model, [spec], dry_run=dry, force=args.force))["species"][held_out]
         if zero["seen_in_training"]:
