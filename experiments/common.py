@@ -313,17 +313,22 @@ def imagenet_start(dry_run: bool = False) -> str:
 
 
 def adapt(species: str, shots: str, start: str, *, steps: int, freeze_steps: int, loso_steps: int, seed: int = 0,
-          dry_run: bool = False, force: bool = False, recipe: str = "common") -> dict:
+          dry_run: bool = False, force: bool = False, recipe: str = "common", loso_weights: Path | None = None) -> dict:
     """Train on `shots` images per identity ("all": every image) of `species`' training pool, starting from the
     ImageNet embedder (`start="imagenet"`) or from the model that never saw `species` (`start="loso"`).
     Identities with a single image are kept (min_images_per_identity=1) so every size has the same identities.
     `recipe="flagship"` adapts with the flagship's settings (frozen stages, prototype head, learning rates) from
-    either start; there is nothing to validate on here, so no WiSE-FT mix."""
+    either start; there is nothing to validate on here, so no WiSE-FT mix. `loso_weights`: a model folder inside
+    the leave-one-species-out run (a transfer_mix.py point) to start from instead of the run's saved weights."""
     if start == "imagenet":
         init, tag = imagenet_start(dry_run), "imagenet"
     elif start == "loso":
-        init = run_path(leave_one_species_out(species, loso_steps, seed=seed, dry_run=dry_run, recipe=recipe))
-        tag = f"loso{loso_steps}" + ("_flagship" if recipe == "flagship" else "")
+        run = Path(run_path(leave_one_species_out(species, loso_steps, seed=seed, dry_run=dry_run, recipe=recipe)))
+        if loso_weights is not None and run not in loso_weights.parents:
+            raise ValueError(f"{loso_weights} is not a point of the leave-one-species-out run {run}")
+        init = str(loso_weights or run)
+        tag = (f"loso{loso_steps}" + ("_flagship" if recipe == "flagship" else "")
+               + (f"_{loso_weights.name}" if loso_weights is not None else ""))
     else:
         raise ValueError(f"start must be imagenet or loso, got {start!r}")
     sampling = {} if shots == "all" else {"max_images_per_identity": int(shots)}

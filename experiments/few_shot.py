@@ -9,14 +9,22 @@ are evaluated leave-one-out on the species' evaluation set. 0 images per identit
     python experiments/few_shot.py                              # 4 species x 4 sizes x 2 starts
     python experiments/few_shot.py --species pig lion --shots 1 all
     python experiments/few_shot.py --dry-run
+    python experiments/few_shot.py --weights transfer   # after transfer_mix.py --checkpoints
+
+`--weights transfer` starts each species from its leave-one-species-out model at the (step, share) point the
+*other* species chose (transfer_step_mix.json's `chosen_without`, as zero_shot.py --weights transfer scores it):
+the way the shipped model's point is chosen.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import common
 import reporting
+import transfer_mix
+import zero_shot
 
 NAME = "few_shot"
 STARTS = {"loso": "from other species", "imagenet": "from ImageNet"}
@@ -30,9 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", choices=common.RECIPES, default="flagship",
                         help="recipe of the start models (zero_shot.py's; flagship: configs/cpu_real.yaml's)")
     parser.add_argument("--shots", nargs="+", default=list(common.SHOTS), choices=common.SHOTS)
+    parser.add_argument("--weights", choices=("best", "transfer"), default="best",
+                        help="start weights of the other-species model: best (its saved weights) or transfer (the "
+                             "point the other held-out species chose, transfer_mix.py --checkpoints)")
     args = parser.parse_args(argv)
     log = common.ExperimentLog(NAME, args)
     dry, species = args.dry_run, sorted(args.species)
+    transfer = zero_shot.transfer_points(args.loso_steps, dry) if args.weights == "transfer" else {}
     n_runs = len(species) * len(args.shots) * len(STARTS)
     print(f"plan: {n_runs} adaptation runs x {args.steps} steps ({args.freeze_steps} frozen) = {n_runs * args.steps} "
           f"steps, plus {len(species)} leave-one-species-out start models of {args.loso_steps} steps unless present")
@@ -41,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         spec = common.eval_set(name, dry)
         loso = log.add_run(common.leave_one_species_out(name, args.loso_steps, seed=args.seed, dry_run=dry,
                                                                recipe=args.recipe))
-        starts = {"loso": common.run_path(loso), "imagenet": common.IMAGENET}
+        loso_weights = transfer_mix.point_folder(Path(common.run_path(loso)), *transfer[name]) if transfer else None
+        starts = {"loso": str(loso_weights or common.run_path(loso)), "imagenet": common.IMAGENET}
         curves[name] = {}
         for start, model in starts.items():
             before = log.add_evaluation(f"{name} {start} before", common.evaluate_global(model, [spec], dry_run=dry))
@@ -49,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             for shots in args.shots:
                 record = log.add_run(common.adapt(name, shots, start, steps=args.steps, freeze_steps=args.freeze_steps,
                                                   loso_steps=args.loso_steps, seed=args.seed, dry_run=dry, force=args.force,
-                                                  recipe=args.recipe))
+                                                  recipe=args.recipe, loso_weights=loso_weights if start == "loso" else None))
                 after = log.add_evaluation(f"{name} {start} {shots}", common.evaluate_global(
                     common.run_path(record), [spec], dry_run=dry, force=args.force))
                 points.append({"shots": shots, "training_images": record["training_images"],
@@ -64,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{title} (%), leave-one-out on {', '.join(common.eval_set(s, dry) for s in species)} after {args.steps} "
             f"adaptation steps ({args.freeze_steps} with the backbone frozen) on n training images per identity of the "
             f"species' training pool ({_pool_note(species)}); 0 = before adaptation. 'from other species': the "
-            f"leave-one-species-out model of zero_shot.py ({args.loso_steps} steps); 'from ImageNet': lite0 ImageNet "
+            f"leave-one-species-out model of zero_shot.py ({args.loso_steps} steps"
+            + ("" if args.weights == "best" else ", at the (step, share) point the other held-out species chose")
+            + f"); 'from ImageNet': lite0 ImageNet "
             f"weights through the same adaptation ({args.recipe} recipe). Seed {args.seed}.")}
         reporting.print_table(tables[key], f"Few-shot adaptation, {title}")
     sizes = {name: [p["training_images"] for p in curves[name]["loso"]] for name in species}

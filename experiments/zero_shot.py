@@ -30,11 +30,11 @@ import transfer_mix
 NAME = "zero_shot"
 
 
-def transfer_points(args) -> dict[str, tuple[int | None, float]]:
+def transfer_points(loso_steps: int, dry_run: bool) -> dict[str, tuple[int | None, float]]:
     """Each held-out species' point as the other held-out species chose it (transfer_step_mix.json)."""
-    chosen = json.loads(common.results_path(transfer_mix.STEP_NAME, args.dry_run).read_text())["results"]
-    if chosen["loso_steps"] != args.steps:
-        raise SystemExit(f"{transfer_mix.STEP_NAME}.json weighed {chosen['loso_steps']}-step models, not {args.steps}")
+    chosen = json.loads(common.results_path(transfer_mix.STEP_NAME, dry_run).read_text())["results"]
+    if chosen["loso_steps"] != loso_steps:
+        raise SystemExit(f"{transfer_mix.STEP_NAME}.json weighed {chosen['loso_steps']}-step models, not {loso_steps}")
     return {held_out: transfer_mix.parse_point(key) for held_out, key in chosen["chosen_without"].items()}
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log = common.ExperimentLog(NAME, args)
     dry, species = args.dry_run, sorted(args.species)
-    points = transfer_points(args) if args.weights == "transfer" else {}
+    points = transfer_points(args.steps, dry) if args.weights == "transfer" else {}
     print(f"plan: {len(species)} leave-one-species-out models x {args.steps} steps = {len(species) * args.steps} "
           "training steps; ImageNet and SIFT on each held-out evaluation set")
     rows, results = [], {}
