@@ -10,8 +10,10 @@ when adapt did not install); where the evaluation split records encounters (nyal
 the other photos of a query's own encounter, as adapt's own before / after measure.
 
     python bench/adapt.py                                    # lion (train / val) and nyala (train / test)
-    python bench/adapt.py --start_model lion=experiments/runs/loso_lion_flagship_s600_seed0 \\
-        nyala=experiments/runs/loso_nyala_flagship_s600_seed0  # models that never saw them
+    python bench/adapt.py --start_model \\
+        lion=experiments/runs/loso_lion_flagship_s600_seed0/transfer_mix/share300_0.25 \\
+        nyala=experiments/runs/loso_nyala_flagship_s600_seed0/transfer_mix/share450_0.25
+        # models that never saw them, at the point the other species chose (experiments/transfer_mix.py)
     python bench/adapt.py --set tiny 'csv[species=zebra]:photos/labels.csv' 'csv[species=zebra]:photos/new.csv' \\
         --max_steps 10 --output /tmp/adapt.json              # a quick check on other data
 

@@ -16,7 +16,7 @@
         --calibration_datasets lion:train
     wildreid index --runtime onnx --model outputs/cpu_real-onnx-int8 --datasets lion:train --output galleries/lion-int8
     wildreid app --gallery galleries/lion [--model M] [--host 127.0.0.1] [--port 7860]
-    wildreid adapt --gallery galleries/lion [--budget_minutes 15]   # fine-tune its model on its own photos
+    wildreid adapt --gallery galleries/lion [--budget_minutes 20]   # fine-tune its model on its own photos
     wildreid publish-model --repo_id my-org/wildreid-lite0 [--model outputs/cpu_real]
 
 `identify` uses the gallery's own model unless --model is given, and refuses a model whose weights or
