@@ -424,6 +424,9 @@ class ExperimentLog:
         self.started = time.perf_counter()
         self.hardware = hardware()
         self.command = command_line()
+        # The commit whose code runs, taken now: by the time results are written, the experiment's own plot
+        # has changed a tracked file and later commits may have landed.
+        self.code_version = code_version()
         self.runs: list[dict] = []
         self.evaluations: list[dict] = []
 
@@ -450,7 +453,7 @@ class ExperimentLog:
             "hardware_label": hardware_label(self.hardware),
             "settings": {k: v for k, v in vars(self.args).items() if k not in ("force",)},
             "notes": list(notes), "tables": tables, "results": results,
-            "runs": self.runs, "evaluations": self.evaluations, **code_version(),
+            "runs": self.runs, "evaluations": self.evaluations, **self.code_version,
         }
         path = results_path(self.name, self.dry_run)
         path.parent.mkdir(parents=True, exist_ok=True)
