@@ -23,10 +23,11 @@ RUN_DIR = "run"  # the training run's output folder (checkpoints, best model) in
 # configs/cpu_real.yaml's recipe (docs/guides/training.md) with more of the backbone trained, faster: the identity
 # head started at the identities' mean embeddings and trained alone first, P x K = 8 x 2, the backbone keeping its
 # BatchNorm statistics, WiSE-FT mixes validated at the end; the stem and one block stage frozen (cpu_real: three)
-# and the backbone at 3e-4 (cpu_real: 1e-4). A 15-minute adaptation is short: on adapt's own held-out individuals
-# of lion:train and nyala:train (training-side data), from models that never saw them, held-out mAP after adapt was
-# lion 19.0 / 18.5 / 21.5 and nyala 13.9 / 14.4 / 14.7 (start 12.4-12.5) with cpu_real's settings / one stage
-# frozen at 1e-4 / one stage at 3e-4 (docs/guides/identification.md#adapting-to-your-species).
+# and the backbone at 3e-4 (cpu_real: 1e-4). An adaptation of minutes is short: on adapt's own held-out individuals
+# of lion:train and nyala:train (training-side data), from models that never saw them, held-out mAP after a
+# 15-minute adapt (the default then) was lion 19.0 / 18.5 / 21.5 and nyala 13.9 / 14.4 / 14.7 (start 12.4-12.5)
+# with cpu_real's settings / one stage frozen at 1e-4 / one stage at 3e-4
+# (docs/guides/identification.md#adapting-to-your-species).
 RECIPE: dict[str, Any] = {
     "frozen_backbone_stages": 2, "head_init": "prototypes", "learning_rate": 1e-3, "backbone_learning_rate": 3e-4,
     "identities_per_batch": 8, "images_per_identity": 2, "weight_interpolation": [0.25, 0.5, 0.75],
