@@ -24,7 +24,6 @@ from pathlib import Path
 import common
 import reporting
 import transfer_mix
-import zero_shot
 
 NAME = "few_shot"
 STARTS = {"loso": "from other species", "imagenet": "from ImageNet"}
@@ -38,13 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", choices=common.RECIPES, default="flagship",
                         help="recipe of the start models (zero_shot.py's; flagship: configs/cpu_real.yaml's)")
     parser.add_argument("--shots", nargs="+", default=list(common.SHOTS), choices=common.SHOTS)
-    parser.add_argument("--weights", choices=("best", "transfer"), default="best",
-                        help="start weights of the other-species model: best (its saved weights) or transfer (the "
-                             "point the other held-out species chose, transfer_mix.py --checkpoints)")
+    transfer_mix.add_weights_argument(parser)
     args = parser.parse_args(argv)
     log = common.ExperimentLog(NAME, args)
     dry, species = args.dry_run, sorted(args.species)
-    transfer = zero_shot.transfer_points(args.loso_steps, dry) if args.weights == "transfer" else {}
+    transfer = transfer_mix.chosen_points(args.weights, args.loso_steps, dry)
     n_runs = len(species) * len(args.shots) * len(STARTS)
     print(f"plan: {n_runs} adaptation runs x {args.steps} steps ({args.freeze_steps} frozen) = {n_runs * args.steps} "
           f"steps, plus {len(species)} leave-one-species-out start models of {args.loso_steps} steps unless present")

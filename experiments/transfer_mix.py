@@ -111,6 +111,25 @@ def point_folder(model_dir: Path, step: int | None, share: float) -> Path:
                      step=None if share == 0 else step)
 
 
+def add_weights_argument(parser: argparse.ArgumentParser) -> None:
+    """`--weights best|transfer`, as zero_shot.py and few_shot.py take it for their leave-one-species-out models."""
+    parser.add_argument("--weights", choices=("best", "transfer"), default="best",
+                        help="best: each leave-one-species-out model's saved weights (its best step on held-out "
+                             "individuals of its own species); transfer: the point the other held-out species chose "
+                             "(transfer_mix.py --checkpoints)")
+
+
+def chosen_points(weights: str, loso_steps: int, dry_run: bool) -> dict[str, tuple[int | None, float]]:
+    """With `weights="transfer"`, each held-out species' point as the other held-out species chose it (the results
+    of `--checkpoints`, `chosen_without`); with "best", none."""
+    if weights == "best":
+        return {}
+    chosen = json.loads(common.results_path(STEP_NAME, dry_run).read_text())["results"]
+    if chosen["loso_steps"] != loso_steps:
+        raise SystemExit(f"{STEP_NAME}.json weighed {chosen['loso_steps']}-step models, not {loso_steps}")
+    return {held_out: parse_point(key) for held_out, key in chosen["chosen_without"].items()}
+
+
 def measure(held_out: str, shares: list[float], args, log: common.ExperimentLog) -> dict:
     record = log.add_run(common.leave_one_species_out(held_out, args.steps, seed=args.seed, dry_run=args.dry_run,
                                                       recipe="flagship", keep_checkpoints=args.checkpoints))

@@ -20,7 +20,6 @@ model's point is chosen, without looking at the species being scored.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import common
@@ -30,28 +29,17 @@ import transfer_mix
 NAME = "zero_shot"
 
 
-def transfer_points(loso_steps: int, dry_run: bool) -> dict[str, tuple[int | None, float]]:
-    """Each held-out species' point as the other held-out species chose it (transfer_step_mix.json)."""
-    chosen = json.loads(common.results_path(transfer_mix.STEP_NAME, dry_run).read_text())["results"]
-    if chosen["loso_steps"] != loso_steps:
-        raise SystemExit(f"{transfer_mix.STEP_NAME}.json weighed {chosen['loso_steps']}-step models, not {loso_steps}")
-    return {held_out: transfer_mix.parse_point(key) for held_out, key in chosen["chosen_without"].items()}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.common_arguments(parser, steps=common.LOSO_STEPS, steps_help="training steps of each leave-one-species-out model")
     parser.add_argument("--recipe", choices=common.RECIPES, default="flagship",
                         help="flagship: configs/cpu_real.yaml's recipe and validation rule; common: base_config")
     parser.add_argument("--no-local", action="store_true", help="skip SIFT and auto")
-    parser.add_argument("--weights", choices=("best", "transfer"), default="best",
-                        help="best: each model's saved weights (its best step on held-out individuals of its own "
-                             "species); transfer: the point the other held-out species chose (transfer_mix.py "
-                             "--checkpoints)")
+    transfer_mix.add_weights_argument(parser)
     args = parser.parse_args(argv)
     log = common.ExperimentLog(NAME, args)
     dry, species = args.dry_run, sorted(args.species)
-    points = transfer_points(args.steps, dry) if args.weights == "transfer" else {}
+    points = transfer_mix.chosen_points(args.weights, args.steps, dry)
     print(f"plan: {len(species)} leave-one-species-out models x {args.steps} steps = {len(species) * args.steps} "
           "training steps; ImageNet and SIFT on each held-out evaluation set")
     rows, results = [], {}

@@ -47,12 +47,10 @@ from .workflows import load_gallery_embedder, model_tag
 
 RESULT_FILE = "result.json"  # the outcome: before / after figures, installed or not
 TRAINED_FILE = "trained.json"  # written when training finished: a rerun goes straight to measuring
-# The whole command's default wall time: issue 31's limit for a species' adaptation on 2 cores. At 15 minutes
-# (bench/results/adapt.json at cbeb13b: 12.1 min of wall time) lion's held-out mAP was still rising at the plan's
-# last step (best step 442 of 442), and nyala's best step came before its last, which the best-step choice keeps.
-# At 20 (adapt.json at bf82ffb, from other starts): 15.5 / 14.6 min; lion's best step again its last (548), at
-# the same held-out mAP (21.7 against 21.8): the curve is flat within noise past about 300 steps.
-# The plan's step time is measured at the start and cannot foresee a later load: a busy machine runs longer.
+# The whole command's default wall time: issue 31's limit for a species' adaptation on 2 cores. At 15 minutes lion's
+# held-out mAP was still rising at the last planned step (bench/results/adapt.json at cbeb13b); at 20 it was no
+# higher (21.7 at bf82ffb, from another start, against 21.8): the curve is flat within noise past about 300 steps.
+# The plan times steps at the start and cannot foresee a later load: a busy machine runs longer.
 DEFAULT_BUDGET_MINUTES = 20.0
 
 
