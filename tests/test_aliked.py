@@ -276,3 +276,25 @@ def test_multi_scale_aliked_splits_the_budget_across_levels_in_one_frame():
     assert len(single.extract(textured_animal(3, 200))) == 90
     with pytest.raises(ValueError, match="scales"):
         LocalFeatureExtractor("aliked", scales=(1.0, 1.5))
+
+
+def test_the_fast_selu_gate_keeps_the_keypoints_and_descriptors_of_kornias_module(aliked, animals):
+    """The loaded module's SELU gates are replaced (for speed); kornia's own module, gates untouched, finds the same
+    keypoints with the same descriptors on a patterned image."""
+    import torch
+    from kornia.feature import ALIKED
+
+    model = aliked._get_detector()
+    assert not any(isinstance(module, torch.nn.SELU) for module in model.modules())
+    reference = ALIKED(model_name="aliked-n16", max_num_keypoints=256, detection_threshold=0.0)
+    reference.load_state_dict(model.state_dict(), strict=False)
+    pixels = torch.from_numpy(np.array(textured_animal(4, size=SIDE))).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        ours, theirs = model(pixels.contiguous(memory_format=torch.channels_last))[0], reference.eval()(pixels)[0]
+    order_ours = np.lexsort(ours.keypoints.numpy().T)
+    order_theirs = np.lexsort(theirs.keypoints.numpy().T)
+    np.testing.assert_allclose(ours.keypoints.numpy()[order_ours], theirs.keypoints.numpy()[order_theirs], atol=1e-3)
+    np.testing.assert_allclose(ours.descriptors.numpy()[order_ours], theirs.descriptors.numpy()[order_theirs],
+                               atol=1e-4)
+    values = torch.linspace(-6, 6, 1001)
+    torch.testing.assert_close(aliked_module._fast_selu_module()(values.clone()), torch.selu(values))
