@@ -2,7 +2,8 @@
 
 Times `LocalFeatureExtractor("aliked", ...).extract` (resize, kornia ALIKED forward, top-k keypoints, float16
 descriptors) on generated patterned images (no data needed), after one warm-up call per setting, and SIFT at the
-same sides for reference. Writes bench/results/aliked_speed.json (with the git commit and the load average: on a
+same sides for reference, and at the first budget kornia's module as it comes (its SELU gates, not the ones
+`wildreid.matching.aliked` computes from `exp`) for the ratio. Writes bench/results/aliked_speed.json (with the git commit and the load average: on a
 shared machine the figures are upper bounds).
 
     python bench/aliked_speed.py [--variants n16 t16] [--sides 384 512] [--budgets 512 1024 2048] [--images 3]
@@ -56,6 +57,21 @@ def seconds_per_image(extractor: LocalFeatureExtractor, images: list[np.ndarray]
     return float(np.median(times)), float(np.mean(counts))
 
 
+def kornia_gates_seconds(extractor: LocalFeatureExtractor, images: list[np.ndarray]) -> float:
+    """Median seconds per image of `extractor` with kornia's own ALIKED module (its SELU gates), same weights."""
+    from kornia.feature import ALIKED
+
+    ours = extractor._get_detector()
+    theirs = ALIKED(model_name=f"aliked-{extractor.config['variant']}", max_num_keypoints=extractor.max_keypoints,
+                    detection_threshold=extractor.config["detection_threshold"])
+    theirs.load_state_dict(ours.state_dict(), strict=False)
+    extractor._detector = theirs.eval().to(memory_format=torch.channels_last)
+    try:
+        return seconds_per_image(extractor, images)[0]
+    finally:
+        extractor._detector = ours
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=["n16", "t16"])
@@ -85,6 +101,12 @@ def main() -> None:
                              "descriptor_bytes_per_image": int(keypoints * width * 2)})
                 print(f"aliked-{variant:6s} side {side} budget {budget:5d}: {median:6.3f} s/image, "
                       f"{keypoints:6.0f} keypoints", flush=True)
+                if budget == args.budgets[0]:
+                    reference = kornia_gates_seconds(extractor, images)
+                    rows[-1]["kornia_gates_seconds_per_image"] = round(reference, 3)
+                    rows[-1]["speedup_over_kornia_gates"] = round(reference / median, 2)
+                    print(f"  kornia's SELU gates: {reference:6.3f} s/image ({reference / median:.2f}x slower)",
+                          flush=True)
     write_report(args.output, "aliked_speed", {
         "threads": torch.get_num_threads(), "images_per_setting": args.images, "image": "generated 640x640 RGB",
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()], "cpu_count": os.cpu_count(),
