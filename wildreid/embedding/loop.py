@@ -33,10 +33,10 @@ class Embeddings:
 
 
 def inference_settings(device: torch.device) -> tuple[torch.autocast, torch.memory_format]:
-    """bf16 autocast and channels_last on CUDA (about 1.7x faster there); plain float32 elsewhere."""
-    on_cuda = device.type == "cuda"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda)
-    return autocast, torch.channels_last if on_cuda else torch.contiguous_format
+    """bf16 autocast on CUDA, float32 elsewhere; channels_last on every device: about 1.7x faster with bf16 on CUDA,
+    and on CPU ~1.5x faster in float32 with the same embeddings to ~1e-6 (bench/cpu_channels_last.py)."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return autocast, torch.channels_last
 
 
 @torch.inference_mode()

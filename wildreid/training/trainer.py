@@ -64,7 +64,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         cuda = torch.cuda.is_available()
         mixed = config.mixed_precision if config.mixed_precision != "auto" else ("bf16" if cuda else "no")
-        self.channels_last = cuda if config.channels_last == "auto" else str(config.channels_last).lower() == "true"
+        self.channels_last = config.channels_last == "auto" or str(config.channels_last).lower() == "true"
         self.accelerator = Accelerator(
             mixed_precision=mixed,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
