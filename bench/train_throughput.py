@@ -1,6 +1,6 @@
 """Training throughput of train.py against a bare timm training step, from one run.
 
-    python bench/train_throughput.py                      # CPU: tf_efficientnet_lite0, 224 px, 8 x 2 images
+    python bench/train_throughput.py                      # CPU: tf_efficientnet_lite0, 224 px, 8 x 2, channels_last
     python bench/train_throughput.py --recipe gpu         # efficientnetv2_rw_m, 440 px, 16 x 4, bf16, channels_last
     python bench/train_throughput.py --recipe gpu --backbone tf_efficientnet_lite0 --image-size 64 --output r.json
 
@@ -33,7 +33,7 @@ from wildreid.training import Trainer, TrainingConfig
 
 RECIPES = {
     "cpu": dict(backbone="tf_efficientnet_lite0", image_size=224, identities_per_batch=8, images_per_identity=2,
-                mixed_precision="no", channels_last="false", num_workers=2),
+                mixed_precision="no", channels_last="true", num_workers=2),
     "gpu": dict(backbone="efficientnetv2_rw_m", image_size=440, identities_per_batch=16, images_per_identity=4,
                 mixed_precision="bf16", channels_last="true", num_workers=16),
 }
