@@ -7,7 +7,7 @@ Models (random init except lite0's ImageNet weights; speed does not depend on th
   tf_efficientnetv2_s at 384 px     a v2 backbone at MiewID-like resolution
 Each is exported with `wildreid.onnx_export.export_onnx` (int8: static QDQ, calibrated on 32 lion:train
 crops). Inputs are lion:val crops preprocessed once by the model's image processor; batch 1 (images one by
-one) and batch 16. Runtimes alternate inside each repeat so all see the same machine load; figures are
+one) and batch 16; torch gets them in channels_last, as `embed_dataset` feeds it. Runtimes alternate inside each repeat so all see the same machine load; figures are
 medians. Threads: wildreid's defaults for both torch and ONNX Runtime (`wildreid.threads`).
 """
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main() -> None:
 
     from hub_datasets.specs import load_specs
     from modeling_wildreid import WildReIDConfig, WildReIDImageProcessor, WildReIDModel
+    from wildreid.embedding.loop import inference_settings
     from wildreid.embedding.onnx_runtime import OnnxEmbedder
     from wildreid.identification.onnx_export import calibration_batches, export_onnx
 
@@ -84,16 +85,19 @@ def main() -> None:
                         calibration=calibration_batches(calibration_set, processor, images=32, batch_size=8))
             runtimes = {"torch": model, "onnx_fp32": OnnxEmbedder(Path(tmp) / "fp32"),
                         "onnx_int8": OnnxEmbedder(Path(tmp) / "int8")}
+            memory_format = inference_settings(torch.device("cpu"))[1]
             for batch_size in BATCH_SIZES:
                 chunks = list(torch.split(pixels, batch_size))
+                inputs = {name: [chunk.contiguous(memory_format=memory_format) for chunk in chunks]
+                          if name == "torch" else chunks for name in runtimes}
                 times = {name: [] for name in runtimes}
                 with torch.inference_mode():
                     for name, runtime in runtimes.items():
-                        runtime(pixel_values=chunks[0])  # warm-up
+                        runtime(pixel_values=inputs[name][0])  # warm-up
                     for _ in range(args.repeats):
                         for name, runtime in runtimes.items():
                             start = time.perf_counter()
-                            for chunk in chunks:
+                            for chunk in inputs[name]:
                                 runtime(pixel_values=chunk)
                             times[name].append(time.perf_counter() - start)
                 speed = {name: len(pixels) / statistics.median(t) for name, t in times.items()}
