@@ -103,6 +103,10 @@ def test_a_better_model_becomes_a_new_revision_identify_uses_and_undo_leaves(sou
     record = json.loads((gallery_dir / after["model"]["model_name_or_path"] / "adaptation.json").read_text())
     assert record["replaced_revision"] == before["revision"] and record["seed"] == 0
     assert len(record["holdout"]["zebra"]["individuals"]) == 2 and record["after"]["mean"]["map"] * 100 > adapted - 0.1
+    # Held out across sightings, so training chose its best step across sightings too: the figure it kept is the
+    # figure adapt then measured on the same photos.
+    assert record["holdout"]["zebra"]["across_sightings"] and record["recipe"]["val_across_sightings"]
+    assert record["training"]["best_mean_map"] == pytest.approx(record["after"]["mean"]["map"], abs=1e-5)
     # The gallery's own model, no --model: a gallery photo finds itself at cosine 1, so the new revision's
     # embeddings are the adapted model's, which its tag names.
     (answer,), _ = identify(gallery_dir, images=[photo], method="global", num_workers=0)

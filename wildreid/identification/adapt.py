@@ -178,7 +178,8 @@ def _make_plan(gallery: Gallery, gallery_dir: Path, work: Path, start_model: str
           f"held out to measure on, listed in {work / PLAN_FILE}")
     plan["before"], seconds_per_image = _measure(embedder, images, plan, batch_size, num_workers,
                                                  "measuring the start")
-    fields = recipe(counts["train_individuals"], request["overrides"], request["max_steps"] or 10 ** 9)
+    across_sightings = all(chosen["across_sightings"] for chosen in holdout.values())  # as `_measure` measures
+    fields = recipe(counts["train_individuals"], request["overrides"], request["max_steps"] or 10 ** 9, across_sightings)
     seconds_per_step, reason = None, "--max_steps"
     max_steps = request["max_steps"]
     after = seconds_after_training(seconds_per_image, counts["holdout_images"], counts["images"],
@@ -192,7 +193,7 @@ def _make_plan(gallery: Gallery, gallery_dir: Path, work: Path, start_model: str
             deadline - time.monotonic(), seconds_per_step, seconds_per_image, train_images=counts["train_images"],
             holdout_images=counts["holdout_images"], after_training=after,
             batch_images=fields["identities_per_batch"] * fields["images_per_identity"])
-        fields = recipe(counts["train_individuals"], request["overrides"], max_steps)
+        fields = recipe(counts["train_individuals"], request["overrides"], max_steps, across_sightings)
     eval_steps, save_steps = schedule(max_steps, seconds_per_step)
     plan.update(recipe=fields, max_steps=max_steps, steps_chosen_by=reason, eval_steps=eval_steps,
                 save_steps=save_steps, seconds_after_training=after,

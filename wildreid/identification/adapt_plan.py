@@ -49,9 +49,13 @@ LOCAL_SECONDS_PER_IMAGE = 1.5
 FIXED_SECONDS = 45  # model loading, data checks, the probe's start-up, copying and saving
 
 
-def recipe(train_identities: int, overrides: dict[str, Any], max_steps: int) -> dict[str, Any]:
-    """The training fields of this adaptation: RECIPE sized to the gallery, then the user's overrides."""
+def recipe(train_identities: int, overrides: dict[str, Any], max_steps: int, across_sightings: bool = False
+           ) -> dict[str, Any]:
+    """The training fields of this adaptation: RECIPE sized to the gallery, then the user's overrides.
+    `across_sightings`: the held-out individuals are measured across sightings, so training's validation (best
+    step, WiSE-FT mix) chooses across sightings too."""
     chosen = {**RECIPE, "identities_per_batch": min(RECIPE["identities_per_batch"], train_identities),
+              "val_across_sightings": across_sightings,
               "min_images_per_identity": MIN_PHOTOS, "freeze_backbone_steps": min(FREEZE_STEPS, max_steps // 10),
               "warmup_steps": min(WARMUP_STEPS, max(1, max_steps // 10))}
     return {**chosen, **{key: value for key, value in overrides.items() if value is not None}}

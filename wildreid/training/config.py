@@ -28,6 +28,8 @@ class TrainingConfig:
     # data
     datasets: list[str] = field(default_factory=list)  # training dataset specs (hub_datasets.specs grammar)
     val_datasets: list[str] = field(default_factory=list)  # validation specs: per-species retrieval metrics
+    val_across_sightings: bool = False  # validate (best step, WiSE-FT mix) without the other photos of a query's own
+    # encounter, where the validation specs record encounters: matching a new sighting, not a sighting's twin photo
     data_dir: str | None = None  # raw data of the built-in species (default: $WILDREID_DATA, ../shared/data)
     min_images_per_identity: int = 3  # identities with fewer training images are dropped (MiewID: 3)
     identities_per_batch: int = 8  # P of the P x K sampler
@@ -103,6 +105,12 @@ class TrainingConfig:
                 raise ValueError(f"unknown augmentation keys: {bad}; valid keys: {sorted(aug_known)}")
             values["augmentation"] = AugmentationConfig(**values["augmentation"])
         return cls(**values)
+
+    @property
+    def validation_protocol(self) -> str:
+        """How validation measures, as the run's validation JSON records it."""
+        return f"leave-one-out on {', '.join(self.val_datasets)}" + (
+            ", across sightings" if self.val_across_sightings else "")
 
     def validate(self) -> None:
         if not self.datasets:

@@ -259,7 +259,7 @@ class Trainer:
                         progress.best_map, progress.best_step = metrics["mean"]["map"], progress.step
                         self._save_embedder(model, self.output_dir)
                         self._write_json(VALIDATION_RESULTS, {**metrics, "model": str(self.output_dir),
-                                                              "protocol": f"leave-one-out on {', '.join(config.val_datasets)}",
+                                                              "protocol": self.config.validation_protocol,
                                                               "step": progress.step})
                     window_start, window_images = time.perf_counter(), 0
                 if done or progress.step % config.save_steps == 0 or stop_signal.received:
@@ -291,7 +291,8 @@ class Trainer:
         embedder = getattr(embedder, "_orig_mod", embedder).wildreid
         embedded = embed_dataset(embedder, self.val_data, self.processor, batch_size=self.config.eval_batch_size,
                                  num_workers=self.config.num_workers, accelerator=self.accelerator, desc=label)
-        results = leave_one_out_by_species(self.val_data, embedded, training_species=self.species)
+        results = leave_one_out_by_species(self.val_data, embedded, training_species=self.species,
+                                           exclude_same_encounter=self.config.val_across_sightings)
         self.print(f"step {step} {label}: " + ", ".join(
             f"{name} top1 {m['top1']:.3f} mAP {m['map']:.3f}" for name, m in results["species"].items()
         ) + f" | mean top1 {results['mean']['top1']:.3f} mAP {results['mean']['map']:.3f}")
@@ -315,7 +316,7 @@ class Trainer:
             progress.best_map = metrics["mean"]["map"]
             self._save_embedder(model, self.output_dir)
             self._write_json(VALIDATION_RESULTS, {**metrics, "model": str(self.output_dir), "step": progress.best_step,
-                                                  "protocol": f"leave-one-out on {', '.join(self.config.val_datasets)}",
+                                                  "protocol": self.config.validation_protocol,
                                                   "weight_interpolation": alpha})
         # The mixes are of the best step's weights, whatever step training ended at.
         return [{"step": progress.best_step, "phase": "weight interpolation", **entry} for entry in tried]
