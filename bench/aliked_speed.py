@@ -3,8 +3,8 @@
 Times `LocalFeatureExtractor("aliked", ...).extract` (resize, kornia ALIKED forward, top-k keypoints, float16
 descriptors) on generated patterned images (no data needed), after one warm-up call per setting, and SIFT at the
 same sides for reference, and at the first budget kornia's module as it comes (its SELU gates, not the ones
-`wildreid.matching.aliked` computes from `exp`) for the ratio. Writes bench/results/aliked_speed.json (with the git commit and the load average: on a
-shared machine the figures are upper bounds).
+`wildreid.matching.aliked` computes from `exp`) for the ratio. Writes bench/results/aliked_speed.json (with the git
+commit and the load average: on a shared machine the figures are upper bounds).
 
     python bench/aliked_speed.py [--variants n16 t16] [--sides 384 512] [--budgets 512 1024 2048] [--images 3]
 """

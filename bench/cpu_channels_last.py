@@ -17,7 +17,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's wildreid, not another install
@@ -26,19 +25,12 @@ from bench_common import write_report  # noqa: E402
 
 import torch  # noqa: E402
 
-from train_throughput import write_jpeg_folder  # noqa: E402
+from train_throughput import time_steps, write_jpeg_folder  # noqa: E402
 from wildreid.embedding.shipped_model import shipped_model  # noqa: E402
 from wildreid.identification.adapt_plan import RECIPE  # noqa: E402
 from wildreid.training import Trainer, TrainingConfig  # noqa: E402
 
-
-def seconds(function, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        tick = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - tick)
-    return times
+CPU = torch.device("cpu")
 
 
 def main() -> None:
@@ -66,10 +58,10 @@ def main() -> None:
         batch = next(iter(trainers["nchw"].loader))
         step_times = {name: [] for name in formats}
         for trainer in trainers.values():
-            seconds(lambda: trainer.train_step(batch), 2)  # warm-up
+            time_steps(lambda: trainer.train_step(batch), 2, CPU)  # warm-up
         for _ in range(args.steps):
             for name, trainer in trainers.items():
-                step_times[name] += seconds(lambda: trainer.train_step(batch), 1)
+                step_times[name] += time_steps(lambda: trainer.train_step(batch), 1, CPU)
 
         model = trainers["nchw"].model.eval()  # the start model with its head: embeddings are its neck's output
         pixels = torch.rand(args.batch, 3, model.config.image_size, model.config.image_size)
@@ -79,7 +71,7 @@ def main() -> None:
             embeddings = {name: model(pixel_values=x).embeddings for name, x in inputs.items()}  # also the warm-up
             for _ in range(args.repeats):
                 for name, x in inputs.items():
-                    embed_times[name] += seconds(lambda: model(pixel_values=x), 1)
+                    embed_times[name] += time_steps(lambda: model(pixel_values=x), 1, CPU)
     difference = float((embeddings["nchw"] - embeddings["channels_last"]).abs().max())
     cosine = float(torch.nn.functional.cosine_similarity(embeddings["nchw"], embeddings["channels_last"]).min())
     rows = {}

@@ -6,7 +6,7 @@ timm would write). wildreid adds GeM, the BatchNorm neck and L2 normalisation on
     python bench/embed_overhead.py [--backbone tf_efficientnet_lite0] [--image-size 224] [--batch-size 8]
 
 Timings alternate between the two models so both see the same machine load; the ratio uses medians.
-On a GPU the models run in bf16 autocast with channels_last.
+Both run in channels_last, and in bf16 autocast on a GPU, as `embed_dataset` runs wildreid.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import timm
 import torch
 
 from modeling_wildreid import WildReIDConfig, WildReIDModel
+from wildreid.embedding.loop import inference_settings
 
 
 def main() -> None:
@@ -33,12 +34,11 @@ def main() -> None:
     wildreid = WildReIDModel(WildReIDConfig(backbone=args.backbone, image_size=args.image_size)).eval()
     bare = timm.create_model(args.backbone, pretrained=False, num_classes=0, global_pool="").eval()
     bare.load_state_dict(wildreid.backbone.state_dict())
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    autocast, memory_format = inference_settings(device)  # as embed_dataset runs the model
     wildreid.to(device, memory_format=memory_format)
     bare.to(device, memory_format=memory_format)
     pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     pixels = pixels.contiguous(memory_format=memory_format)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def run_wildreid():
         return wildreid(pixel_values=pixels).embeddings

@@ -1,7 +1,7 @@
 """Evaluation speed: embedding throughput of evaluate.py's embedding path, then the re-id metrics at
 benchmark scale (10k queries x 10k gallery, and leave-one-out on 10k).
 
-Embedding: `wildreid.embedding.embed_dataset` (JPEG decode, crop, resize, model; bf16 + channels_last on
+Embedding: `wildreid.embedding.embed_dataset` (JPEG decode, crop, resize, model; channels_last, bf16 on
 CUDA) over generated JPEGs, with an ImageNet EfficientNet-Lite0 embedder unless --model is given.
 Metrics: random 512-d embeddings over ~2000 identities (about 5 images each), the shape of a mid-sized
 multi-species test split. Prints seconds per protocol and the peak resident memory.

@@ -7,8 +7,8 @@ Models (random init except lite0's ImageNet weights; speed does not depend on th
   tf_efficientnetv2_s at 384 px     a v2 backbone at MiewID-like resolution
 Each is exported with `wildreid.onnx_export.export_onnx` (int8: static QDQ, calibrated on 32 lion:train
 crops). Inputs are lion:val crops preprocessed once by the model's image processor; batch 1 (images one by
-one) and batch 16; torch gets them in channels_last, as `embed_dataset` feeds it. Runtimes alternate inside each repeat so all see the same machine load; figures are
-medians. Threads: wildreid's defaults for both torch and ONNX Runtime (`wildreid.threads`).
+one) and batch 16; torch gets them in channels_last, as `embed_dataset` feeds it. Runtimes alternate inside
+each repeat so all see the same machine load; figures are medians. Threads: wildreid's defaults for both torch and ONNX Runtime (`wildreid.threads`).
 """
 from __future__ import annotations
 

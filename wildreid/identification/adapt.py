@@ -179,7 +179,8 @@ def _make_plan(gallery: Gallery, gallery_dir: Path, work: Path, start_model: str
     plan["before"], seconds_per_image = _measure(embedder, images, plan, batch_size, num_workers,
                                                  "measuring the start")
     across_sightings = all(chosen["across_sightings"] for chosen in holdout.values())  # as `_measure` measures
-    fields = recipe(counts["train_individuals"], request["overrides"], request["max_steps"] or 10 ** 9, across_sightings)
+    fields = recipe(counts["train_individuals"], request["overrides"], request["max_steps"] or 10 ** 9,
+                    across_sightings)
     seconds_per_step, reason = None, "--max_steps"
     max_steps = request["max_steps"]
     after = seconds_after_training(seconds_per_image, counts["holdout_images"], counts["images"],
