@@ -278,14 +278,15 @@ def test_multi_scale_aliked_splits_the_budget_across_levels_in_one_frame():
         LocalFeatureExtractor("aliked", scales=(1.0, 1.5))
 
 
-def test_the_fast_selu_gate_keeps_the_keypoints_and_descriptors_of_kornias_module(aliked, animals):
-    """The loaded module's SELU gates are replaced (for speed); kornia's own module, gates untouched, finds the same
-    keypoints with the same descriptors on a patterned image."""
+def test_the_fast_cpu_kernels_keep_the_keypoints_and_descriptors_of_kornias_module(aliked, animals):
+    """The loaded module's SELU gates and deformable convolutions are replaced (for speed); kornia's own module,
+    untouched, finds the same keypoints with the same descriptors on a patterned image."""
     import torch
     from kornia.feature import ALIKED
+    from kornia.feature.aliked.aliked import DeformableConv2d
 
     model = aliked._get_detector()
-    assert not any(isinstance(module, torch.nn.SELU) for module in model.modules())
+    assert not any(isinstance(module, (torch.nn.SELU, DeformableConv2d)) for module in model.modules())
     reference = ALIKED(model_name="aliked-n16", max_num_keypoints=256, detection_threshold=0.0)
     reference.load_state_dict(model.state_dict(), strict=False)
     pixels = torch.from_numpy(np.array(textured_animal(4, size=SIDE))).permute(2, 0, 1)[None].float() / 255

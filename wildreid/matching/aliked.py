@@ -4,6 +4,7 @@ before they are read into it), and detection at one or several scales. The extra
 storage are `wildreid.matching.keypoints`'; this module knows nothing of them."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -68,18 +69,22 @@ def load(variant: str, path: str | os.PathLike, expected_sha256: str, *, max_key
                          f"{sorted(unexpected)[:5]})")
     # Channels-last: the same keypoints and descriptors (to ~4e-6), ~1.4x faster on one CPU thread at 512 px: the
     # dense maps' L2 normalisation over channels, ~40 % of the time in NCHW, becomes a contiguous reduction.
-    return _with_fast_selu(model.eval().to(memory_format=torch.channels_last))
+    return _with_fast_cpu_kernels(model.eval().to(memory_format=torch.channels_last))
 
 
-def _with_fast_selu(model):
-    """`model` with its SELU gates (one module shared by every block) replaced by `_fast_selu_module()`."""
+def _with_fast_cpu_kernels(model):
+    """`model` with its SELU gates (one module shared by every block) replaced by `_fast_selu_module()` and its
+    deformable convolutions run by torchvision's C++ kernel (`_torchvision_deform_conv_class()`)."""
     import torch
+    from kornia.feature.aliked.aliked import DeformableConv2d
 
-    fast = _fast_selu_module()
+    fast, torchvision_conv = _fast_selu_module(), _torchvision_deform_conv_class()
     for parent in model.modules():
         for name, child in list(parent._modules.items()):  # not named_children(): it skips repeats of one module
             if isinstance(child, torch.nn.SELU):
                 parent._modules[name] = fast
+            elif isinstance(child, DeformableConv2d):
+                parent._modules[name] = torchvision_conv(child)
     return model
 
 
@@ -97,6 +102,54 @@ def _fast_selu_module():
             return x.clamp_(min=0.0).add_(negative).mul_(scale)
 
     return FastSELU()
+
+
+def onnx_exportable(model):
+    """A copy of a loaded module with kornia's pure-PyTorch deformable convolutions back in place of torchvision's
+    (whose C++ operator has no ONNX export), in NCHW; the same weights and outputs."""
+    import copy
+
+    import torch
+    from kornia.feature.aliked.aliked import DeformableConv2d
+
+    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    for parent in model.modules():
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, _torchvision_deform_conv_class()):
+                kornia_conv = DeformableConv2d(1, 1, stride=child.stride, padding=child.padding,
+                                               dilation=child.dilation, mask=child.mask)
+                kornia_conv.offset_conv, kornia_conv.regular_conv = child.offset_conv, child.regular_conv
+                parent._modules[name] = kornia_conv
+    return model
+
+
+@functools.cache
+def _torchvision_deform_conv_class():
+    """kornia's `DeformableConv2d` (offsets from a 3x3 conv, clamped to a quarter of the map's side, optional DCNv2
+    mask) with the sampling done by `torchvision.ops.deform_conv2d`, whose C++ kernel computes what kornia's
+    pure-PyTorch one does (same keypoints, descriptors within 1e-5) ~5 % faster on n16 at 512 px."""
+    import torch
+    from torchvision.ops import deform_conv2d
+
+    class TorchvisionDeformConv(torch.nn.Module):
+        def __init__(self, kornia_conv):
+            super().__init__()
+            self.offset_conv, self.regular_conv = kornia_conv.offset_conv, kornia_conv.regular_conv
+            self.stride, self.padding, self.dilation = kornia_conv.stride, kornia_conv.padding, kornia_conv.dilation
+            self.mask = kornia_conv.mask
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            max_offset = max(x.shape[2:]) / 4.0
+            out = self.offset_conv(x)
+            mask = None
+            if self.mask:
+                first, second, mask = torch.chunk(out, 3, dim=1)
+                out, mask = torch.cat((first, second), dim=1), torch.sigmoid(mask)
+            return deform_conv2d(x, out.clamp(-max_offset, max_offset), self.regular_conv.weight,
+                                 self.regular_conv.bias, stride=self.stride, padding=self.padding,
+                                 dilation=self.dilation, mask=mask)
+
+    return TorchvisionDeformConv
 
 
 def module(settings: dict[str, Any], max_keypoints: int, single_thread: bool = False):
