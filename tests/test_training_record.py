@@ -10,6 +10,7 @@ import yaml
 
 from modeling_wildreid import WildReIDConfig, WildReIDModel
 from wildreid.embedding.onnx_runtime import EXPORT_INFO_FILE
+from wildreid.embedding.shipped_model import shipped_model
 from hub_datasets.specs import parse_spec
 from wildreid.embedding.training_record import fitted_on_training_images, held_out_spec, training_specs
 from wildreid.evaluation.runner import EvaluationRequest, run_evaluation
@@ -59,6 +60,21 @@ def test_held_out_spec_names_the_individuals_a_model_kept_out_of_training(tmp_pa
     assert str(parse_spec(found)) == found
     assert [held_out_spec(model, spec) for spec in ("lion:val", "lion", "pig:train", "nyala:train")] == [None] * 4
     assert held_out_spec(tmp_path / "no_record", "lion:train") is None
+
+
+def test_a_model_folder_without_its_run_answers_from_its_config(tmp_path):
+    """The shipped model and Hub downloads carry no training_config.yaml: config.json's training_datasets answers,
+    so a fit on the shipped model's training images is named and its held-out individuals are found."""
+    folder = tmp_path / "saved"
+    resplit = "pig[resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]"
+    WildReIDConfig(training_datasets=[f"{resplit}:train"]).save_pretrained(folder)
+    assert held_out_spec(folder, "pig:train") == f"{resplit}:test"
+    assert fitted_on_training_images(folder, ["pig:train", "pig:test"], "fit") == [
+        f"pig:train (trained on: {resplit}:train; individuals held out of training: {resplit}:test)"]
+    shipped = held_out_spec(shipped_model(), "nyala[max_identities=100]:train")
+    assert shipped == "nyala[max_identities=100,resplit_from=train,split_strategy=disjoint_set,test_fraction=0.2]:test"
+    (folder / "config.json").write_text("{not json")
+    assert training_specs(folder) == []
 
 
 def test_no_training_record_means_no_warning(tmp_path, caplog):

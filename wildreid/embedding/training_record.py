@@ -7,8 +7,9 @@ fusion fit), so a fit there trusts the global model too much. Measured on closed
 gave its global scores ranked 45.2 % top-1, against 48.4 % for local matching alone
 (bench/results/identification_accuracy_closed_set_trained_fusion.json).
 
-The model folder's `training_config.yaml` (written by train.py; for an ONNX export, that of the folder it came
-from) names the training specs. A spec overlaps one of them when both read the same source and split:
+The model folder's `training_config.yaml` (written by train.py), else its config.json's `training_datasets` (a
+model folder saved without its run: the shipped model, a Hub download), else for an ONNX export those of the folder
+it came from, names the training specs. A spec overlaps one of them when both read the same source and split:
 sampling parameters such as max_identities only subsample the same images, so they are ignored, while a
 synthetic seed or n_identities makes other images. Individuals held out of training with `resplit_from`
 (`lion[resplit_from=train,split_strategy=disjoint_set]:test` beside the same spec's `:train`) do not overlap.
@@ -40,6 +41,10 @@ def training_specs(model_name_or_path: str | os.PathLike | None) -> list[str]:
     folder = Path(model_name_or_path)
     path = folder / TRAINING_CONFIG_FILE
     if not path.is_file():
+        # A model folder without its run (the shipped model, a Hub download): its config records the specs.
+        recorded = _config_training_datasets(folder)
+        if recorded:
+            return recorded
         source = _export_source(folder)  # an ONNX export: the folder it was exported from, if still here
         return training_specs(source) if source is not None else []
     try:
@@ -49,6 +54,15 @@ def training_specs(model_name_or_path: str | os.PathLike | None) -> list[str]:
         return []
     datasets = record.get("datasets") if isinstance(record, dict) else None
     return [str(spec) for spec in datasets] if isinstance(datasets, list) else []
+
+
+def _config_training_datasets(folder: Path) -> list[str]:
+    """`training_datasets` of the folder's config.json (WildReIDConfig; train.py sets it), or []."""
+    try:
+        recorded = json.loads((folder / "config.json").read_text()).get("training_datasets")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(spec) for spec in recorded] if isinstance(recorded, list) else []
 
 
 def _export_source(folder: Path) -> Path | None:
