@@ -299,3 +299,21 @@ def test_the_fast_cpu_kernels_keep_the_keypoints_and_descriptors_of_kornias_modu
                                atol=1e-4)
     values = torch.linspace(-6, 6, 1001)
     torch.testing.assert_close(aliked_module._fast_selu_module()(values.clone()), torch.selu(values))
+
+
+def test_the_onnx_exportable_copy_computes_the_same_dense_maps_with_kornias_deformable_convolutions(aliked):
+    """torchvision's deformable convolution has no ONNX export: the copy bench/aliked_onnx_speed.py exports puts
+    kornia's back, leaves the loaded module as it was, and computes the same maps."""
+    import torch
+    from kornia.feature.aliked.aliked import DeformableConv2d
+
+    model = aliked._get_detector()
+    exportable = aliked_module.onnx_exportable(model)
+    assert sum(isinstance(module, DeformableConv2d) for module in exportable.modules()) == 4
+    assert not any(isinstance(module, DeformableConv2d) for module in model.modules())
+    pixels = torch.from_numpy(np.array(textured_animal(5, size=96))).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        ours = model.extract_dense_map(pixels.contiguous(memory_format=torch.channels_last))
+        theirs = exportable.extract_dense_map(pixels)
+    for mine, other in zip(ours, theirs):
+        torch.testing.assert_close(mine, other, atol=1e-5, rtol=1e-4)
