@@ -82,7 +82,9 @@ def _aliked_class():
     from kornia.feature.aliked.aliked import InputPadder
 
     class InPlaceNormalisedALIKED(ALIKED):
-        def extract_dense_map(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def extract_dense_map(self, image: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+            if args or kwargs:  # a kornia whose dense map takes options (0.9.2: channels_last): its own code
+                return super().extract_dense_map(image, *args, **kwargs)
             padder = InputPadder(image.shape[-2], image.shape[-1], 32)  # kornia's: the network pools 32x
             x1 = self.block1(padder.pad(image))
             x2 = self.block2(self.pool2(x1))
