@@ -3,10 +3,10 @@
 Times `LocalFeatureExtractor("aliked", ...).extract` (resize, kornia ALIKED forward, top-k keypoints, float16
 descriptors) on generated patterned images (no data needed), after one warm-up call per setting, and SIFT at the
 same sides for reference. At the first budget, for the ratio, kornia's module as it comes (its SELU gates,
-pure-PyTorch deformable convolutions and out-of-place normalisation, where `wildreid.matching.aliked` computes SELU
-from `exp`, runs torchvision's deformable-convolution kernel and normalises in place) alternates with it image by
-image. Writes bench/results/aliked_speed.json (with the git commit and the load average: on a shared machine the
-times are upper bounds, and the ratios are what carries).
+pure-PyTorch deformable convolutions, where `wildreid.matching.aliked` computes SELU from `exp` and runs
+torchvision's deformable-convolution kernel) alternates with it image by image. Writes
+bench/results/aliked_speed.json (with the git commit, the kornia version and the load average: on a shared machine
+the times are upper bounds, and the ratios are what carries).
 
     python bench/aliked_speed.py [--variants n16 t16] [--sides 384 512] [--budgets 512 1024 2048] [--images 3] \
         [--repeats 3]
@@ -26,6 +26,7 @@ from bench_common import limit_threads, write_report  # noqa: E402
 limit_threads()
 
 import cv2  # noqa: E402
+import kornia  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -135,7 +136,7 @@ def main() -> None:
         "threads": torch.get_num_threads(), "images_per_setting": args.images, "image": "generated 640x640 RGB",
         "repeats_at_first_budget": args.repeats,
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()], "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "rows": rows,
+        "torch": torch.__version__, "kornia": kornia.__version__, "rows": rows,
         "note": "median over the images after one warm-up call (at the first budget over --repeats rounds, ALIKED "
                 "and kornia's module alternating image by image); the machine was shared with other jobs, so these "
                 "are upper bounds (see load_average_at_end) and the ratios are the figures that carry",

@@ -43,9 +43,9 @@ def load(variant: str, path: str | os.PathLike, expected_sha256: str, *, max_key
     `expected_sha256` (one read: the bytes checked are the bytes loaded)."""
     try:
         import torch
-        import kornia.feature  # noqa: F401  (the ImportError to explain, before the subclass below needs it)
+        from kornia.feature import ALIKED
     except ImportError as error:
-        raise ValueError(f"ALIKED local features need kornia ({error}): pip install 'kornia>=0.8.3'") from None
+        raise ValueError(f"ALIKED local features need kornia ({error}): pip install 'kornia>=0.9.2'") from None
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -57,7 +57,7 @@ def load(variant: str, path: str | os.PathLike, expected_sha256: str, *, max_key
                          f"{expected_sha256}: the file is damaged or other weights than the ones these features were "
                          "made with; give other weights explicitly (weights=<path>, `--aliked_weights`), and rebuild "
                          "features made with the old ones")
-    model = _aliked_class()(model_name=f"aliked-{variant}", max_num_keypoints=max_keypoints,
+    model = ALIKED(model_name=f"aliked-{variant}", max_num_keypoints=max_keypoints,
                    detection_threshold=detection_threshold)
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     try:
@@ -70,34 +70,6 @@ def load(variant: str, path: str | os.PathLike, expected_sha256: str, *, max_key
     # Channels-last: the same keypoints and descriptors (to ~4e-6), ~1.4x faster on one CPU thread at 512 px: the
     # dense maps' L2 normalisation over channels, ~40 % of the time in NCHW, becomes a contiguous reduction.
     return _with_fast_cpu_kernels(model.eval().to(memory_format=torch.channels_last))
-
-
-@functools.cache
-def _aliked_class():
-    """kornia's ALIKED with its dense maps' L2 normalisation done in place: kornia's `F.normalize` writes a second
-    128 x H x W map, a fresh 128 MB at 512 px that the kernel must hand over page by page; in place, the dense part
-    took 0.45-0.49 -> 0.43-0.44 s at 512 px on one thread (identical outputs)."""
-    import torch
-    from kornia.feature import ALIKED
-    from kornia.feature.aliked.aliked import InputPadder
-
-    class InPlaceNormalisedALIKED(ALIKED):
-        def extract_dense_map(self, image: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-            if args or kwargs:  # a kornia whose dense map takes options (0.9.2: channels_last): its own code
-                return super().extract_dense_map(image, *args, **kwargs)
-            padder = InputPadder(image.shape[-2], image.shape[-1], 32)  # kornia's: the network pools 32x
-            x1 = self.block1(padder.pad(image))
-            x2 = self.block2(self.pool2(x1))
-            x3 = self.block3(self.pool4(x2))
-            x4 = self.block4(self.pool4(x3))
-            dense = torch.cat([self.gate(self.conv1(x1)), self.upsample2(self.gate(self.conv2(x2))),
-                               self.upsample8(self.gate(self.conv3(x3))), self.upsample32(self.gate(self.conv4(x4)))],
-                              dim=1)
-            score_map = torch.sigmoid(self.score_head(dense))
-            dense.div_(torch.linalg.vector_norm(dense, dim=1, keepdim=True).clamp_min_(1e-12))  # F.normalize's eps
-            return padder.unpad(dense), padder.unpad(score_map)
-
-    return InPlaceNormalisedALIKED
 
 
 def _with_fast_cpu_kernels(model):
