@@ -85,7 +85,7 @@ def local_feature_tables(sets: dict) -> dict:
                         "Fusion SIFT (s)", "Fusion ALIKED (s)", "Fusion fit SIFT (s)", "Fusion fit ALIKED (s)",
                         "Plain recipe (s)", "Plain recipe queries timed"], "rows": speed_rows,
             "caption": "Scoring time after feature extraction, 1 thread per process, as in the speed table; "
-                       "extracting ALIKED-n16 features costs about 0.46 s per image on one thread, SIFT's 0.09 s "
+                       "extracting ALIKED-n16 features costs about 0.49 s per image on one thread, SIFT's 0.07 s "
                        "(bench/results/aliked_speed.json)."},
     }
 

@@ -44,7 +44,7 @@ EVALUATIONS = 4  # validations on the held-out individuals during training, the 
 CHECKPOINT_SECONDS = 60  # a checkpoint about every minute of steps: Ctrl-C or kill -9 loses at most that
 SAFETY = 1.25  # steps are planned at 1.25x the measured step time: a shared machine's load varies
 # Per held-out image, calibration's keypoints and local matching when the gallery has keypoints (SIFT at 512 px
-# takes 0.09 s an image, ALIKED n16 0.46 s: bench/aliked_speed.py; matching a shortlist of 20 about as much again).
+# takes 0.07 s an image, ALIKED n16 0.49 s: bench/aliked_speed.py; matching a shortlist of 20 about as much again).
 LOCAL_SECONDS_PER_IMAGE = 1.5
 FIXED_SECONDS = 45  # model loading, data checks, the probe's start-up, copying and saving
 

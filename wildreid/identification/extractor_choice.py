@@ -16,7 +16,7 @@ gallery's keypoint budget, side and upscaling, or those `--local-features` names
 A gallery without local features is given none, and `--method global`, which scores without keypoints, weighs none.
 
 Cost: keypoints are extracted only for the images the method is fitted on (at most `--max_fit_images` per species).
-ALIKED-n16 takes ~0.46 s per image at 512 px on one CPU thread, SIFT ~0.09 s (bench/results/aliked_speed.json):
+ALIKED-n16 takes ~0.49 s per image at 512 px on one CPU thread, SIFT ~0.07 s (bench/results/aliked_speed.json):
 weighing ALIKED on 500 images of a species adds about 4 minutes on one thread, and a switch to it as much again per 500
 gallery images. Each pairing fits the method choice: two models and two extractors fit it four times.
 """
