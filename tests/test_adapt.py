@@ -132,7 +132,8 @@ def test_a_worse_model_is_not_installed_and_the_gallery_stays_as_it_was(source, 
     files = folder_bytes(gallery_dir)
     # A learning rate 500x the recipe's collapses the embedding: every held-out image looks alike.
     assert main(["adapt", "--gallery", str(gallery_dir), *FAST, "--learning_rate", "0.5", "--backbone_learning_rate",
-                 "0.5", "--freeze_backbone_steps", "0", "--weight_interpolation"]) == 0
+                 "0.5", "--freeze_backbone_steps", "0", "--weight_interpolation", "--augmentation", "erase_p=0",
+                 "horizontal_flip_p=0.5"]) == 0
     out = capsys.readouterr().out
     verdict = re.search(r"not installed: .*\(mAP ([\d.]+) vs ([\d.]+) at the start, top-1 [\d.]+ vs [\d.]+\); "
                         r".* is unchanged \(revision (\S+)\)", out)
@@ -141,6 +142,7 @@ def test_a_worse_model_is_not_installed_and_the_gallery_stays_as_it_was(source, 
     assert folder_bytes(gallery_dir) == files and not (gallery_dir / "models").exists()
     result = json.loads((tmp_path / "imagenet" / "gallery.adapt" / "result.json").read_text())
     assert not result["installed"] and describe(result["after"]) in out
+    assert result["recipe"]["augmentation"] == {"erase_p": 0.0, "horizontal_flip_p": 0.5}  # the flags, recorded
 
 
 def test_ctrl_c_and_kill_9_during_training_leave_the_gallery_identical_and_the_same_command_resumes(
@@ -193,3 +195,7 @@ def test_galleries_adapt_cannot_train_on_are_refused_before_any_training(source,
     assert main(["adapt", "--gallery", str(tmp_path / "missing"), *FAST]) == 2
     assert main(["adapt", "--gallery", str(tiny), *FAST, "--learning_rate", "-1"]) == 2
     assert "--learning_rate must be > 0" in capsys.readouterr().err
+    assert main(["adapt", "--gallery", str(tiny), *FAST, "--augmentation", "flip=0.5"]) == 2
+    assert "--augmentation 'flip=0.5': expected KEY=VALUE with KEY one of shift" in capsys.readouterr().err
+    assert main(["adapt", "--gallery", str(tiny), *FAST, "--augmentation", "scale=big"]) == 2
+    assert "'big' is not a number" in capsys.readouterr().err

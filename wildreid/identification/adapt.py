@@ -302,6 +302,9 @@ def add_adapt_command(commands) -> None:
     for name, kind in (("learning_rate", float), ("backbone_learning_rate", float), ("frozen_backbone_stages", int),
                        ("freeze_backbone_steps", int)):
         adapt.add_argument(f"--{name}", type=kind, help="as for train.py (default: adapt's recipe)")
+    adapt.add_argument("--augmentation", nargs="+", metavar="KEY=VALUE",
+                       help="training augmentation overrides as for train.py, e.g. horizontal_flip_p=0.5 for a species "
+                            "whose left and right flanks look alike")
     adapt.add_argument("--weight_interpolation", type=float, nargs="*",
                        help="WiSE-FT ratios to validate after training (default 0.25 0.5 0.75; the flag alone: none)")
     adapt.add_argument("--work_dir", help="work folder (default: <gallery>.adapt beside the gallery)")
@@ -321,8 +324,11 @@ def run_adapt(args) -> int:
         print(f"{args.gallery}: back to the model and keypoints of revision {done['restored']} as revision {done['revision']} "
               f"(the revision it replaces is kept in {Path(args.gallery) / 'revisions' / done['kept']})")
         return 0
+    from ..training.arguments import augmentation_overrides
+
     overrides = {name: getattr(args, name) for name in OVERRIDABLE}
     try:
+        overrides["augmentation"] = augmentation_overrides(args.augmentation) or None
         adapt_gallery(args.gallery, budget_minutes=args.budget_minutes, max_steps=args.max_steps, seed=args.seed,
                       holdout_fraction=args.holdout_fraction, overrides=overrides, work_dir=args.work_dir,
                       batch_size=args.batch_size, num_workers=args.num_workers)

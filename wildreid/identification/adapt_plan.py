@@ -34,7 +34,7 @@ RECIPE: dict[str, Any] = {
 }
 # Any of these can be overridden on the command line; the rest of TrainingConfig keeps its defaults.
 OVERRIDABLE = ("learning_rate", "backbone_learning_rate", "frozen_backbone_stages", "freeze_backbone_steps",
-               "weight_interpolation")
+               "weight_interpolation", "augmentation")
 FREEZE_STEPS, WARMUP_STEPS = 50, 30  # cpu_real's, or a tenth of a shorter run
 # The step budget: at most 20 passes over the training images (cpu_real's best step came after about 9 passes,
 # at the end of a run still rising after 7; validation keeps the best step on the way), and what the time allows.

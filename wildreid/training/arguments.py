@@ -61,8 +61,20 @@ def config_from_args(argv: list[str] | None = None) -> TrainingConfig:
     parser.set_defaults(**{key: value for key, value in file_values.items() if key != "augmentation"})
     values = vars(parser.parse_args(argv))
     values.pop("config")
-    augmentation = dict(file_values.get("augmentation") or {})
-    for pair in values.pop("augmentation") or []:
-        key, _, text = pair.partition("=")
-        augmentation[key] = string_to_bool(text) if text.lower() in ("true", "false") else float(text)
+    augmentation = {**(file_values.get("augmentation") or {}), **augmentation_overrides(values.pop("augmentation"))}
     return TrainingConfig.from_dict({**values, "augmentation": augmentation})
+
+
+def augmentation_overrides(pairs: list[str] | None) -> dict[str, float | bool]:
+    """`--augmentation KEY=VALUE ...` as a dict (keys checked against `AugmentationConfig`'s fields)."""
+    known = [field.name for field in fields(AugmentationConfig)]
+    overrides: dict[str, float | bool] = {}
+    for pair in pairs or []:
+        key, sign, text = pair.partition("=")
+        if key not in known or not sign:
+            raise ValueError(f"--augmentation {pair!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        try:
+            overrides[key] = string_to_bool(text) if text.lower() in ("true", "false") else float(text)
+        except ValueError:
+            raise ValueError(f"--augmentation {pair!r}: {text!r} is not a number") from None
+    return overrides
