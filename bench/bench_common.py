@@ -1,4 +1,4 @@
-"""What a benchmark script sets before torch or faiss load."""
+"""What a benchmark script sets before torch or faiss load, and what its report says of the code that measured."""
 from __future__ import annotations
 
 import os
@@ -11,16 +11,29 @@ def limit_threads() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _code_version() -> dict:
+    from wildreid.provenance import code_version  # importing wildreid sets only OMP_WAIT_POLICY, as limit_threads
+
+    return code_version()
+
+
+CODE_AT_START = _code_version()  # the code that measures: a script imports this module before it measures
+
+
 def write_report(output: str | os.PathLike, benchmark: str, fields: dict) -> None:
     """Write a benchmark's JSON: its name, the commit that produced it, `fields`, and the command that reruns it.
-    (wildreid is imported here, not at the top: importing it sets the thread defaults a script may still change.)"""
+    The commit is the one checked out when the script started (a commit made while it ran is named apart, as
+    `git_commit_at_end`); `git_dirty` if tracked files differed from it at the start or at the end, since the
+    subprocesses some benches start import the code of their time."""
     import json
     import sys
     from pathlib import Path
 
-    from wildreid.provenance import code_version
-
-    report = {"benchmark": benchmark, **code_version(), **fields,
+    end = _code_version()
+    version = {**CODE_AT_START, "git_dirty": bool(CODE_AT_START["git_dirty"] or end["git_dirty"])}
+    if end["git_commit"] != CODE_AT_START["git_commit"]:
+        version["git_commit_at_end"] = end["git_commit"]
+    report = {"benchmark": benchmark, **version, **fields,
               "command": f"python bench/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])}
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
