@@ -11,10 +11,13 @@ def limit_threads() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _code_version() -> dict:
+RESULTS_FOLDERS = ("bench/results", "experiments/results")  # what benches write, before their report at times
+
+
+def _code_version(ignore: tuple[str, ...] = ()) -> dict:
     from wildreid.provenance import code_version  # importing wildreid sets only OMP_WAIT_POLICY, as limit_threads
 
-    return code_version()
+    return code_version(ignore=ignore)
 
 
 CODE_AT_START = _code_version()  # the code that measures: a script imports this module before it measures
@@ -23,13 +26,14 @@ CODE_AT_START = _code_version()  # the code that measures: a script imports this
 def write_report(output: str | os.PathLike, benchmark: str, fields: dict) -> None:
     """Write a benchmark's JSON: its name, the commit that produced it, `fields`, and the command that reruns it.
     The commit is the one checked out when the script started (a commit made while it ran is named apart, as
-    `git_commit_at_end`); `git_dirty` if tracked files differed from it at the start or at the end, since the
-    subprocesses some benches start import the code of their time."""
+    `git_commit_at_end`); `git_dirty` if tracked files differed from it at the start, or at the end outside the
+    results folders (a bench may write its own results files first), since the subprocesses some benches start
+    import the code of their time."""
     import json
     import sys
     from pathlib import Path
 
-    end = _code_version()
+    end = _code_version(ignore=RESULTS_FOLDERS)
     version = {**CODE_AT_START, "git_dirty": bool(CODE_AT_START["git_dirty"] or end["git_dirty"])}
     if end["git_commit"] != CODE_AT_START["git_commit"]:
         version["git_commit_at_end"] = end["git_commit"]
