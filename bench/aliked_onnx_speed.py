@@ -11,10 +11,11 @@ both see the same machine load. Parity, per image: the share of torch's keypoint
 float16 storage rounds at ~5e-4). Writes bench/results/aliked_onnx_speed.json (with the git commit).
 
 Issue 30's rule: ONNX Runtime for the extractor only if it is >= 1.5x faster with parity. Measured (4 images x 3
-repeats, one thread, on 2 cores shared with other jobs; see the JSON): n16 0.48 s torch vs 0.56 s ONNX Runtime per
-image (0.84x), t16 0.28 vs 0.31 s (0.92x), with wildreid's faster CPU kernels (SELU from `exp`, torchvision's
-deformable convolution, in-place normalisation; with kornia's module as it came, ONNX Runtime was 0.99x and 1.04x).
-Parity met (every keypoint within 0.01 px, descriptors within 4e-6). So ONNX Runtime is not wired into the extractor.
+repeats, one thread, on 2 cores shared with other jobs; kornia 0.9.2; see the JSON): n16 0.480 s torch vs 0.478 s
+ONNX Runtime per image (1.00x), t16 0.238 vs 0.221 s (1.08x), with wildreid's faster CPU kernels (SELU from `exp`,
+torchvision's deformable convolution; on kornia 0.9.0 with an in-place normalisation 0.84x and 0.92x, and with
+kornia's module as it came 0.99x and 1.04x). Parity met (every keypoint within 0.01 px, descriptors within 4e-6).
+So ONNX Runtime is not wired into the extractor.
 The dense part is 80-95 % of torch's time, and torch's profiler puts most of it in memory-bound work over
 full-resolution maps (bilinear upsampling, the 128-channel concatenation, the L2 normalisation of a 128 x 512 x 512
 map, the deformable convolutions' sampling) rather than in convolutions, work ONNX Runtime does no faster.
