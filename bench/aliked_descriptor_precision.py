@@ -31,7 +31,7 @@ from hub_datasets.specs import load_specs  # noqa: E402
 from wildreid.embedding import undecoded  # noqa: E402
 from wildreid.embedding.images import iter_crops  # noqa: E402
 from wildreid.matching import LocalFeatureExtractor, LocalFeatures, keypoints  # noqa: E402
-from wildreid.matching import local_matcher, one_vs_many  # noqa: E402
+from wildreid.matching import descriptor_index, local_matcher  # noqa: E402
 from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
 from wildreid.matching.selection import leave_one_out_figures  # noqa: E402
 
@@ -48,7 +48,7 @@ def allow_float32_descriptors() -> None:
             descriptors = descriptors.astype(np.float16)
         original(descriptors, method, what, variant)
 
-    for module in (one_vs_many, local_matcher):
+    for module in (descriptor_index, local_matcher):  # the modules that check what they index or match
         module.check_descriptors = check
 
 
