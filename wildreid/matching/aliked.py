@@ -30,9 +30,10 @@ ALIKED_SHA256 = {
 # 0: top-k mode, the `max_keypoints` strongest score maxima (SIFT's nfeatures semantics); > 0: only maxima above
 # it, at most `max_keypoints` (LightGlue's default 0.2, which leaves small crops few keypoints).
 DEFAULT_ALIKED_THRESHOLD = 0.0
-# ALIKED detects at one scale; lion:val crops of one individual are often crops of one photo at other zooms.
-# Leave-one-out on its first 60 crops (512 px, 512 keypoints in all): one-vs-many top-1 20.0 % at (1.0,),
-# 31.7 % at (1.0, 0.5), 36.7 % at (1.0, 0.5, 0.25); SIFT 53.3 %.
+# ALIKED detects at one scale; lion crops of one individual are often crops of one photo at other zooms. A pyramid
+# helps there and costs elsewhere (`bench/aliked_scales.py`, one-vs-many leave-one-out on training splits, 512 px,
+# 512 keypoints in all): lion:train's first 60 crops 11.7 % top-1 at (1.0,), 18.3 % at (1.0, 0.5, 0.25), SIFT 51.7 %;
+# nyala:train's first 80 36.7 % and 32.9 %, SIFT 40.5 %; and the pyramid takes 0.52 s an image against 0.40 s.
 DEFAULT_ALIKED_SCALES = (1.0,)
 _MODELS: dict[tuple, Any] = {}  # loaded (checked) modules of this process, by weights and settings
 
