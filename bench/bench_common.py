@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from wildreid.provenance import code_version  # importing wildreid sets only OMP_WAIT_POLICY, as limit_threads
+
 
 def limit_threads() -> None:
     """One compute thread that yields its core when idle (OMP_WAIT_POLICY=PASSIVE): on a shared 2-core machine
@@ -12,32 +14,29 @@ def limit_threads() -> None:
 
 
 RESULTS_FOLDERS = ("bench/results", "experiments/results")  # what benches write, before their report at times
+CODE_AT_START = code_version()  # the code that measures: a script imports this module before it measures
 
 
-def _code_version(ignore: tuple[str, ...] = ()) -> dict:
-    from wildreid.provenance import code_version  # importing wildreid sets only OMP_WAIT_POLICY, as limit_threads
-
-    return code_version(ignore=ignore)
-
-
-CODE_AT_START = _code_version()  # the code that measures: a script imports this module before it measures
+def measured_by() -> dict:
+    """The code a report's numbers come from: the commit checked out when the script started (a commit made while
+    it ran is named apart, as `git_commit_at_end`); `git_dirty` if tracked files differed from it at the start, or
+    now outside the results folders (a bench may write its own results files first), since the subprocesses some
+    benches start import the code of their time."""
+    end = code_version(ignore=RESULTS_FOLDERS)
+    version = {**CODE_AT_START, "git_dirty": bool(CODE_AT_START["git_dirty"] or end["git_dirty"])}
+    if end["git_commit"] != CODE_AT_START["git_commit"]:
+        version["git_commit_at_end"] = end["git_commit"]
+    return version
 
 
 def write_report(output: str | os.PathLike, benchmark: str, fields: dict) -> None:
-    """Write a benchmark's JSON: its name, the commit that produced it, `fields`, and the command that reruns it.
-    The commit is the one checked out when the script started (a commit made while it ran is named apart, as
-    `git_commit_at_end`); `git_dirty` if tracked files differed from it at the start, or at the end outside the
-    results folders (a bench may write its own results files first), since the subprocesses some benches start
-    import the code of their time."""
+    """Write a benchmark's JSON: its name, the code that produced it (`measured_by`), `fields`, and the command
+    that reruns it."""
     import json
     import sys
     from pathlib import Path
 
-    end = _code_version(ignore=RESULTS_FOLDERS)
-    version = {**CODE_AT_START, "git_dirty": bool(CODE_AT_START["git_dirty"] or end["git_dirty"])}
-    if end["git_commit"] != CODE_AT_START["git_commit"]:
-        version["git_commit_at_end"] = end["git_commit"]
-    report = {"benchmark": benchmark, **version, **fields,
+    report = {"benchmark": benchmark, **measured_by(), **fields,
               "command": f"python bench/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])}
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)

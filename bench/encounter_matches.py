@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import identification_accuracy as accuracy  # noqa: E402  (sets the threads, puts this checkout first)
+from bench_common import measured_by  # noqa: E402
 from feature_cache import boxed, embeddings, local_features  # noqa: E402
 
 from wildreid.evaluation.method_protocols import image_set  # noqa: E402
@@ -38,7 +39,6 @@ from wildreid.matching import LocalFeatureExtractor  # noqa: E402
 from wildreid.matching.methods import FusionMethod, GlobalMethod, OneVsManyLocalMethod  # noqa: E402
 from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
 from wildreid.matching.union_fusion import UnionFusion  # noqa: E402
-from wildreid.provenance import code_version  # noqa: E402
 
 SETS = {name: accuracy.SETS[name] for name in ("nyala-test", "nyala-closed")}
 TRAINING_SPLIT = accuracy.SETS["nyala-test"][2]  # where the center_box fraction is chosen
@@ -153,9 +153,9 @@ def main() -> None:
         parser.error("--center-boxes are fractions in (0, 1]")
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    version, started = code_version(), time.perf_counter()
+    started = time.perf_counter()
     extractor = LocalFeatureExtractor()
-    result = {"benchmark": "encounter_matches", **version,
+    result = {"benchmark": "encounter_matches",
               "command": " ".join(["python bench/encounter_matches.py", *sys.argv[1:]])}
     fractions = [1.0]
     if args.center_boxes != [1.0]:
@@ -170,7 +170,8 @@ def main() -> None:
             print(f"[{name}, center_box {fraction}]", flush=True)
             runs.append({"set": name, **run_set(name, cache, extractor, args.shortlist, fraction,
                                                 args.fit_across_sightings)})
-    result.update({"seconds": round(time.perf_counter() - started), "table": table(runs), "runs": runs})
+    result.update({**measured_by(), "seconds": round(time.perf_counter() - started), "table": table(runs),
+                   "runs": runs})
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1) + "\n")

@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's wildreid (and its commit in the JSON), not another install
 
-from bench_common import limit_threads  # noqa: E402
+from bench_common import limit_threads, measured_by  # noqa: E402
 from identification_tables import print_table, tables  # noqa: E402
 
 limit_threads()
@@ -58,7 +58,6 @@ from wildreid.matching.methods import AutoMethod, FusionMethod, GlobalMethod, On
 from wildreid.matching.one_vs_many import OneVsManyMatcher  # noqa: E402
 from wildreid.matching.selection import known_groups, validation_pairs  # noqa: E402
 from wildreid.matching.union_fusion import UnionFusion  # noqa: E402
-from wildreid.provenance import code_version  # noqa: E402
 
 IMAGENET = "imagenet:tf_efficientnet_lite0"
 # name: (queries, gallery or None for leave-one-out, validation = a training split)
@@ -366,17 +365,16 @@ def main() -> None:
     if "aliked" in args.local_features:  # its weights checked now, not after the first sets
         extractors["aliked"] = LocalFeatureExtractor("aliked", args.max_keypoints, variant=args.aliked_variant).load()
     started = time.perf_counter()
-    version = code_version()  # before the run: the code that produced these numbers
     for name, specs in sets.items():
         print(f"[{name}]", flush=True)
         # Sets of earlier runs stay in the file (each records its own commit), so sets can be run separately.
         if args.global_only:
             trained = trained_model(specs, args)
             global_rows(name, specs, previous[name], [IMAGENET] + ([trained] if trained else []), cache)
-            previous[name]["global_rows_version"] = version
+            previous[name]["global_rows_version"] = measured_by()
         else:
             # The exact invocation too: sets run by separate processes are merged into one file.
-            record = {**run_set(name, specs, args, cache, extractors), **version,
+            record = {**run_set(name, specs, args, cache, extractors), **measured_by(),
                       "command": " ".join(["python bench/identification_accuracy.py", *sys.argv[1:]])}
             # Rows that do not depend on what this run measured may come from the earlier run of the set.
             for label, keep in (("SIFT pairwise", args.skip_pairwise), ("plain recipe", args.skip_pairwise),

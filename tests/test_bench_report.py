@@ -10,7 +10,7 @@ import bench_common  # noqa: E402
 
 def report_with(monkeypatch, tmp_path, start: dict, end: dict) -> dict:
     monkeypatch.setattr(bench_common, "CODE_AT_START", start)
-    monkeypatch.setattr(bench_common, "_code_version", lambda ignore=(): end)
+    monkeypatch.setattr(bench_common, "code_version", lambda ignore=(): end)
     bench_common.write_report(tmp_path / "r.json", "demo", {"value": 1})
     return json.loads((tmp_path / "r.json").read_text())
 
